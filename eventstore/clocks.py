@@ -1,0 +1,126 @@
+"""Lamport and vector clocks: the partial causal order beside the log's total order.
+
+The log (stream sequence) says in which order events were stored; vector clocks say which
+events could have known about which. Two events whose clocks are ``CONCURRENT`` were written
+without either writer having seen the other: that is what a conflict is.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+
+__all__ = ["LamportClock", "Order", "VectorClock"]
+
+
+class Order(enum.Enum):
+    """How two vector clocks relate."""
+
+    BEFORE = "before"
+    AFTER = "after"
+    EQUAL = "equal"
+    CONCURRENT = "concurrent"
+
+
+class LamportClock:
+    """A scalar logical clock: ``tick`` on every local event, ``observe`` every event read."""
+
+    __slots__ = ("time",)
+
+    def __init__(self, time: int = 0) -> None:
+        if time < 0:
+            raise ValueError("Lamport time cannot be negative")
+        self.time = time
+
+    def tick(self) -> int:
+        self.time += 1
+        return self.time
+
+    def observe(self, other: int) -> int:
+        """Move past a time seen on another event (without ticking)."""
+        if other > self.time:
+            self.time = other
+        return self.time
+
+    def __repr__(self) -> str:
+        return f"LamportClock({self.time})"
+
+
+class VectorClock:
+    """An immutable vector clock ``{producer: counter}``; missing entries count as 0."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: Mapping[str, int] | None = None) -> None:
+        clean: dict[str, int] = {}
+        for key, value in (entries or {}).items():
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"vector clock entry {key!r} must be a non-negative integer")
+            if value:
+                clean[key] = value
+        self._entries = clean
+
+    def increment(self, producer: str, to: int | None = None) -> VectorClock:
+        """This clock with ``producer``'s entry advanced by one (or set to ``to`` if larger)."""
+        entries = dict(self._entries)
+        current = entries.get(producer, 0)
+        entries[producer] = current + 1 if to is None else max(current + 1, to)
+        return VectorClock(entries)
+
+    def merge(self, *others: VectorClock | Mapping[str, int]) -> VectorClock:
+        """The least clock that dominates this one and every ``other`` (entry-wise max)."""
+        entries = dict(self._entries)
+        for other in others:
+            items = other._entries if isinstance(other, VectorClock) else other
+            for key, value in items.items():
+                if value > entries.get(key, 0):
+                    entries[key] = value
+        return VectorClock(entries)
+
+    def compare(self, other: VectorClock | Mapping[str, int]) -> Order:
+        """``BEFORE`` if self happened before other, ``AFTER``, ``EQUAL`` or ``CONCURRENT``."""
+        theirs = other._entries if isinstance(other, VectorClock) else dict(other)
+        less = greater = False
+        for key in self._entries.keys() | theirs.keys():
+            a, b = self._entries.get(key, 0), theirs.get(key, 0)
+            if a < b:
+                less = True
+            elif a > b:
+                greater = True
+            if less and greater:
+                return Order.CONCURRENT
+        if less:
+            return Order.BEFORE
+        if greater:
+            return Order.AFTER
+        return Order.EQUAL
+
+    def concurrent_with(self, other: VectorClock | Mapping[str, int]) -> bool:
+        return self.compare(other) is Order.CONCURRENT
+
+    def get(self, producer: str) -> int:
+        return self._entries.get(producer, 0)
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self._entries)
+
+    @classmethod
+    def merged(cls, clocks: Iterable[VectorClock | Mapping[str, int]]) -> VectorClock:
+        return cls().merge(*clocks)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, VectorClock):
+            return self._entries == other._entries
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._entries.items()))
+
+    def __le__(self, other: VectorClock) -> bool:
+        return self.compare(other) in (Order.BEFORE, Order.EQUAL)
+
+    def __lt__(self, other: VectorClock) -> bool:
+        return self.compare(other) is Order.BEFORE
+
+    def __repr__(self) -> str:
+        return f"VectorClock({self._entries!r})"

@@ -1,0 +1,136 @@
+"""The one error hierarchy of eventstore.
+
+Every failure that crosses the public API is one of these; errors of nats-py and sqlite3 are
+translated at the boundary (``raise VersionConflict(...) from exc``) so that callers never need
+to import the driver to handle a failure.
+
+::
+
+    EventStoreError
+    ├── InvalidEvent          malformed event, bad id/type/subject, oversized payload
+    │   └── InvalidTransition state-machine transition not allowed from the current state
+    ├── VersionConflict       optimistic concurrency: expected version is not the actual one
+    ├── PermissionDenied      the server refused a publish or subscribe for this client
+    ├── NotConnected          no server answers at the URL (or the connection was lost for good)
+    ├── StreamMisconfigured   an existing stream's settings would weaken immutability
+    ├── AppendTimeout         an append could not be confirmed before its deadline
+    └── ConfigError           a configuration file or option is invalid
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AppendTimeout",
+    "ConfigError",
+    "EventStoreError",
+    "InvalidEvent",
+    "InvalidTransition",
+    "NotConnected",
+    "PermissionDenied",
+    "StreamMisconfigured",
+    "VersionConflict",
+]
+
+
+class EventStoreError(Exception):
+    """Root of every error eventstore raises on purpose."""
+
+
+class InvalidEvent(EventStoreError):
+    """An event, id, type or subject is malformed; nothing was written."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidTransition(InvalidEvent):
+    """The aggregate's state machine does not allow this transition from its current state."""
+
+    def __init__(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        current: str | None,
+        transition: tuple[str, str],
+        reason: str,
+    ) -> None:
+        super().__init__(reason)
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        self.current = current
+        self.transition = transition
+
+
+class VersionConflict(EventStoreError):
+    """Another writer got there first: the aggregate is not at the version the caller expected.
+
+    Read the aggregate again (its state now has version ``actual``) and decide anew.
+    """
+
+    def __init__(self, aggregate_type: str, aggregate_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"version conflict on {aggregate_type}/{aggregate_id}: expected version {expected}, "
+            f"actual version {actual}; read the aggregate again and retry"
+        )
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        self.expected = expected
+        self.actual = actual
+
+
+class PermissionDenied(EventStoreError):
+    """The server's authorization refused this client the subject it tried to use."""
+
+    def __init__(self, subject: str, operation: str, detail: str = "") -> None:
+        msg = f"permission denied: this client may not {operation} to {subject!r}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg + "; check the user's permissions in the server configuration")
+        self.subject = subject
+        self.operation = operation
+
+
+class NotConnected(EventStoreError):
+    """No NATS server answers, or the connection is closed."""
+
+    def __init__(self, url: str, detail: str = "") -> None:
+        msg = f"no NATS server at {url}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(
+            msg + "; start one with `eventstore server` (or `eventstore up`), "
+            "or point --url / EVENTSTORE_URL at a running server"
+        )
+        self.url = url
+
+
+class StreamMisconfigured(EventStoreError):
+    """An existing stream has settings that would make the log mutable or lossy."""
+
+    def __init__(self, stream: str, problems: list[str]) -> None:
+        super().__init__(
+            f"stream {stream!r} weakens immutability: " + "; ".join(problems)
+            + ". Create a new stream with `eventstore server` defaults or fix its config"
+        )
+        self.stream = stream
+        self.problems = problems
+
+
+class AppendTimeout(EventStoreError):
+    """An append was neither confirmed nor refused before its deadline.
+
+    It may or may not be stored: retry with the same event ids, which is always safe.
+    """
+
+    def __init__(self, subject: str, timeout: float, detail: str = "") -> None:
+        msg = f"append to {subject!r} not confirmed within {timeout:g}s"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg + "; retrying with the same event ids is safe")
+        self.subject = subject
+        self.timeout = timeout
+
+
+class ConfigError(EventStoreError):
+    """A configuration file or option is invalid."""

@@ -1,0 +1,220 @@
+"""Wire format v1: one event is one JetStream message whose body is this JSON object.
+
+The body is self-contained so that an agent in any language can publish a valid event with a
+plain NATS client. The stream sequence and the recorded time are the log's, never the body's:
+``Event`` adds them from the message metadata when an event is read back.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from eventstore.errors import InvalidEvent
+from eventstore.ids import uuid7
+
+__all__ = [
+    "AGGREGATE_TYPE_RE",
+    "EVENT_TYPE_RE",
+    "PRODUCER_RE",
+    "AppendResult",
+    "Envelope",
+    "Event",
+    "NewEvent",
+    "Transition",
+    "decode_event",
+    "encode_envelope",
+    "validate_aggregate_type",
+    "validate_event_type",
+    "validate_producer",
+]
+
+AGGREGATE_TYPE_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+EVENT_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,127}")
+PRODUCER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+STATE_RE = re.compile(r"[^\x00-\x1f]{1,128}")
+
+AggregateType = Annotated[str, msgspec.Meta(pattern=f"^{AGGREGATE_TYPE_RE.pattern}$")]
+EventType = Annotated[str, msgspec.Meta(pattern=f"^{EVENT_TYPE_RE.pattern}$")]
+Producer = Annotated[str, msgspec.Meta(pattern=f"^{PRODUCER_RE.pattern}$")]
+Version = Annotated[int, msgspec.Meta(ge=1)]
+Counter = Annotated[int, msgspec.Meta(ge=0)]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class Transition(msgspec.Struct, frozen=True):
+    """A state-machine step ``from`` → ``to`` carried by an event."""
+
+    from_: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = msgspec.field(name="from")
+    to: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = ""
+
+    def __post_init__(self) -> None:
+        if not self.to:
+            raise msgspec.ValidationError("transition needs a non-empty 'to'")
+
+    @classmethod
+    def parse(cls, value: Transition | tuple[str, str] | str) -> Transition:
+        """Accept ``Transition``, ``("A", "B")`` or ``"A:B"``."""
+        if isinstance(value, Transition):
+            return value
+        if isinstance(value, str):
+            parts = value.split(":")
+            if len(parts) != 2 or not all(parts):
+                raise InvalidEvent(f"transition {value!r} must look like FROM:TO")
+            value = (parts[0], parts[1])
+        if len(value) != 2 or not all(isinstance(s, str) and s for s in value):
+            raise InvalidEvent(f"transition {value!r} must be a (from, to) pair of names")
+        for name in value:
+            if not STATE_RE.fullmatch(name):
+                raise InvalidEvent(f"state name {name!r} must be 1-128 printable characters")
+        return cls(value[0], value[1])
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """The JSON body of one event on the wire (format v1)."""
+
+    id: NonEmpty
+    type: EventType
+    aggregate_type: AggregateType
+    aggregate_id: NonEmpty
+    version: Version
+    schema: Annotated[int, msgspec.Meta(ge=1)] = 1
+    occurred_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    producer: Producer
+    lamport: Counter = 0
+    vclock: dict[str, Counter] = {}
+    transition: Transition | None = None
+    data: dict[str, Any] = {}
+    causation_id: str | None = None
+    correlation_id: str | None = None
+    metadata: dict[str, Any] = {}
+
+
+class Event(Envelope, frozen=True, kw_only=True):
+    """An event read back from the log: the envelope plus the log's own ``seq`` and time."""
+
+    seq: int = 0
+    recorded_at: datetime | None = None
+
+    def envelope_dict(self) -> dict[str, Any]:
+        """The envelope as plain JSON-able builtins, plus ``seq`` and ``recorded_at``."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
+
+
+class NewEvent(msgspec.Struct, frozen=True):
+    """What a producer asks to append; the store fills in version, clocks and times.
+
+    Give an explicit ``id`` to make a retry of the same logical change idempotent across
+    processes (for example a request id); leave it out and a fresh UUIDv7 is used.
+    ``transition`` accepts ``Transition``, ``("From", "To")`` or ``"From:To"``.
+    """
+
+    type: str
+    data: dict[str, Any] = {}
+    transition: Transition | tuple[str, str] | str | None = msgspec.field(default=None)
+    metadata: dict[str, Any] = {}
+    id: str | None = None
+    schema: int = 1
+    causation_id: str | None = None
+    correlation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_event_type(self.type)
+        if not isinstance(self.data, dict):
+            raise InvalidEvent(f"event data must be a JSON object, got {type_name(self.data)}")
+        if not isinstance(self.metadata, dict):
+            raise InvalidEvent(
+                f"event metadata must be a JSON object, got {type_name(self.metadata)}"
+            )
+        if self.id is not None:
+            if not isinstance(self.id, str) or not 1 <= len(self.id.encode()) <= 256:
+                raise InvalidEvent("event id must be a non-empty string of at most 256 bytes")
+            if any(c.isspace() or ord(c) < 32 for c in self.id):
+                raise InvalidEvent(f"event id {self.id!r} must not contain whitespace")
+        if not isinstance(self.schema, int) or self.schema < 1:
+            raise InvalidEvent("schema must be an integer >= 1")
+        if self.transition is not None:
+            msgspec.structs.force_setattr(self, "transition", Transition.parse(self.transition))
+
+    @property
+    def step(self) -> Transition | None:
+        """The transition, normalised to ``Transition``."""
+        return self.transition if isinstance(self.transition, Transition) else None
+
+    def with_id(self) -> NewEvent:
+        """This event with its id filled in (a fresh UUIDv7 when the caller gave none)."""
+        if self.id is not None:
+            return self
+        return msgspec.structs.replace(self, id=uuid7())
+
+
+class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Where an append landed: stream sequences, the aggregate's version after it, clocks."""
+
+    first_seq: int
+    last_seq: int
+    version: int
+    duplicate: bool
+    ids: tuple[str, ...]
+    lamport: int
+    vclock: dict[str, int]
+
+
+def type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def validate_aggregate_type(value: str) -> str:
+    if not isinstance(value, str) or not AGGREGATE_TYPE_RE.fullmatch(value):
+        raise InvalidEvent(
+            f"aggregate type {value!r} is invalid: it must match [a-z][a-z0-9_-]* "
+            "(at most 64 characters)"
+        )
+    return value
+
+
+def validate_event_type(value: str) -> str:
+    if not isinstance(value, str) or not EVENT_TYPE_RE.fullmatch(value):
+        raise InvalidEvent(
+            f"event type {value!r} is invalid: it must start with a letter and hold only "
+            "letters, digits and _ . : - (at most 128 characters)"
+        )
+    return value
+
+
+def validate_producer(value: str) -> str:
+    if not isinstance(value, str) or not PRODUCER_RE.fullmatch(value):
+        raise InvalidEvent(
+            f"producer name {value!r} is invalid: use letters, digits, _ . - "
+            "(at most 128 characters, not starting with . or -)"
+        )
+    return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """Serialise an envelope to its wire body."""
+    try:
+        return _encoder.encode(envelope)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise InvalidEvent(f"event {envelope.id} cannot be encoded as JSON: {exc}") from exc
+
+
+def decode_event(body: bytes, *, seq: int = 0, recorded_at: datetime | None = None) -> Event:
+    """Parse and validate a wire body; the log's ``seq`` and time replace any in the body."""
+    try:
+        event = _decoder.decode(body)
+    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+        raise InvalidEvent(f"malformed event at seq {seq}: {exc}") from exc
+    return msgspec.structs.replace(event, seq=seq, recorded_at=recorded_at)

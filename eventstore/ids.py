@@ -1,0 +1,47 @@
+"""UUIDv7 event ids (RFC 9562): time-ordered, so ids sort roughly by creation time.
+
+Python 3.11 has no ``uuid.uuid7``; this one keeps ids strictly increasing within one process
+even when several are made in the same millisecond (the 12-bit ``rand_a`` field is a counter).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+__all__ = ["is_uuid7", "uuid7"]
+
+_lock = threading.Lock()
+_last_ms = 0
+_counter = 0
+
+
+def uuid7() -> str:
+    """Return a new UUIDv7 as its canonical lowercase string."""
+    global _last_ms, _counter
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _counter += 1
+            if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+                ms += 1
+                _counter = 0
+        else:
+            _counter = int.from_bytes(os.urandom(2), "big") & 0x7FF  # leave room to count
+        _last_ms = ms
+        counter = _counter
+    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
+    return str(uuid.UUID(int=value))
+
+
+def is_uuid7(value: str) -> bool:
+    """Tell whether ``value`` is a canonical UUIDv7 string."""
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return False
+    return parsed.version == 7 and str(parsed) == value

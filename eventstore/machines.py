@@ -1,0 +1,122 @@
+"""State machines per aggregate type: which transitions an aggregate may take, from where.
+
+An aggregate of a type with a machine starts in the machine's ``initial`` state; an event with
+a transition ``(from, to)`` is accepted only if ``from`` is the aggregate's current state and
+the pair is declared. Events without a transition leave the state as it is. The check runs
+before publishing, and the publish carries the expected last sequence, so no concurrent
+writer can slip a state change in between the check and the write.
+
+Declared in code (``Machines.declare``) or in TOML::
+
+    [machines.request]
+    initial = "Queued"
+    transitions = [["Queued", "Routed"], ["Routed", "Processing"]]
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from eventstore.errors import ConfigError, InvalidTransition
+from eventstore.events import Transition, validate_aggregate_type
+
+__all__ = ["Machines", "StateMachine", "load_machines"]
+
+
+class StateMachine(msgspec.Struct, frozen=True):
+    """The allowed transitions of one aggregate type."""
+
+    aggregate_type: str
+    initial: str
+    transitions: frozenset[tuple[str, str]]
+
+    def check(self, aggregate_id: str, current: str | None, step: Transition) -> str:
+        """Return the state after ``step``, or raise ``InvalidTransition``."""
+        state = self.initial if current is None else current
+        pair = (step.from_, step.to)
+        if step.from_ != state:
+            raise InvalidTransition(
+                self.aggregate_type, aggregate_id, state, pair,
+                f"invalid transition {step.from_} -> {step.to} for {self.aggregate_type}/"
+                f"{aggregate_id}: its current state is {state}",
+            )  # fmt: skip
+        if pair not in self.transitions:
+            allowed = sorted(to for frm, to in self.transitions if frm == state)
+            raise InvalidTransition(
+                self.aggregate_type, aggregate_id, state, pair,
+                f"invalid transition {step.from_} -> {step.to} for {self.aggregate_type}/"
+                f"{aggregate_id}: from {state} the machine allows "
+                + (", ".join(allowed) if allowed else "nothing (final state)"),
+            )  # fmt: skip
+        return step.to
+
+
+class Machines:
+    """The registry of state machines, by aggregate type."""
+
+    def __init__(self, machines: Iterable[StateMachine] = ()) -> None:
+        self._by_type: dict[str, StateMachine] = {m.aggregate_type: m for m in machines}
+
+    def declare(
+        self, aggregate_type: str, initial: str, transitions: Iterable[tuple[str, str]]
+    ) -> StateMachine:
+        validate_aggregate_type(aggregate_type)
+        pairs = frozenset((str(a), str(b)) for a, b in transitions)
+        machine = StateMachine(aggregate_type, initial, pairs)
+        self._by_type[aggregate_type] = machine
+        return machine
+
+    def get(self, aggregate_type: str) -> StateMachine | None:
+        return self._by_type.get(aggregate_type)
+
+    def __contains__(self, aggregate_type: object) -> bool:
+        return aggregate_type in self._by_type
+
+    def __iter__(self) -> Any:
+        return iter(self._by_type.values())
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "config") -> Machines:
+        out = cls()
+        machines = data.get("machines", {})
+        if not isinstance(machines, dict):
+            raise ConfigError(f"{source}: [machines] must be a table")
+        for name, spec in machines.items():
+            where = f"{source}: [machines.{name}]"
+            if not isinstance(spec, dict):
+                raise ConfigError(f"{where} must be a table")
+            initial = spec.get("initial")
+            if not isinstance(initial, str) or not initial:
+                raise ConfigError(f"{where} needs initial = \"State\"")
+            pairs = spec.get("transitions", [])
+            if not isinstance(pairs, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) and s for s in p)
+                for p in pairs
+            ):
+                raise ConfigError(f"{where} transitions must be a list of [\"From\", \"To\"] pairs")
+            try:
+                out.declare(name, initial, [(p[0], p[1]) for p in pairs])
+            except Exception as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
+        return out
+
+
+def load_machines(path: str | Path | None = None) -> Machines:
+    """Machines from ``path``, else ``EVENTSTORE_CONFIG``, else none."""
+    chosen = path or os.environ.get("EVENTSTORE_CONFIG")
+    if not chosen:
+        return Machines()
+    p = Path(chosen)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {p} not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    return Machines.from_mapping(data, str(p))

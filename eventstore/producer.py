@@ -1,0 +1,666 @@
+"""The write path: group commit of appends into JetStream atomic batches.
+
+Every ``append`` becomes a pending request on a queue. One committer task takes whatever is
+queued (up to ``max_batch`` events), checks versions and state machines against its cache of
+each aggregate's head, assigns versions and clocks, and publishes the lot as ONE atomic batch:
+one fsync for hundreds of events, which is how a durable log stays fast. Each aggregate's first
+message carries the server-side expected-last-subject-sequence, so a stale cache can never
+produce a gap or a second version N; the server rejects the batch instead, and the committer
+refreshes the heads and retries (splitting nothing: requests whose explicit expectation no
+longer holds fail with ``VersionConflict``, the others get new versions).
+
+Retries keep the same event ids. nats-server 2.15 checks the expected sequence *before*
+deduplication, so a retry of an append that was in fact stored comes back as "wrong last
+sequence"; the committer then looks at the message right after the head it expected, and if
+that is its own event the append is reported as a duplicate, not stored again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+
+from eventstore.clocks import VectorClock
+from eventstore.clockstore import ProducerClock
+from eventstore.errors import (
+    AppendTimeout,
+    EventStoreError,
+    InvalidEvent,
+    NotConnected,
+    PermissionDenied,
+    VersionConflict,
+)
+from eventstore.events import AppendResult, Envelope, NewEvent, decode_event, encode_envelope, utcnow
+from eventstore.machines import Machines
+
+__all__ = ["Committer", "Head"]
+
+log = structlog.get_logger("eventstore.producer")
+
+STATE_HEADER = "Eventstore-State"
+MAX_EVENTS_PER_APPEND = 1000  # the server's atomic batch limit
+_BATCH_BYTES = 4 << 20
+_PERM_RE = re.compile(r"for (publish|subscription) to \"?([^\"'\s]+)", re.I)
+
+
+@dataclass(slots=True)
+class Head:
+    """What the committer knows of an aggregate's last stored event."""
+
+    seq: int
+    version: int
+    vclock: dict[str, int]
+    lamport: int
+    state: str | None
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """One ``append`` call waiting for the committer."""
+
+    agg_type: str
+    agg_id: str
+    subject: str
+    events: list[NewEvent]
+    expected_version: int | None
+    context: dict[str, int]
+    future: asyncio.Future[AppendResult]
+    deadline: float
+    timeout: float
+    attempts: int = 0
+    # assigned per attempt
+    envelopes: list[Envelope] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    base_seq: int = 0  # the head sequence this attempt expected
+    state_after: str | None = None
+    states: list[str] = field(default_factory=list)  # state after each event (machines only)
+
+    @property
+    def size(self) -> int:
+        return len(self.events)
+
+
+class _Rejected(Exception):
+    """The server refused a whole batch; ``code`` is its JetStream err_code."""
+
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+
+class Committer:
+    """Owns the append queue, the head cache and the producer's clocks."""
+
+    def __init__(
+        self,
+        nc: Any,
+        js: Any,
+        *,
+        stream: str,
+        producer: str,
+        clock: ProducerClock,
+        machines: Machines,
+        url: str,
+        max_batch: int = 500,
+        cache_size: int = 100_000,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self.stream = stream
+        self.producer = producer
+        self.clock = clock
+        self.machines = machines
+        self.url = url
+        self.max_batch = max_batch
+        self._cache: OrderedDict[str, Head] = OrderedDict()
+        self._cache_size = cache_size
+        self._vc = VectorClock()
+        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._perm: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._closed = False
+        self._batch_no = 0
+        self._batch_prefix = f"{producer[:40]}-{random.getrandbits(48):012x}"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="eventstore-committer")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            p = self._queue.get_nowait()
+            if not p.future.done():
+                p.future.set_exception(NotConnected(self.url, "event store closed"))
+
+    def permission_violation(self, message: str) -> None:
+        """Called from the connection's error callback."""
+        m = _PERM_RE.search(message)
+        if m:
+            self._perm.put_nowait((m.group(1).lower(), m.group(2)))
+
+    def submit(self, p: Pending) -> None:
+        if self._closed:
+            raise NotConnected(self.url, "event store closed")
+        if self._task is None or self._task.done():
+            self.start()
+        self._queue.put_nowait(p)
+
+    @property
+    def vclock(self) -> VectorClock:
+        return self._vc
+
+    # -- heads -----------------------------------------------------------------------------
+
+    def _remember(self, subject: str, head: Head) -> None:
+        self._cache[subject] = head
+        self._cache.move_to_end(subject)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def fetch_head(self, subject: str, agg_type: str) -> Head:
+        """The aggregate's last event from the server (not the cache): it decides a write."""
+        try:
+            msg = await self._js.get_last_msg(self.stream, subject)
+        except nats.js.errors.NotFoundError:
+            head = Head(0, 0, {}, 0, None)
+            self._remember(subject, head)
+            return head
+        try:
+            ev = decode_event(msg.data or b"", seq=msg.seq)
+        except InvalidEvent as exc:
+            raise EventStoreError(
+                f"the last event on {subject} (seq {msg.seq}) is malformed, so its version is "
+                f"unknown and nothing can be appended after it: {exc.reason}"
+            ) from exc
+        state: str | None = None
+        if agg_type in self.machines:
+            hdr = (msg.headers or {}).get(STATE_HEADER)
+            state = hdr if hdr else await self._scan_state(subject)
+        self.clock.observe(ev.lamport)
+        head = Head(int(msg.seq), ev.version, dict(ev.vclock), ev.lamport, state)
+        self._remember(subject, head)
+        return head
+
+    async def _scan_state(self, subject: str) -> str | None:
+        """State of an aggregate whose last event lacks the state header (a raw publisher)."""
+        from eventstore.reader import LogReader  # local: reader is a sibling, not a dependency
+
+        state: str | None = None
+        reader = LogReader(self._nc, self._js, self.stream, subject.split(".")[0], self.url)
+        async for batch in reader.batches(subject):
+            for m in batch:
+                with contextlib.suppress(InvalidEvent):
+                    ev = decode_event(m.data)
+                    if ev.transition is not None:
+                        state = ev.transition.to
+        return state
+
+    async def _heads(self, pendings: list[Pending], refresh: bool) -> dict[str, Head]:
+        subjects = {p.subject: p.agg_type for p in pendings}
+        missing = [s for s in subjects if refresh or s not in self._cache]
+        if missing:
+            got = await asyncio.gather(
+                *(self.fetch_head(s, subjects[s]) for s in missing), return_exceptions=True
+            )
+            for s, g in zip(missing, got, strict=True):
+                if isinstance(g, BaseException):
+                    for p in pendings:
+                        if p.subject == s and not p.future.done():
+                            p.future.set_exception(self._translate(g, s))
+        return {s: self._cache[s] for s in subjects if s in self._cache}
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        carry: list[Pending] = []
+        while True:
+            group = carry
+            carry = []
+            if not group:
+                group.append(await self._queue.get())
+            n = sum(p.size for p in group)
+            while not self._queue.empty() and n < self.max_batch:
+                p = self._queue.get_nowait()
+                if n + p.size > MAX_EVENTS_PER_APPEND:
+                    carry.append(p)
+                    break
+                group.append(p)
+                n += p.size
+            try:
+                await self._commit(group)
+            except asyncio.CancelledError:
+                for p in group + carry:
+                    if not p.future.done():
+                        p.future.set_exception(NotConnected(self.url, "event store closed"))
+                raise
+            except Exception as exc:  # never let the committer die with callers waiting
+                log.exception("committer failed a batch", error=str(exc))
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(
+                            exc if isinstance(exc, EventStoreError) else EventStoreError(str(exc))
+                        )
+
+    async def _commit(self, group: list[Pending]) -> None:
+        refresh = False
+        backoff = 0.05
+        while group:
+            group = [p for p in group if not p.future.done()]
+            now = time.monotonic()
+            for p in group:
+                if now >= p.deadline:
+                    p.future.set_exception(AppendTimeout(p.subject, p.timeout, "no answer"))
+            group = [p for p in group if not p.future.done()]
+            if not group:
+                return
+            try:
+                heads = await self._heads(group, refresh)
+            except Exception as exc:
+                if not self._transient(exc):
+                    raise
+                await self._sleep_backoff(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            group = [p for p in group if not p.future.done()]
+            ready = await self._prepare(group, heads, fresh=refresh)
+            if not ready:
+                if any(not p.future.done() for p in group):
+                    refresh = True  # a cached head looked stale: check with the server
+                    continue
+                return
+            try:
+                first_seq = await self._send(ready)
+            except _Rejected as rej:
+                await self._settle_rejection(ready, rej)
+                refresh = True
+                continue
+            except PermissionDenied as exc:
+                for p in ready:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            except (EventStoreError, nats.errors.Error, OSError) as exc:
+                if not self._transient(exc):
+                    err = self._translate(exc, ready[0].subject)
+                    for p in ready:
+                        if not p.future.done():
+                            p.future.set_exception(err)
+                    continue
+                log.info("append not confirmed, retrying with the same ids", error=str(exc) or
+                         type(exc).__name__, events=sum(p.size for p in ready))  # fmt: skip
+                for p in ready:
+                    p.attempts += 1
+                await self._sleep_backoff(backoff)
+                backoff = min(backoff * 2, 2.0)
+                # The batch may have been stored: next round checks heads with the server and
+                # recognises our own ids after the expected sequence.
+                refresh = True
+                await self._recognise_own(ready)
+                continue
+            if first_seq < 0:
+                await self._settle_duplicate(ready[0], -first_seq)
+            else:
+                self._settle_success(ready, first_seq)
+            group = [p for p in group if not p.future.done()]
+            refresh = False
+
+    async def _sleep_backoff(self, base: float) -> None:
+        await asyncio.sleep(base * (0.5 + random.random()))
+
+    def _transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, (AppendTimeout, NotConnected)):
+            return not self._nc.is_closed
+        return isinstance(
+            exc,
+            (
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.errors.ConnectionReconnectingError,
+                nats.errors.OutboundBufferLimitError,
+                nats.errors.StaleConnectionError,
+                nats.js.errors.ServiceUnavailableError,
+                asyncio.TimeoutError,
+                OSError,
+            ),
+        ) and not self._nc.is_closed
+
+    def _translate(self, exc: BaseException, subject: str) -> EventStoreError:
+        if isinstance(exc, EventStoreError):
+            return exc
+        if isinstance(exc, nats.errors.ConnectionClosedError) or self._nc.is_closed:
+            return NotConnected(self.url, "connection closed")
+        if isinstance(exc, nats.js.errors.APIError):
+            return EventStoreError(f"server refused the append to {subject}: {exc.description}")
+        return EventStoreError(f"append to {subject} failed: {exc!r}")
+
+    # -- preparing a batch -----------------------------------------------------------------
+
+    async def _prepare(
+        self, group: list[Pending], heads: dict[str, Head], *, fresh: bool
+    ) -> list[Pending]:
+        """Assign versions, clocks and bodies; fail what cannot be appended. Returns the batch."""
+        work: dict[str, Head] = {}
+        ready: list[Pending] = []
+        stale = False
+        total_bytes = 0
+        for p in group:
+            if p.future.done():
+                continue
+            head = work.get(p.subject) or heads.get(p.subject)
+            if head is None:
+                continue
+            if p.expected_version is not None and head.version != p.expected_version:
+                if p.subject in work or fresh:
+                    p.future.set_exception(
+                        VersionConflict(p.agg_type, p.agg_id, p.expected_version, head.version)
+                    )
+                else:
+                    stale = True  # the cache may be behind: ask the server before failing
+                continue
+            machine = self.machines.get(p.agg_type)
+            state = head.state
+            states: list[str] = []
+            try:
+                if machine is not None:
+                    state = state or machine.initial
+                    for ev in p.events:
+                        if ev.step is not None:
+                            state = machine.check(p.agg_id, state, ev.step)
+                        states.append(state)
+            except InvalidEvent as exc:
+                if p.subject in work or fresh:
+                    p.future.set_exception(exc)
+                else:
+                    stale = True
+                continue
+            if len(ready) and total_bytes > _BATCH_BYTES:
+                break  # the rest waits for the next round
+            context = dict(p.context)
+            if p.expected_version is not None:
+                context = VectorClock(context).merge(head.vclock).to_dict()
+            observed = max([head.lamport if p.expected_version is not None else 0])
+            if self.clock.needs_reservation(p.size, observed):
+                await self.clock.reserve(p.size, observed)
+            envelopes: list[Envelope] = []
+            bodies: list[bytes] = []
+            vc = self._vc.merge(context)
+            lamport = 0
+            version = head.version
+            now = utcnow()
+            try:
+                for ev in p.events:
+                    lamport, counter = self.clock.tick(observed)
+                    vc = vc.increment(self.producer, to=counter)
+                    version += 1
+                    env = Envelope(
+                        id=ev.id or "",
+                        type=ev.type,
+                        aggregate_type=p.agg_type,
+                        aggregate_id=p.agg_id,
+                        version=version,
+                        schema=ev.schema,
+                        occurred_at=now,
+                        producer=self.producer,
+                        lamport=lamport,
+                        vclock=vc.to_dict(),
+                        transition=ev.step,
+                        data=ev.data,
+                        causation_id=ev.causation_id,
+                        correlation_id=ev.correlation_id,
+                        metadata=ev.metadata,
+                    )
+                    body = encode_envelope(env)
+                    if len(body) > self._nc.max_payload:
+                        raise InvalidEvent(
+                            f"event {env.id} is {len(body)} bytes encoded; the server accepts "
+                            f"at most {self._nc.max_payload} bytes per event"
+                        )
+                    envelopes.append(env)
+                    bodies.append(body)
+            except InvalidEvent as exc:
+                p.future.set_exception(exc)
+                continue
+            self._vc = vc
+            p.envelopes, p.bodies, p.base_seq, p.state_after = envelopes, bodies, head.seq, state
+            p.states = states
+            total_bytes += sum(len(b) for b in bodies)
+            work[p.subject] = Head(-1, version, vc.to_dict(), lamport, state)
+            ready.append(p)
+        if stale and not ready:
+            return []
+        return ready
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _messages(self, ready: list[Pending]) -> list[tuple[str, bytes, dict[str, str]]]:
+        msgs: list[tuple[str, bytes, dict[str, str]]] = []
+        first_of: set[str] = set()
+        for p in ready:
+            stateful = p.agg_type in self.machines
+            for i, (env, body) in enumerate(zip(p.envelopes, p.bodies, strict=True)):
+                h = {"Nats-Msg-Id": env.id}
+                if p.subject not in first_of:
+                    first_of.add(p.subject)
+                    h["Nats-Expected-Last-Subject-Sequence"] = str(p.base_seq)
+                if stateful:
+                    h[STATE_HEADER] = p.states[i]
+                msgs.append((p.subject, body, h))
+        return msgs
+
+    async def _send(self, ready: list[Pending]) -> int:
+        """Publish the batch; return the first stream sequence it was stored at."""
+        msgs = self._messages(ready)
+        timeout = max(0.5, min(p.deadline for p in ready) - time.monotonic())
+        timeout = min(timeout, 5.0)
+        if len(msgs) == 1:
+            subject, body, headers = msgs[0]
+            reply = await self._request(subject, body, headers, timeout)
+            return self._parse_ack(reply, 1)
+        self._batch_no += 1
+        batch_id = f"{self._batch_prefix}-{self._batch_no}"
+        last = len(msgs)
+        for i, (subject, body, headers) in enumerate(msgs, 1):
+            headers["Nats-Batch-Id"] = batch_id
+            headers["Nats-Batch-Sequence"] = str(i)
+            if i == last:
+                headers["Nats-Batch-Commit"] = "1"
+                reply = await self._request(subject, body, headers, timeout)
+                return self._parse_ack(reply, last)
+            if i == 1:
+                # The first message by request: the server confirms the batch is open, and
+                # an early refusal (permissions, no stream) surfaces before sending the rest.
+                first = await self._request(subject, body, headers, timeout)
+                if first:
+                    self._parse_ack(first, last)
+            else:
+                await self._nc.publish(subject, body, headers=headers)
+        raise AssertionError("unreachable")
+
+    async def _request(
+        self, subject: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> bytes:
+        """A request that fails fast with ``PermissionDenied`` instead of timing out."""
+        while not self._perm.empty():
+            self._perm.get_nowait()  # violations from before this request are not ours
+        req = asyncio.ensure_future(self._nc.request(subject, body, timeout=timeout, headers=headers))
+        perm = asyncio.ensure_future(self._perm.get())
+        try:
+            while True:
+                done, _ = await asyncio.wait({req, perm}, return_when=asyncio.FIRST_COMPLETED)
+                if req in done:
+                    data: bytes = req.result().data
+                    return data
+                op, subj = perm.result()
+                if op == "publish" and _subject_matches(subj, subject):
+                    raise PermissionDenied(subject, "publish")
+                perm = asyncio.ensure_future(self._perm.get())
+        finally:
+            for f in (req, perm):
+                if not f.done():
+                    f.cancel()
+            with contextlib.suppress(BaseException):
+                await req
+
+    def _parse_ack(self, data: bytes, count: int) -> int:
+        try:
+            resp = msgspec.json.decode(data) if data else {}
+        except msgspec.DecodeError as exc:
+            raise EventStoreError(f"unreadable acknowledgement from the server: {data!r}") from exc
+        err = resp.get("error")
+        if err:
+            raise _Rejected(int(err.get("err_code", 0)), str(err.get("description", err)))
+        if not data:
+            return 0
+        seq = int(resp.get("seq", 0))
+        if resp.get("duplicate") and count == 1:
+            return -seq  # stored before: the negative marks a duplicate
+        n = int(resp.get("count", count))
+        return seq - n + 1
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    async def _settle_duplicate(self, p: Pending, seq: int) -> None:
+        """The server already had this (single) event: report the stored copy."""
+        self._cache.pop(p.subject, None)
+        msg = await self._js.get_msg(self.stream, seq=seq)
+        ev = decode_event(msg.data or b"", seq=seq)
+        if not p.future.done():
+            p.future.set_result(
+                AppendResult(
+                    first_seq=seq,
+                    last_seq=seq,
+                    version=ev.version,
+                    duplicate=True,
+                    ids=(ev.id,),
+                    lamport=ev.lamport,
+                    vclock=dict(ev.vclock),
+                )
+            )
+
+    def _settle_success(self, ready: list[Pending], first_seq: int) -> None:
+        seq = first_seq
+        for p in ready:
+            first, last = seq, seq + p.size - 1
+            seq += p.size
+            env = p.envelopes[-1]
+            self._remember(
+                p.subject, Head(last, env.version, dict(env.vclock), env.lamport, p.state_after)
+            )
+            if not p.future.done():
+                p.future.set_result(
+                    AppendResult(
+                        first_seq=first,
+                        last_seq=last,
+                        version=env.version,
+                        duplicate=False,
+                        ids=tuple(e.id for e in p.envelopes),
+                        lamport=env.lamport,
+                        vclock=dict(env.vclock),
+                    )
+                )
+
+    async def _settle_rejection(self, ready: list[Pending], rej: _Rejected) -> None:
+        if rej.code in (10071, 10201, 10164):
+            # Wrong last sequence or duplicate id: perhaps our own earlier attempt was stored.
+            await self._recognise_own(ready)
+            for p in ready:
+                self._cache.pop(p.subject, None)
+            return
+        if rej.code == 10054 or "maximum" in rej.description.lower():
+            err: EventStoreError = InvalidEvent(f"the server refused the events: {rej.description}")
+        else:
+            err = EventStoreError(f"the server refused the append: {rej.description}")
+        for p in ready:
+            if not p.future.done():
+                p.future.set_exception(err)
+
+    async def _recognise_own(self, ready: list[Pending]) -> None:
+        """Settle as duplicates the requests whose events are stored right after their head."""
+        for p in ready:
+            if p.future.done() or not p.envelopes:
+                continue
+            try:
+                stored = await self._stored_after(p.subject, p.base_seq, p.size)
+            except Exception as exc:
+                if self._transient(exc):
+                    return  # not reachable now; the next round retries
+                raise
+            if not stored or stored[0][1] != p.envelopes[0].id:
+                continue
+            ours = [e.id for e in p.envelopes]
+            if [i for _, i, _ in stored] != ours:
+                p.future.set_exception(
+                    InvalidEvent(
+                        f"events {ours} were only partly found on {p.subject}; "
+                        "a retry must resend exactly the same events"
+                    )
+                )
+                continue
+            last_seq, _, last_ev = stored[-1]
+            self._cache.pop(p.subject, None)
+            p.future.set_result(
+                AppendResult(
+                    first_seq=stored[0][0],
+                    last_seq=last_seq,
+                    version=last_ev.version,
+                    duplicate=True,
+                    ids=tuple(ours),
+                    lamport=last_ev.lamport,
+                    vclock=dict(last_ev.vclock),
+                )
+            )
+
+    async def _stored_after(
+        self, subject: str, after_seq: int, n: int
+    ) -> list[tuple[int, str, Any]]:
+        out: list[tuple[int, str, Any]] = []
+        seq = after_seq + 1
+        for _ in range(n):
+            try:
+                msg = await self._js.get_msg(self.stream, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                break
+            try:
+                ev = decode_event(msg.data or b"", seq=msg.seq)
+            except InvalidEvent:
+                break
+            out.append((int(msg.seq), ev.id, ev))
+            seq = int(msg.seq) + 1
+        return out
+
+
+def _subject_matches(pattern: str, subject: str) -> bool:
+    pt, st = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(pt):
+        if tok == ">":
+            return len(st) > i
+        if i >= len(st) or (tok != "*" and tok != st[i]):
+            return False
+    return len(pt) == len(st)
+
+
+def merge_context(context: VectorClock | Mapping[str, int] | None) -> dict[str, int]:
+    if context is None:
+        return {}
+    if isinstance(context, VectorClock):
+        return context.to_dict()
+    return VectorClock(context).to_dict()

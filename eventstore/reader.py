@@ -1,0 +1,240 @@
+"""Reading the log: bounded replays and a live follow, both on ordered push consumers.
+
+An ordered consumer needs no acks and no durable state; the reader remembers the last stream
+sequence it handed out and, after any interruption (reconnect, gap, stall), subscribes again
+from the next one. It never yields a sequence twice and, on the unfiltered log (which has no
+holes because deletes are denied), checks that sequences are contiguous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from eventstore.errors import EventStoreError, InvalidEvent, NotConnected
+from eventstore.events import Event, decode_event
+from eventstore.subjects import parse_subject
+
+__all__ = ["LogReader", "StoredMessage", "decode_message"]
+
+log = structlog.get_logger("eventstore.reader")
+
+_BACKLOG_HIGH = 20_000  # messages buffered before the subscription callback waits
+
+
+class StoredMessage(NamedTuple):
+    """One raw message of the log, before decoding: what a quarantine records."""
+
+    seq: int
+    subject: str
+    data: bytes
+    recorded_at: datetime
+    headers: dict[str, str] | None
+
+
+def decode_message(prefix: str, msg: StoredMessage) -> Event:
+    """Decode a stored message into an ``Event``; the subject must agree with the body."""
+    event = decode_event(msg.data, seq=msg.seq, recorded_at=msg.recorded_at)
+    agg_type, agg_id = parse_subject(prefix, msg.subject)
+    if (event.aggregate_type, event.aggregate_id) != (agg_type, agg_id):
+        raise InvalidEvent(
+            f"event at seq {msg.seq} names {event.aggregate_type}/{event.aggregate_id} "
+            f"but was stored on the subject of {agg_type}/{agg_id}"
+        )
+    return event
+
+
+def _parse_reply(reply: str) -> tuple[int, int, int, int]:
+    """(stream seq, consumer seq, timestamp ns, pending) from a JetStream ack subject."""
+    t = reply.split(".")
+    if len(t) == 9:
+        return int(t[5]), int(t[6]), int(t[7]), int(t[8])
+    return int(t[7]), int(t[8]), int(t[9]), int(t[10])
+
+
+class _Feed:
+    """One ordered push subscription, buffered in a deque for batch consumption."""
+
+    def __init__(self) -> None:
+        self.buf: collections.deque[StoredMessage] = collections.deque()
+        self.ready = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.pending = -1  # messages left after the newest buffered one (-1: none seen)
+        self.sub: Any = None
+
+    async def on_msg(self, msg: Any) -> None:
+        seq, _cseq, ts, pending = _parse_reply(msg.reply)
+        recorded = datetime.fromtimestamp(ts / 1e9, UTC)
+        self.buf.append(StoredMessage(seq, msg.subject, msg.data, recorded, msg.headers))
+        self.pending = pending
+        self.ready.set()
+        if len(self.buf) >= _BACKLOG_HIGH:
+            self.room.clear()
+            await self.room.wait()
+
+    def take(self, limit: int) -> list[StoredMessage]:
+        out: list[StoredMessage] = []
+        buf = self.buf
+        while buf and len(out) < limit:
+            out.append(buf.popleft())
+        if not buf:
+            self.ready.clear()
+        if len(buf) < _BACKLOG_HIGH // 2:
+            self.room.set()
+        return out
+
+    async def close(self) -> None:
+        self.room.set()
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+            self.sub = None
+
+
+class LogReader:
+    """Reads a stream with ordered consumers. Owned by an ``EventStore``; shares its connection."""
+
+    def __init__(self, nc: Any, js: Any, stream: str, prefix: str, url: str) -> None:
+        self._nc = nc
+        self._js = js
+        self.stream = stream
+        self.prefix = prefix
+        self.url = url
+
+    async def last_seq(self, subject: str | None = None) -> int:
+        """The stream's last sequence, or the last sequence on one subject (0 if none)."""
+        try:
+            if subject is None:
+                info = await self._js.stream_info(self.stream)
+                return int(info.state.last_seq)
+            msg = await self._js.get_last_msg(self.stream, subject)
+            return int(msg.seq)
+        except nats.js.errors.NotFoundError:
+            return 0
+        except (nats.errors.ConnectionClosedError, nats.errors.NoRespondersError) as exc:
+            raise NotConnected(self.url, str(exc) or type(exc).__name__) from exc
+
+    async def _subscribe(
+        self, feed: _Feed, subject: str, start_seq: int | None, start_time: datetime | None
+    ) -> None:
+        if start_time is not None:
+            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=
+                                 start_time.astimezone(UTC).isoformat().replace("+00:00", "Z"))  # fmt: skip
+        else:
+            cfg = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq or 1)
+            )
+        feed.sub = await self._js.subscribe(
+            subject,
+            stream=self.stream,
+            cb=feed.on_msg,
+            ordered_consumer=True,
+            config=cfg,
+            idle_heartbeat=2.0,
+            pending_msgs_limit=4 * _BACKLOG_HIGH,
+            pending_bytes_limit=1 << 30,
+        )
+
+    async def batches(
+        self,
+        subject: str,
+        *,
+        start_seq: int = 1,
+        start_time: datetime | None = None,
+        stop_seq: int | None = None,
+        follow: bool = False,
+        max_batch: int = 1000,
+        idle_timeout: float = 30.0,
+        contiguous: bool = False,
+    ) -> AsyncIterator[list[StoredMessage]]:
+        """Yield batches of raw messages on ``subject`` from ``start_seq`` (or ``start_time``).
+
+        Bounded (``follow=False``): stops after ``stop_seq`` (default: the head when called).
+        Live (``follow=True``): never stops; resubscribes from the next sequence after any
+        interruption. ``contiguous`` asserts there are no holes (the unfiltered log).
+        """
+        if not follow and stop_seq is None:
+            stop_seq = await self.last_seq(None if subject.endswith(">") else subject)
+        if not follow and stop_seq is not None and stop_seq < start_seq:
+            return
+        last = start_seq - 1
+        first = True
+        reconnects = self._nc.stats.get("reconnects", 0)
+        while True:
+            feed = _Feed()
+            try:
+                await self._subscribe(
+                    feed, subject, last + 1, start_time if first and start_time else None
+                )
+            except (nats.errors.ConnectionClosedError, nats.errors.NoRespondersError,
+                    nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:  # fmt: skip
+                if self._nc.is_closed:
+                    raise NotConnected(self.url, "connection closed") from exc
+                if not follow and not self._nc.is_connected:
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(0.1)
+                continue
+            first = False
+            restart = False
+            try:
+                while not restart:
+                    if not feed.buf:
+                        try:
+                            await asyncio.wait_for(feed.ready.wait(), 1.0)
+                        except TimeoutError:
+                            if self._nc.is_closed:
+                                raise NotConnected(self.url, "connection closed") from None
+                            now = self._nc.stats.get("reconnects", 0)
+                            if now != reconnects:
+                                reconnects = now
+                                restart = True  # be sure the consumer survived the reconnect
+                                continue
+                            if not follow and feed.pending == 0 and stop_seq is not None:
+                                # A filtered read ends once nothing matching is left.
+                                if await self.last_seq(None if subject.endswith(">") else subject) <= last:
+                                    return
+                            idle_timeout -= 1.0 if not follow else 0.0
+                            if idle_timeout <= 0:
+                                raise EventStoreError(
+                                    f"reading {subject} stalled after seq {last}"
+                                )
+                            continue
+                    batch = feed.take(max_batch)
+                    out: list[StoredMessage] = []
+                    for m in batch:
+                        if m.seq <= last:
+                            continue  # a redelivery after a consumer reset: never repeat
+                        if contiguous and m.seq != last + 1:
+                            log.warning("gap in log, resubscribing", expected=last + 1, got=m.seq)
+                            restart = True
+                            break
+                        if stop_seq is not None and not follow and m.seq > stop_seq:
+                            break
+                        out.append(m)
+                        last = m.seq
+                    if out:
+                        yield out
+                    if not follow and stop_seq is not None and last >= stop_seq:
+                        return
+                    if not follow and feed.pending == 0 and not feed.buf and (
+                        stop_seq is None or last >= stop_seq
+                    ):
+                        return
+            finally:
+                await feed.close()
+
+    async def events(self, subject: str, **kwargs: Any) -> AsyncIterator[Event]:
+        """Decoded events of :meth:`batches`; a malformed event raises ``InvalidEvent``."""
+        async for batch in self.batches(subject, **kwargs):
+            for m in batch:
+                yield decode_message(self.prefix, m)

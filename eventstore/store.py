@@ -1,0 +1,468 @@
+"""``EventStore``: the one object an agent holds to append to and read from the log.
+
+It opens the connection (and is the only thing that does), makes sure the stream exists and is
+immutable, reserves the producer's clock values, and hands appends to the group committer and
+reads to the log reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+
+from eventstore.clocks import VectorClock
+from eventstore.clockstore import ProducerClock
+from eventstore.errors import EventStoreError, InvalidEvent, NotConnected, PermissionDenied
+from eventstore.events import (
+    AppendResult,
+    Event,
+    NewEvent,
+    decode_event,
+    validate_aggregate_type,
+    validate_producer,
+)
+from eventstore.machines import Machines
+from eventstore.producer import MAX_EVENTS_PER_APPEND, Committer, Pending, merge_context
+from eventstore.reader import LogReader, StoredMessage
+from eventstore.streams import StreamSettings, ensure_stream
+from eventstore.subjects import aggregate_subject, filter_subject
+
+__all__ = ["DEFAULT_URL", "AppendRequest", "EventStore"]
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+log = structlog.get_logger("eventstore.store")
+
+
+class AppendRequest(msgspec.Struct, frozen=True):
+    """One append of :meth:`EventStore.append_many`."""
+
+    aggregate_type: str
+    aggregate_id: str
+    events: list[NewEvent]
+    expected_version: int | None = None
+    context: dict[str, int] | None = None
+
+
+class EventStore:
+    """Append to and read from the event log on one NATS connection.
+
+    Use ``await EventStore.connect(url, producer="agent-1")`` or ``async with`` it.
+    """
+
+    def __init__(
+        self,
+        nc: Any,
+        *,
+        url: str,
+        producer: str,
+        settings: StreamSettings,
+        machines: Machines,
+        append_timeout: float,
+    ) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self.url = url
+        self.producer = producer
+        self.settings = settings
+        self.machines = machines
+        self.append_timeout = append_timeout
+        self.reader = LogReader(nc, self._js, settings.name, settings.prefix, url)
+        self._committer: Committer | None = None
+
+    # -- connecting ------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        producer: str = "default",
+        stream: str | StreamSettings = "EVENTS",
+        machines: Machines | None = None,
+        ensure: bool = True,
+        append_timeout: float = 30.0,
+        connect_timeout: float = 3.0,
+        max_batch: int = 500,
+        clock_block: int = 1000,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> EventStore:
+        """Connect, ensure the stream, and reserve this producer's clock values."""
+        validate_producer(producer)
+        settings = stream if isinstance(stream, StreamSettings) else StreamSettings(name=stream)
+        holder: dict[str, EventStore] = {}
+        early_errors: list[str] = []
+
+        async def error_cb(exc: Exception) -> None:
+            text = str(exc)
+            store = holder.get("store")
+            if "permissions violation" in text.lower():
+                if store is not None and store._committer is not None:
+                    store._committer.permission_violation(text)
+                else:
+                    early_errors.append(text)
+                log.warning("permission violation", error=text)
+            elif not isinstance(exc, (nats.errors.ConnectionClosedError, OSError)):
+                log.debug("nats error", error=text or type(exc).__name__)
+
+        async def disconnected_cb() -> None:
+            log.info("disconnected from NATS, reconnecting", url=url)
+
+        async def reconnected_cb() -> None:
+            log.info("reconnected to NATS", url=url)
+
+        try:
+            nc = await nats.connect(
+                url,
+                name=f"eventstore:{producer}",
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+                connect_timeout=connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                user=user,
+                password=password,
+            )
+        except nats.errors.NoServersError as exc:
+            raise NotConnected(url, "connection refused") from exc
+        except (OSError, TimeoutError, asyncio.TimeoutError, nats.errors.Error) as exc:
+            if "authorization" in str(exc).lower():
+                raise PermissionDenied(url, "connect", "authorization violation") from exc
+            raise NotConnected(url, str(exc) or type(exc).__name__) from exc
+        store = cls(
+            nc,
+            url=url,
+            producer=producer,
+            settings=settings,
+            machines=machines or Machines(),
+            append_timeout=append_timeout,
+        )
+        holder["store"] = store
+        try:
+            if ensure:
+                await store.ensure()
+            clock = await ProducerClock.open(store._js, settings.name, producer, clock_block)
+        except nats.errors.TimeoutError as exc:
+            await nc.close()
+            if early_errors:
+                raise PermissionDenied("$JS.API.>", "publish", early_errors[0]) from exc
+            raise NotConnected(url, "JetStream did not answer (is it enabled?)") from exc
+        except nats.js.errors.APIError as exc:
+            await nc.close()
+            raise EventStoreError(f"JetStream refused to set up: {exc.description}") from exc
+        except BaseException:
+            await nc.close()
+            raise
+        store._committer = Committer(
+            nc,
+            store._js,
+            stream=settings.name,
+            producer=producer,
+            clock=clock,
+            machines=store.machines,
+            url=url,
+            max_batch=max_batch,
+        )
+        store._committer.start()
+        return store
+
+    async def ensure(self) -> Any:
+        """Create the stream, or check that the existing one keeps the log immutable."""
+        return await ensure_stream(self._js, self.settings, url=self.url)
+
+    async def close(self) -> None:
+        if self._committer is not None:
+            await self._committer.close()
+        if not self._nc.is_closed:
+            await self._nc.close()
+
+    async def __aenter__(self) -> EventStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def nc(self) -> Any:
+        """The underlying nats-py connection (for services built on the same connection)."""
+        return self._nc
+
+    @property
+    def js(self) -> Any:
+        return self._js
+
+    @property
+    def vclock(self) -> VectorClock:
+        """This producer's causal context: everything it has written or acted upon."""
+        assert self._committer is not None
+        return self._committer.vclock
+
+    @property
+    def lamport(self) -> int:
+        assert self._committer is not None
+        return self._committer.clock.lamport
+
+    def subject(self, aggregate_type: str, aggregate_id: str) -> str:
+        return aggregate_subject(self.settings.prefix, aggregate_type, aggregate_id)
+
+    # -- appending -------------------------------------------------------------------------
+
+    async def append(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        events: Sequence[NewEvent] | NewEvent,
+        *,
+        expected_version: int | None = None,
+        context: VectorClock | Mapping[str, int] | None = None,
+        timeout: float | None = None,
+    ) -> AppendResult:
+        """Append events to one aggregate, all or nothing.
+
+        ``expected_version=N`` (``0``: a new aggregate) fails with ``VersionConflict`` unless
+        the aggregate is at version N; without it the append takes the next version whatever
+        it is. ``context`` is the vector clock of the state the caller acted on.
+        """
+        fut = self._submit(aggregate_type, aggregate_id, events, expected_version, context, timeout)
+        return await self._await(await fut)
+
+    async def append_many(
+        self, requests: Iterable[AppendRequest], *, timeout: float | None = None
+    ) -> list[AppendResult | EventStoreError]:
+        """Submit many appends at once so the committer packs them into few atomic batches.
+
+        Each request succeeds or fails on its own; failures come back as the error object in
+        its place, in the order given.
+        """
+        futs = [
+            await self._submit(
+                r.aggregate_type, r.aggregate_id, r.events, r.expected_version, r.context, timeout
+            )
+            for r in requests
+        ]
+        out: list[AppendResult | EventStoreError] = []
+        for f in futs:
+            try:
+                out.append(await self._await(f))
+            except EventStoreError as exc:
+                out.append(exc)
+        return out
+
+    async def _submit(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        events: Sequence[NewEvent] | NewEvent,
+        expected_version: int | None,
+        context: VectorClock | Mapping[str, int] | None,
+        timeout: float | None,
+    ) -> asyncio.Future[AppendResult]:
+        if self._committer is None:
+            raise NotConnected(self.url, "not connected")
+        if self._nc.is_closed:
+            raise NotConnected(self.url, "connection closed")
+        subject = self.subject(aggregate_type, aggregate_id)
+        batch = [events] if isinstance(events, NewEvent) else list(events)
+        if not batch:
+            raise InvalidEvent("an append needs at least one event")
+        if len(batch) > MAX_EVENTS_PER_APPEND:
+            raise InvalidEvent(
+                f"{len(batch)} events in one append; at most {MAX_EVENTS_PER_APPEND} "
+                "(the server's atomic batch limit)"
+            )
+        if not all(isinstance(e, NewEvent) for e in batch):
+            raise InvalidEvent("events must be NewEvent objects")
+        if expected_version is not None and (
+            not isinstance(expected_version, int) or expected_version < 0
+        ):
+            raise InvalidEvent(f"expected_version must be an integer >= 0, got {expected_version!r}")
+        user_ids = [e.id for e in batch if e.id is not None]
+        if len(set(user_ids)) != len(user_ids):
+            raise InvalidEvent("the same event id appears twice in one append")
+        batch = [e.with_id() for e in batch]
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[AppendResult] = loop.create_future()
+        wait = self.append_timeout if timeout is None else timeout
+        if user_ids:
+            # Ids chosen by the caller may be a retry of an append stored long ago (after the
+            # server's dedup window): look for them before writing anything.
+            found = await self._find_ids(subject, [e.id or "" for e in batch])
+            if found is not None:
+                fut.set_result(found)
+                return fut
+        self._committer.submit(
+            Pending(
+                agg_type=aggregate_type,
+                agg_id=aggregate_id,
+                subject=subject,
+                events=batch,
+                expected_version=expected_version,
+                context=merge_context(context),
+                future=fut,
+                deadline=time.monotonic() + wait,
+                timeout=wait,
+            )
+        )
+        return fut
+
+    async def _await(self, fut: asyncio.Future[AppendResult]) -> AppendResult:
+        return await fut
+
+    async def _find_ids(self, subject: str, ids: list[str]) -> AppendResult | None:
+        wanted = set(ids)
+        found: dict[str, Event] = {}
+        async for batch in self.reader.batches(subject):
+            for m in batch:
+                try:
+                    ev = decode_event(m.data, seq=m.seq, recorded_at=m.recorded_at)
+                except InvalidEvent:
+                    continue
+                if ev.id in wanted:
+                    found[ev.id] = ev
+        if not found:
+            return None
+        if len(found) != len(wanted):
+            missing = sorted(wanted - found.keys())
+            raise InvalidEvent(
+                f"events {sorted(found)} are already stored on {subject} but {missing} are "
+                "not: a retry must resend exactly the same events"
+            )
+        evs = [found[i] for i in ids]
+        last = evs[-1]
+        return AppendResult(
+            first_seq=evs[0].seq,
+            last_seq=last.seq,
+            version=last.version,
+            duplicate=True,
+            ids=tuple(ids),
+            lamport=last.lamport,
+            vclock=dict(last.vclock),
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _observe(self, ev: Event) -> Event:
+        if self._committer is not None:
+            self._committer.clock.observe(ev.lamport)
+        return ev
+
+    async def read(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+    ) -> AsyncIterator[Event]:
+        """One aggregate's events by version range (inclusive), oldest first."""
+        if from_version < 1:
+            raise InvalidEvent("from_version starts at 1")
+        subject = self.subject(aggregate_type, aggregate_id)
+        async for ev in self.reader.events(subject):
+            if ev.version < from_version:
+                continue
+            if to_version is not None and ev.version > to_version:
+                return
+            yield self._observe(ev)
+
+    async def read_by_seq(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+    ) -> AsyncIterator[Event]:
+        """One aggregate's events whose stream sequence is in ``[from_seq, to_seq]``."""
+        subject = self.subject(aggregate_type, aggregate_id)
+        stop = to_seq if to_seq is not None else await self.reader.last_seq(subject)
+        async for ev in self.reader.events(subject, start_seq=max(1, from_seq), stop_seq=stop):
+            yield self._observe(ev)
+
+    async def read_by_time(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        start: datetime,
+        end: datetime | None = None,
+    ) -> AsyncIterator[Event]:
+        """One aggregate's events recorded (by the server) in ``[start, end]``."""
+        subject = self.subject(aggregate_type, aggregate_id)
+        async for ev in self.reader.events(subject, start_time=start):
+            if end is not None and ev.recorded_at is not None and ev.recorded_at > end:
+                return
+            yield self._observe(ev)
+
+    async def read_all(
+        self, from_seq: int = 1, to_seq: int | None = None, aggregate_type: str | None = None
+    ) -> AsyncIterator[Event]:
+        """Every event of the log (or of one aggregate type) from ``from_seq``, in log order."""
+        subject = filter_subject(self.settings.prefix, aggregate_type)
+        stop = to_seq if to_seq is not None else await self.reader.last_seq()
+        async for ev in self.reader.events(
+            subject, start_seq=from_seq, stop_seq=stop, contiguous=aggregate_type is None
+        ):
+            yield self._observe(ev)
+
+    async def follow(
+        self,
+        from_seq: int | None = None,
+        aggregate_type: str | None = None,
+        aggregate_id: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """Follow the log live from ``from_seq`` (default: only new events), forever.
+
+        Never skips or repeats an event, across reconnects and server restarts.
+        """
+        if aggregate_id is not None:
+            if aggregate_type is None:
+                raise InvalidEvent("following one aggregate id needs its aggregate type")
+            subject = self.subject(aggregate_type, aggregate_id)
+        else:
+            subject = filter_subject(self.settings.prefix, aggregate_type)
+        start = from_seq if from_seq is not None else await self.reader.last_seq() + 1
+        async for ev in self.reader.events(
+            subject, start_seq=start, follow=True, contiguous=subject.endswith(">")
+        ):
+            yield self._observe(ev)
+
+    async def raw(
+        self, from_seq: int = 1, *, follow: bool = False, stop_seq: int | None = None
+    ) -> AsyncIterator[list[StoredMessage]]:
+        """Batches of undecoded messages of the whole log: for projection runners."""
+        async for batch in self.reader.batches(
+            filter_subject(self.settings.prefix),
+            start_seq=from_seq,
+            stop_seq=stop_seq,
+            follow=follow,
+            contiguous=True,
+        ):
+            yield batch
+
+    async def head(self) -> int:
+        """The log's last stream sequence (0 when empty)."""
+        return await self.reader.last_seq()
+
+    async def version(self, aggregate_type: str, aggregate_id: str) -> int:
+        """The aggregate's current version (0 if it has no events), from the server."""
+        assert self._committer is not None
+        head = await self._committer.fetch_head(
+            self.subject(aggregate_type, aggregate_id), aggregate_type
+        )
+        return head.version

@@ -1,0 +1,118 @@
+"""The stream that holds the log, and the checks that keep it immutable.
+
+``ensure`` creates the stream or inspects an existing one. It never weakens a stream, and it
+refuses to run against one whose settings would let events be deleted, purged, expired,
+rolled up or lost to limits: an event store whose history can silently shrink is not one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+from eventstore.errors import EventStoreError, NotConnected, StreamMisconfigured
+from eventstore.subjects import DEFAULT_PREFIX, validate_prefix
+
+__all__ = ["StreamSettings", "ensure_stream"]
+
+log = structlog.get_logger("eventstore.streams")
+
+
+class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where and how the log is kept. Defaults are the product's (DESIGN.md)."""
+
+    name: str = "EVENTS"
+    prefix: str = DEFAULT_PREFIX
+    duplicate_window: float = 120.0
+    replicas: int = 1
+    max_age: float = 0.0  # 0: keep forever
+    max_bytes: int = -1  # -1: unlimited
+
+    @property
+    def subjects(self) -> list[str]:
+        return [f"{self.prefix}.>"]
+
+    def config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.name,
+            subjects=self.subjects,
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            duplicate_window=self.duplicate_window,
+            num_replicas=self.replicas,
+            max_age=self.max_age,
+            max_bytes=self.max_bytes,
+            max_msgs=-1,
+            max_msgs_per_subject=-1,
+            deny_delete=True,
+            deny_purge=True,
+            allow_direct=True,
+            allow_rollup_hdrs=False,
+            allow_atomic=True,
+        )
+
+
+def _problems(cfg: Any, want: StreamSettings) -> list[str]:
+    p: list[str] = []
+    if not cfg.deny_delete:
+        p.append("deny_delete is off (messages can be deleted)")
+    if not cfg.deny_purge:
+        p.append("deny_purge is off (the stream can be purged)")
+    if cfg.allow_rollup_hdrs:
+        p.append("allow_rollup_hdrs is on (a rollup erases history)")
+    if not getattr(cfg, "allow_atomic", False):
+        p.append("allow_atomic is off (multi-event appends would not be atomic)")
+    if str(getattr(cfg.storage, "value", cfg.storage)) != "file":
+        p.append(f"storage is {cfg.storage} (events would not survive a restart)")
+    retention = str(getattr(cfg.retention, "value", cfg.retention))
+    if retention != "limits":
+        p.append(f"retention is {retention} (consumers would remove events)")
+    if (cfg.max_msgs or -1) > 0:
+        p.append(f"max_msgs is {cfg.max_msgs} (old events would be dropped)")
+    if (cfg.max_msgs_per_subject or -1) > 0:
+        p.append(f"max_msgs_per_subject is {cfg.max_msgs_per_subject} (history is truncated)")
+    if (cfg.max_bytes or -1) > 0 and (want.max_bytes <= 0 or cfg.max_bytes != want.max_bytes):
+        p.append(f"max_bytes is {cfg.max_bytes} (old events would be dropped)")
+    if (cfg.max_age or 0) > 0 and (want.max_age <= 0 or cfg.max_age != want.max_age):
+        p.append(f"max_age is {cfg.max_age}s (old events would expire)")
+    if getattr(cfg, "allow_msg_ttl", False):
+        p.append("allow_msg_ttl is on (events could expire)")
+    if want.subjects[0] not in (cfg.subjects or []):
+        p.append(f"its subjects {cfg.subjects} do not include {want.subjects[0]}")
+    return p
+
+
+async def ensure_stream(js: Any, settings: StreamSettings, *, url: str = "") -> Any:
+    """Create the stream, or check that an existing one keeps the log immutable.
+
+    Returns the stream info. Raises ``StreamMisconfigured`` naming every weakening setting.
+    """
+    validate_prefix(settings.prefix)
+    try:
+        info = await js.stream_info(settings.name)
+    except nats.js.errors.NotFoundError:
+        info = None
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+        raise NotConnected(url, "JetStream is not enabled or not answering") from exc
+    if info is None:
+        try:
+            info = await js.add_stream(settings.config())
+        except nats.js.errors.BadRequestError as exc:
+            raise EventStoreError(
+                f"cannot create stream {settings.name!r}: {exc.description}"
+            ) from exc
+        log.info("stream created", stream=settings.name, subjects=settings.subjects)
+        return info
+    problems = _problems(info.config, settings)
+    if problems:
+        raise StreamMisconfigured(settings.name, problems)
+    dup = info.config.duplicate_window or 0
+    if abs(dup - settings.duplicate_window) > 1e-6:
+        log.info("stream duplicate window differs", stream=settings.name, configured=dup,
+                 requested=settings.duplicate_window)  # fmt: skip
+    return info

@@ -1,0 +1,114 @@
+"""Aggregate ids in NATS subjects: reversible escaping, so any id maps to exactly one token.
+
+A subject token cannot hold ``.`` (separator), ``*`` / ``>`` (wildcards), whitespace or control
+characters. Those bytes, and the escape character ``%`` itself, are written as ``%XX`` (upper
+case hex of each UTF-8 byte); everything else, non-ASCII letters included, stays readable.
+Decoding accepts only the canonical form, so two different tokens never decode to one id.
+"""
+
+from __future__ import annotations
+
+import re
+
+from eventstore.errors import InvalidEvent
+from eventstore.events import validate_aggregate_type
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "aggregate_subject",
+    "decode_id",
+    "encode_id",
+    "filter_subject",
+    "parse_subject",
+    "validate_prefix",
+]
+
+DEFAULT_PREFIX = "events"
+MAX_ID_BYTES = 256
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_ESCAPE_RE = re.compile(r"%([0-9A-F]{2})")
+
+
+def _needs_escape(ch: str) -> bool:
+    return ch in ".*>%" or ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or (
+        ch in "\u200b\u200c\u200d\u2028\u2029\ufeff"
+    )
+
+
+def encode_id(aggregate_id: str) -> str:
+    """Encode an aggregate id (1-256 UTF-8 bytes) as one subject token."""
+    if not isinstance(aggregate_id, str):
+        raise InvalidEvent(f"aggregate id must be a string, got {type(aggregate_id).__name__}")
+    try:
+        raw = aggregate_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(f"aggregate id {aggregate_id!r} is not valid UTF-8: {exc}") from exc
+    if not raw:
+        raise InvalidEvent("aggregate id must not be empty")
+    if len(raw) > MAX_ID_BYTES:
+        raise InvalidEvent(
+            f"aggregate id is {len(raw)} UTF-8 bytes; the limit is {MAX_ID_BYTES}"
+        )
+    out: list[str] = []
+    for ch in aggregate_id:
+        if _needs_escape(ch):
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def decode_id(token: str) -> str:
+    """Invert :func:`encode_id`; a token that is not a canonical encoding is an error."""
+
+    def unescape(text: str) -> str:
+        data = bytearray()
+        pos = 0
+        for m in _ESCAPE_RE.finditer(text):
+            data += text[pos : m.start()].encode("utf-8")
+            data.append(int(m.group(1), 16))
+            pos = m.end()
+        data += text[pos:].encode("utf-8")
+        return data.decode("utf-8")
+
+    try:
+        value = unescape(token)
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(f"subject token {token!r} does not decode to UTF-8") from exc
+    if not token or encode_id(value) != token:
+        raise InvalidEvent(f"subject token {token!r} is not a canonical aggregate id encoding")
+    return value
+
+
+def validate_prefix(prefix: str) -> str:
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise InvalidEvent(
+            f"subject prefix {prefix!r} is invalid: use dot-separated tokens of "
+            "letters, digits, _ and -"
+        )
+    return prefix
+
+
+def aggregate_subject(prefix: str, aggregate_type: str, aggregate_id: str) -> str:
+    """``<prefix>.<aggregate_type>.<encoded id>``."""
+    validate_aggregate_type(aggregate_type)
+    return f"{prefix}.{aggregate_type}.{encode_id(aggregate_id)}"
+
+
+def filter_subject(prefix: str, aggregate_type: str | None = None) -> str:
+    """The wildcard subject of one aggregate type, or of the whole log."""
+    if aggregate_type is None:
+        return f"{prefix}.>"
+    validate_aggregate_type(aggregate_type)
+    return f"{prefix}.{aggregate_type}.*"
+
+
+def parse_subject(prefix: str, subject: str) -> tuple[str, str]:
+    """Return ``(aggregate_type, aggregate_id)`` of an event subject under ``prefix``."""
+    head = prefix + "."
+    if not subject.startswith(head):
+        raise InvalidEvent(f"subject {subject!r} is not under prefix {prefix!r}")
+    rest = subject[len(head) :].split(".")
+    if len(rest) != 2:
+        raise InvalidEvent(f"subject {subject!r} is not <prefix>.<type>.<id>")
+    return validate_aggregate_type(rest[0]), decode_id(rest[1])
