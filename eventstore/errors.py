@@ -14,7 +14,8 @@ to import the driver to handle a failure.
     ├── NotConnected          no server answers at the URL (or the connection was lost for good)
     ├── StreamMisconfigured   an existing stream's settings would weaken immutability
     ├── AppendTimeout         an append could not be confirmed before its deadline
-    └── ConfigError           a configuration file or option is invalid
+    ├── ConfigError           a configuration file or option is invalid
+    └── ProjectionError       a projection database, projection or time-travel query failed
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidTransition",
     "NotConnected",
     "PermissionDenied",
+    "ProjectionError",
     "StreamMisconfigured",
     "VersionConflict",
 ]
@@ -134,3 +136,11 @@ class AppendTimeout(EventStoreError):
 
 class ConfigError(EventStoreError):
     """A configuration file or option is invalid."""
+
+
+class ProjectionError(EventStoreError):
+    """A projection's SQLite store, a projection's code or a query about past state failed.
+
+    The message names the database or aggregate and what to do (rebuild, upgrade, start a
+    worker); ``sqlite3`` errors are translated into this one at the projections boundary.
+    """
