@@ -1,0 +1,42 @@
+"""consumers: long-running consumers of the log and of projections, and the ``eventstore`` CLI.
+
+Imports are lazy: ``import consumers`` loads nothing else, so ``python -m consumers.cli`` and
+the console script start without importing modules twice, and a worker pays only for what it
+uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from consumers.cli import main
+    from consumers.demo import Demo, demo_environment, publish_lifecycles, run_demo
+    from consumers.serve import embedded_server, serve_until
+
+__all__ = [
+    "Demo",
+    "demo_environment",
+    "embedded_server",
+    "main",
+    "publish_lifecycles",
+    "run_demo",
+    "serve_until",
+]
+
+_WHERE = {
+    "Demo": "consumers.demo",
+    "demo_environment": "consumers.demo",
+    "embedded_server": "consumers.serve",
+    "main": "consumers.cli",
+    "publish_lifecycles": "consumers.demo",
+    "run_demo": "consumers.demo",
+    "serve_until": "consumers.serve",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'consumers' has no attribute {name!r}")

@@ -1,0 +1,249 @@
+"""The ``eventstore`` command: a thin shell over the library (parse, call, print).
+
+Exit codes: 0 success; 1 the command failed (one line on stderr says why: a version conflict,
+an invalid transition, no server at the URL ...); 2 bad arguments (one line on stderr);
+130 a one-shot command interrupted by Ctrl-C. ``tail`` and ``server`` run until SIGINT or
+SIGTERM and then exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import structlog
+
+from consumers.cliutil import (
+    EXIT_OK,
+    CliParser,
+    add_global_options,
+    command,
+    default_producer,
+    emit,
+    json_object,
+    open_store,
+    run,
+    run_command,
+    shutdown_signals,
+    stream_settings,
+)
+from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
+from eventstore.events import NewEvent
+from eventstore.logging import configure_logging
+
+__all__ = ["build_parser", "main"]
+
+log = structlog.get_logger("consumers.cli")
+
+EPILOG = """\
+exit codes: 0 ok; 1 the command failed (one line on stderr says why); 2 bad arguments;
+130 interrupted. `tail` and `server` stop cleanly on SIGINT/SIGTERM and exit 0.
+"""
+
+
+# -- publish -----------------------------------------------------------------------------------
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    event = NewEvent(
+        args.event_type,
+        data=args.data or {},
+        transition=args.transition,
+        metadata=args.metadata or {},
+        id=args.id,
+    )
+
+    async def go() -> None:
+        # A one-shot process reserves few clock values, so its counters stay nearly dense.
+        async with open_store(args, producer=args.producer, clock_block=1) as store:
+            res = await store.append(
+                args.aggregate_type, args.aggregate_id, [event],
+                expected_version=args.expect_version,
+            )  # fmt: skip
+        emit({"id": res.ids[-1], "seq": res.last_seq, "version": res.version,
+              "duplicate": res.duplicate})  # fmt: skip
+
+    run(go())
+    return EXIT_OK
+
+
+# -- history -----------------------------------------------------------------------------------
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    async def go() -> None:
+        async with open_store(args) as store:
+            async for ev in store.read(
+                args.aggregate_type, args.aggregate_id, args.from_version, args.to_version
+            ):
+                emit(ev)
+
+    run(go())
+    return EXIT_OK
+
+
+# -- tail --------------------------------------------------------------------------------------
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    async def go() -> None:
+        with shutdown_signals() as stop:
+            async with open_store(args) as store:
+                start = args.from_seq if args.from_seq is not None else await store.head() + 1
+                log.info("tail following", from_seq=start, stream=store.settings.name)
+
+                async def follow() -> None:
+                    async for ev in store.follow(start, args.aggregate_type, args.aggregate_id):
+                        emit(ev)
+
+                task = asyncio.create_task(follow())
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task  # re-raises the follow's own error, if it failed
+
+    run(go())
+    return EXIT_OK
+
+
+# -- server ------------------------------------------------------------------------------------
+
+
+def _url_port(url: str, default: int = 4222) -> int:
+    try:
+        return urlsplit(url).port or default
+    except ValueError:
+        return default
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    port = args.port if args.port is not None else _url_port(args.url)
+    store_dir = Path(args.store_dir)
+
+    async def go() -> None:
+        with shutdown_signals() as stop:
+            async with embedded_server(store_dir, port, stream_settings(args)) as server:
+                print(
+                    f"eventstore server listening on {server.url} (store {store_dir}, "
+                    f"stream {args.stream} on {args.prefix}.>)",
+                    flush=True,
+                )
+                await serve_until(server, stop)
+
+    run(go())
+    return EXIT_OK
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from consumers.demo import run_demo
+
+    return run(run_demo(stream_settings(args), workdir=args.dir))
+
+
+# -- the parser --------------------------------------------------------------------------------
+
+
+def _version(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _version(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 1-65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = CliParser(
+        prog="eventstore",
+        description="Event-sourced state for multi-agent systems on NATS JetStream.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_global_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CliParser)
+    sub.required = True
+
+    p = command(sub, "publish", help="append one event to an aggregate; prints where it landed")
+    p.add_argument("aggregate_type", metavar="TYPE", help="aggregate type, e.g. agent")
+    p.add_argument("aggregate_id", metavar="ID", help="aggregate id, e.g. asst_qa")
+    p.add_argument("event_type", metavar="EVENT_TYPE", help="event type, e.g. Started")
+    p.add_argument("--data", type=json_object, help="payload, a JSON object (default {})")
+    p.add_argument("--metadata", type=json_object, help="who/why, a JSON object (default {})")
+    p.add_argument(
+        "--expect-version", type=_version, metavar="N",
+        help="fail unless the aggregate is at version N (0: a new aggregate)",
+    )  # fmt: skip
+    p.add_argument("--id", help="event id; the same id again is stored once (default: UUIDv7)")
+    p.add_argument(
+        "--producer", default=default_producer(),
+        help="writer name (env EVENTSTORE_PRODUCER, default cli-<hostname>)",
+    )  # fmt: skip
+    p.add_argument(
+        "--transition", metavar="FROM:TO", help="state-machine step, e.g. Created:Starting"
+    )
+    p.set_defaults(func=cmd_publish)
+
+    p = command(sub, "history", help="one aggregate's events, one JSON object per line")
+    p.add_argument("aggregate_type", metavar="TYPE")
+    p.add_argument("aggregate_id", metavar="ID")
+    p.add_argument("--from-version", type=_version, default=1, metavar="N")
+    p.add_argument("--to-version", type=_version, default=None, metavar="N")
+    p.set_defaults(func=cmd_history)
+
+    p = command(sub, "tail", help="follow the log live, one JSON object per line, until Ctrl-C")
+    p.add_argument("aggregate_type", metavar="TYPE", nargs="?", help="only this aggregate type")
+    p.add_argument("aggregate_id", metavar="ID", nargs="?", help="only this aggregate")
+    p.add_argument(
+        "--from-seq", type=_version, metavar="N",
+        help="start at stream sequence N (default: only events published from now on)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_tail)
+
+    p = command(sub, "server", help="run the embedded nats-server in the foreground")
+    p.add_argument(
+        "--port", type=_port, help="port on 127.0.0.1 (default: the port of --url, 4222)"
+    )
+    p.add_argument(
+        "--store-dir", default=str(DEFAULT_STORE_DIR),
+        help=f"JetStream store directory (default ./{DEFAULT_STORE_DIR})",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_server)
+
+    p = command(sub, "demo", help="simulated agents publish their lifecycles on a fresh server")
+    p.add_argument(
+        "--dir", type=Path,
+        help="keep the demo's server store (and database) here (default: a temp dir, removed)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_demo)
+
+    # HOOK(issue-3): import consumers.cli_projections and call cli_projections.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``eventstore`` command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run_command(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
