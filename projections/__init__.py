@@ -1,0 +1,79 @@
+"""projections: folding the log into state in SQLite, now and at any point in the past."""
+
+from projections.conflicts import (
+    ConflictContext,
+    ConflictRecord,
+    FunctionResolver,
+    LastWriterWins,
+    LogOrder,
+    Resolution,
+    Resolver,
+    SourcePriority,
+    list_conflicts,
+    resolver_from_spec,
+)
+from projections.db import SCHEMA_VERSION, ProjectionDB, ProjectionInfo
+from projections.entities import EntitiesProjection
+from projections.fold import AggregateState, Folder
+from projections.loading import (
+    BUILTIN_PROJECTIONS,
+    ProjectionsConfig,
+    load_config,
+    load_projection,
+    load_projections,
+)
+from projections.mergepatch import merge_patch
+from projections.projection import Change, Projection, Statement
+from projections.quarantine import QuarantineRecord, list_quarantine
+from projections.rebuild import RebuildResult, rebuild
+from projections.runner import CommitInfo, Runner, RunnerSettings
+from projections.snapshots import SnapshotPolicy
+from projections.status import ProjectionStatus, projection_status
+from projections.timetravel import Diff, HistoryEntry, PastState, Point, TimeTravel
+from projections.verify import Mismatch, VerifyReport, verify
+
+__all__ = [
+    "BUILTIN_PROJECTIONS",
+    "SCHEMA_VERSION",
+    "AggregateState",
+    "Change",
+    "CommitInfo",
+    "ConflictContext",
+    "ConflictRecord",
+    "Diff",
+    "EntitiesProjection",
+    "Folder",
+    "FunctionResolver",
+    "HistoryEntry",
+    "LastWriterWins",
+    "LogOrder",
+    "Mismatch",
+    "PastState",
+    "Point",
+    "Projection",
+    "ProjectionDB",
+    "ProjectionInfo",
+    "ProjectionStatus",
+    "ProjectionsConfig",
+    "QuarantineRecord",
+    "RebuildResult",
+    "Resolution",
+    "Resolver",
+    "Runner",
+    "RunnerSettings",
+    "SnapshotPolicy",
+    "SourcePriority",
+    "Statement",
+    "TimeTravel",
+    "VerifyReport",
+    "list_conflicts",
+    "list_quarantine",
+    "load_config",
+    "load_projection",
+    "load_projections",
+    "merge_patch",
+    "projection_status",
+    "rebuild",
+    "resolver_from_spec",
+    "verify",
+]

@@ -1,0 +1,297 @@
+"""Conflicts: two events on one aggregate whose writers had not seen each other.
+
+The rule (DESIGN.md) is decidable from the log alone: an event conflicts when its vector clock
+is concurrent with the clock of the aggregate's previous event. The log still puts them in one
+order; a resolver decides which of the two takes effect last:
+
+- ``LogOrder`` (default): the log's order stands, the later event wins.
+- ``LastWriterWins``: the larger (Lamport time, producer) wins.
+- ``SourcePriority``: the producer earlier in an ordered list wins (unlisted ones rank last;
+  a tie keeps log order).
+- ``FunctionResolver``: a user function, given a ``ConflictContext``, returns a ``Resolution``.
+
+When the previous event wins, the state is refolded as ``apply(apply(base, event), previous)``
+where ``base`` is the state before the previous event: both events take effect, the winner's
+last. Resolvers see nothing but the two events and the states of the fold, so the result is the
+same on every replay. Every conflict is recorded (both event ids, both clocks, the resolution).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
+
+import msgspec
+
+from eventstore.errors import ConfigError
+from eventstore.events import Event
+from projections.times import from_us, to_us
+
+if TYPE_CHECKING:
+    from projections.db import ProjectionDB
+
+__all__ = [
+    "ConflictContext",
+    "ConflictRecord",
+    "FunctionResolver",
+    "LastWriterWins",
+    "LogOrder",
+    "Resolution",
+    "Resolver",
+    "SourcePriority",
+    "conflict_row",
+    "list_conflicts",
+    "resolver_from_spec",
+]
+
+Winner = Literal["event", "previous", "merged"]
+
+
+class Resolution(NamedTuple):
+    """The state after a conflict, and whose change took effect last."""
+
+    winner: Winner
+    state: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictContext:
+    """Everything a resolver may look at; ``previous`` and ``base`` are set for resolvers that
+    declare ``needs_history`` (all but log order)."""
+
+    aggregate_type: str
+    aggregate_id: str
+    event: Event
+    previous: Event | None
+    base: Any
+    current: Any
+    apply: Callable[[Any, Event], Any]
+
+    def prefer_event(self) -> Resolution:
+        """The event takes effect after the previous one (the log's order)."""
+        return Resolution("event", self.apply(self.current, self.event))
+
+    def prefer_previous(self) -> Resolution:
+        """The previous event takes effect after this one."""
+        if self.previous is None:
+            raise RuntimeError("prefer_previous needs a resolver with needs_history = True")
+        return Resolution("previous", self.apply(self.apply(self.base, self.event), self.previous))
+
+    def merged(self, state: Any) -> Resolution:
+        """A state of the resolver's own making."""
+        return Resolution("merged", state)
+
+
+@runtime_checkable
+class Resolver(Protocol):
+    """Decides a conflict. ``name`` is recorded with every conflict it resolves."""
+
+    name: str
+    needs_history: bool
+
+    def resolve(self, ctx: ConflictContext) -> Resolution: ...
+
+
+class LogOrder:
+    """The log's order stands: the event that was stored later wins."""
+
+    name = "log-order"
+    needs_history = False
+
+    def resolve(self, ctx: ConflictContext) -> Resolution:
+        return ctx.prefer_event()
+
+
+class LastWriterWins:
+    """The larger (Lamport time, producer name) takes effect last."""
+
+    name = "lww"
+    needs_history = True
+
+    def resolve(self, ctx: ConflictContext) -> Resolution:
+        prev = ctx.previous
+        assert prev is not None
+        if (ctx.event.lamport, ctx.event.producer) >= (prev.lamport, prev.producer):
+            return ctx.prefer_event()
+        return ctx.prefer_previous()
+
+
+class SourcePriority:
+    """Producers earlier in ``order`` win over later ones and over unlisted ones."""
+
+    needs_history = True
+
+    def __init__(self, order: Sequence[str]) -> None:
+        if not order:
+            raise ConfigError("source priority needs at least one producer name")
+        self.order = tuple(order)
+        self.name = "priority:" + ",".join(self.order)
+        self._rank = {p: i for i, p in enumerate(self.order)}
+
+    def resolve(self, ctx: ConflictContext) -> Resolution:
+        prev = ctx.previous
+        assert prev is not None
+        last = len(self.order)
+        mine = self._rank.get(ctx.event.producer, last)
+        theirs = self._rank.get(prev.producer, last)
+        if theirs < mine:
+            return ctx.prefer_previous()
+        return ctx.prefer_event()
+
+
+class FunctionResolver:
+    """A user function ``fn(ctx) -> Resolution`` (or ``"event"`` / ``"previous"``).
+
+    It must be deterministic: it sees the same context on every replay and must decide the
+    same way (no clocks, randomness or I/O).
+    """
+
+    needs_history = True
+
+    def __init__(
+        self, fn: Callable[[ConflictContext], Resolution | str], name: str | None = None
+    ) -> None:
+        self.fn = fn
+        self.name = name or f"function:{getattr(fn, '__module__', '?')}.{fn.__qualname__}"
+
+    def resolve(self, ctx: ConflictContext) -> Resolution:
+        out = self.fn(ctx)
+        if isinstance(out, Resolution):
+            return out
+        if out == "event":
+            return ctx.prefer_event()
+        if out == "previous":
+            return ctx.prefer_previous()
+        raise TypeError(
+            f"resolver {self.name} returned {out!r}; return a Resolution, 'event' or 'previous'"
+        )
+
+
+def resolver_from_spec(spec: str) -> Resolver:
+    """``log-order``, ``lww``, ``priority:a,b,c`` or ``package.module:function``."""
+    text = spec.strip()
+    if text in ("", "log-order", "log"):
+        return LogOrder()
+    if text in ("lww", "last-writer-wins"):
+        return LastWriterWins()
+    if text.startswith("priority:"):
+        return SourcePriority([p.strip() for p in text[len("priority:") :].split(",") if p.strip()])
+    if ":" in text:
+        module_name, _, attr = text.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"resolver {spec!r} cannot be loaded: {exc}") from exc
+        if isinstance(obj, Resolver):
+            return obj
+        if callable(obj):
+            return FunctionResolver(obj, name=f"function:{text}")
+        raise ConfigError(f"resolver {spec!r} is neither a Resolver nor a function")
+    raise ConfigError(
+        f"unknown resolver {spec!r}: use log-order, lww, priority:producer1,producer2 "
+        "or module:function"
+    )
+
+
+class ConflictRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One recorded conflict: both events, both clocks, and how it was resolved."""
+
+    projection: str
+    aggregate_type: str
+    aggregate_id: str
+    seq: int
+    version: int
+    event_id: str
+    event_producer: str
+    event_lamport: int
+    event_vclock: dict[str, int]
+    previous_id: str
+    previous_seq: int
+    previous_producer: str
+    previous_lamport: int
+    previous_vclock: dict[str, int]
+    resolver: str
+    winner: str
+    recorded_at: datetime | None = None
+
+
+INSERT_SQL = (
+    "INSERT INTO conflicts (projection, aggregate_type, aggregate_id, seq, version, event_id, "
+    "event_producer, event_lamport, event_vclock, previous_id, previous_seq, previous_producer, "
+    "previous_lamport, previous_vclock, resolver, winner, recorded_us) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_COLUMNS = (
+    "projection, aggregate_type, aggregate_id, seq, version, event_id, event_producer, "
+    "event_lamport, event_vclock, previous_id, previous_seq, previous_producer, "
+    "previous_lamport, previous_vclock, resolver, winner, recorded_us"
+)
+_encode = msgspec.json.Encoder().encode
+_clock = msgspec.json.Decoder(dict[str, int])
+
+
+def conflict_row(c: ConflictRecord) -> tuple[Any, ...]:
+    return (
+        c.projection,
+        c.aggregate_type,
+        c.aggregate_id,
+        c.seq,
+        c.version,
+        c.event_id,
+        c.event_producer,
+        c.event_lamport,
+        _encode(c.event_vclock).decode(),
+        c.previous_id,
+        c.previous_seq,
+        c.previous_producer,
+        c.previous_lamport,
+        _encode(c.previous_vclock).decode(),
+        c.resolver,
+        c.winner,
+        to_us(c.recorded_at),
+    )
+
+
+async def list_conflicts(
+    db: ProjectionDB,
+    projection: str,
+    aggregate_type: str | None = None,
+    aggregate_id: str | None = None,
+) -> list[ConflictRecord]:
+    """Recorded conflicts of a projection (optionally of one type or aggregate), by seq."""
+    where = "projection = ?"
+    params: list[Any] = [projection]
+    if aggregate_type is not None:
+        where += " AND aggregate_type = ?"
+        params.append(aggregate_type)
+    if aggregate_id is not None:
+        where += " AND aggregate_id = ?"
+        params.append(aggregate_id)
+    rows = await db.fetchall(f"SELECT {_COLUMNS} FROM conflicts WHERE {where} ORDER BY seq", params)
+    return [
+        ConflictRecord(
+            projection=r[0],
+            aggregate_type=r[1],
+            aggregate_id=r[2],
+            seq=r[3],
+            version=r[4],
+            event_id=r[5],
+            event_producer=r[6],
+            event_lamport=r[7],
+            event_vclock=_clock.decode(r[8]),
+            previous_id=r[9],
+            previous_seq=r[10],
+            previous_producer=r[11],
+            previous_lamport=r[12],
+            previous_vclock=_clock.decode(r[13]),
+            resolver=r[14],
+            winner=r[15],
+            recorded_at=from_us(r[16]),
+        )
+        for r in rows
+    ]

@@ -1,0 +1,436 @@
+"""The SQLite file of the projections: schema, migrations, and the rows of aggregate states.
+
+One file holds every projection of a worker: their checkpoints, current states, snapshots,
+conflicts and quarantined events, and their read-model tables. It runs in WAL mode, so readers
+(the CLI, queries) never block the worker, and ``synchronous=NORMAL``: a killed process loses
+nothing that was committed, and a power cut can only lose the last transactions whole, with
+their checkpoint, so the log replays them.
+
+The schema is versioned: migrations are applied in order, each recorded in
+``schema_migrations`` (and ``PRAGMA user_version``); a file written by a newer eventstore is
+refused rather than misread. ``sqlite3`` errors become ``ProjectionError`` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+import structlog
+
+from eventstore.errors import ProjectionError
+from eventstore.events import Event
+from projections.fold import AggregateState, LastEvent
+from projections.projection import Projection
+from projections.times import from_us, to_us
+
+__all__ = ["SCHEMA_VERSION", "STATE_COLUMNS", "ProjectionDB", "ProjectionInfo", "StateCodec"]
+
+log = structlog.get_logger("projections.db")
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "projections, states, snapshots, conflicts, quarantine",
+        [
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            """CREATE TABLE projections (
+                name TEXT PRIMARY KEY,
+                code_version TEXT NOT NULL,
+                checkpoint INTEGER NOT NULL DEFAULT 0,
+                checkpoint_us INTEGER,
+                updated_us INTEGER,
+                snapshot_us INTEGER
+            )""",
+            """CREATE TABLE states (
+                projection TEXT NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                seq INTEGER NOT NULL,
+                state TEXT NOT NULL,
+                vclock TEXT NOT NULL,
+                lamport INTEGER NOT NULL,
+                recorded_us INTEGER,
+                resume TEXT NOT NULL,
+                base TEXT,
+                snapshot_version INTEGER NOT NULL DEFAULT 0,
+                UNIQUE (projection, aggregate_type, aggregate_id)
+            )""",
+            """CREATE TABLE snapshots (
+                projection TEXT NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                seq INTEGER NOT NULL,
+                code_version TEXT NOT NULL,
+                state TEXT NOT NULL,
+                vclock TEXT NOT NULL,
+                lamport INTEGER NOT NULL,
+                recorded_us INTEGER,
+                resume TEXT NOT NULL,
+                base TEXT,
+                taken_us INTEGER NOT NULL,
+                UNIQUE (projection, aggregate_type, aggregate_id, version)
+            )""",
+            "CREATE INDEX snapshots_by_seq ON snapshots "
+            "(projection, aggregate_type, aggregate_id, seq)",
+            """CREATE TABLE conflicts (
+                id INTEGER PRIMARY KEY,
+                projection TEXT NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                version INTEGER NOT NULL,
+                event_id TEXT NOT NULL,
+                event_producer TEXT NOT NULL,
+                event_lamport INTEGER NOT NULL,
+                event_vclock TEXT NOT NULL,
+                previous_id TEXT NOT NULL,
+                previous_seq INTEGER NOT NULL,
+                previous_producer TEXT NOT NULL,
+                previous_lamport INTEGER NOT NULL,
+                previous_vclock TEXT NOT NULL,
+                resolver TEXT NOT NULL,
+                winner TEXT NOT NULL,
+                recorded_us INTEGER,
+                UNIQUE (projection, seq)
+            )""",
+            "CREATE INDEX conflicts_by_aggregate ON conflicts "
+            "(projection, aggregate_type, aggregate_id, seq)",
+            """CREATE TABLE quarantine (
+                id INTEGER PRIMARY KEY,
+                projection TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                subject TEXT NOT NULL,
+                aggregate_type TEXT,
+                aggregate_id TEXT,
+                version INTEGER,
+                event_id TEXT,
+                kind TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                data BLOB,
+                recorded_us INTEGER,
+                UNIQUE (projection, seq)
+            )""",
+        ],
+    ),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+class _Resume(msgspec.Struct, omit_defaults=True):
+    """The part of an aggregate's position that nobody queries: kept as one JSON column."""
+
+    machine_state: str | None = None
+    last: LastEvent | None = None
+    previous: Event | None = None
+
+
+_encode = msgspec.json.Encoder().encode
+_resume_decoder = msgspec.json.Decoder(_Resume)
+_clock_decoder = msgspec.json.Decoder(dict[str, int])
+
+STATE_COLUMNS = (
+    "aggregate_type, aggregate_id, version, seq, state, vclock, lamport, recorded_us, resume, "
+    "base, snapshot_version"
+)
+
+
+class StateCodec:
+    """Turns a projection's ``AggregateState`` into a row and back."""
+
+    def __init__(self, projection: Projection[Any]) -> None:
+        self.projection = projection
+        self.name = projection.name
+        self._state = msgspec.json.Decoder(projection.state_type)
+
+    def encode_state(self, state: Any) -> str:
+        return _encode(state).decode()
+
+    def decode_state(self, text: str | bytes) -> Any:
+        return self._state.decode(text)
+
+    def row(self, agg: AggregateState) -> tuple[Any, ...]:
+        """``(projection, <STATE_COLUMNS>)`` for the states table."""
+        last = agg.last
+        if last is not None and not isinstance(last, LastEvent):
+            last = LastEvent(
+                last.id, last.seq, last.version, dict(last.vclock), last.lamport, last.producer
+            )
+        resume = _Resume(agg.machine_state, last, agg.previous)
+        return (
+            self.name,
+            agg.aggregate_type,
+            agg.aggregate_id,
+            agg.version,
+            agg.seq,
+            _encode(agg.state).decode(),
+            _encode(agg.vclock or {}).decode(),
+            agg.lamport,
+            to_us(agg.recorded_at),
+            _encode(resume).decode(),
+            None if agg.previous is None else _encode(agg.base).decode(),
+            agg.snapshot_version,
+        )
+
+    def load(self, row: Sequence[Any]) -> AggregateState:
+        """An ``AggregateState`` from the columns ``STATE_COLUMNS`` (in that order)."""
+        (
+            agg_type,
+            agg_id,
+            version,
+            seq,
+            state,
+            vclock,
+            lamport,
+            recorded_us,
+            resume,
+            base,
+            snapshot_version,
+        ) = row
+        r = _resume_decoder.decode(resume)
+        return AggregateState(
+            agg_type,
+            agg_id,
+            self._state.decode(state),
+            version=version,
+            seq=seq,
+            vclock=_clock_decoder.decode(vclock),
+            lamport=lamport,
+            recorded_at=from_us(recorded_us),
+            machine_state=r.machine_state,
+            last=r.last,
+            previous=r.previous,
+            base=self._state.decode(base) if base is not None else None,
+            snapshot_version=snapshot_version,
+        )
+
+
+class ProjectionInfo(msgspec.Struct, frozen=True):
+    """A projection's row in the registry."""
+
+    name: str
+    code_version: str
+    checkpoint: int
+    checkpoint_at: datetime | None
+    updated_at: datetime | None
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+def _translate(path: Path, exc: sqlite3.Error) -> ProjectionError:
+    return ProjectionError(f"projection database {path}: {exc}")
+
+
+class ProjectionDB:
+    """One projection database file, opened with its schema up to date.
+
+    ``async with await ProjectionDB.open(path) as db``; one connection, used by one task at a
+    time (the runner, or one command).
+    """
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self.generation = ""
+
+    @classmethod
+    async def open(cls, path: str | Path, *, create: bool = True) -> ProjectionDB:
+        """Open (or create) the file, switch it to WAL and apply pending migrations."""
+        p = Path(path)
+        if not create and not _exists(p):
+            raise ProjectionError(
+                f"no projection database at {p}: run `eventstore worker` (or `eventstore up`) "
+                "to build it, or point --db / EVENTSTORE_DB at it"
+            )
+        if create:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = await aiosqlite.connect(p, isolation_level=None, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise _translate(p, exc) from exc
+        db = cls(conn, p)
+        try:
+            await db._setup()
+        except BaseException:
+            await conn.close()
+            raise
+        return db
+
+    async def _setup(self) -> None:
+        await self.execute("PRAGMA journal_mode=WAL")
+        await self.execute("PRAGMA synchronous=NORMAL")
+        await self.execute("PRAGMA busy_timeout=30000")
+        await self.execute("PRAGMA temp_store=MEMORY")
+        await self.execute("PRAGMA cache_size=-65536")
+        await self.migrate()
+        row = await self.fetchone("SELECT value FROM meta WHERE key = 'generation'")
+        self.generation = row[0] if row else ""
+
+    async def migrate(self) -> None:
+        async with self.transaction():
+            row = await self.fetchone("PRAGMA user_version")
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise ProjectionError(
+                    f"projection database {self.path} has schema version {current}, newer than "
+                    f"this eventstore understands ({SCHEMA_VERSION}); upgrade eventstore"
+                )
+            if current == 0:
+                await self.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_us INTEGER)"
+                )
+            for version, description, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for sql in statements:
+                    await self.execute(sql)
+                await self.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (version, description, to_us(datetime.now(UTC))),
+                )
+                if version == 1:
+                    await self.execute(
+                        "INSERT INTO meta VALUES ('generation', ?)", (uuid.uuid4().hex,)
+                    )
+                await self.execute(f"PRAGMA user_version = {int(version)}")
+                log.info("projection database migrated", db=str(self.path), schema=version)
+
+    async def schema_version(self) -> int:
+        row = await self.fetchone("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+    async def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error, ValueError):
+            await self.conn.close()
+
+    async def __aenter__(self) -> ProjectionDB:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- statements ------------------------------------------------------------------------
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        try:
+            await self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise _translate(self.path, exc) from exc
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            await self.conn.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise _translate(self.path, exc) from exc
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return list(await self.conn.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise _translate(self.path, exc) from exc
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE``: the write lock is taken up front)."""
+        await self.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(ProjectionError, sqlite3.Error, ValueError):
+                await self.conn.execute("ROLLBACK")
+            raise
+        await self.execute("COMMIT")
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[None]:
+        """A read transaction: every read inside it sees the same committed state."""
+        await self.execute("BEGIN")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProjectionError, sqlite3.Error, ValueError):
+                await self.conn.execute("COMMIT")
+
+    # -- the registry ----------------------------------------------------------------------
+
+    async def meta(self, key: str) -> str | None:
+        row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    async def projections(self) -> list[ProjectionInfo]:
+        rows = await self.fetchall(
+            "SELECT name, code_version, checkpoint, checkpoint_us, updated_us FROM projections "
+            "ORDER BY name"
+        )
+        return [ProjectionInfo(r[0], r[1], r[2], from_us(r[3]), from_us(r[4])) for r in rows]
+
+    async def projection(self, name: str) -> ProjectionInfo | None:
+        for info in await self.projections():
+            if info.name == name:
+                return info
+        return None
+
+    async def reset(self, projection: Projection[Any]) -> None:
+        """Forget everything a projection folded (inside the caller's transaction)."""
+        for table in ("states", "snapshots", "conflicts", "quarantine"):
+            await self.execute(f"DELETE FROM {table} WHERE projection = ?", (projection.name,))
+        for table in projection.tables:
+            await self.execute(f'DELETE FROM "{table}"')
+        await self.execute(
+            "INSERT OR REPLACE INTO projections (name, code_version, checkpoint) VALUES (?, ?, 0)",
+            (projection.name, projection.version),
+        )
+
+    # -- reading states --------------------------------------------------------------------
+
+    async def load_states(
+        self, codec: StateCodec, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], AggregateState]:
+        """The stored states of these aggregates (absent ones are left out)."""
+        by_type: dict[str, list[str]] = {}
+        for t, i in keys:
+            by_type.setdefault(t, []).append(i)
+        out: dict[tuple[str, str], AggregateState] = {}
+        for agg_type, ids in by_type.items():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = await self.fetchall(
+                    f"SELECT {STATE_COLUMNS} FROM states WHERE projection = ? AND "
+                    f"aggregate_type = ? AND aggregate_id IN ({marks})",
+                    (codec.name, agg_type, *chunk),
+                )
+                for row in rows:
+                    agg = codec.load(row)
+                    out[agg.key] = agg
+        return out
+
+    async def state(
+        self, codec: StateCodec, aggregate_type: str, aggregate_id: str
+    ) -> AggregateState | None:
+        found = await self.load_states(codec, [(aggregate_type, aggregate_id)])
+        return found.get((aggregate_type, aggregate_id))
+
+    async def count(self, table: str, projection: str) -> int:
+        sql = f"SELECT count(*) FROM {table} WHERE projection = ?"
+        row = await self.fetchone(sql, (projection,))
+        return int(row[0]) if row else 0

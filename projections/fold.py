@@ -1,0 +1,282 @@
+"""Folding one aggregate's messages into its state: the one definition every reader shares.
+
+The runner (live), time travel (snapshot + replay) and ``verify`` (from scratch) all feed the
+log's messages through ``Folder``, so a state is the same whichever way it was reached. The
+rules, per message of an aggregate at version N:
+
+- it cannot be decoded, or fails validation: quarantined (``undecodable``). If its body still
+  says ``"version": N+1`` it occupies that position (the aggregate moves to N+1 unchanged);
+  otherwise the aggregate stays at N.
+- its version is not N+1: quarantined (``duplicate`` or ``gap``), never applied; the aggregate
+  stays at N, so a hole in the history stops it until the history is repaired.
+- its transition is refused by the aggregate's state machine (``transition``), ``apply``
+  raises (``apply``) or the conflict resolver fails (``conflict``): quarantined; the aggregate
+  moves to N+1 with its state, clocks and machine state unchanged.
+- otherwise it is applied. If its vector clock is concurrent with the clock of the aggregate's
+  previous applied event it is a conflict, resolved by the projection's resolver and recorded.
+  The state's vector clock becomes the merge of every applied event's clock, its Lamport time
+  the largest seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import msgspec
+
+from eventstore.errors import InvalidEvent, InvalidTransition
+from eventstore.events import Event, decode_event
+from eventstore.machines import Machines
+from eventstore.reader import StoredMessage
+from eventstore.subjects import parse_subject
+from projections.conflicts import ConflictContext, ConflictRecord
+from projections.projection import Projection
+
+__all__ = ["AggregateState", "Folder", "LastEvent", "MessageDecoder", "Rejected"]
+
+Key = tuple[str, str]
+
+
+class LastEvent(msgspec.Struct, frozen=True):
+    """What the conflict rule needs of an aggregate's previous applied event."""
+
+    id: str
+    seq: int
+    version: int
+    vclock: dict[str, int]
+    lamport: int
+    producer: str
+
+
+@dataclass(slots=True, eq=False)
+class AggregateState:
+    """Everything needed to go on folding an aggregate: its state and its position.
+
+    ``last`` is the previous applied event (an ``Event`` while folding, a ``LastEvent`` once
+    loaded from SQLite); ``previous`` and ``base`` (the full previous event and the state
+    before it) are kept only for resolvers that refold.
+    """
+
+    aggregate_type: str
+    aggregate_id: str
+    state: Any
+    version: int = 0
+    seq: int = 0
+    vclock: dict[str, int] | None = None
+    lamport: int = 0
+    recorded_at: datetime | None = None
+    machine_state: str | None = None
+    last: Event | LastEvent | None = None
+    previous: Event | None = None
+    base: Any = None
+    snapshot_version: int = 0
+
+    @property
+    def key(self) -> Key:
+        return (self.aggregate_type, self.aggregate_id)
+
+    def clock(self) -> dict[str, int]:
+        return dict(self.vclock) if self.vclock else {}
+
+
+class Rejected(NamedTuple):
+    """Why a message was quarantined instead of applied."""
+
+    kind: str
+    reason: str
+
+
+class MessageDecoder:
+    """Decodes log messages into events, remembering what each subject names.
+
+    Parsing a subject costs as much as decoding a body; an aggregate's subject repeats all
+    along the log, so it is parsed once.
+    """
+
+    def __init__(self, prefix: str, cache_size: int = 100_000) -> None:
+        self.prefix = prefix
+        self._keys: dict[str, Key | None] = {}
+        self._cache_size = cache_size
+
+    def key(self, subject: str) -> Key | None:
+        """``(aggregate_type, aggregate_id)`` of a subject, or None if it names no aggregate."""
+        try:
+            return self._keys[subject]
+        except KeyError:
+            pass
+        try:
+            key: Key | None = parse_subject(self.prefix, subject)
+        except InvalidEvent:
+            key = None
+        if len(self._keys) >= self._cache_size:
+            self._keys.clear()
+        self._keys[subject] = key
+        return key
+
+    def event(self, msg: StoredMessage, key: Key) -> Event:
+        """The event of a message on ``key``'s subject; ``InvalidEvent`` if it is not one."""
+        event = decode_event(msg.data, seq=msg.seq, recorded_at=msg.recorded_at)
+        if event.aggregate_type != key[0] or event.aggregate_id != key[1]:
+            raise InvalidEvent(
+                f"event at seq {msg.seq} names {event.aggregate_type}/{event.aggregate_id} "
+                f"but was stored on the subject of {key[0]}/{key[1]}"
+            )
+        return event
+
+
+def concurrent(a: dict[str, int], b: dict[str, int]) -> bool:
+    """Whether two vector clocks are concurrent (neither saw everything the other did)."""
+    less = greater = False
+    for k, v in a.items():
+        w = b.get(k, 0)
+        if v < w:
+            less = True
+        elif v > w:
+            greater = True
+    if not less:
+        for k, w in b.items():
+            if w > 0 and k not in a:
+                less = True
+                break
+    return less and greater
+
+
+def merge_clock(a: dict[str, int] | None, b: dict[str, int]) -> dict[str, int]:
+    """Entry-wise max; returns ``a`` itself when ``b`` adds nothing (clocks are never mutated)."""
+    if not a:
+        return {k: v for k, v in b.items() if v > 0}
+    out: dict[str, int] | None = None
+    for k, v in b.items():
+        if v > a.get(k, 0):
+            if out is None:
+                out = dict(a)
+            out[k] = v
+    return a if out is None else out
+
+
+_loose = msgspec.json.Decoder()
+
+
+class Folder:
+    """Folds messages into ``AggregateState`` for one projection (see the module rules)."""
+
+    def __init__(self, projection: Projection[Any], machines: Machines | None = None) -> None:
+        self.projection = projection
+        self.machines = machines if machines is not None and any(True for _ in machines) else None
+        self.resolver = projection.resolver
+        self.history = bool(projection.resolver.needs_history)
+        self._apply = projection.apply
+
+    def new(self, key: Key) -> AggregateState:
+        return AggregateState(key[0], key[1], self.projection.initial(key[0], key[1]))
+
+    def feed(
+        self, agg: AggregateState, msg: StoredMessage, key: Key, decoder: MessageDecoder
+    ) -> Rejected | ConflictRecord | None:
+        """Decode and fold one message of ``agg``'s subject."""
+        try:
+            event = decoder.event(msg, key)
+        except InvalidEvent as exc:
+            return self.reject(agg, msg, exc.reason)
+        return self.step(agg, event)
+
+    def reject(self, agg: AggregateState, msg: StoredMessage, reason: str) -> Rejected:
+        """Quarantine an undecodable message; it takes the next version only if it says so."""
+        try:
+            body = _loose.decode(msg.data)
+        except msgspec.DecodeError:
+            body = None
+        version = body.get("version") if isinstance(body, dict) else None
+        if type(version) is int and version == agg.version + 1:
+            agg.version = version
+            agg.seq = msg.seq
+            agg.recorded_at = msg.recorded_at
+        return Rejected("undecodable", reason)
+
+    def step(self, agg: AggregateState, event: Event) -> Rejected | ConflictRecord | None:
+        """Fold one decoded event of ``agg``."""
+        version = event.version
+        if version != agg.version + 1:
+            if version <= agg.version:
+                return Rejected(
+                    "duplicate",
+                    f"version {version} again: {agg.aggregate_type}/{agg.aggregate_id} is "
+                    f"already at version {agg.version}",
+                )
+            return Rejected(
+                "gap",
+                f"version gap: {agg.aggregate_type}/{agg.aggregate_id} is at version "
+                f"{agg.version}, this event is version {version}; versions "
+                f"{agg.version + 1}..{version - 1} are missing",
+            )
+        machine_state = agg.machine_state
+        if event.transition is not None and self.machines is not None:
+            machine = self.machines.get(agg.aggregate_type)
+            if machine is not None:
+                try:
+                    machine_state = machine.check(agg.aggregate_id, machine_state, event.transition)
+                except InvalidTransition as exc:
+                    self._advance(agg, event)
+                    return Rejected("transition", exc.reason)
+        last = agg.last
+        conflict: ConflictRecord | None = None
+        ctx: ConflictContext | None = None
+        try:
+            if last is not None and concurrent(event.vclock, last.vclock):
+                ctx = ConflictContext(
+                    agg.aggregate_type,
+                    agg.aggregate_id,
+                    event,
+                    agg.previous,
+                    agg.base,
+                    agg.state,
+                    self._apply,
+                )
+                resolution = self.resolver.resolve(ctx)
+                state = resolution.state
+                conflict = ConflictRecord(
+                    projection=self.projection.name,
+                    aggregate_type=agg.aggregate_type,
+                    aggregate_id=agg.aggregate_id,
+                    seq=event.seq,
+                    version=version,
+                    event_id=event.id,
+                    event_producer=event.producer,
+                    event_lamport=event.lamport,
+                    event_vclock=dict(event.vclock),
+                    previous_id=last.id,
+                    previous_seq=last.seq,
+                    previous_producer=last.producer,
+                    previous_lamport=last.lamport,
+                    previous_vclock=dict(last.vclock),
+                    resolver=self.resolver.name,
+                    winner=resolution.winner,
+                    recorded_at=event.recorded_at,
+                )
+            else:
+                state = self._apply(agg.state, event)
+        except Exception as exc:
+            self._advance(agg, event)
+            kind = "apply" if conflict is None and ctx is None else "conflict"
+            return Rejected(kind, f"{kind} failed: {type(exc).__name__}: {exc}")
+        if self.history:
+            agg.base = agg.state
+            agg.previous = event
+        agg.state = state
+        agg.version = version
+        agg.seq = event.seq
+        agg.recorded_at = event.recorded_at
+        agg.vclock = merge_clock(agg.vclock, event.vclock)
+        if event.lamport > agg.lamport:
+            agg.lamport = event.lamport
+        agg.machine_state = machine_state
+        agg.last = event
+        return conflict
+
+    @staticmethod
+    def _advance(agg: AggregateState, event: Event) -> None:
+        agg.version = event.version
+        agg.seq = event.seq
+        agg.recorded_at = event.recorded_at

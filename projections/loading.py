@@ -1,0 +1,154 @@
+"""Which projections a worker runs, and how: built-in names, ``module:object``, the config file.
+
+The ``[projections]`` table of the TOML configuration (``--config`` / ``EVENTSTORE_CONFIG``, the
+same file that declares ``[machines]``)::
+
+    [projections]
+    load = ["entities", "myapp.projections:orders"]  # default: ["entities"]
+    snapshot_every = 100       # versions between snapshots of an aggregate
+    snapshot_keep = 5          # snapshots kept per aggregate
+    snapshot_interval = 300    # seconds between periodic snapshots (0: off)
+    batch_size = 5000          # messages per transaction at most
+    batch_delay = 0.005        # seconds a batch waits for more messages at most
+
+    [projections.resolvers]    # conflict resolver per projection (default: log-order)
+    entities = "lww"           # log-order | lww | priority:agent-a,agent-b | module:function
+
+Names given with ``--projection`` are added to ``load``. A ``module:object`` names a
+``Projection`` instance, a ``Projection`` subclass (instantiated without arguments) or a
+function returning one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from eventstore.errors import ConfigError
+from projections.conflicts import resolver_from_spec
+from projections.entities import EntitiesProjection
+from projections.projection import Projection
+from projections.runner import RunnerSettings
+from projections.snapshots import SnapshotPolicy
+
+__all__ = [
+    "BUILTIN_PROJECTIONS",
+    "ProjectionsConfig",
+    "load_config",
+    "load_projection",
+    "load_projections",
+]
+
+BUILTIN_PROJECTIONS: dict[str, Callable[[], Projection[Any]]] = {
+    "entities": EntitiesProjection,
+}
+
+
+class ProjectionsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``[projections]`` table."""
+
+    load: list[str] = msgspec.field(default_factory=lambda: ["entities"])
+    snapshot_every: int = 100
+    snapshot_keep: int = 5
+    snapshot_interval: float = 300.0
+    batch_size: int = 5000
+    batch_delay: float = 0.005
+    resolvers: dict[str, str] = {}
+
+    def runner_settings(self) -> RunnerSettings:
+        if self.batch_size < 1 or self.batch_delay < 0:
+            raise ConfigError("[projections] batch_size must be >= 1 and batch_delay >= 0")
+        return RunnerSettings(
+            batch_size=self.batch_size,
+            batch_delay=self.batch_delay,
+            snapshots=SnapshotPolicy(
+                every=self.snapshot_every, keep=self.snapshot_keep, interval=self.snapshot_interval
+            ),
+        )
+
+
+def load_config(path: str | Path | None = None) -> ProjectionsConfig:
+    """The ``[projections]`` table of ``path``, else of ``EVENTSTORE_CONFIG``, else defaults."""
+    chosen = path or os.environ.get("EVENTSTORE_CONFIG")
+    if not chosen:
+        return ProjectionsConfig()
+    p = Path(chosen)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {p} not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    try:
+        return msgspec.convert(data.get("projections", {}), ProjectionsConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{p}: [projections] {exc}") from exc
+
+
+def load_projection(spec: str, resolver: str | None = None) -> Projection[Any]:
+    """A built-in projection by name, or the ``module:object`` it names."""
+    name = spec.strip()
+    if name in BUILTIN_PROJECTIONS:
+        projection = BUILTIN_PROJECTIONS[name]()
+    elif ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"projection {spec!r} cannot be loaded: {exc}") from exc
+        if (isinstance(obj, type) and issubclass(obj, Projection)) or (
+            not isinstance(obj, Projection) and callable(obj)
+        ):
+            obj = obj()
+        if not isinstance(obj, Projection):
+            raise ConfigError(
+                f"{spec!r} is not a Projection (an instance, a subclass or a function "
+                "returning one)"
+            )
+        projection = obj
+    else:
+        raise ConfigError(
+            f"unknown projection {spec!r}: built-in ones are {sorted(BUILTIN_PROJECTIONS)}, "
+            "others are given as package.module:object"
+        )
+    if resolver:
+        projection.resolver = resolver_from_spec(resolver)
+        projection.validate()
+    return projection
+
+
+def load_projections(
+    specs: Sequence[str] = (), config: ProjectionsConfig | None = None
+) -> list[Projection[Any]]:
+    """The configured projections plus ``specs``, each once, with their configured resolvers."""
+    cfg = config or ProjectionsConfig()
+    out: list[Projection[Any]] = []
+    seen: set[str] = set()
+    for spec in [*cfg.load, *specs]:
+        if spec in seen:
+            continue
+        seen.add(spec)
+        projection = load_projection(spec)
+        if projection.name in {p.name for p in out}:
+            raise ConfigError(f"two projections are named {projection.name!r}")
+        chosen = cfg.resolvers.get(projection.name)
+        if chosen:
+            projection.resolver = resolver_from_spec(chosen)
+            projection.validate()
+        out.append(projection)
+    if not out:
+        raise ConfigError("no projection to run: [projections] load is empty and none was given")
+    unknown = set(cfg.resolvers) - {p.name for p in out}
+    if unknown:
+        raise ConfigError(
+            f"[projections.resolvers] names projections not loaded: {sorted(unknown)}"
+        )
+    return out

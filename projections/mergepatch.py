@@ -1,0 +1,82 @@
+"""JSON Merge Patch (RFC 7386): how the built-in ``entities`` projection applies ``data``.
+
+A patch object merges into the target recursively, ``null`` removes a key, anything else
+replaces. Patches never mutate their inputs: a projection's ``apply`` must be pure, because the
+state before an event is kept (snapshots, conflict resolution) and a failed apply must leave it
+untouched. Only the dicts on the changed paths are copied, so a patch costs what it touches.
+
+``diff`` goes the other way (the patch from one state to another), and ``changes`` lists the
+differences path by path for people reading a diff.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = ["PathChange", "changes", "diff", "merge_patch"]
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """The result of applying ``patch`` to ``target`` (RFC 7386 ``MergePatch``)."""
+    if not isinstance(patch, dict):
+        return patch
+    out: dict[str, Any] = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict):
+            out[key] = merge_patch(out.get(key), value)
+        else:
+            out[key] = value
+    return out
+
+
+def diff(before: Any, after: Any) -> Any:
+    """A merge patch that turns ``before`` into ``after``.
+
+    Exact for JSON values without ``null`` inside objects (a merge patch cannot set a key to
+    ``null``; such a key comes out removed).
+    """
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return after
+    patch: dict[str, Any] = {}
+    for key in before:
+        if key not in after:
+            patch[key] = None
+    for key, value in after.items():
+        if key not in before:
+            patch[key] = value
+        elif before[key] != value or type(before[key]) is not type(value):
+            old = before[key]
+            nested = isinstance(old, dict) and isinstance(value, dict)
+            patch[key] = diff(old, value) if nested else value
+    return patch
+
+
+class PathChange(msgspec.Struct, frozen=True):
+    """One difference between two states: ``op`` is ``add``, ``remove`` or ``replace``."""
+
+    path: list[str]
+    op: str
+    old: Any = None
+    new: Any = None
+
+
+def changes(before: Any, after: Any, path: tuple[str, ...] = ()) -> list[PathChange]:
+    """Every difference between two JSON values, objects compared key by key, sorted by path."""
+    out: list[PathChange] = []
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(before.keys() | after.keys()):
+            sub = (*path, key)
+            if key not in after:
+                out.append(PathChange(list(sub), "remove", old=before[key]))
+            elif key not in before:
+                out.append(PathChange(list(sub), "add", new=after[key]))
+            else:
+                out.extend(changes(before[key], after[key], sub))
+        return out
+    if before != after or type(before) is not type(after):
+        out.append(PathChange(list(path), "replace", old=before, new=after))
+    return out

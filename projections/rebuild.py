@@ -1,0 +1,137 @@
+"""Rebuild: fold the whole log into a fresh file beside the live one, then swap it in.
+
+The live file keeps serving (and its worker keeps folding) while the fresh one catches up.
+Once it is caught up, its content replaces the live file's in one SQLite transaction (the
+backup API into the live file, under its own write lock): readers see the old or the new
+database, never a mix, and no file is renamed under an open connection (which in WAL mode could
+pair the new file with the old one's write-ahead log). The new content carries a new
+generation, so a running worker notices at its next commit and resumes from the rebuilt
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from eventstore.errors import ProjectionError
+from eventstore.machines import Machines
+from eventstore.store import EventStore
+from projections.db import ProjectionDB
+from projections.projection import Projection
+from projections.runner import CommitInfo, Runner, RunnerSettings
+
+__all__ = ["RebuildResult", "rebuild"]
+
+log = structlog.get_logger("projections.rebuild")
+
+
+class RebuildResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the rebuilt database went and how far it got."""
+
+    db: str
+    projections: list[str]
+    checkpoint: int
+    messages: int
+    seconds: float
+
+
+def _files(path: Path) -> list[Path]:
+    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+def _remove(path: Path) -> None:
+    for f in _files(path):
+        f.unlink(missing_ok=True)
+
+
+def _swap(fresh: Path, live: Path) -> None:
+    """Copy ``fresh`` into ``live`` in one write transaction of ``live``."""
+    src = sqlite3.connect(fresh)
+    dst = sqlite3.connect(live, timeout=60.0)
+    try:
+        dst.execute("PRAGMA busy_timeout=60000")
+        dst.execute("PRAGMA journal_mode=WAL")
+        src.backup(dst, pages=-1)
+        dst.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        dst.close()
+        src.close()
+
+
+async def rebuild(
+    store: EventStore,
+    db_path: str | Path,
+    projections: Sequence[Projection[Any]],
+    *,
+    machines: Machines | None = None,
+    settings: RunnerSettings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RebuildResult:
+    """Rebuild every given projection from the log and swap the result into ``db_path``.
+
+    ``progress(folded_seq, head)`` is called after every committed batch. The projections
+    must include every projection the live file holds (or its data would be lost).
+    """
+    live = Path(db_path)
+    fresh = live.with_name(live.name + ".rebuild")
+    started = time.perf_counter()
+    names = [p.name for p in projections]
+    if await asyncio.to_thread(live.exists):
+        async with await ProjectionDB.open(live) as current:
+            held = [i.name for i in await current.projections()]
+        left_out = sorted(set(held) - set(names))
+        if left_out:
+            raise ProjectionError(
+                f"{live} also holds projections {left_out}, which this rebuild does not load; "
+                "load them too (--projection module:object or the config file)"
+            )
+    await asyncio.to_thread(_remove, fresh)
+    head = await store.head()
+    db = await ProjectionDB.open(fresh)
+    try:
+        runner = Runner(store, db, projections, machines=machines, settings=settings)
+
+        def report(info: CommitInfo) -> None:
+            if progress is not None:
+                progress(info.last_seq, max(head, info.last_seq))
+
+        runner.on_commit.append(report)
+        await runner.open()
+        batch = runner.settings.batch_size
+        # Catch up, then again with whatever arrived meanwhile, until what is left is small.
+        for _ in range(100):
+            await runner.run(follow=False, until=head)
+            head = await store.head()
+            if head - runner.checkpoint <= batch:
+                break
+        await runner.run(follow=False, until=head)
+        checkpoint = runner.checkpoint
+        messages = runner.events_applied
+        await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        await db.close()
+    try:
+        await asyncio.to_thread(_swap, fresh, live)
+    except sqlite3.Error as exc:
+        raise ProjectionError(f"could not swap the rebuilt database into {live}: {exc}") from exc
+    await asyncio.to_thread(_remove, fresh)
+    seconds = time.perf_counter() - started
+    log.info(
+        "projections rebuilt",
+        db=str(live),
+        projections=names,
+        checkpoint=checkpoint,
+        messages=messages,
+        seconds=round(seconds, 3),
+    )
+    return RebuildResult(
+        db=str(live), projections=names, checkpoint=checkpoint, messages=messages, seconds=seconds
+    )

@@ -1,0 +1,393 @@
+"""Time travel: any aggregate's state now, at a version, at a stream sequence or at a time.
+
+A past state is the nearest snapshot at or before the target (of the projection's current code
+version) plus the aggregate's messages after it, read from the log and folded exactly as the
+runner folds them. A snapshot every N versions keeps the replay under N events however long the
+history is. The result says which snapshot was used and how many messages were replayed.
+
+``at`` is the log's recorded time (the stream timestamp), not the producer's clock: it is the
+one time that is monotonic along the log. History lists an aggregate's messages between two
+points with what the fold made of each (applied, conflict, quarantined); diff compares two
+points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+from datetime import datetime
+from typing import Any, cast
+
+import msgspec
+
+from eventstore.errors import InvalidEvent, ProjectionError
+from eventstore.machines import Machines
+from eventstore.reader import StoredMessage
+from eventstore.store import EventStore
+from projections.conflicts import ConflictRecord
+from projections.db import ProjectionDB, StateCodec
+from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
+from projections.mergepatch import PathChange, changes, diff
+from projections.projection import Projection
+from projections.snapshots import nearest_snapshot
+from projections.times import parse_time
+
+__all__ = ["Diff", "HistoryEntry", "PastState", "Point", "TimeTravel"]
+
+
+class Point(msgspec.Struct, frozen=True, kw_only=True):
+    """A point in one aggregate's history: a version, a stream sequence, a time, or the end."""
+
+    version: int | None = None
+    seq: int | None = None
+    at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        given = sum(x is not None for x in (self.version, self.seq, self.at))
+        if given > 1:
+            raise ProjectionError("give one of version, seq or at, not several")
+        if self.version is not None and self.version < 0:
+            raise ProjectionError("a version is 0 (before the first event) or more")
+        if self.seq is not None and self.seq < 0:
+            raise ProjectionError("a stream sequence is 0 or more")
+        if self.at is not None and self.at.tzinfo is None:
+            raise ProjectionError("a time needs a time zone (use ...Z for UTC)")
+
+    @property
+    def latest(self) -> bool:
+        return self.version is None and self.seq is None and self.at is None
+
+    @classmethod
+    def parse(cls, text: str) -> Point:
+        """``version:N`` (or ``v:N`` or ``N``), ``seq:S``, ``at:TIME`` (or an ISO time), ``now``."""
+        value = text.strip()
+        kind, sep, rest = value.partition(":")
+        try:
+            if value.lower() in ("now", "head", "latest", "end"):
+                return cls()
+            if sep and kind in ("version", "v"):
+                return cls(version=int(rest))
+            if sep and kind in ("seq", "s"):
+                return cls(seq=int(rest))
+            if sep and kind in ("at", "time", "t"):
+                return cls(at=parse_time(rest))
+            if value.isdigit():
+                return cls(version=int(value))
+            return cls(at=parse_time(value))
+        except ValueError as exc:
+            raise ProjectionError(
+                f"point {text!r} not understood: use version:N, seq:S, at:2025-01-13T10:30:00Z "
+                "or now"
+            ) from exc
+
+    def describe(self) -> str:
+        if self.version is not None:
+            return f"version {self.version}"
+        if self.seq is not None:
+            return f"seq {self.seq}"
+        if self.at is not None:
+            return f"time {self.at.isoformat()}"
+        return "now"
+
+
+class PastState(msgspec.Struct, kw_only=True):
+    """An aggregate's state at a point, and how it was recovered."""
+
+    aggregate_type: str
+    aggregate_id: str
+    version: int
+    seq: int
+    state: Any
+    vclock: dict[str, int]
+    lamport: int
+    recorded_at: datetime | None = None
+    snapshot_version: int | None = None
+    snapshot_seq: int | None = None
+    replayed: int = 0
+
+    def output(self, *, past: bool = True) -> dict[str, Any]:
+        """The CLI's JSON object (``snapshot_version`` and ``replayed`` only for a past point)."""
+        out: dict[str, Any] = {
+            "aggregate_type": self.aggregate_type,
+            "aggregate_id": self.aggregate_id,
+            "version": self.version,
+            "seq": self.seq,
+            "state": msgspec.to_builtins(self.state),
+            "vclock": dict(self.vclock),
+            "lamport": self.lamport,
+        }
+        if past:
+            out["snapshot_version"] = self.snapshot_version
+            out["replayed"] = self.replayed
+        return out
+
+
+class HistoryEntry(msgspec.Struct, kw_only=True):
+    """One message of an aggregate's history and what the fold made of it."""
+
+    seq: int
+    version: int | None
+    type: str | None
+    producer: str | None
+    recorded_at: datetime | None
+    transition: list[str] | None = None
+    data: Any = None
+    outcome: str = "applied"  # applied | conflict | quarantined
+    detail: str | None = None
+
+
+class Diff(msgspec.Struct, kw_only=True):
+    """Two points of one aggregate, what changed between them, and the messages in between."""
+
+    aggregate_type: str
+    aggregate_id: str
+    before: PastState
+    after: PastState
+    changes: list[PathChange]
+    patch: Any
+    events: list[HistoryEntry]
+
+    def output(self) -> dict[str, Any]:
+        def point(p: PastState) -> dict[str, Any]:
+            return {
+                "version": p.version,
+                "seq": p.seq,
+                "recorded_at": p.recorded_at.isoformat() if p.recorded_at else None,
+                "state": msgspec.to_builtins(p.state),
+            }
+
+        return {
+            "aggregate_type": self.aggregate_type,
+            "aggregate_id": self.aggregate_id,
+            "from": point(self.before),
+            "to": point(self.after),
+            "changes": msgspec.to_builtins(self.changes),
+            "patch": msgspec.to_builtins(self.patch),
+            "events": msgspec.to_builtins(self.events),
+        }
+
+
+class TimeTravel:
+    """Queries of one projection's states, now (from SQLite) and in the past (snapshot + log).
+
+    Without a database every past state is folded from version 1 (correct, only slower).
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        projection: Projection[Any],
+        db: ProjectionDB | None = None,
+        *,
+        machines: Machines | None = None,
+    ) -> None:
+        self.store = store
+        self.projection = projection
+        self.db = db
+        self.codec = StateCodec(projection)
+        self.folder = Folder(projection, machines if machines is not None else store.machines)
+        self.decoder = MessageDecoder(store.settings.prefix)
+
+    async def current(self, aggregate_type: str, aggregate_id: str) -> PastState:
+        """The state the projection holds now (what the worker committed last)."""
+        if self.db is None:
+            raise ProjectionError("the current state needs the projection database (--db)")
+        agg = await self.db.state(self.codec, aggregate_type, aggregate_id)
+        if agg is None or agg.version == 0:
+            info = await self.db.projection(self.projection.name)
+            at = info.checkpoint if info else 0
+            raise ProjectionError(
+                f"projection {self.projection.name} has no state for {aggregate_type}/"
+                f"{aggregate_id} (it has folded the log up to seq {at}); check the id, or "
+                "whether the worker is running and caught up (`eventstore status`)"
+            )
+        return self._result(agg, None, 0)
+
+    async def state_at(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        *,
+        version: int | None = None,
+        seq: int | None = None,
+        at: datetime | None = None,
+    ) -> PastState:
+        """The state at a version, a stream sequence or a recorded time (or the latest)."""
+        point = Point(version=version, seq=seq, at=at)
+        agg, snapshot, replayed, _ = await self._fold_to(aggregate_type, aggregate_id, point)
+        return self._result(agg, snapshot, replayed)
+
+    async def history(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        start: Point | None = None,
+        end: Point | None = None,
+    ) -> list[HistoryEntry]:
+        """The messages after ``start`` up to ``end`` (default: the whole history)."""
+        _, entries = await self._between(aggregate_type, aggregate_id, start, end)
+        return entries
+
+    async def diff(self, aggregate_type: str, aggregate_id: str, start: Point, end: Point) -> Diff:
+        """What changed between two points of one aggregate, and through which messages."""
+        (before, after), entries = await self._between(aggregate_type, aggregate_id, start, end)
+        a = msgspec.to_builtins(before.state)
+        b = msgspec.to_builtins(after.state)
+        return Diff(
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            before=before,
+            after=after,
+            changes=changes(a, b),
+            patch=diff(a, b),
+            events=entries,
+        )
+
+    # -- folding ---------------------------------------------------------------------------
+
+    async def _between(
+        self, aggregate_type: str, aggregate_id: str, start: Point | None, end: Point | None
+    ) -> tuple[tuple[PastState, PastState], list[HistoryEntry]]:
+        key = (aggregate_type, aggregate_id)
+        if start is None:
+            agg, snap, replayed, position = self.folder.new(key), None, 0, 0
+        else:
+            agg, snap, replayed, position = await self._fold_to(*key, start)
+        before = self._result(agg, snap, replayed)
+        if end is not None and (
+            (end.version is not None and end.version < before.version)
+            or (end.seq is not None and end.seq < before.seq)
+            or (end.at is not None and before.recorded_at and end.at < before.recorded_at)
+        ):
+            raise ProjectionError(
+                f"{start.describe() if start else 'the start'} comes after {end.describe()} "
+                f"in the history of {aggregate_type}/{aggregate_id}"
+            )
+        entries: list[HistoryEntry] = []
+        n, _ = await self._replay(agg, position + 1, end or Point(), entries)
+        after = self._result(agg, snap, replayed + n)
+        if start is None and not entries:
+            await self._require_exists(aggregate_type, aggregate_id)
+        return (before, after), entries
+
+    async def _fold_to(
+        self, aggregate_type: str, aggregate_id: str, point: Point
+    ) -> tuple[AggregateState, tuple[int, int] | None, int, int]:
+        """(state at the point, (version, seq) of the snapshot used, messages replayed, last
+        seq read)."""
+        key = (aggregate_type, aggregate_id)
+        snapshot: AggregateState | None = None
+        if self.db is not None:
+            snapshot = await nearest_snapshot(
+                self.db,
+                self.codec,
+                aggregate_type,
+                aggregate_id,
+                version=point.version,
+                seq=point.seq,
+                at=point.at,
+            )
+        used: tuple[int, int] | None = None
+        if snapshot is not None:
+            agg, used, start = snapshot, (snapshot.version, snapshot.seq), snapshot.seq + 1
+        else:
+            agg = self.folder.new(key)
+            start = 1
+        replayed, position = await self._replay(agg, start, point, None)
+        position = max(position, start - 1)
+        if point.version is not None and agg.version < point.version:
+            await self._require_exists(aggregate_type, aggregate_id)
+            raise ProjectionError(
+                f"{aggregate_type}/{aggregate_id} has no version {point.version}: "
+                f"it is at version {agg.version}"
+            )
+        if agg.version == 0 and snapshot is None:
+            await self._require_exists(aggregate_type, aggregate_id)
+        return agg, used, replayed, position
+
+    async def _replay(
+        self,
+        agg: AggregateState,
+        start_seq: int,
+        until: Point,
+        entries: list[HistoryEntry] | None,
+    ) -> tuple[int, int]:
+        """Feed ``agg`` its messages from ``start_seq`` up to ``until``: (count, last seq)."""
+        if until.version is not None and agg.version >= until.version:
+            return 0, start_seq - 1
+        if until.seq is not None and start_seq > until.seq:
+            return 0, start_seq - 1
+        subject = self.store.subject(agg.aggregate_type, agg.aggregate_id)
+        key = agg.key
+        count = 0
+        position = start_seq - 1
+        batches = cast(
+            AsyncGenerator[list[StoredMessage], None],
+            self.store.reader.batches(subject, start_seq=start_seq, stop_seq=until.seq),
+        )
+        async with contextlib.aclosing(batches) as stream:
+            async for batch in stream:
+                for msg in batch:
+                    if until.at is not None and msg.recorded_at > until.at:
+                        return count, position
+                    if until.version is not None and agg.version >= until.version:
+                        return count, position
+                    out = self.folder.feed(agg, msg, key, self.decoder)
+                    count += 1
+                    position = msg.seq
+                    if entries is not None:
+                        entries.append(self._entry(msg, key, out))
+        return count, position
+
+    def _entry(
+        self, msg: StoredMessage, key: tuple[str, str], out: Rejected | ConflictRecord | None
+    ) -> HistoryEntry:
+        try:
+            ev = self.decoder.event(msg, key)
+        except InvalidEvent:
+            ev = None
+        outcome, detail = "applied", None
+        if isinstance(out, Rejected):
+            outcome, detail = "quarantined", f"{out.kind}: {out.reason}"
+        elif isinstance(out, ConflictRecord):
+            outcome = "conflict"
+            detail = (
+                f"concurrent with {out.previous_id} (seq {out.previous_seq}); "
+                f"{out.resolver}: {out.winner} wins"
+            )
+        return HistoryEntry(
+            seq=msg.seq,
+            version=ev.version if ev else None,
+            type=ev.type if ev else None,
+            producer=ev.producer if ev else None,
+            recorded_at=msg.recorded_at,
+            transition=[ev.transition.from_, ev.transition.to] if ev and ev.transition else None,
+            data=ev.data if ev else None,
+            outcome=outcome,
+            detail=detail,
+        )
+
+    async def _require_exists(self, aggregate_type: str, aggregate_id: str) -> None:
+        subject = self.store.subject(aggregate_type, aggregate_id)
+        if await self.store.reader.last_seq(subject) == 0:
+            raise ProjectionError(
+                f"no events for {aggregate_type}/{aggregate_id} in stream "
+                f"{self.store.settings.name}"
+            )
+
+    def _result(
+        self, agg: AggregateState, snapshot: tuple[int, int] | None, replayed: int
+    ) -> PastState:
+        return PastState(
+            aggregate_type=agg.aggregate_type,
+            aggregate_id=agg.aggregate_id,
+            version=agg.version,
+            seq=agg.seq,
+            state=agg.state,
+            vclock=agg.clock(),
+            lamport=agg.lamport,
+            recorded_at=agg.recorded_at,
+            snapshot_version=snapshot[0] if snapshot else None,
+            snapshot_seq=snapshot[1] if snapshot else None,
+            replayed=replayed,
+        )

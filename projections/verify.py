@@ -1,0 +1,284 @@
+"""Verify: fold the log again from nothing and compare with what the projection database holds.
+
+Nothing stored is trusted: no checkpoint cache, no snapshot, no state. Each projection's part
+of the log (up to its checkpoint, read in the same read transaction as the rows compared, so a
+running worker does not get in the way) is folded from version 1 with the projection's
+``apply``, and every aggregate's version, sequence, state, vector clock and Lamport time is
+compared, as well as every stored snapshot of the current code version, the set of quarantined
+messages and the recorded conflicts. Every difference is reported; none is repaired (that is
+``rebuild``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from eventstore.machines import Machines
+from eventstore.store import EventStore
+from projections.db import STATE_COLUMNS, ProjectionDB, StateCodec
+from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
+from projections.projection import Projection
+
+__all__ = ["Mismatch", "VerifyReport", "verify"]
+
+Key = tuple[str, str]
+_FIELDS = ("version", "seq", "state", "vclock", "lamport")
+
+
+class Mismatch(msgspec.Struct, frozen=True, kw_only=True):
+    """One difference between the log's fold and the database."""
+
+    projection: str
+    what: str
+    aggregate_type: str | None = None
+    aggregate_id: str | None = None
+    expected: Any = None
+    actual: Any = None
+    detail: str = ""
+
+    def describe(self) -> str:
+        where = (
+            f" {self.aggregate_type}/{self.aggregate_id}" if self.aggregate_type is not None else ""
+        )
+        text = f"{self.projection}{where}: {self.what}"
+        if self.detail:
+            text += f" ({self.detail})"
+        return text + f": log gives {self.expected!r}, database has {self.actual!r}"
+
+
+class VerifyReport(msgspec.Struct, kw_only=True):
+    """What was compared and every mismatch found."""
+
+    checkpoints: dict[str, int]
+    aggregates: int = 0
+    messages: int = 0
+    snapshots: int = 0
+    mismatches: list[Mismatch] = []
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+def _view(agg: AggregateState) -> dict[str, Any]:
+    return {
+        "version": agg.version,
+        "seq": agg.seq,
+        "state": msgspec.to_builtins(agg.state),
+        "vclock": agg.clock(),
+        "lamport": agg.lamport,
+    }
+
+
+def _compare(
+    out: list[Mismatch],
+    name: str,
+    key: Key,
+    expected: AggregateState,
+    actual: AggregateState,
+    what: str = "",
+) -> None:
+    e, a = _view(expected), _view(actual)
+    for f in _FIELDS:
+        if e[f] != a[f]:
+            out.append(
+                Mismatch(
+                    projection=name,
+                    what=f"{what}{f} differs",
+                    aggregate_type=key[0],
+                    aggregate_id=key[1],
+                    expected=e[f],
+                    actual=a[f],
+                    detail=f"at version {expected.version}",
+                )
+            )
+
+
+class _Check:
+    """One projection being verified: the independent fold and the stored rows to meet."""
+
+    def __init__(self, projection: Projection[Any], machines: Machines | None) -> None:
+        self.projection = projection
+        self.codec = StateCodec(projection)
+        self.folder = Folder(projection, machines)
+        self.checkpoint = 0
+        self.aggs: dict[Key, AggregateState] = {}
+        self.snapshots: dict[tuple[str, str, int], AggregateState] = {}
+        self.quarantined: set[int] = set()
+        self.conflicts: dict[int, str] = {}
+        self.expected_quarantine: set[int] = set()
+        self.expected_conflicts: dict[int, str] = {}
+
+
+async def verify(
+    store: EventStore,
+    db: ProjectionDB,
+    projections: Sequence[Projection[Any]],
+    *,
+    machines: Machines | None = None,
+) -> VerifyReport:
+    """Compare each projection in ``db`` with an independent fold of the log."""
+    machines = machines if machines is not None else store.machines
+    mismatches: list[Mismatch] = []
+    checks: list[_Check] = []
+    stored: dict[str, dict[Key, AggregateState]] = {}
+    async with db.snapshot():
+        infos = {i.name: i for i in await db.projections()}
+        for p in projections:
+            info = infos.get(p.name)
+            if info is None:
+                mismatches.append(
+                    Mismatch(
+                        projection=p.name,
+                        what="not in the database",
+                        detail="start a worker with it, or rebuild",
+                    )
+                )
+                continue
+            if info.code_version != p.version:
+                mismatches.append(
+                    Mismatch(
+                        projection=p.name,
+                        what="code version differs",
+                        expected=p.version,
+                        actual=info.code_version,
+                        detail="folded by other code: rebuild",
+                    )
+                )
+                continue
+            check = _Check(p, machines)
+            check.checkpoint = info.checkpoint
+            checks.append(check)
+            rows = await db.fetchall(
+                f"SELECT {STATE_COLUMNS} FROM states WHERE projection = ?", (p.name,)
+            )
+            stored[p.name] = {(r[0], r[1]): check.codec.load(r) for r in rows}
+            cols = STATE_COLUMNS.replace("snapshot_version", "version")
+            for r in await db.fetchall(
+                f"SELECT {cols} FROM snapshots WHERE projection = ? AND code_version = ?",
+                (p.name, p.version),
+            ):
+                snap = check.codec.load(r)
+                check.snapshots[(snap.aggregate_type, snap.aggregate_id, snap.version)] = snap
+            check.quarantined = {
+                int(r[0])
+                for r in await db.fetchall(
+                    "SELECT seq FROM quarantine WHERE projection = ?", (p.name,)
+                )
+            }
+            check.conflicts = {
+                int(r[0]): str(r[1])
+                for r in await db.fetchall(
+                    "SELECT seq, winner FROM conflicts WHERE projection = ?", (p.name,)
+                )
+            }
+        report = VerifyReport(checkpoints={c.projection.name: c.checkpoint for c in checks})
+        top = max((c.checkpoint for c in checks), default=0)
+        if top:
+            await _fold_log(store, checks, top, report, mismatches)
+    for check in checks:
+        name = check.projection.name
+        have = stored.get(name, {})
+        for key, agg in check.aggs.items():
+            if agg.version == 0:
+                continue
+            report.aggregates += 1
+            row = have.get(key)
+            if row is None:
+                mismatches.append(
+                    Mismatch(
+                        projection=name,
+                        what="missing from the database",
+                        aggregate_type=key[0],
+                        aggregate_id=key[1],
+                        expected=agg.version,
+                        actual=None,
+                    )
+                )
+                continue
+            _compare(mismatches, name, key, agg, row)
+        for key, row in have.items():
+            if row.version and (key not in check.aggs or check.aggs[key].version == 0):
+                mismatches.append(
+                    Mismatch(
+                        projection=name,
+                        what="not in the log",
+                        aggregate_type=key[0],
+                        aggregate_id=key[1],
+                        expected=None,
+                        actual=row.version,
+                    )
+                )
+        for snap_key, snap in check.snapshots.items():
+            mismatches.append(
+                Mismatch(
+                    projection=name,
+                    what="snapshot of a version the log never reached",
+                    aggregate_type=snap_key[0],
+                    aggregate_id=snap_key[1],
+                    expected=None,
+                    actual=snap.version,
+                )
+            )
+        if check.expected_quarantine != check.quarantined:
+            mismatches.append(
+                Mismatch(
+                    projection=name,
+                    what="quarantined messages differ",
+                    expected=sorted(check.expected_quarantine - check.quarantined),
+                    actual=sorted(check.quarantined - check.expected_quarantine),
+                    detail="sequences missing / extra",
+                )
+            )
+        if check.expected_conflicts != check.conflicts:
+            exp, act = check.expected_conflicts, check.conflicts
+            mismatches.append(
+                Mismatch(
+                    projection=name,
+                    what="recorded conflicts differ",
+                    expected={s: w for s, w in exp.items() if act.get(s) != w},
+                    actual={s: w for s, w in act.items() if exp.get(s) != w},
+                    detail="seq: winner",
+                )
+            )
+    report.mismatches = mismatches
+    return report
+
+
+async def _fold_log(
+    store: EventStore,
+    checks: list[_Check],
+    top: int,
+    report: VerifyReport,
+    mismatches: list[Mismatch],
+) -> None:
+    decoder = MessageDecoder(store.settings.prefix)
+    async for batch in store.raw(1, stop_seq=top):
+        for msg in batch:
+            report.messages += 1
+            key = decoder.key(msg.subject)
+            for check in checks:
+                if msg.seq > check.checkpoint:
+                    continue
+                if key is None:
+                    check.expected_quarantine.add(msg.seq)
+                    continue
+                if not check.projection.follows(key[0]):
+                    continue
+                agg = check.aggs.get(key)
+                if agg is None:
+                    agg = check.aggs[key] = check.folder.new(key)
+                before = agg.version
+                out = check.folder.feed(agg, msg, key, decoder)
+                if isinstance(out, Rejected):
+                    check.expected_quarantine.add(msg.seq)
+                elif out is not None:
+                    check.expected_conflicts[msg.seq] = out.winner
+                if agg.version != before:
+                    snap = check.snapshots.pop((key[0], key[1], agg.version), None)
+                    if snap is not None:
+                        report.snapshots += 1
+                        _compare(mismatches, check.projection.name, key, agg, snap, "snapshot ")
