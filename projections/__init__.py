@@ -1,5 +1,6 @@
 """projections: folding the log into state in SQLite, now and at any point in the past."""
 
+from eventstore.errors import ProjectionError
 from projections.conflicts import (
     ConflictContext,
     ConflictRecord,
@@ -52,6 +53,7 @@ __all__ = [
     "Point",
     "Projection",
     "ProjectionDB",
+    "ProjectionError",
     "ProjectionInfo",
     "ProjectionStatus",
     "ProjectionsConfig",

@@ -1,0 +1,480 @@
+"""The projection commands of ``eventstore``: worker, state, diff, conflicts, quarantine,
+rebuild, verify, status and up. Each parses, calls one library function, prints.
+
+``register(subparsers)`` adds them to the ``eventstore`` parser; ``python -m
+consumers.cli_projections`` runs them on their own (same global options).
+
+Output: ``state``, ``diff`` and ``rebuild`` print one JSON object; ``conflicts``,
+``quarantine`` and ``status`` one JSON object per line; ``verify`` one line per mismatch and a
+summary, exiting 1 if anything differs. ``worker`` and ``up`` run until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from consumers.cliutil import (
+    EXIT_ERROR,
+    EXIT_OK,
+    CliError,
+    CliParser,
+    add_global_options,
+    command,
+    emit,
+    open_store,
+    run,
+    run_command,
+    shutdown_signals,
+    stream_settings,
+)
+from consumers.worker import WORKER_PRODUCER, run_worker
+from eventstore.logging import configure_logging
+from eventstore.store import EventStore
+from projections.conflicts import list_conflicts, resolver_from_spec
+from projections.db import ProjectionDB
+from projections.loading import (
+    BUILTIN_PROJECTIONS,
+    ProjectionsConfig,
+    load_config,
+    load_projection,
+    load_projections,
+)
+from projections.projection import Projection
+from projections.quarantine import list_quarantine
+from projections.rebuild import rebuild
+from projections.status import projection_status
+from projections.timetravel import Point, TimeTravel
+from projections.verify import verify
+
+__all__ = ["main", "register"]
+
+DEFAULT_PROJECTION = "entities"
+
+
+# -- shared --------------------------------------------------------------------------------
+
+
+def _projections(args: argparse.Namespace) -> tuple[list[Projection[Any]], ProjectionsConfig]:
+    """The projections a worker of these options runs (config ``load`` + ``--projection``)."""
+    config = load_config(args.config)
+    return load_projections(getattr(args, "projection", None) or (), config), config
+
+
+def _one_projection(args: argparse.Namespace) -> Projection[Any]:
+    """The projection a query names (``--projection``, default ``entities``), as configured."""
+    config = load_config(args.config)
+    projection = load_projection(args.projection or DEFAULT_PROJECTION)
+    chosen = config.resolvers.get(projection.name)
+    if chosen:
+        projection.resolver = resolver_from_spec(chosen)
+        projection.validate()
+    return projection
+
+
+async def _open_db(args: argparse.Namespace, *, required: bool) -> ProjectionDB | None:
+    path = Path(args.db)
+    if not required and not await asyncio.to_thread(path.exists):
+        return None
+    return await ProjectionDB.open(path, create=False)
+
+
+# -- worker / up ---------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    projections, config = _projections(args)
+
+    async def go() -> None:
+        with shutdown_signals() as stop:
+            async with open_store(args, producer=WORKER_PRODUCER) as store:
+                await run_worker(
+                    store, args.db, projections, stop=stop, settings=config.runner_settings()
+                )
+
+    run(go())
+    return EXIT_OK
+
+
+def _url_port(url: str, default: int = 4222) -> int:
+    try:
+        return urlsplit(url).port or default
+    except ValueError:
+        return default
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
+
+    projections, config = _projections(args)
+    port = args.port if args.port is not None else _url_port(args.url)
+    store_dir = Path(args.store_dir or DEFAULT_STORE_DIR)
+
+    async def go() -> None:
+        with shutdown_signals() as stop:
+            async with embedded_server(store_dir, port, stream_settings(args)) as server:
+                store = await EventStore.connect(
+                    server.url, producer=WORKER_PRODUCER, stream=stream_settings(args)
+                )
+                try:
+                    worker = asyncio.create_task(
+                        run_worker(
+                            store,
+                            args.db,
+                            projections,
+                            stop=stop,
+                            settings=config.runner_settings(),
+                            on_ready=lambda _: _say_up(server.url, store_dir, args),
+                        )
+                    )
+                    serving = asyncio.create_task(serve_until(server, stop))
+                    await asyncio.wait({worker, serving}, return_when=asyncio.FIRST_COMPLETED)
+                    stop.set()
+                    for task in (worker, serving):
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                finally:
+                    await store.close()
+
+    run(go())
+    return EXIT_OK
+
+
+def _say_up(url: str, store_dir: Path, args: argparse.Namespace) -> None:
+    where = f"--url {url} --stream {args.stream} --prefix {args.prefix} --db {args.db}"
+    sys.stdout.write(
+        f"eventstore up: nats-server on {url} (store {store_dir}), projection worker writing "
+        f"{args.db}\n"
+        f"  agents connect to {url} (EVENTSTORE_URL={url}); try:\n"
+        f'    eventstore publish agent asst_qa Created --data \'{{"model": "gpt-4"}}\' {where}\n'
+        f"    eventstore state agent asst_qa {where}\n"
+        f"    eventstore status {where}\n"
+        "  Ctrl-C stops the worker (committing what it holds) and the server.\n"
+    )
+    sys.stdout.flush()
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def _point_args(args: argparse.Namespace) -> Point | None:
+    given = [
+        (name, value)
+        for name, value in (("version", args.version), ("seq", args.seq), ("at", args.at))
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise CliError("give one of --version, --seq, --at")
+    if not given:
+        return None
+    name, value = given[0]
+    return Point.parse(f"{name}:{value}")
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    projection = _one_projection(args)
+    point = _point_args(args)
+
+    async def go() -> dict[str, Any]:
+        async with open_store(args) as store:
+            db = await _open_db(args, required=point is None)
+            try:
+                tt = TimeTravel(store, projection, db)
+                if point is None:
+                    return (await tt.current(args.aggregate_type, args.aggregate_id)).output(
+                        past=False
+                    )
+                past = await tt.state_at(
+                    args.aggregate_type,
+                    args.aggregate_id,
+                    version=point.version,
+                    seq=point.seq,
+                    at=point.at,
+                )
+                return past.output(past=True)
+            finally:
+                if db is not None:
+                    await db.close()
+
+    emit(run(go()))
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    projection = _one_projection(args)
+    start, end = Point.parse(args.from_point), Point.parse(args.to_point)
+
+    async def go() -> dict[str, Any]:
+        async with open_store(args) as store:
+            db = await _open_db(args, required=False)
+            try:
+                tt = TimeTravel(store, projection, db)
+                return (await tt.diff(args.aggregate_type, args.aggregate_id, start, end)).output()
+            finally:
+                if db is not None:
+                    await db.close()
+
+    emit(run(go()))
+    return EXIT_OK
+
+
+def cmd_conflicts(args: argparse.Namespace) -> int:
+    name = _one_projection(args).name
+
+    async def go() -> list[Any]:
+        async with await ProjectionDB.open(args.db, create=False) as db:
+            return await list_conflicts(db, name, args.aggregate_type, args.aggregate_id)
+
+    for record in run(go()):
+        emit(record)
+    return EXIT_OK
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    name = _one_projection(args).name
+
+    async def go() -> list[Any]:
+        async with await ProjectionDB.open(args.db, create=False) as db:
+            return await list_quarantine(db, name, args.aggregate_type, args.aggregate_id)
+
+    for record in run(go()):
+        emit(record)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def go() -> list[Any]:
+        async with open_store(args) as store, await ProjectionDB.open(args.db, create=False) as db:
+            return await projection_status(store, db)
+
+    for item in run(go()):
+        emit(item)
+    return EXIT_OK
+
+
+# -- rebuild / verify ----------------------------------------------------------------------
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr, drawn only on a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        width = 40
+        frac = 1.0 if total <= 0 else min(1.0, done / total)
+        bar = "#" * int(frac * width)
+        sys.stderr.write(f"\rrebuilding [{bar:<{width}}] {frac:6.1%}  seq {done}/{total}")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    projections, config = _projections(args)
+    bar = _ProgressBar()
+
+    async def go() -> Any:
+        async with open_store(args, producer=WORKER_PRODUCER) as store:
+            try:
+                return await rebuild(
+                    store, args.db, projections, settings=config.runner_settings(), progress=bar
+                )
+            finally:
+                bar.finish()
+
+    emit(run(go()))
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    projections, _ = _projections(args)
+
+    async def go() -> Any:
+        async with open_store(args) as store, await ProjectionDB.open(args.db, create=False) as db:
+            return await verify(store, db, projections)
+
+    report = run(go())
+    for mismatch in report.mismatches:
+        emit({"mismatch": mismatch.describe(), **_builtins(mismatch)})
+    emit(
+        {
+            "ok": report.ok,
+            "checkpoints": report.checkpoints,
+            "aggregates": report.aggregates,
+            "messages": report.messages,
+            "snapshots": report.snapshots,
+            "mismatches": len(report.mismatches),
+        }
+    )
+    if not report.ok:
+        sys.stderr.write(
+            f"eventstore verify: {len(report.mismatches)} mismatch(es) between the log and "
+            f"{args.db}; `eventstore rebuild` folds it again\n"
+        )
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _builtins(obj: Any) -> dict[str, Any]:
+    import msgspec
+
+    out: dict[str, Any] = msgspec.to_builtins(obj)
+    return out
+
+
+# -- the parser ----------------------------------------------------------------------------
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _projection_option(p: argparse.ArgumentParser, *, many: bool) -> None:
+    builtins = ", ".join(sorted(BUILTIN_PROJECTIONS))
+    if many:
+        p.add_argument(
+            "--projection",
+            action="append",
+            default=[],
+            metavar="NAME|module:object",
+            help=f"also run this projection (built-in: {builtins}; or package.module:object); "
+            "repeatable, added to [projections] load of the config file",
+        )
+    else:
+        p.add_argument(
+            "--projection",
+            default=None,
+            metavar="NAME|module:object",
+            help=f"the projection to ask (default {DEFAULT_PROJECTION}; built-in: {builtins})",
+        )
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add the projection commands to the ``eventstore`` parser."""
+    p = command(
+        subparsers,
+        "worker",
+        help="fold the log into the projection database until "
+        "SIGTERM/SIGINT (commits the batch in hand, then exits)",
+    )
+    _projection_option(p, many=True)
+    p.set_defaults(func=cmd_worker)
+
+    p = command(
+        subparsers,
+        "state",
+        help="an aggregate's state now (from the projection) or "
+        "at a past version, sequence or time (snapshot + replay)",
+    )
+    p.add_argument("aggregate_type", metavar="TYPE")
+    p.add_argument("aggregate_id", metavar="ID")
+    p.add_argument("--version", type=_count, metavar="N", help="state after version N")
+    p.add_argument("--seq", type=_count, metavar="S", help="state as of stream sequence S")
+    p.add_argument(
+        "--at",
+        metavar="TIME",
+        help="state as of recorded time (ISO 8601, e.g. 2025-01-13T10:30:00Z)",
+    )
+    _projection_option(p, many=False)
+    p.set_defaults(func=cmd_state)
+
+    p = command(subparsers, "diff", help="what changed in an aggregate between two points")
+    p.add_argument("aggregate_type", metavar="TYPE")
+    p.add_argument("aggregate_id", metavar="ID")
+    p.add_argument(
+        "--from",
+        dest="from_point",
+        required=True,
+        metavar="POINT",
+        help="version:N, seq:S, at:TIME (or a bare version or ISO time)",
+    )
+    p.add_argument(
+        "--to", dest="to_point", default="now", metavar="POINT", help="same forms, or now (default)"
+    )
+    _projection_option(p, many=False)
+    p.set_defaults(func=cmd_diff)
+
+    for name, func, what in (
+        (
+            "conflicts",
+            cmd_conflicts,
+            "recorded conflicts (concurrent writes) and how each was resolved",
+        ),
+        ("quarantine", cmd_quarantine, "messages a projection could not apply, with the reason"),
+    ):
+        p = command(subparsers, name, help=f"{what}, one JSON object per line")
+        p.add_argument("aggregate_type", metavar="TYPE", nargs="?")
+        p.add_argument("aggregate_id", metavar="ID", nargs="?")
+        _projection_option(p, many=False)
+        p.set_defaults(func=func)
+
+    p = command(
+        subparsers,
+        "rebuild",
+        help="fold the whole log into a fresh database beside "
+        "the live one and swap it in when caught up",
+    )
+    _projection_option(p, many=True)
+    p.set_defaults(func=cmd_rebuild)
+
+    p = command(
+        subparsers,
+        "verify",
+        help="fold the log independently and compare with the "
+        "projection database; exit 1 naming every mismatch",
+    )
+    _projection_option(p, many=True)
+    p.set_defaults(func=cmd_verify)
+
+    p = command(
+        subparsers,
+        "status",
+        help="per projection: checkpoint, stream head, lag, snapshot/conflict/quarantine counts",
+    )
+    p.set_defaults(func=cmd_status)
+
+    p = command(
+        subparsers,
+        "up",
+        help="run the embedded nats-server and a projection worker together for local use",
+    )
+    p.add_argument("--port", type=_count, help="port on 127.0.0.1 (default: the port of --url)")
+    p.add_argument(
+        "--store-dir", default=None, help="JetStream store directory (default ./data/nats)"
+    )
+    _projection_option(p, many=True)
+    p.set_defaults(func=cmd_up)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The projection commands alone (``python -m consumers.cli_projections``)."""
+    parser = CliParser(prog="eventstore", description=__doc__)
+    add_global_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CliParser)
+    sub.required = True
+    register(sub)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run_command(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
