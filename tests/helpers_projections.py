@@ -104,3 +104,18 @@ def scalar(db: Path, sql: str, *params: Any) -> Any:
     finally:
         con.close()
     return row[0] if row else None
+
+
+async def log_events_and_garbage(store: EventStore) -> tuple[list[Event], list[int]]:
+    """Every decodable event of the log, and the sequences of the messages that are not."""
+    from eventstore import InvalidEvent, decode_message
+
+    events: list[Event] = []
+    bad: list[int] = []
+    async for batch in store.raw(1):
+        for m in batch:
+            try:
+                events.append(decode_message(store.settings.prefix, m))
+            except InvalidEvent:
+                bad.append(m.seq)
+    return events, bad
