@@ -152,6 +152,7 @@ class Runner:
         self._committed = asyncio.Condition()
         self.on_commit: list[Callable[[CommitInfo], Awaitable[None] | None]] = []
         self.events_applied = 0
+        self.resyncs = 0  # times the file changed under the runner (rebuild, another worker)
 
     @property
     def projections(self) -> list[Projection[Any]]:
@@ -260,6 +261,7 @@ class Runner:
                     if self._stopping:
                         break
             except _Resync:
+                self.resyncs += 1
                 await self._load()
                 continue
             except BaseException:
