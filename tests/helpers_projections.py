@@ -119,3 +119,8 @@ async def log_events_and_garbage(store: EventStore) -> tuple[list[Event], list[i
             except InvalidEvent:
                 bad.append(m.seq)
     return events, bad
+
+
+def tail(log: Path, size: int = 3000) -> str:
+    """The end of a subprocess's log, for assertion messages."""
+    return log.read_text(errors="replace")[-size:] if log.exists() else "(no log)"
