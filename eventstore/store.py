@@ -131,7 +131,9 @@ class EventStore:
                 reconnected_cb=reconnected_cb,
                 connect_timeout=connect_timeout,
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                # nats-py would retry a first connection forever with -1: try twice, then
+                # switch to reconnecting forever once connected.
+                max_reconnect_attempts=1,
                 reconnect_time_wait=0.25,
                 user=user,
                 password=password,
@@ -142,6 +144,7 @@ class EventStore:
             if "authorization" in str(exc).lower():
                 raise PermissionDenied(url, "connect", "authorization violation") from exc
             raise NotConnected(url, str(exc) or type(exc).__name__) from exc
+        nc.options["max_reconnect_attempts"] = -1
         store = cls(
             nc,
             url=url,

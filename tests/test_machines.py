@@ -1,0 +1,105 @@
+"""State machines: declared in code or TOML, enforced on append."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eventstore import (
+    ConfigError,
+    EventStore,
+    InvalidTransition,
+    Machines,
+    NewEvent,
+    StreamSettings,
+    Transition,
+    load_machines,
+)
+
+CONFIG = """
+[machines.request]
+initial = "Queued"
+transitions = [["Queued", "Routed"], ["Routed", "Processing"], ["Processing", "Completed"],
+               ["Processing", "Failed"]]
+"""
+
+
+def test_toml_config_declares_machines(tmp_path: Path) -> None:
+    """A [machines.X] table becomes a machine with its initial state and transitions."""
+    path = tmp_path / "es.toml"
+    path.write_text(CONFIG)
+    machine = load_machines(path).get("request")
+    assert machine is not None
+    assert machine.initial == "Queued"
+    assert ("Routed", "Processing") in machine.transitions
+    assert machine.check("r1", None, Transition("Queued", "Routed")) == "Routed"
+
+
+def test_config_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EVENTSTORE_CONFIG names the config file when no path is given."""
+    path = tmp_path / "es.toml"
+    path.write_text(CONFIG)
+    monkeypatch.setenv("EVENTSTORE_CONFIG", str(path))
+    assert "request" in load_machines()
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[machines.request]\ntransitions = []", "initial"),
+        ('[machines.request]\ninitial = "A"\ntransitions = [["A"]]', "pairs"),
+        ('[machines.Bad]\ninitial = "A"', "aggregate type"),
+        ("not toml [", "TOML"),
+    ],
+)
+def test_invalid_config_is_a_clear_error(tmp_path: Path, text: str, fragment: str) -> None:
+    """A broken config file raises ConfigError naming the problem."""
+    path = tmp_path / "es.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        load_machines(path)
+
+
+def test_missing_config_file() -> None:
+    """A config path that does not exist is a ConfigError."""
+    with pytest.raises(ConfigError, match="not found"):
+        load_machines("/nonexistent/es.toml")
+
+
+async def test_append_enforces_transitions(nats_url: str, settings: StreamSettings) -> None:
+    """Allowed steps are stored; a step from the wrong state or an undeclared one is refused."""
+    machines = Machines.from_mapping(__import__("tomllib").loads(CONFIG))
+    async with await EventStore.connect(
+        nats_url, producer="router", stream=settings, machines=machines
+    ) as store:
+        await store.append("request", "r1", NewEvent("Queued", {"prompt": "hi"}))
+        await store.append("request", "r1", NewEvent("Routed", transition="Queued:Routed"))
+        with pytest.raises(InvalidTransition, match="current state is Routed") as err:
+            await store.append("request", "r1", NewEvent("Done", transition="Queued:Routed"))
+        assert err.value.current == "Routed"
+        with pytest.raises(InvalidTransition, match="allows Processing"):
+            await store.append("request", "r1", NewEvent("Done", transition="Routed:Completed"))
+        # A batch with one bad step stores nothing at all.
+        with pytest.raises(InvalidTransition):
+            await store.append(
+                "request",
+                "r1",
+                [
+                    NewEvent("Started", transition="Routed:Processing"),
+                    NewEvent("Oops", transition="Processing:Queued"),
+                ],
+            )
+        assert [e.type async for e in store.read("request", "r1")] == ["Queued", "Routed"]
+        await store.append("request", "r1", NewEvent("Started", transition="Routed:Processing"))
+
+    # A new process (no cache) learns the current state from the log and keeps enforcing.
+    async with await EventStore.connect(
+        nats_url, producer="router2", stream=settings, machines=machines
+    ) as store:
+        with pytest.raises(InvalidTransition, match="current state is Processing"):
+            await store.append("request", "r1", NewEvent("Again", transition="Queued:Routed"))
+        done = await store.append(
+            "request", "r1", NewEvent("Completed", transition="Processing:Completed")
+        )
+        assert done.version == 4
