@@ -355,60 +355,69 @@ class Runner:
                 cache.update(await self.db.load_states(slot.codec, keys))
 
     def _fold(self, batch: list[StoredMessage]) -> None:
-        key_of = self.decoder.key
-        decode = self.decoder.event
-        slots = self._slots
-        policy = self.settings.snapshots
-        every = policy.every
+        # Several projections decode each message once (memo); one needs no memo.
+        memo: dict[int, Event | str] | None = {} if len(self._slots) > 1 else None
         taken_us = to_us(datetime.now(UTC)) or 0
+        for slot in self._slots:
+            self._fold_slot(slot, batch, memo, taken_us)
+
+    def _fold_slot(
+        self,
+        slot: _Slot,
+        batch: list[StoredMessage],
+        memo: dict[int, Event | str] | None,
+        taken_us: int,
+    ) -> None:
+        """Fold the batch into one projection's cached states (the runner's hot loop)."""
+        p = slot.projection
+        name, code_version, types = p.name, p.version, p.aggregate_types
+        checkpoint, cache, changed = slot.checkpoint, slot.cache, slot.changed
+        new, step, reject = slot.folder.new, slot.folder.step, slot.folder.reject
+        key_of, decode = self.decoder.key, self.decoder.event
+        every = self.settings.snapshots.every
         for msg in batch:
-            seq = msg.seq
+            if msg.seq <= checkpoint:
+                continue
             key = key_of(msg.subject)
-            event: Event | None = None
-            error = ""
-            decoded = False
-            for slot in slots:
-                if seq <= slot.checkpoint:
-                    continue
-                p = slot.projection
-                if key is None:
-                    slot.quarantine.append(
-                        quarantine.quarantine_row(
-                            p.name,
-                            msg,
-                            None,
-                            Rejected("undecodable", f"subject {msg.subject!r} names no aggregate"),
-                        )
-                    )
-                    continue
-                if p.aggregate_types and key[0] not in p.aggregate_types:
-                    continue
-                if not decoded:
-                    decoded = True
-                    try:
-                        event = decode(msg, key)
-                    except InvalidEvent as exc:
-                        error = exc.reason
-                agg = slot.cache.get(key)
-                if agg is None:
-                    agg = slot.cache[key] = slot.folder.new(key)
-                before = agg.version
-                if event is None:
-                    out: Any = slot.folder.reject(agg, msg, error)
+            if key is None:
+                why = Rejected("undecodable", f"subject {msg.subject!r} names no aggregate")
+                slot.quarantine.append(quarantine.quarantine_row(name, msg, None, why))
+                continue
+            if types and key[0] not in types:
+                continue
+            agg = cache.get(key)
+            if agg is None:
+                agg = cache[key] = new(key)
+            before = agg.version
+            out: Any
+            if memo is None:
+                try:
+                    event = decode(msg, key)
+                except InvalidEvent as exc:
+                    out = reject(agg, msg, exc.reason)
                 else:
-                    out = slot.folder.step(agg, event)
-                if out is not None:
-                    if type(out) is Rejected:
-                        slot.quarantine.append(quarantine.quarantine_row(p.name, msg, key, out))
-                    else:
-                        slot.conflicts.append(conflicts.conflict_row(out))
-                if agg.version != before:
-                    slot.changed[key] = agg
-                    if agg.version % every == 0:
-                        agg.snapshot_version = agg.version
-                        slot.snapshots.append(
-                            snapshots.snapshot_row(slot.codec, agg, p.version, taken_us)
-                        )
+                    out = step(agg, event)
+            else:
+                known = memo.get(msg.seq)
+                if known is None:
+                    try:
+                        known = decode(msg, key)
+                    except InvalidEvent as exc:
+                        known = exc.reason
+                    memo[msg.seq] = known
+                out = reject(agg, msg, known) if isinstance(known, str) else step(agg, known)
+            if out is not None:
+                if type(out) is Rejected:
+                    slot.quarantine.append(quarantine.quarantine_row(name, msg, key, out))
+                else:
+                    slot.conflicts.append(conflicts.conflict_row(out))
+            if agg.version != before:
+                changed[key] = agg
+                if agg.version % every == 0:
+                    agg.snapshot_version = agg.version
+                    slot.snapshots.append(
+                        snapshots.snapshot_row(slot.codec, agg, code_version, taken_us)
+                    )
 
     async def _commit(self, batch: list[StoredMessage], started: float) -> None:
         db = self.db
