@@ -278,9 +278,11 @@ class ProjectionDB:
         self.generation = row[0] if row else ""
 
     async def migrate(self) -> None:
+        """Apply pending migrations; an up-to-date file is only read (no write lock taken)."""
+        if await self.schema_version() == SCHEMA_VERSION:
+            return
         async with self.transaction():
-            row = await self.fetchone("PRAGMA user_version")
-            current = int(row[0]) if row else 0
+            current = await self.schema_version()
             if current > SCHEMA_VERSION:
                 raise ProjectionError(
                     f"projection database {self.path} has schema version {current}, newer than "
