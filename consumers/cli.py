@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from consumers import cli_projections
 from consumers.cliutil import (
     EXIT_OK,
     CliParser,
@@ -184,15 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("aggregate_type", metavar="TYPE", help="aggregate type, e.g. agent")
     p.add_argument("aggregate_id", metavar="ID", help="aggregate id, e.g. asst_qa")
     p.add_argument("event_type", metavar="EVENT_TYPE", help="event type, e.g. Started")
-    p.add_argument("--data", type=json_object, help="payload, a JSON object (default {})")
-    p.add_argument("--metadata", type=json_object, help="who/why, a JSON object (default {})")
+    p.add_argument(
+        "--data", type=json_object, metavar="JSON", help="payload, a JSON object (default {})"
+    )
+    p.add_argument(
+        "--metadata", type=json_object, metavar="JSON", help="who/why, a JSON object (default {})"
+    )
     p.add_argument(
         "--expect-version", type=_version, metavar="N",
         help="fail unless the aggregate is at version N (0: a new aggregate)",
     )  # fmt: skip
     p.add_argument("--id", help="event id; the same id again is stored once (default: UUIDv7)")
     p.add_argument(
-        "--producer", default=default_producer(),
+        "--producer", default=default_producer(), metavar="NAME",
         help="writer name (env EVENTSTORE_PRODUCER, default cli-<hostname>)",
     )  # fmt: skip
     p.add_argument(
@@ -226,14 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=cmd_server)
 
-    p = command(sub, "demo", help="simulated agents publish their lifecycles on a fresh server")
+    p = command(
+        sub, "demo", help="simulated agents publish their lifecycles on a fresh server, "
+        "then a projection worker folds them into SQLite",
+    )  # fmt: skip
     p.add_argument(
         "--dir", type=Path,
         help="keep the demo's server store (and database) here (default: a temp dir, removed)",
     )  # fmt: skip
     p.set_defaults(func=cmd_demo)
 
-    # HOOK(issue-3): import consumers.cli_projections and call cli_projections.register(sub)
+    cli_projections.register(sub)  # issue 3: worker, state, diff, conflicts, ..., up
     return parser
 
 

@@ -4,7 +4,9 @@ The demo starts nats-server on a free port with a store in a fresh directory, le
 agents (``asst_qa``, ``asst_ops``, ``ocr_pipeline``) run through the lifecycle
 Created → Starting → Running → Processing → Terminated concurrently, each as its own producer
 on its own connection, shows the store refusing an invalid transition and a stale write
-(version conflict), prints what the log holds, and stops the server.
+(version conflict), prints what the log holds, then hands the same log to the projections
+part (``consumers.projections_demo``: a worker folds it into SQLite, state now, time travel,
+a recorded conflict) and stops the server.
 
 ``demo_environment`` yields the running server and an open store (``Demo``), so that later
 parts (projections) can continue on the same log before the server stops.
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from consumers.projections_demo import demo_projections
 from consumers.serve import embedded_server
 from eventstore.errors import InvalidTransition, VersionConflict
 from eventstore.events import AppendResult, Event, NewEvent
@@ -264,6 +267,6 @@ async def run_demo(
     """The whole demo; returns the exit code."""
     async with demo_environment(settings, workdir, out) as demo:
         await publish_lifecycles(demo)
-        # HOOK(issue-3): await demo_projections(demo.store, demo.db_path) goes here.
+        await demo_projections(demo.store, demo.db_path, demo.out)
         demo.say("stopping the server")
     return 0

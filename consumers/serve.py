@@ -73,10 +73,18 @@ async def embedded_server(
 
 
 async def serve_until(server: EmbeddedServer, stop: asyncio.Event, poll: float = 0.2) -> None:
-    """Wait until ``stop`` is set; fail if the server process dies first."""
+    """Wait until ``stop`` is set; fail if the server process dies first.
+
+    Ctrl-C in a terminal reaches nats-server too (same process group), so a server that has
+    just exited is only an error if no stop request arrives within a moment.
+    """
     while not stop.is_set():
         proc = server.proc
         if proc is not None and proc.poll() is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            if stop.is_set():
+                return
             raise EventStoreError(
                 f"nats-server exited unexpectedly with code {proc.returncode}; "
                 f"see {server.log_path}"

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -93,6 +94,37 @@ class LineReader:
             line = self.next(max(0.01, deadline - time.monotonic()))
             if text in line:
                 return line
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from any of its threads)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+@contextlib.contextmanager
+def spawn(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """Start ``eventstore ARGS`` with piped output; never leave it (or its children) behind."""
+    proc = subprocess.Popen(
+        [*BASE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            for child in _children(proc.pid):
+                with contextlib.suppress(OSError):
+                    os.kill(child, signal.SIGKILL)
+            proc.kill()
+        proc.wait(30)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_publish_then_history_round_trip(nats_url: str, settings: StreamSettings) -> None:
@@ -212,10 +244,7 @@ def test_tail_follows_events_published_after_it_starts(
 ) -> None:
     """tail prints events published after it started, one JSON line each, and exits 0 on SIGINT."""
     assert cli(nats_url, settings, "publish", "agent", "old", "Before").returncode == 0
-    with subprocess.Popen(
-        [*BASE, *_globals(nats_url, settings), "--log-level", "info", "tail", "agent"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-    ) as tail:  # fmt: skip
+    with spawn(*_globals(nats_url, settings), "--log-level", "info", "tail", "agent") as tail:
         out, err = LineReader(tail.stdout), LineReader(tail.stderr)  # type: ignore[arg-type]
         err.until("tail following")
         published = [
@@ -230,11 +259,10 @@ def test_tail_follows_events_published_after_it_starts(
         assert tail.wait(15) == 0
 
 
-def _server_proc(port: int, store_dir: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*BASE, "server", "--port", str(port), "--store-dir", str(store_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-    )  # fmt: skip
+def _server_proc(
+    port: int, store_dir: Path
+) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+    return spawn("server", "--port", str(port), "--store-dir", str(store_dir))
 
 
 def test_server_prints_where_it_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -269,6 +297,19 @@ def test_server_refuses_a_port_in_use(nats_server: EmbeddedServer, tmp_path: Pat
     assert proc.returncode == 1
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"port {nats_server.port}" in err and "in use" in err
+
+
+def test_server_exits_1_when_nats_server_dies(tmp_path: Path) -> None:
+    """If the nats-server child dies, `eventstore server` says so on one line and exits 1."""
+    with _server_proc(free_port(), tmp_path / "nats") as proc:
+        assert "listening on" in LineReader(proc.stdout).next(20)  # type: ignore[arg-type]
+        (child,) = _children(proc.pid)
+        os.kill(child, signal.SIGKILL)
+        assert proc.wait(20) == 1
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "nats-server exited unexpectedly" in err
 
 
 def test_demo_runs_and_prints_the_log(tmp_path: Path) -> None:
