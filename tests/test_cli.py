@@ -196,6 +196,17 @@ def test_same_id_twice_is_stored_once(nats_url: str, settings: StreamSettings) -
     assert [e["id"] for e in events] == [eid]
 
 
+def test_producer_comes_from_the_environment(nats_url: str, settings: StreamSettings) -> None:
+    """EVENTSTORE_PRODUCER names the writer; an invalid --producer is refused on one line."""
+    ok = cli(nats_url, settings, "publish", "agent", "p1", "Started", EVENTSTORE_PRODUCER="w-7")
+    assert ok.returncode == 0, ok.stderr
+    (event,) = lines(cli(nats_url, settings, "history", "agent", "p1").stdout)
+    assert event["producer"] == "w-7" and set(event["vclock"]) == {"w-7"}
+    bad = cli(nats_url, settings, "publish", "agent", "p1", "Started", "--producer", "two words")
+    assert bad.returncode == 1
+    assert "producer name" in assert_one_error_line(bad)
+
+
 def test_bad_data_json_is_a_usage_error(nats_url: str, settings: StreamSettings) -> None:
     """--data that is not a JSON object exits 2 with one line saying so, and stores nothing."""
     for bad, says in (('{"oops": ', "not valid JSON"), ("[1, 2]", "must be a JSON object")):
