@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import structlog
 
@@ -31,6 +30,7 @@ from consumers.cliutil import (
     run_command,
     shutdown_signals,
     stream_settings,
+    url_port,
 )
 from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
 from eventstore.events import NewEvent
@@ -116,15 +116,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 # -- server ------------------------------------------------------------------------------------
 
 
-def _url_port(url: str, default: int = 4222) -> int:
-    try:
-        return urlsplit(url).port or default
-    except ValueError:
-        return default
-
-
 def cmd_server(args: argparse.Namespace) -> int:
-    port = args.port if args.port is not None else _url_port(args.url)
+    port = args.port if args.port is not None else url_port(args.url)
     store_dir = Path(args.store_dir)
 
     async def go() -> None:

@@ -11,7 +11,8 @@ of other modules (``consumers.cli_projections``) use the same helpers:
 * ``emit(obj)`` prints one JSON line (msgspec, RFC 3339 datetimes) and flushes it;
 * ``json_object`` is an argparse ``type=`` for options that take a JSON object;
 * ``shutdown_signals()`` gives an event set by SIGINT/SIGTERM, for commands that run until
-  stopped.
+  stopped;
+* ``url_port(args.url)`` is the port an embedded server should listen on by default.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -54,6 +56,7 @@ __all__ = [
     "sanitize_producer",
     "shutdown_signals",
     "stream_settings",
+    "url_port",
 ]
 
 EXIT_OK = 0
@@ -151,6 +154,14 @@ def command(
 def stream_settings(args: argparse.Namespace) -> StreamSettings:
     """The stream and subject prefix the global options name."""
     return StreamSettings(name=args.stream, prefix=args.prefix)
+
+
+def url_port(url: str, default: int = 4222) -> int:
+    """The port of a ``nats://`` URL: where ``server``/``up`` listen when no --port is given."""
+    try:
+        return urlsplit(url).port or default
+    except ValueError:
+        return default
 
 
 def sanitize_producer(name: str) -> str:
