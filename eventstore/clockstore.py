@@ -85,7 +85,9 @@ class ProducerClock:
         for _ in range(20):
             want_l = max(self.lamport, observed) + events + self.block
             want_c = self.counter + events + self.block
-            new = _Reserved(max(want_l, self._reserved.lamport), max(want_c, self._reserved.counter))
+            new = _Reserved(
+                max(want_l, self._reserved.lamport), max(want_c, self._reserved.counter)
+            )
             try:
                 if self._revision is None:
                     self._revision = await self._kv.create(self.producer, _enc.encode(new))

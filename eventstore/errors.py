@@ -112,7 +112,8 @@ class StreamMisconfigured(EventStoreError):
 
     def __init__(self, stream: str, problems: list[str]) -> None:
         super().__init__(
-            f"stream {stream!r} weakens immutability: " + "; ".join(problems)
+            f"stream {stream!r} weakens immutability: "
+            + "; ".join(problems)
             + ". Create a new stream with `eventstore server` defaults or fix its config"
         )
         self.stream = stream

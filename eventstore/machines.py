@@ -93,13 +93,13 @@ class Machines:
                 raise ConfigError(f"{where} must be a table")
             initial = spec.get("initial")
             if not isinstance(initial, str) or not initial:
-                raise ConfigError(f"{where} needs initial = \"State\"")
+                raise ConfigError(f'{where} needs initial = "State"')
             pairs = spec.get("transitions", [])
             if not isinstance(pairs, list) or not all(
                 isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) and s for s in p)
                 for p in pairs
             ):
-                raise ConfigError(f"{where} transitions must be a list of [\"From\", \"To\"] pairs")
+                raise ConfigError(f'{where} transitions must be a list of ["From", "To"] pairs')
             try:
                 out.declare(name, initial, [(p[0], p[1]) for p in pairs])
             except Exception as exc:

@@ -42,7 +42,14 @@ from eventstore.errors import (
     PermissionDenied,
     VersionConflict,
 )
-from eventstore.events import AppendResult, Envelope, NewEvent, decode_event, encode_envelope, utcnow
+from eventstore.events import (
+    AppendResult,
+    Envelope,
+    NewEvent,
+    decode_event,
+    encode_envelope,
+    utcnow,
+)
 from eventstore.machines import Machines
 
 __all__ = ["Committer", "Head"]
@@ -86,6 +93,10 @@ class Pending:
     base_seq: int = 0  # the head sequence this attempt expected
     state_after: str | None = None
     states: list[str] = field(default_factory=list)  # state after each event (machines only)
+    # Head sequences of attempts that may have been stored (sent, never confirmed): a stored
+    # copy of this append sits right after one of them.
+    tried: set[int] = field(default_factory=set)
+    rejections: int = 0
 
     @property
     def size(self) -> int:
@@ -205,8 +216,8 @@ class Committer:
         from eventstore.reader import LogReader  # local: reader is a sibling, not a dependency
 
         state: str | None = None
-        reader = LogReader(self._nc, self._js, self.stream, subject.split(".")[0], self.url)
-        async for batch in reader.batches(subject):
+        reader = LogReader(self._nc, self._js, self.stream, "", self.url)
+        async for batch in reader.direct_batches(subject):
             for m in batch:
                 with contextlib.suppress(InvalidEvent):
                     ev = decode_event(m.data)
@@ -272,6 +283,7 @@ class Committer:
             group = [p for p in group if not p.future.done()]
             if not group:
                 return
+            log.debug("commit round", requests=len(group), refresh=refresh)
             try:
                 heads = await self._heads(group, refresh)
             except Exception as exc:
@@ -287,6 +299,8 @@ class Committer:
                     refresh = True  # a cached head looked stale: check with the server
                     continue
                 return
+            for p in ready:
+                p.tried.add(p.base_seq)
             try:
                 first_seq = await self._send(ready)
             except _Rejected as rej:
@@ -329,19 +343,22 @@ class Committer:
     def _transient(self, exc: BaseException) -> bool:
         if isinstance(exc, (AppendTimeout, NotConnected)):
             return not self._nc.is_closed
-        return isinstance(
-            exc,
-            (
-                nats.errors.TimeoutError,
-                nats.errors.NoRespondersError,
-                nats.errors.ConnectionReconnectingError,
-                nats.errors.OutboundBufferLimitError,
-                nats.errors.StaleConnectionError,
-                nats.js.errors.ServiceUnavailableError,
-                asyncio.TimeoutError,
-                OSError,
-            ),
-        ) and not self._nc.is_closed
+        return (
+            isinstance(
+                exc,
+                (
+                    nats.errors.TimeoutError,
+                    nats.errors.NoRespondersError,
+                    nats.errors.ConnectionReconnectingError,
+                    nats.errors.OutboundBufferLimitError,
+                    nats.errors.StaleConnectionError,
+                    nats.js.errors.ServiceUnavailableError,
+                    asyncio.TimeoutError,
+                    OSError,
+                ),
+            )
+            and not self._nc.is_closed
+        )
 
     def _translate(self, exc: BaseException, subject: str) -> EventStoreError:
         if isinstance(exc, EventStoreError):
@@ -501,7 +518,9 @@ class Committer:
         """A request that fails fast with ``PermissionDenied`` instead of timing out."""
         while not self._perm.empty():
             self._perm.get_nowait()  # violations from before this request are not ours
-        req = asyncio.ensure_future(self._nc.request(subject, body, timeout=timeout, headers=headers))
+        req = asyncio.ensure_future(
+            self._nc.request(subject, body, timeout=timeout, headers=headers)
+        )
         perm = asyncio.ensure_future(self._perm.get())
         try:
             while True:
@@ -543,6 +562,14 @@ class Committer:
         self._cache.pop(p.subject, None)
         msg = await self._js.get_msg(self.stream, seq=seq)
         ev = decode_event(msg.data or b"", seq=seq)
+        if msg.subject != p.subject or ev.id != p.envelopes[0].id:
+            p.future.set_exception(
+                InvalidEvent(
+                    f"event id {p.envelopes[0].id} is already used by the event at seq {seq} "
+                    f"on {msg.subject}; event ids must be unique in the stream"
+                )
+            )
+            return
         if not p.future.done():
             p.future.set_result(
                 AppendResult(
@@ -584,6 +611,24 @@ class Committer:
             await self._recognise_own(ready)
             for p in ready:
                 self._cache.pop(p.subject, None)
+                if p.future.done() or rej.code == 10071:
+                    continue
+                p.rejections += 1
+                if p.rejections >= 3:
+                    # The id is stored somewhere we did not send it: another aggregate or an
+                    # unrelated writer used it. Ids must be unique across the whole stream.
+                    p.future.set_exception(
+                        InvalidEvent(
+                            f"the server already holds an event with one of the ids "
+                            f"{[e.id for e in p.envelopes]}, but not as this append on "
+                            f"{p.subject}; event ids must be unique in the stream"
+                        )
+                    )
+            return
+        if "incomplete" in rej.description.lower() or rej.code in (10176, 10177):
+            # Part of the batch was lost on the way (a reconnect): nothing was stored.
+            log.info("atomic batch arrived incomplete, resending", error=rej.description)
+            await asyncio.sleep(0.05)
             return
         if rej.code == 10054 or "maximum" in rej.description.lower():
             err: EventStoreError = InvalidEvent(f"the server refused the events: {rej.description}")
@@ -594,12 +639,17 @@ class Committer:
                 p.future.set_exception(err)
 
     async def _recognise_own(self, ready: list[Pending]) -> None:
-        """Settle as duplicates the requests whose events are stored right after their head."""
+        """Settle as duplicates the requests whose events are stored right after a head they
+        were sent against."""
         for p in ready:
             if p.future.done() or not p.envelopes:
                 continue
+            stored: list[tuple[int, str, Any]] = []
             try:
-                stored = await self._stored_after(p.subject, p.base_seq, p.size)
+                for base in sorted(p.tried):
+                    stored = await self._stored_after(p.subject, base, p.size)
+                    if stored and stored[0][1] == p.envelopes[0].id:
+                        break
             except Exception as exc:
                 if self._transient(exc):
                     return  # not reachable now; the next round retries

@@ -88,7 +88,11 @@ class EmbeddedServer:
             "-p", str(self.port),
             "-sd", str(self.store_dir),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        # Its own session: a Ctrl-C on the terminal goes to eventstore, which stops the server
+        # in order, instead of reaching both at once.
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -28,7 +28,6 @@ from eventstore.events import (
     Event,
     NewEvent,
     decode_event,
-    validate_aggregate_type,
     validate_producer,
 )
 from eventstore.machines import Machines
@@ -79,6 +78,7 @@ class EventStore:
         self.append_timeout = append_timeout
         self.reader = LogReader(nc, self._js, settings.name, settings.prefix, url)
         self._committer: Committer | None = None
+        self._closing = False
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -117,7 +117,9 @@ class EventStore:
                 log.debug("nats error", error=text or type(exc).__name__)
 
         async def disconnected_cb() -> None:
-            log.info("disconnected from NATS, reconnecting", url=url)
+            store = holder.get("store")
+            if store is None or not store._closing:
+                log.info("disconnected from NATS, reconnecting", url=url)
 
         async def reconnected_cb() -> None:
             log.info("reconnected to NATS", url=url)
@@ -140,7 +142,7 @@ class EventStore:
             )
         except nats.errors.NoServersError as exc:
             raise NotConnected(url, "connection refused") from exc
-        except (OSError, TimeoutError, asyncio.TimeoutError, nats.errors.Error) as exc:
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
             if "authorization" in str(exc).lower():
                 raise PermissionDenied(url, "connect", "authorization violation") from exc
             raise NotConnected(url, str(exc) or type(exc).__name__) from exc
@@ -187,6 +189,7 @@ class EventStore:
         return await ensure_stream(self._js, self.settings, url=self.url)
 
     async def close(self) -> None:
+        self._closing = True
         if self._committer is not None:
             await self._committer.close()
         if not self._nc.is_closed:
@@ -296,7 +299,9 @@ class EventStore:
         if expected_version is not None and (
             not isinstance(expected_version, int) or expected_version < 0
         ):
-            raise InvalidEvent(f"expected_version must be an integer >= 0, got {expected_version!r}")
+            raise InvalidEvent(
+                f"expected_version must be an integer >= 0, got {expected_version!r}"
+            )
         user_ids = [e.id for e in batch if e.id is not None]
         if len(set(user_ids)) != len(user_ids):
             raise InvalidEvent("the same event id appears twice in one append")
@@ -332,8 +337,11 @@ class EventStore:
     async def _find_ids(self, subject: str, ids: list[str]) -> AppendResult | None:
         wanted = set(ids)
         found: dict[str, Event] = {}
-        async for batch in self.reader.batches(subject):
+        async for batch in self.reader.direct_batches(subject):
             for m in batch:
+                msg_id = (m.headers or {}).get("Nats-Msg-Id")
+                if msg_id is not None and msg_id not in wanted:
+                    continue
                 try:
                     ev = decode_event(m.data, seq=m.seq, recorded_at=m.recorded_at)
                 except InvalidEvent:
@@ -378,7 +386,7 @@ class EventStore:
         if from_version < 1:
             raise InvalidEvent("from_version starts at 1")
         subject = self.subject(aggregate_type, aggregate_id)
-        async for ev in self.reader.events(subject):
+        async for ev in self.reader.aggregate_events(subject):
             if ev.version < from_version:
                 continue
             if to_version is not None and ev.version > to_version:
@@ -394,8 +402,9 @@ class EventStore:
     ) -> AsyncIterator[Event]:
         """One aggregate's events whose stream sequence is in ``[from_seq, to_seq]``."""
         subject = self.subject(aggregate_type, aggregate_id)
-        stop = to_seq if to_seq is not None else await self.reader.last_seq(subject)
-        async for ev in self.reader.events(subject, start_seq=max(1, from_seq), stop_seq=stop):
+        async for ev in self.reader.aggregate_events(
+            subject, start_seq=max(1, from_seq), stop_seq=to_seq
+        ):
             yield self._observe(ev)
 
     async def read_by_time(
@@ -407,7 +416,7 @@ class EventStore:
     ) -> AsyncIterator[Event]:
         """One aggregate's events recorded (by the server) in ``[start, end]``."""
         subject = self.subject(aggregate_type, aggregate_id)
-        async for ev in self.reader.events(subject, start_time=start):
+        async for ev in self.reader.aggregate_events(subject, start_time=start):
             if end is not None and ev.recorded_at is not None and ev.recorded_at > end:
                 return
             yield self._observe(ev)

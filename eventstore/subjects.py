@@ -30,8 +30,12 @@ _ESCAPE_RE = re.compile(r"%([0-9A-F]{2})")
 
 
 def _needs_escape(ch: str) -> bool:
-    return ch in ".*>%" or ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or (
-        ch in "\u200b\u200c\u200d\u2028\u2029\ufeff"
+    return (
+        ch in ".*>%"
+        or ch.isspace()
+        or ord(ch) < 0x20
+        or 0x7F <= ord(ch) <= 0x9F
+        or (ch in "\u200b\u200c\u200d\u2028\u2029\ufeff")
     )
 
 
@@ -46,9 +50,7 @@ def encode_id(aggregate_id: str) -> str:
     if not raw:
         raise InvalidEvent("aggregate id must not be empty")
     if len(raw) > MAX_ID_BYTES:
-        raise InvalidEvent(
-            f"aggregate id is {len(raw)} UTF-8 bytes; the limit is {MAX_ID_BYTES}"
-        )
+        raise InvalidEvent(f"aggregate id is {len(raw)} UTF-8 bytes; the limit is {MAX_ID_BYTES}")
     out: list[str] = []
     for ch in aggregate_id:
         if _needs_escape(ch):

@@ -35,7 +35,9 @@ async def _versions(store: EventStore, agg_type: str, agg_id: str) -> list[int]:
 async def test_versions_are_contiguous_whatever_the_mode(store: EventStore) -> None:
     """Sequential, concurrent and multi-event appends all give versions 1..N without gaps."""
     await store.append("agent", "a", NewEvent("Created"))
-    await asyncio.gather(*(store.append("agent", "a", NewEvent("Tick", {"i": i})) for i in range(50)))
+    await asyncio.gather(
+        *(store.append("agent", "a", NewEvent("Tick", {"i": i})) for i in range(50))
+    )
     r = await store.append("agent", "a", [NewEvent("Batch", {"i": i}) for i in range(10)])
     assert r.version == 61
     assert r.last_seq - r.first_seq == 9
@@ -180,6 +182,16 @@ async def test_retry_with_same_ids_inside_the_dedup_window(store: EventStore) ->
     assert await store.head() == 3
 
 
+async def test_event_id_reused_on_another_aggregate_is_refused(store: EventStore) -> None:
+    """An id already used by another aggregate's event is refused, never reported as stored."""
+    await store.append("agent", "one", NewEvent("A", id="shared-id"))
+    with pytest.raises(InvalidEvent, match="unique in the stream"):
+        await store.append("agent", "two", NewEvent("A", id="shared-id"))
+    with pytest.raises(InvalidEvent, match="unique in the stream"):
+        await store.append("agent", "two", [NewEvent("A", id="shared-id"), NewEvent("B")])
+    assert await store.head() == 1
+
+
 async def test_retry_after_the_dedup_window(nats_url: str, settings: StreamSettings) -> None:
     """After the server forgot the ids, a retry still finds them and stores nothing."""
     short = StreamSettings(name=settings.name, prefix=settings.prefix, duplicate_window=0.5)
@@ -192,7 +204,9 @@ async def test_retry_after_the_dedup_window(nats_url: str, settings: StreamSetti
         again = await store.append("agent", "late", NewEvent("A", id="late-1"), expected_version=0)
         assert again.duplicate
         with pytest.raises(InvalidEvent, match="exactly the same events"):
-            await store.append("agent", "late", [NewEvent("A", id="late-1"), NewEvent("X", id="new")])
+            await store.append(
+                "agent", "late", [NewEvent("A", id="late-1"), NewEvent("X", id="new")]
+            )
         assert await store.head() == 2
 
 
@@ -205,7 +219,9 @@ async def test_lost_ack_retry_stores_no_duplicate(
     real = committer._request
     lost: list[str] = []
 
-    async def lose_commit_ack(subject: str, body: bytes, headers: dict[str, str], t: float) -> bytes:
+    async def lose_commit_ack(
+        subject: str, body: bytes, headers: dict[str, str], t: float
+    ) -> bytes:
         reply = await real(subject, body, headers, t)
         if not lost and ("Nats-Batch-Commit" in headers or "Nats-Batch-Id" not in headers):
             lost.append(subject)
@@ -345,10 +361,8 @@ async def _run_writers(
     async def worker() -> None:
         while not queue.empty():
             i = queue.get_nowait()
-            ev = NewEvent("Step", {"i": i})
-            ev = msgspec.structs.replace(ev, id=uuid7())
-            await store.append("job", f"j{i % aggregates}", ev)
-            written.append(ev.id or "")
+            r = await store.append("job", f"j{i % aggregates}", NewEvent("Step", {"i": i}))
+            written.extend(r.ids)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -379,5 +393,3 @@ async def test_server_kill_and_restart_mid_stream(private_server: EmbeddedServer
     assert sorted(per) == sorted(f"j{i}" for i in range(aggregates))
     assert all(v == list(range(1, len(v) + 1)) for v in per.values())
     assert sorted(e.data["i"] for e in events) == list(range(n))
-
-

@@ -62,7 +62,12 @@ def test_encoding_is_injective(a: str, b: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [("", "empty"), ("x" * 257, "257 UTF-8 bytes"), ("é" * 129, "258 UTF-8 bytes"), ("\ud800", "UTF-8")],
+    [
+        ("", "empty"),
+        ("x" * 257, "257 UTF-8 bytes"),
+        ("é" * 129, "258 UTF-8 bytes"),
+        ("\ud800", "UTF-8"),
+    ],
 )
 def test_invalid_ids_are_refused(value: str, reason: str) -> None:
     """Empty, too long or non-UTF-8 ids raise InvalidEvent with the reason."""
