@@ -382,6 +382,14 @@ class Runner:
             if key is None:
                 why = Rejected("undecodable", f"subject {msg.subject!r} names no aggregate")
                 slot.quarantine.append(quarantine.quarantine_row(name, msg, None, why))
+                log.warning(
+                    "message quarantined",
+                    projection=name,
+                    seq=msg.seq,
+                    subject=msg.subject,
+                    kind=why.kind,
+                    reason=why.reason,
+                )
                 continue
             if types and key[0] not in types:
                 continue
@@ -409,6 +417,14 @@ class Runner:
             if out is not None:
                 if type(out) is Rejected:
                     slot.quarantine.append(quarantine.quarantine_row(name, msg, key, out))
+                    log.warning(
+                        "message quarantined",
+                        projection=name,
+                        seq=msg.seq,
+                        aggregate=f"{key[0]}/{key[1]}",
+                        kind=out.kind,
+                        reason=out.reason,
+                    )
                 else:
                     slot.conflicts.append(conflicts.conflict_row(out))
             if agg.version != before:
