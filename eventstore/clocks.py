@@ -60,22 +60,34 @@ class VectorClock:
                 clean[key] = value
         self._entries = clean
 
+    @classmethod
+    def _trusted(cls, entries: dict[str, int]) -> VectorClock:
+        """Wrap entries already known to be positive integers (no copy, no checks)."""
+        clock = cls.__new__(cls)
+        clock._entries = entries
+        return clock
+
     def increment(self, producer: str, to: int | None = None) -> VectorClock:
         """This clock with ``producer``'s entry advanced by one (or set to ``to`` if larger)."""
         entries = dict(self._entries)
         current = entries.get(producer, 0)
         entries[producer] = current + 1 if to is None else max(current + 1, to)
-        return VectorClock(entries)
+        return VectorClock._trusted(entries)
 
     def merge(self, *others: VectorClock | Mapping[str, int]) -> VectorClock:
         """The least clock that dominates this one and every ``other`` (entry-wise max)."""
+        if not any(others):
+            return self
         entries = dict(self._entries)
         for other in others:
-            items = other._entries if isinstance(other, VectorClock) else other
+            if isinstance(other, VectorClock):
+                items: Mapping[str, int] = other._entries
+            else:
+                items = VectorClock(other)._entries  # validates untrusted input
             for key, value in items.items():
                 if value > entries.get(key, 0):
                     entries[key] = value
-        return VectorClock(entries)
+        return VectorClock._trusted(entries)
 
     def compare(self, other: VectorClock | Mapping[str, int]) -> Order:
         """``BEFORE`` if self happened before other, ``AFTER``, ``EQUAL`` or ``CONCURRENT``."""

@@ -95,7 +95,8 @@ class Pending:
     states: list[str] = field(default_factory=list)  # state after each event (machines only)
     # Head sequences of attempts that may have been stored (sent, never confirmed): a stored
     # copy of this append sits right after one of them.
-    tried: set[int] = field(default_factory=set)
+    tried: set[tuple[int, int]] = field(default_factory=set)  # (head seq, offset after it)
+    offset: int = 0  # events of earlier requests on the same subject in this attempt
     rejections: int = 0
 
     @property
@@ -141,8 +142,12 @@ class Committer:
         self._vc = VectorClock()
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._perm: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._inflight: tuple[frozenset[str], asyncio.Future[Any]] | None = None
+        self._denied = False
+        self._denied_subject = ""
+        self._violations: set[str] = set()  # denied subjects reported during this batch
         self._closed = False
+        self._lock = asyncio.Lock()  # one batch in flight: held by the committer or a caller
         self._batch_no = 0
         self._batch_prefix = f"{producer[:40]}-{random.getrandbits(48):012x}"
 
@@ -163,10 +168,18 @@ class Committer:
                 p.future.set_exception(NotConnected(self.url, "event store closed"))
 
     def permission_violation(self, message: str) -> None:
-        """Called from the connection's error callback."""
+        """Called from the connection's error callback: fail the matching request now."""
         m = _PERM_RE.search(message)
-        if m:
-            self._perm.put_nowait((m.group(1).lower(), m.group(2)))
+        if not m or m.group(1).lower() != "publish":
+            return
+        pattern = m.group(2)
+        self._violations.add(pattern)
+        if self._inflight is None:
+            return
+        subjects, task = self._inflight
+        if any(_subject_matches(pattern, s) for s in subjects) and not task.done():
+            self._denied, self._denied_subject = True, pattern
+            task.cancel()
 
     def submit(self, p: Pending) -> None:
         if self._closed:
@@ -174,6 +187,21 @@ class Committer:
         if self._task is None or self._task.done():
             self.start()
         self._queue.put_nowait(p)
+
+    async def append(self, p: Pending) -> AppendResult:
+        """Commit ``p``: inline when the committer is idle, else through the queue.
+
+        An idle committer lets the caller publish its own append: a lone writer then pays one
+        round trip and no task hand-offs, while concurrent writers still coalesce in the queue.
+        """
+        if self._closed:
+            raise NotConnected(self.url, "event store closed")
+        if self._lock.locked() or not self._queue.empty():
+            self.submit(p)
+            return await p.future
+        async with self._lock:
+            await self._commit([p])
+        return await p.future
 
     @property
     def vclock(self) -> VectorClock:
@@ -248,16 +276,18 @@ class Committer:
             carry = []
             if not group:
                 group.append(await self._queue.get())
-            n = sum(p.size for p in group)
-            while not self._queue.empty() and n < self.max_batch:
-                p = self._queue.get_nowait()
-                if n + p.size > MAX_EVENTS_PER_APPEND:
-                    carry.append(p)
-                    break
-                group.append(p)
-                n += p.size
             try:
-                await self._commit(group)
+                async with self._lock:
+                    # Collect under the lock: what queued up during an inline commit joins.
+                    n = sum(p.size for p in group)
+                    while not self._queue.empty() and n < self.max_batch:
+                        p = self._queue.get_nowait()
+                        if n + p.size > MAX_EVENTS_PER_APPEND:
+                            carry.append(p)
+                            break
+                        group.append(p)
+                        n += p.size
+                    await self._commit(group)
             except asyncio.CancelledError:
                 for p in group + carry:
                     if not p.future.done():
@@ -283,7 +313,6 @@ class Committer:
             group = [p for p in group if not p.future.done()]
             if not group:
                 return
-            log.debug("commit round", requests=len(group), refresh=refresh)
             try:
                 heads = await self._heads(group, refresh)
             except Exception as exc:
@@ -300,7 +329,7 @@ class Committer:
                     continue
                 return
             for p in ready:
-                p.tried.add(p.base_seq)
+                p.tried.add((p.base_seq, p.offset))
             try:
                 first_seq = await self._send(ready)
             except _Rejected as rej:
@@ -376,6 +405,7 @@ class Committer:
     ) -> list[Pending]:
         """Assign versions, clocks and bodies; fail what cannot be appended. Returns the batch."""
         work: dict[str, Head] = {}
+        bases: dict[str, tuple[int, int]] = {}  # subject -> (head seq, events so far)
         ready: list[Pending] = []
         stale = False
         total_bytes = 0
@@ -457,8 +487,10 @@ class Committer:
                 p.future.set_exception(exc)
                 continue
             self._vc = vc
-            p.envelopes, p.bodies, p.base_seq, p.state_after = envelopes, bodies, head.seq, state
-            p.states = states
+            base, before = bases.get(p.subject, (head.seq, 0))
+            bases[p.subject] = (base, before + p.size)
+            p.envelopes, p.bodies, p.base_seq, p.offset = envelopes, bodies, base, before
+            p.state_after, p.states = state, states
             total_bytes += sum(len(b) for b in bodies)
             work[p.subject] = Head(-1, version, vc.to_dict(), lamport, state)
             ready.append(p)
@@ -486,6 +518,8 @@ class Committer:
     async def _send(self, ready: list[Pending]) -> int:
         """Publish the batch; return the first stream sequence it was stored at."""
         msgs = self._messages(ready)
+        self._violations.clear()
+        subjects = frozenset(m[0] for m in msgs) if len(msgs) > 1 else frozenset()
         timeout = max(0.5, min(p.deadline for p in ready) - time.monotonic())
         timeout = min(timeout, 5.0)
         if len(msgs) == 1:
@@ -500,12 +534,12 @@ class Committer:
             headers["Nats-Batch-Sequence"] = str(i)
             if i == last:
                 headers["Nats-Batch-Commit"] = "1"
-                reply = await self._request(subject, body, headers, timeout)
+                reply = await self._request(subject, body, headers, timeout, subjects)
                 return self._parse_ack(reply, last)
             if i == 1:
                 # The first message by request: the server confirms the batch is open, and
                 # an early refusal (permissions, no stream) surfaces before sending the rest.
-                first = await self._request(subject, body, headers, timeout)
+                first = await self._request(subject, body, headers, timeout, subjects)
                 if first:
                     self._parse_ack(first, last)
             else:
@@ -513,31 +547,38 @@ class Committer:
         raise AssertionError("unreachable")
 
     async def _request(
-        self, subject: str, body: bytes, headers: dict[str, str], timeout: float
+        self,
+        subject: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        batch_subjects: frozenset[str] = frozenset(),
     ) -> bytes:
-        """A request that fails fast with ``PermissionDenied`` instead of timing out."""
-        while not self._perm.empty():
-            self._perm.get_nowait()  # violations from before this request are not ours
-        req = asyncio.ensure_future(
-            self._nc.request(subject, body, timeout=timeout, headers=headers)
-        )
-        perm = asyncio.ensure_future(self._perm.get())
+        """A request that fails fast with ``PermissionDenied`` instead of timing out.
+
+        nats-py reports a permission violation only to the error callback, and the request
+        would then wait for its whole timeout; the callback cancels the request instead.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight = (batch_subjects | {subject}, task)
+        self._denied = False
+        if self._violations:  # refused while the middle of a batch was on its way
+            for pattern in self._violations:
+                if any(_subject_matches(pattern, s) for s in self._inflight[0]):
+                    self._inflight = None
+                    raise PermissionDenied(pattern, "publish")
         try:
-            while True:
-                done, _ = await asyncio.wait({req, perm}, return_when=asyncio.FIRST_COMPLETED)
-                if req in done:
-                    data: bytes = req.result().data
-                    return data
-                op, subj = perm.result()
-                if op == "publish" and _subject_matches(subj, subject):
-                    raise PermissionDenied(subject, "publish")
-                perm = asyncio.ensure_future(self._perm.get())
+            msg = await self._nc.request(subject, body, timeout=timeout, headers=headers)
+        except asyncio.CancelledError:
+            if self._denied:
+                task.uncancel()
+                raise PermissionDenied(self._denied_subject, "publish") from None
+            raise
         finally:
-            for f in (req, perm):
-                if not f.done():
-                    f.cancel()
-            with contextlib.suppress(BaseException):
-                await req
+            self._inflight = None
+        data: bytes = msg.data
+        return data
 
     def _parse_ack(self, data: bytes, count: int) -> int:
         try:
@@ -608,10 +649,10 @@ class Committer:
     async def _settle_rejection(self, ready: list[Pending], rej: _Rejected) -> None:
         if rej.code in (10071, 10201, 10164):
             # Wrong last sequence or duplicate id: perhaps our own earlier attempt was stored.
-            await self._recognise_own(ready)
+            checked = await self._recognise_own(ready)
             for p in ready:
                 self._cache.pop(p.subject, None)
-                if p.future.done() or rej.code == 10071:
+                if p.future.done() or rej.code == 10071 or not checked:
                     continue
                 p.rejections += 1
                 if p.rejections >= 3:
@@ -638,25 +679,29 @@ class Committer:
             if not p.future.done():
                 p.future.set_exception(err)
 
-    async def _recognise_own(self, ready: list[Pending]) -> None:
-        """Settle as duplicates the requests whose events are stored right after a head they
-        were sent against."""
+    async def _recognise_own(self, ready: list[Pending]) -> bool:
+        """Settle as duplicates the requests whose events are stored where an earlier attempt
+        put them (after the head it expected, past the events batched before them).
+
+        Returns False when the server could not be asked (the check is then retried later).
+        """
         for p in ready:
             if p.future.done() or not p.envelopes:
                 continue
+            ours = [e.id for e in p.envelopes]
             stored: list[tuple[int, str, Any]] = []
             try:
-                for base in sorted(p.tried):
-                    stored = await self._stored_after(p.subject, base, p.size)
-                    if stored and stored[0][1] == p.envelopes[0].id:
+                for base, offset in sorted(p.tried):
+                    found = await self._stored_after(p.subject, base, offset + p.size)
+                    stored = found[offset:]
+                    if stored and stored[0][1] == ours[0]:
                         break
             except Exception as exc:
                 if self._transient(exc):
-                    return  # not reachable now; the next round retries
+                    return False  # not reachable now; the next round retries
                 raise
-            if not stored or stored[0][1] != p.envelopes[0].id:
+            if not stored or stored[0][1] != ours[0]:
                 continue
-            ours = [e.id for e in p.envelopes]
             if [i for _, i, _ in stored] != ours:
                 p.future.set_exception(
                     InvalidEvent(
@@ -678,6 +723,7 @@ class Committer:
                     vclock=dict(last_ev.vclock),
                 )
             )
+        return True
 
     async def _stored_after(
         self, subject: str, after_seq: int, n: int

@@ -247,8 +247,13 @@ class EventStore:
         the aggregate is at version N; without it the append takes the next version whatever
         it is. ``context`` is the vector clock of the state the caller acted on.
         """
-        fut = self._submit(aggregate_type, aggregate_id, events, expected_version, context, timeout)
-        return await self._await(await fut)
+        pending = await self._pending(
+            aggregate_type, aggregate_id, events, expected_version, context, timeout
+        )
+        if isinstance(pending, AppendResult):
+            return pending
+        assert self._committer is not None
+        return await self._committer.append(pending)
 
     async def append_many(
         self, requests: Iterable[AppendRequest], *, timeout: float | None = None
@@ -258,21 +263,28 @@ class EventStore:
         Each request succeeds or fails on its own; failures come back as the error object in
         its place, in the order given.
         """
-        futs = [
-            await self._submit(
+        assert self._committer is not None
+        futs: list[asyncio.Future[AppendResult]] = []
+        for r in requests:
+            pending = await self._pending(
                 r.aggregate_type, r.aggregate_id, r.events, r.expected_version, r.context, timeout
             )
-            for r in requests
-        ]
+            if isinstance(pending, AppendResult):
+                done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+                done.set_result(pending)
+                futs.append(done)
+            else:
+                self._committer.submit(pending)
+                futs.append(pending.future)
         out: list[AppendResult | EventStoreError] = []
         for f in futs:
             try:
-                out.append(await self._await(f))
+                out.append(await f)
             except EventStoreError as exc:
                 out.append(exc)
         return out
 
-    async def _submit(
+    async def _pending(
         self,
         aggregate_type: str,
         aggregate_id: str,
@@ -280,7 +292,8 @@ class EventStore:
         expected_version: int | None,
         context: VectorClock | Mapping[str, int] | None,
         timeout: float | None,
-    ) -> asyncio.Future[AppendResult]:
+    ) -> Pending | AppendResult:
+        """Validate one append and build its request; an AppendResult if it is a known retry."""
         if self._committer is None:
             raise NotConnected(self.url, "not connected")
         if self._nc.is_closed:
@@ -306,33 +319,24 @@ class EventStore:
         if len(set(user_ids)) != len(user_ids):
             raise InvalidEvent("the same event id appears twice in one append")
         batch = [e.with_id() for e in batch]
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[AppendResult] = loop.create_future()
         wait = self.append_timeout if timeout is None else timeout
         if user_ids:
             # Ids chosen by the caller may be a retry of an append stored long ago (after the
             # server's dedup window): look for them before writing anything.
             found = await self._find_ids(subject, [e.id or "" for e in batch])
             if found is not None:
-                fut.set_result(found)
-                return fut
-        self._committer.submit(
-            Pending(
-                agg_type=aggregate_type,
-                agg_id=aggregate_id,
-                subject=subject,
-                events=batch,
-                expected_version=expected_version,
-                context=merge_context(context),
-                future=fut,
-                deadline=time.monotonic() + wait,
-                timeout=wait,
-            )
+                return found
+        return Pending(
+            agg_type=aggregate_type,
+            agg_id=aggregate_id,
+            subject=subject,
+            events=batch,
+            expected_version=expected_version,
+            context=merge_context(context),
+            future=asyncio.get_running_loop().create_future(),
+            deadline=time.monotonic() + wait,
+            timeout=wait,
         )
-        return fut
-
-    async def _await(self, fut: asyncio.Future[AppendResult]) -> AppendResult:
-        return await fut
 
     async def _find_ids(self, subject: str, ids: list[str]) -> AppendResult | None:
         wanted = set(ids)

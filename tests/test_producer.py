@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -220,9 +221,9 @@ async def test_lost_ack_retry_stores_no_duplicate(
     lost: list[str] = []
 
     async def lose_commit_ack(
-        subject: str, body: bytes, headers: dict[str, str], t: float
+        subject: str, body: bytes, headers: dict[str, str], t: float, *rest: Any
     ) -> bytes:
-        reply = await real(subject, body, headers, t)
+        reply = await real(subject, body, headers, t, *rest)
         if not lost and ("Nats-Batch-Commit" in headers or "Nats-Batch-Id" not in headers):
             lost.append(subject)
             raise nats.errors.TimeoutError  # stored on the server, ack never reaches us
@@ -234,11 +235,26 @@ async def test_lost_ack_retry_stores_no_duplicate(
     lost.clear()
     r = await store.append("agent", "lost", NewEvent("D"), expected_version=3)
     assert lost and r.duplicate and r.version == 4
+    # Two appends to one aggregate in the same lost batch: each finds its own stored copy.
+    lost.clear()
+    both = await store.append_many(
+        [
+            AppendRequest("agent", "lost", [NewEvent("D1"), NewEvent("D2")]),
+            AppendRequest("agent", "lost", [NewEvent("D3")]),
+            AppendRequest("agent", "other", [NewEvent("O1")]),
+        ]
+    )
+    assert lost
+    assert [(r.version, r.duplicate) for r in both if not isinstance(r, Exception)] == [
+        (6, True),
+        (7, True),
+        (1, True),
+    ]
     monkeypatch.setattr(committer, "_request", real)
     r = await store.append("agent", "lost", NewEvent("E"))
-    assert (r.version, r.duplicate) == (5, False)
-    assert await _versions(store, "agent", "lost") == [1, 2, 3, 4, 5]
-    assert await store.head() == 5
+    assert (r.version, r.duplicate) == (8, False)
+    assert await _versions(store, "agent", "lost") == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert await store.head() == 9
 
 
 async def test_clocks_increase_across_producer_restarts(
