@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import structlog
@@ -152,7 +152,8 @@ class Runner:
         self._committed = asyncio.Condition()
         self.on_commit: list[Callable[[CommitInfo], Awaitable[None] | None]] = []
         self.events_applied = 0
-        self.resyncs = 0  # times the file changed under the runner (rebuild, another worker)
+        self.resyncs = 0  # times the runner reloaded (file swapped, another writer, bad read)
+        self._expect = 1  # the stream sequence the next batch must start with
 
     @property
     def projections(self) -> list[Projection[Any]]:
@@ -254,6 +255,7 @@ class Runner:
                 break
             queue: asyncio.Queue[Any] = asyncio.Queue()
             self._queue = queue
+            self._expect = start
             feeder = asyncio.create_task(self._feed(queue, start, follow, until))
             try:
                 while (batch := await self._collect(queue)) is not None:
@@ -281,12 +283,17 @@ class Runner:
         self, queue: asyncio.Queue[Any], start: int, follow: bool, until: int | None
     ) -> None:
         limit = self.settings.queue_batches
+        reading = cast(
+            AsyncGenerator[list[StoredMessage], None],
+            self.store.raw(start, follow=follow, stop_seq=until),
+        )
         try:
-            async for batch in self.store.raw(start, follow=follow, stop_seq=until):
-                queue.put_nowait(batch)
-                while queue.qsize() >= limit and not self._stopping:
-                    self._room.clear()
-                    await self._room.wait()
+            async with contextlib.aclosing(reading) as batches:
+                async for batch in batches:
+                    queue.put_nowait(batch)
+                    while queue.qsize() >= limit and not self._stopping:
+                        self._room.clear()
+                        await self._room.wait()
             queue.put_nowait(_END)
         except asyncio.CancelledError:
             raise
@@ -332,6 +339,18 @@ class Runner:
 
     async def _apply(self, batch: list[StoredMessage]) -> None:
         started = time.perf_counter()
+        first, last = batch[0].seq, batch[-1].seq
+        if first != self._expect or last - first + 1 != len(batch):
+            # The reader promises the log without gap or repeat; never fold on a broken promise.
+            log.error(
+                "messages out of sequence, reading again from the checkpoint",
+                expected=self._expect,
+                first=first,
+                last=last,
+                count=len(batch),
+            )
+            raise _Resync()
+        self._expect = last + 1
         await self._preload(batch)
         self._fold(batch)
         await self._commit(batch, started)

@@ -92,7 +92,7 @@ async def test_malformed_event_in_the_log_is_an_invalid_event(
 async def test_subject_and_body_must_agree(store: EventStore, nats_url: str) -> None:
     """An event whose body names another aggregate than its subject is refused on read."""
     good = await store.append("agent", "x", NewEvent("Fine"))
-    ev = [e async for e in store.read("agent", "x")][0]
+    (ev,) = [e async for e in store.read("agent", "x")]
     body = msgspec.json.encode(msgspec.structs.replace(ev, aggregate_id="y", id="other-id"))
     nc = await nats.connect(nats_url)
     await nc.jetstream().publish(store.subject("agent", "x"), body)
