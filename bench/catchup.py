@@ -1,0 +1,162 @@
+"""Catch-up benchmark: the projection runner folding a whole stream into a fresh SQLite file,
+against a raw nats-py ordered push consumer draining the same stream, in the same run.
+
+- fill: ``--events`` events (default 200k) over ``--aggregates`` aggregates (default 1000),
+  agent-style ~200-byte ``data`` objects with a status transition every 10th version, appended
+  through ``EventStore.append_many`` (group-committed atomic batches, fsynced by the server).
+- baseline: a raw nats-py ordered push consumer (``js.subscribe(ordered_consumer=True)``) that
+  only counts the messages, no decode, from sequence 1 to the head; run before and after the
+  measured runs, the faster of the two is the baseline.
+- measured: ``Runner(...).catch_up()`` with the built-in ``entities`` projection from
+  checkpoint 0 to the head into a fresh SQLite file: every event decoded, folded (merge patch
+  + transition) and committed with its checkpoint; once with snapshots off and once with a
+  snapshot every 100 versions. Target: ratio >= 0.5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from bench.common import (
+    bench_server,
+    connect,
+    data_bytes,
+    entity_data,
+    fill,
+    main_for,
+    report,
+    timed,
+)
+from eventstore import EventStore
+from projections import EntitiesProjection, ProjectionDB, Runner, RunnerSettings, SnapshotPolicy
+
+STREAM, PREFIX, TYPE = "CATCHUP", "catchup", "task"
+NO_SNAPSHOTS = SnapshotPolicy(every=1 << 62, interval=0)
+EVERY_100 = SnapshotPolicy(every=100, interval=0)
+
+
+async def raw_drain(url: str, count: int, timeout: float = 600.0) -> float:
+    """Seconds for a raw nats-py ordered push consumer to receive ``count`` messages."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        done = asyncio.Event()
+        received = 0
+
+        async def on_msg(msg: Any) -> None:
+            nonlocal received
+            received += 1
+            if received >= count:
+                done.set()
+
+        with timed() as t:
+            sub = await js.subscribe(
+                f"{PREFIX}.>",
+                stream=STREAM,
+                cb=on_msg,
+                ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+                pending_msgs_limit=-1,
+                pending_bytes_limit=-1,
+            )
+            await asyncio.wait_for(done.wait(), timeout)
+        await sub.unsubscribe()
+        return t.seconds
+    finally:
+        await nc.close()
+
+
+async def runner_catch_up(
+    store: EventStore, path: Any, snapshots: SnapshotPolicy
+) -> tuple[float, int, dict[str, int]]:
+    """Seconds for a runner to fold the log into a fresh file (opening it included), the
+    checkpoint reached, and what the file holds afterwards."""
+    settings = RunnerSettings(snapshots=snapshots)
+    with timed() as t:
+        async with await ProjectionDB.open(path) as db:
+            checkpoint = await Runner(
+                store, db, [EntitiesProjection()], settings=settings
+            ).catch_up()
+    async with await ProjectionDB.open(path) as db:
+        row = await db.fetchone(
+            "SELECT count(*), coalesce(sum(version), 0) FROM states WHERE projection = 'entities'"
+        )
+        snaps = await db.fetchone("SELECT count(*) FROM snapshots")
+    held = {"aggregates": int(row[0]), "versions": int(row[1]), "snapshots": int(snaps[0])}
+    return t.seconds, checkpoint, held
+
+
+async def run(
+    quick: bool = False, events: int | None = None, aggregates: int | None = None
+) -> dict[str, Any]:
+    n = events or (10_000 if quick else 200_000)
+    n_aggs = aggregates or (100 if quick else 1000)
+    with bench_server() as (server, root):
+        async with await connect(server, STREAM, PREFIX) as store:
+            fill_s = await fill(store, TYPE, n_aggs, n)
+            head = await store.head()
+            info = await store.js.stream_info(STREAM)
+            if head != n:
+                raise RuntimeError(f"stream holds {head} messages, expected {n}")
+            drains = [await raw_drain(server.url, n)]
+            plain_s, plain_cp, plain = await runner_catch_up(store, root / "plain.db", NO_SNAPSHOTS)
+            snap_s, snap_cp, snapped = await runner_catch_up(store, root / "snap100.db", EVERY_100)
+            drains.append(await raw_drain(server.url, n))
+    for checkpoint, held in ((plain_cp, plain), (snap_cp, snapped)):
+        if checkpoint != n or held["aggregates"] != n_aggs or held["versions"] != n:
+            raise RuntimeError(f"catch-up incomplete: checkpoint {checkpoint}, file holds {held}")
+    raw_rate = n / min(drains)
+    plain_rate, snap_rate = n / plain_s, n / snap_s
+    figures: dict[str, Any] = {
+        "events": n,
+        "aggregates": n_aggs,
+        "data_bytes": data_bytes(entity_data(1, 1, random.Random(1))),
+        "message_bytes": round(info.state.bytes / n),
+        "fill_events_per_s": round(n / fill_s),
+        "raw_drain_events_per_s": round(raw_rate),
+        "raw_drain_runs_per_s": [round(n / s) for s in drains],
+        "catchup_events_per_s": round(plain_rate),
+        "catchup_ratio": round(plain_rate / raw_rate, 3),
+        "catchup_snap100_events_per_s": round(snap_rate),
+        "catchup_snap100_ratio": round(snap_rate / raw_rate, 3),
+        "snapshots_written": snapped["snapshots"],
+        "target_ratio": 0.5,
+    }
+    report(
+        f"catch-up: {n:,} events over {n_aggs:,} aggregates "
+        f"({figures['message_bytes']} bytes per stored message), fresh SQLite file",
+        [
+            ("reader", "events/s", "ratio vs raw"),
+            ("raw nats-py ordered consumer, count only (baseline)", f"{raw_rate:,.0f}", "1.000"),
+            (
+                "runner: decode + fold + commit, snapshots off",
+                f"{plain_rate:,.0f}",
+                f"{figures['catchup_ratio']:.3f} (target >= 0.5)",
+            ),
+            (
+                "runner: same, snapshot every 100 versions",
+                f"{snap_rate:,.0f}",
+                f"{figures['catchup_snap100_ratio']:.3f}",
+            ),
+        ],
+        figures,
+    )
+    return figures
+
+
+def main() -> None:
+    main_for(
+        "catchup",
+        run,
+        __doc__,
+        {"events": "events in the stream (default 200000)", "aggregates": "default 1000"},
+    )
+
+
+if __name__ == "__main__":
+    main()

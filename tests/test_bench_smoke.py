@@ -1,0 +1,92 @@
+"""The benchmarks run end to end at their ``--quick`` sizes and return their figures (no
+performance assertions: these machines are too noisy for that)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:  # bench/ is not an installed package; run from the checkout
+    sys.path.insert(0, ROOT)
+
+from bench import catchup, compare_eventsourcing, timetravel  # noqa: E402
+
+
+def assert_positive(figures: dict[str, Any], keys: list[str]) -> None:
+    missing = [k for k in keys if k not in figures]
+    assert not missing, f"missing figures {missing} in {sorted(figures)}"
+    for k in keys:
+        value = figures[k]
+        assert isinstance(value, int | float) and value > 0, f"{k} = {value!r}"
+
+
+@pytest.mark.slow
+async def test_catchup_quick_reports_rates_and_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    """The catch-up benchmark folds its stream completely and reports rates and ratios."""
+    figures = await catchup.run(quick=True)
+    assert_positive(
+        figures,
+        [
+            "events",
+            "aggregates",
+            "raw_drain_events_per_s",
+            "catchup_events_per_s",
+            "catchup_ratio",
+            "catchup_snap100_events_per_s",
+            "catchup_snap100_ratio",
+            "snapshots_written",
+        ],
+    )
+    assert '"catchup_ratio"' in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+async def test_timetravel_quick_reports_latency_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    """The time-travel benchmark reports latencies and ratios for its three history lengths."""
+    figures = await timetravel.run(quick=True)
+    keys = ["snapshots"]
+    for n in figures["histories"]:
+        k = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+        keys += [
+            f"median_ms_{k}",
+            f"p95_ms_{k}",
+            f"ratio_median_{k}",
+            f"ratio_p95_{k}",
+            f"brute_ms_{k}",
+            f"brute_ratio_{k}",
+            f"current_ms_{k}",
+        ]
+    assert len(figures["histories"]) == 3
+    assert_positive(figures, keys)
+    assert '"ratio_median_' in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+async def test_compare_eventsourcing_quick_reports_both_sides(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The comparison writes and reads on both sides and reports ratios against eventsourcing."""
+    figures = await compare_eventsourcing.run(quick=True)
+    assert_positive(
+        figures,
+        [
+            "es_single_events_per_s",
+            "es_save100_events_per_s",
+            "ours_single_events_per_s",
+            "ours_append_many_events_per_s",
+            "write_ratio_ours_single",
+            "write_ratio_ours_append_many",
+            "es_get_ms",
+            "es_get_version_ms",
+            "ours_current_ms",
+            "ours_state_at_ms",
+            "read_ratio_current_vs_es_get",
+            "read_ratio_state_at_vs_es_get_version",
+        ],
+    )
+    assert "synchronous=" in figures["eventsourcing_sqlite"]
+    assert '"write_ratio_ours_single"' in capsys.readouterr().out.strip().splitlines()[-1]
