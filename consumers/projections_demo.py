@@ -59,15 +59,21 @@ async def demo_projections(
         now = await tt.current(*shown)
         say(f"state now      {shown[0]}/{shown[1]} v{now.version}: {_show(now.state)}\n")
         past = await tt.state_at(*shown, version=max(1, now.version - 2))
+        snap = (
+            f"from the snapshot at version {past.snapshot_version}"
+            if past.snapshot_version
+            else "no snapshot that early"
+        )
         say(
             f"time travel    {shown[0]}/{shown[1]} at version {past.version}: "
-            f"{_show(past.state)} (snapshot {past.snapshot_version}, replayed {past.replayed})\n"
+            f"{_show(past.state)} ({snap}, {past.replayed} events replayed from the log)\n"
         )
         for c in await list_conflicts(db, projection.name, agg_type, agg_id):
             say(
                 f"conflict       {c.aggregate_type}/{c.aggregate_id} v{c.version}: "
-                f"{c.event_producer} {c.event_vclock} concurrent with {c.previous_producer} "
-                f"{c.previous_vclock}; {c.resolver}: {c.winner} wins\n"
+                f"{c.event_producer} {_show(c.event_vclock)} concurrent with "
+                f"{c.previous_producer} {_show(c.previous_vclock)}; {c.resolver}: {c.winner} "
+                "wins\n"
             )
         final = await tt.current(agg_type, agg_id)
         say(f"state now      {agg_type}/{agg_id} v{final.version}: {_show(final.state)}\n")
