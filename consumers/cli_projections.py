@@ -17,7 +17,6 @@ import contextlib
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from consumers.cliutil import (
     EXIT_ERROR,
@@ -32,6 +31,7 @@ from consumers.cliutil import (
     run_command,
     shutdown_signals,
     stream_settings,
+    url_port,
 )
 from consumers.worker import WORKER_PRODUCER, run_worker
 from eventstore.logging import configure_logging
@@ -101,18 +101,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _url_port(url: str, default: int = 4222) -> int:
-    try:
-        return urlsplit(url).port or default
-    except ValueError:
-        return default
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
 
     projections, config = _projections(args)
-    port = args.port if args.port is not None else _url_port(args.url)
+    port = args.port if args.port is not None else url_port(args.url)
     store_dir = Path(args.store_dir or DEFAULT_STORE_DIR)
 
     async def go() -> None:
