@@ -163,6 +163,21 @@ class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
     lamport: int
     vclock: dict[str, int]
 
+    @classmethod
+    def of(
+        cls, first_seq: int, last: Envelope, last_seq: int, ids: tuple[str, ...], duplicate: bool
+    ) -> AppendResult:
+        """The result of an append whose last event is ``last``, stored at ``last_seq``."""
+        return cls(
+            first_seq=first_seq,
+            last_seq=last_seq,
+            version=last.version,
+            duplicate=duplicate,
+            ids=ids,
+            lamport=last.lamport,
+            vclock=dict(last.vclock),
+        )
+
 
 def type_name(value: object) -> str:
     return type(value).__name__

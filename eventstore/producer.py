@@ -612,17 +612,7 @@ class Committer:
             )
             return
         if not p.future.done():
-            p.future.set_result(
-                AppendResult(
-                    first_seq=seq,
-                    last_seq=seq,
-                    version=ev.version,
-                    duplicate=True,
-                    ids=(ev.id,),
-                    lamport=ev.lamport,
-                    vclock=dict(ev.vclock),
-                )
-            )
+            p.future.set_result(AppendResult.of(seq, ev, seq, (ev.id,), duplicate=True))
 
     def _settle_success(self, ready: list[Pending], first_seq: int) -> None:
         seq = first_seq
@@ -634,17 +624,8 @@ class Committer:
                 p.subject, Head(last, env.version, dict(env.vclock), env.lamport, p.state_after)
             )
             if not p.future.done():
-                p.future.set_result(
-                    AppendResult(
-                        first_seq=first,
-                        last_seq=last,
-                        version=env.version,
-                        duplicate=False,
-                        ids=tuple(e.id for e in p.envelopes),
-                        lamport=env.lamport,
-                        vclock=dict(env.vclock),
-                    )
-                )
+                ids = tuple(e.id for e in p.envelopes)
+                p.future.set_result(AppendResult.of(first, env, last, ids, duplicate=False))
 
     async def _settle_rejection(self, ready: list[Pending], rej: _Rejected) -> None:
         if rej.code in (10071, 10201, 10164):
@@ -713,15 +694,7 @@ class Committer:
             last_seq, _, last_ev = stored[-1]
             self._cache.pop(p.subject, None)
             p.future.set_result(
-                AppendResult(
-                    first_seq=stored[0][0],
-                    last_seq=last_seq,
-                    version=last_ev.version,
-                    duplicate=True,
-                    ids=tuple(ours),
-                    lamport=last_ev.lamport,
-                    vclock=dict(last_ev.vclock),
-                )
+                AppendResult.of(stored[0][0], last_ev, last_seq, tuple(ours), duplicate=True)
             )
         return True
 

@@ -362,15 +362,7 @@ class EventStore:
             )
         evs = [found[i] for i in ids]
         last = evs[-1]
-        return AppendResult(
-            first_seq=evs[0].seq,
-            last_seq=last.seq,
-            version=last.version,
-            duplicate=True,
-            ids=tuple(ids),
-            lamport=last.lamport,
-            vclock=dict(last.vclock),
-        )
+        return AppendResult.of(evs[0].seq, last, last.seq, tuple(ids), duplicate=True)
 
     # -- reading ---------------------------------------------------------------------------
 
