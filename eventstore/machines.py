@@ -15,14 +15,13 @@ Declared in code (``Machines.declare``) or in TOML::
 
 from __future__ import annotations
 
-import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from eventstore.config import read_config
 from eventstore.errors import ConfigError, InvalidTransition
 from eventstore.events import Transition, validate_aggregate_type
 
@@ -109,14 +108,8 @@ class Machines:
 
 def load_machines(path: str | Path | None = None) -> Machines:
     """Machines from ``path``, else ``EVENTSTORE_CONFIG``, else none."""
-    chosen = path or os.environ.get("EVENTSTORE_CONFIG")
-    if not chosen:
+    found = read_config(path)
+    if found is None:
         return Machines()
-    p = Path(chosen)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {p} not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
-    return Machines.from_mapping(data, str(p))
+    data, source = found
+    return Machines.from_mapping(data, source)
