@@ -14,6 +14,7 @@ import pytest
 
 from eventstore import (
     AppendRequest,
+    AppendTimeout,
     EmbeddedServer,
     EventStore,
     InvalidEvent,
@@ -409,3 +410,17 @@ async def test_server_kill_and_restart_mid_stream(private_server: EmbeddedServer
     assert sorted(per) == sorted(f"j{i}" for i in range(aggregates))
     assert all(v == list(range(1, len(v) + 1)) for v in per.values())
     assert sorted(e.data["i"] for e in events) == list(range(n))
+
+
+async def test_append_gives_up_at_its_deadline(private_server: EmbeddedServer) -> None:
+    """With the server gone, an append raises AppendTimeout at its deadline, not never."""
+    async with await EventStore.connect(private_server.url, producer="p") as store:
+        await store.append("agent", "t", NewEvent("Created"))
+        private_server.kill()
+        start = time.monotonic()
+        with pytest.raises(AppendTimeout, match="retrying with the same event ids is safe"):
+            await store.append("agent", "t", NewEvent("Lost"), timeout=1.5)
+        assert 1.4 < time.monotonic() - start < 10
+        private_server.start()
+        r = await store.append("agent", "t", NewEvent("Back"), timeout=30)
+        assert r.version == 2
