@@ -223,35 +223,44 @@ class Committer:
             head = Head(0, 0, {}, 0, None)
             self._remember(subject, head)
             return head
-        try:
-            ev = decode_event(msg.data or b"", seq=msg.seq)
-        except InvalidEvent as exc:
-            raise EventStoreError(
-                f"the last event on {subject} (seq {msg.seq}) is malformed, so its version is "
-                f"unknown and nothing can be appended after it: {exc.reason}"
-            ) from exc
         state: str | None = None
-        if agg_type in self.machines:
-            hdr = (msg.headers or {}).get(STATE_HEADER)
-            state = hdr if hdr else await self._scan_state(subject)
-        self.clock.observe(ev.lamport)
-        head = Head(int(msg.seq), ev.version, dict(ev.vclock), ev.lamport, state)
+        try:
+            ev: Any = decode_event(msg.data or b"", seq=msg.seq)
+        except InvalidEvent:
+            # A malformed message (a raw publisher's mistake) takes no version, as projections
+            # quarantine it: continue after the last valid event, expecting the real last seq.
+            ev, state = await self._scan(subject)
+            log.warning("last message on subject is malformed", subject=subject, seq=msg.seq)
+        else:
+            if agg_type in self.machines:
+                hdr = (msg.headers or {}).get(STATE_HEADER)
+                state = hdr if hdr else (await self._scan(subject))[1]
+        if ev is None:
+            head = Head(int(msg.seq), 0, {}, 0, None)
+        else:
+            self.clock.observe(ev.lamport)
+            head = Head(int(msg.seq), ev.version, dict(ev.vclock), ev.lamport, state)
         self._remember(subject, head)
         return head
 
-    async def _scan_state(self, subject: str) -> str | None:
-        """State of an aggregate whose last event lacks the state header (a raw publisher)."""
+    async def _scan(self, subject: str) -> tuple[Any, str | None]:
+        """(last valid event, state after the last transition) of one aggregate, read from
+        its whole history: only for a malformed last message or a missing state header."""
         from eventstore.reader import LogReader  # local: reader is a sibling, not a dependency
 
+        last: Any = None
         state: str | None = None
         reader = LogReader(self._nc, self._js, self.stream, "", self.url)
         async for batch in reader.direct_batches(subject):
             for m in batch:
-                with contextlib.suppress(InvalidEvent):
+                try:
                     ev = decode_event(m.data)
-                    if ev.transition is not None:
-                        state = ev.transition.to
-        return state
+                except InvalidEvent:
+                    continue
+                last = ev
+                if ev.transition is not None:
+                    state = ev.transition.to
+        return last, state
 
     async def _heads(self, pendings: list[Pending], refresh: bool) -> dict[str, Head]:
         subjects = {p.subject: p.agg_type for p in pendings}

@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import msgspec
@@ -30,6 +30,12 @@ __all__ = ["LogReader", "StoredMessage", "decode_message"]
 log = structlog.get_logger("eventstore.reader")
 
 _BACKLOG_HIGH = 20_000  # messages buffered before the subscription callback waits
+# While the callback waits, nats-py keeps queueing what the server pushes, and silently drops
+# past this limit (the reader then sees the gap and resubscribes, correct but slower): large
+# enough that a catch-up behind a slow projection does not hit it.
+_PENDING_MSGS = 500_000
+_PENDING_BYTES = 512 << 20
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class StoredMessage(NamedTuple):
@@ -81,7 +87,9 @@ class _Feed:
 
     async def on_msg(self, msg: Any) -> None:
         seq, _cseq, ts, pending = _parse_reply(msg.reply)
-        recorded = datetime.fromtimestamp(ts / 1e9, UTC)
+        # Integer microseconds (truncated), exactly as _parse_time reads a direct get: the
+        # same event must carry the same recorded_at whichever way it was read.
+        recorded = _EPOCH + timedelta(microseconds=ts // 1000)
         self.buf.append(StoredMessage(seq, msg.subject, msg.data, recorded, msg.headers))
         self.pending = pending
         self.ready.set()
@@ -238,8 +246,8 @@ class LogReader:
             ordered_consumer=True,
             config=cfg,
             idle_heartbeat=2.0,
-            pending_msgs_limit=4 * _BACKLOG_HIGH,
-            pending_bytes_limit=1 << 30,
+            pending_msgs_limit=_PENDING_MSGS,
+            pending_bytes_limit=_PENDING_BYTES,
         )
 
     async def batches(

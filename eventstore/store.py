@@ -463,6 +463,27 @@ class EventStore:
         ):
             yield batch
 
+    async def raw_aggregate(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        *,
+        batch: int = 256,
+    ) -> AsyncIterator[list[StoredMessage]]:
+        """Batches of one aggregate's undecoded messages, for readers that must see malformed
+        ones too (time travel replays them into quarantine exactly as the runner did).
+
+        Uses batched direct gets: no consumer, and nothing more is sent once the caller stops
+        reading, so a replay of a few events costs the same on a long history as on a short one.
+        """
+        subject = self.subject(aggregate_type, aggregate_id)
+        async for got in self.reader.direct_batches(
+            subject, start_seq=max(1, from_seq), stop_seq=to_seq, batch=max(1, batch)
+        ):
+            yield got
+
     async def head(self) -> int:
         """The log's last stream sequence (0 when empty)."""
         return await self.reader.last_seq()

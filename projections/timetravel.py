@@ -317,13 +317,17 @@ class TimeTravel:
             return 0, start_seq - 1
         if until.seq is not None and start_seq > until.seq:
             return 0, start_seq - 1
-        subject = self.store.subject(agg.aggregate_type, agg.aggregate_id)
         key = agg.key
         count = 0
         position = start_seq - 1
+        # Ask for about as many messages as the target needs: a replay from a snapshot is a
+        # round trip or two whatever the length of the history.
+        want = 256 if until.version is None else min(512, until.version - agg.version + 8)
         batches = cast(
             AsyncGenerator[list[StoredMessage], None],
-            self.store.reader.batches(subject, start_seq=start_seq, stop_seq=until.seq),
+            self.store.raw_aggregate(
+                agg.aggregate_type, agg.aggregate_id, start_seq, until.seq, batch=want
+            ),
         )
         async with contextlib.aclosing(batches) as stream:
             async for batch in stream:

@@ -424,3 +424,14 @@ async def test_append_gives_up_at_its_deadline(private_server: EmbeddedServer) -
         private_server.start()
         r = await store.append("agent", "t", NewEvent("Back"), timeout=30)
         assert r.version == 2
+
+
+async def test_append_after_a_malformed_message(store: EventStore, nats_url: str) -> None:
+    """A garbage message on an aggregate takes no version; appends continue after it."""
+    await store.append("agent", "mal", NewEvent("Created"))
+    nc = await nats.connect(nats_url)
+    await nc.jetstream().publish(store.subject("agent", "mal"), b"{garbage")
+    await nc.close()
+    async with await EventStore.connect(nats_url, producer="fresh", stream=store.settings) as s2:
+        r = await s2.append("agent", "mal", NewEvent("Next"), expected_version=1)
+        assert (r.version, r.first_seq) == (2, 3)
