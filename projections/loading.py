@@ -22,14 +22,13 @@ function returning one.
 from __future__ import annotations
 
 import importlib
-import os
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from eventstore.config import read_config
 from eventstore.errors import ConfigError
 from projections.conflicts import resolver_from_spec
 from projections.entities import EntitiesProjection
@@ -75,16 +74,10 @@ class ProjectionsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
 def load_config(path: str | Path | None = None) -> ProjectionsConfig:
     """The ``[projections]`` table of ``path``, else of ``EVENTSTORE_CONFIG``, else defaults."""
-    chosen = path or os.environ.get("EVENTSTORE_CONFIG")
-    if not chosen:
+    found = read_config(path)
+    if found is None:
         return ProjectionsConfig()
-    p = Path(chosen)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {p} not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    data, p = found
     try:
         return msgspec.convert(data.get("projections", {}), ProjectionsConfig)
     except msgspec.ValidationError as exc:
