@@ -124,7 +124,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
     g.add_argument(
         "--config",
         default=default(_env("EVENTSTORE_CONFIG", None)),
-        help="state machines TOML file (env EVENTSTORE_CONFIG)",
+        help="TOML config: [machines.*] state machines, [projections] (env EVENTSTORE_CONFIG)",
     )
     g.add_argument(
         "--log-level",
