@@ -25,6 +25,7 @@ from consumers.cliutil import (
     default_producer,
     emit,
     json_object,
+    non_negative_int,
     open_store,
     run,
     run_command,
@@ -146,18 +147,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- the parser --------------------------------------------------------------------------------
 
 
-def _version(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _port(text: str) -> int:
-    value = _version(text)
+    value = non_negative_int(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port 1-65535, got {value}")
     return value
@@ -185,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metadata", type=json_object, metavar="JSON", help="who/why, a JSON object (default {})"
     )
     p.add_argument(
-        "--expect-version", type=_version, metavar="N",
+        "--expect-version", type=non_negative_int, metavar="N",
         help="fail unless the aggregate is at version N (0: a new aggregate)",
     )  # fmt: skip
     p.add_argument("--id", help="event id; the same id again is stored once (default: UUIDv7)")
@@ -201,15 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "history", help="one aggregate's events, one JSON object per line")
     p.add_argument("aggregate_type", metavar="TYPE")
     p.add_argument("aggregate_id", metavar="ID")
-    p.add_argument("--from-version", type=_version, default=1, metavar="N")
-    p.add_argument("--to-version", type=_version, default=None, metavar="N")
+    p.add_argument("--from-version", type=non_negative_int, default=1, metavar="N")
+    p.add_argument("--to-version", type=non_negative_int, default=None, metavar="N")
     p.set_defaults(func=cmd_history)
 
     p = command(sub, "tail", help="follow the log live, one JSON object per line, until Ctrl-C")
     p.add_argument("aggregate_type", metavar="TYPE", nargs="?", help="only this aggregate type")
     p.add_argument("aggregate_id", metavar="ID", nargs="?", help="only this aggregate")
     p.add_argument(
-        "--from-seq", type=_version, metavar="N",
+        "--from-seq", type=non_negative_int, metavar="N",
         help="start at stream sequence N (default: only events published from now on)",
     )  # fmt: skip
     p.set_defaults(func=cmd_tail)

@@ -26,6 +26,7 @@ from consumers.cliutil import (
     add_global_options,
     command,
     emit,
+    non_negative_int,
     open_store,
     run,
     run_command,
@@ -330,16 +331,6 @@ def _builtins(obj: Any) -> dict[str, Any]:
 # -- the parser ----------------------------------------------------------------------------
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _projection_option(p: argparse.ArgumentParser, *, many: bool) -> None:
     builtins = ", ".join(sorted(BUILTIN_PROJECTIONS))
     if many:
@@ -379,8 +370,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("aggregate_type", metavar="TYPE")
     p.add_argument("aggregate_id", metavar="ID")
-    p.add_argument("--version", type=_count, metavar="N", help="state after version N")
-    p.add_argument("--seq", type=_count, metavar="S", help="state as of stream sequence S")
+    p.add_argument("--version", type=non_negative_int, metavar="N", help="state after version N")
+    p.add_argument(
+        "--seq", type=non_negative_int, metavar="S", help="state as of stream sequence S"
+    )
     p.add_argument(
         "--at",
         metavar="TIME",
@@ -449,7 +442,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "up",
         help="run the embedded nats-server and a projection worker together for local use",
     )
-    p.add_argument("--port", type=_count, help="port on 127.0.0.1 (default: the port of --url)")
+    p.add_argument(
+        "--port", type=non_negative_int, help="port on 127.0.0.1 (default: the port of --url)"
+    )
     p.add_argument(
         "--store-dir", default=None, help="JetStream store directory (default ./data/nats)"
     )

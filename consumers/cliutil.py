@@ -50,6 +50,7 @@ __all__ = [
     "default_producer",
     "emit",
     "json_object",
+    "non_negative_int",
     "open_store",
     "run",
     "run_command",
@@ -212,6 +213,17 @@ def emit(obj: Any) -> None:
     out = sys.stdout.buffer
     out.write(_encoder.encode(obj) + b"\n")
     out.flush()
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (versions, sequences, ports)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def json_object(text: str) -> dict[str, Any]:

@@ -264,14 +264,9 @@ async def list_conflicts(
     aggregate_id: str | None = None,
 ) -> list[ConflictRecord]:
     """Recorded conflicts of a projection (optionally of one type or aggregate), by seq."""
-    where = "projection = ?"
-    params: list[Any] = [projection]
-    if aggregate_type is not None:
-        where += " AND aggregate_type = ?"
-        params.append(aggregate_type)
-    if aggregate_id is not None:
-        where += " AND aggregate_id = ?"
-        params.append(aggregate_id)
+    from projections.db import aggregate_filter  # db imports the fold, which imports us
+
+    where, params = aggregate_filter(projection, aggregate_type, aggregate_id)
     rows = await db.fetchall(f"SELECT {_COLUMNS} FROM conflicts WHERE {where} ORDER BY seq", params)
     return [
         ConflictRecord(

@@ -31,7 +31,14 @@ from projections.fold import AggregateState, LastEvent
 from projections.projection import Projection
 from projections.times import from_us, to_us
 
-__all__ = ["SCHEMA_VERSION", "STATE_COLUMNS", "ProjectionDB", "ProjectionInfo", "StateCodec"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATE_COLUMNS",
+    "ProjectionDB",
+    "ProjectionInfo",
+    "StateCodec",
+    "aggregate_filter",
+]
 
 log = structlog.get_logger("projections.db")
 
@@ -222,6 +229,22 @@ class ProjectionInfo(msgspec.Struct, frozen=True):
     checkpoint: int
     checkpoint_at: datetime | None
     updated_at: datetime | None
+
+
+def aggregate_filter(
+    projection: str, aggregate_type: str | None, aggregate_id: str | None
+) -> tuple[str, list[Any]]:
+    """WHERE clause and parameters selecting a projection's rows, optionally of one aggregate
+    type or one aggregate (the conflicts, quarantine and states tables share these columns)."""
+    where = "projection = ?"
+    params: list[Any] = [projection]
+    if aggregate_type is not None:
+        where += " AND aggregate_type = ?"
+        params.append(aggregate_type)
+    if aggregate_id is not None:
+        where += " AND aggregate_id = ?"
+        params.append(aggregate_id)
+    return where, params
 
 
 def _exists(path: Path) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from eventstore.reader import StoredMessage
-from projections.db import ProjectionDB
+from projections.db import ProjectionDB, aggregate_filter
 from projections.fold import Rejected
 from projections.times import from_us, to_us
 
@@ -78,14 +78,7 @@ async def list_quarantine(
     aggregate_id: str | None = None,
 ) -> list[QuarantineRecord]:
     """Quarantined messages of a projection (optionally of one type or aggregate), by seq."""
-    where = "projection = ?"
-    params: list[Any] = [projection]
-    if aggregate_type is not None:
-        where += " AND aggregate_type = ?"
-        params.append(aggregate_type)
-    if aggregate_id is not None:
-        where += " AND aggregate_id = ?"
-        params.append(aggregate_id)
+    where, params = aggregate_filter(projection, aggregate_type, aggregate_id)
     rows = await db.fetchall(
         "SELECT projection, seq, subject, kind, reason, aggregate_type, aggregate_id, version, "
         f"event_id, recorded_us, data FROM quarantine WHERE {where} ORDER BY seq",
