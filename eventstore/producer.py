@@ -86,7 +86,6 @@ class Pending:
     future: asyncio.Future[AppendResult]
     deadline: float
     timeout: float
-    attempts: int = 0
     # assigned per attempt
     envelopes: list[Envelope] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
@@ -359,8 +358,6 @@ class Committer:
                     continue
                 log.info("append not confirmed, retrying with the same ids", error=str(exc) or
                          type(exc).__name__, events=sum(p.size for p in ready))  # fmt: skip
-                for p in ready:
-                    p.attempts += 1
                 await self._sleep_backoff(backoff)
                 backoff = min(backoff * 2, 2.0)
                 # The batch may have been stored: next round checks heads with the server and

@@ -82,16 +82,14 @@ class _Feed:
         self.ready = asyncio.Event()
         self.room = asyncio.Event()
         self.room.set()
-        self.pending = -1  # messages left after the newest buffered one (-1: none seen)
         self.sub: Any = None
 
     async def on_msg(self, msg: Any) -> None:
-        seq, _cseq, ts, pending = _parse_reply(msg.reply)
+        seq, _cseq, ts, _pending = _parse_reply(msg.reply)
         # Integer microseconds (truncated), exactly as _parse_time reads a direct get: the
         # same event must carry the same recorded_at whichever way it was read.
         recorded = _EPOCH + timedelta(microseconds=ts // 1000)
         self.buf.append(StoredMessage(seq, msg.subject, msg.data, recorded, msg.headers))
-        self.pending = pending
         self.ready.set()
         if len(self.buf) >= _BACKLOG_HIGH:
             self.room.clear()
