@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -217,28 +218,28 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_conflicts(args: argparse.Namespace) -> int:
+def _emit_records(
+    args: argparse.Namespace,
+    lister: Callable[[ProjectionDB, str, str | None, str | None], Awaitable[list[Any]]],
+) -> int:
+    """One JSON line per record a projection's lister returns (conflicts, quarantine)."""
     name = _one_projection(args).name
 
     async def go() -> list[Any]:
         async with await ProjectionDB.open(args.db, create=False) as db:
-            return await list_conflicts(db, name, args.aggregate_type, args.aggregate_id)
+            return await lister(db, name, args.aggregate_type, args.aggregate_id)
 
     for record in run(go()):
         emit(record)
     return EXIT_OK
+
+
+def cmd_conflicts(args: argparse.Namespace) -> int:
+    return _emit_records(args, list_conflicts)
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    name = _one_projection(args).name
-
-    async def go() -> list[Any]:
-        async with await ProjectionDB.open(args.db, create=False) as db:
-            return await list_quarantine(db, name, args.aggregate_type, args.aggregate_id)
-
-    for record in run(go()):
-        emit(record)
-    return EXIT_OK
+    return _emit_records(args, list_quarantine)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -18,7 +18,6 @@ same on every replay. Every conflict is recorded (both event ids, both clocks, t
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +27,7 @@ import msgspec
 
 from eventstore.errors import ConfigError
 from eventstore.events import Event
+from projections.objects import import_object
 from projections.times import from_us, to_us
 
 if TYPE_CHECKING:
@@ -180,13 +180,7 @@ def resolver_from_spec(spec: str) -> Resolver:
     if text.startswith("priority:"):
         return SourcePriority([p.strip() for p in text[len("priority:") :].split(",") if p.strip()])
     if ":" in text:
-        module_name, _, attr = text.partition(":")
-        try:
-            obj: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"resolver {spec!r} cannot be loaded: {exc}") from exc
+        obj = import_object(text, "resolver")
         if isinstance(obj, Resolver):
             return obj
         if callable(obj):

@@ -21,7 +21,6 @@ function returning one.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from eventstore.config import read_config
 from eventstore.errors import ConfigError
 from projections.conflicts import resolver_from_spec
 from projections.entities import EntitiesProjection
+from projections.objects import import_object
 from projections.projection import Projection
 from projections.runner import RunnerSettings
 from projections.snapshots import SnapshotPolicy
@@ -90,13 +90,7 @@ def load_projection(spec: str, resolver: str | None = None) -> Projection[Any]:
     if name in BUILTIN_PROJECTIONS:
         projection = BUILTIN_PROJECTIONS[name]()
     elif ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            obj: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"projection {spec!r} cannot be loaded: {exc}") from exc
+        obj = import_object(name, "projection")
         if (isinstance(obj, type) and issubclass(obj, Projection)) or (
             not isinstance(obj, Projection) and callable(obj)
         ):
