@@ -37,9 +37,10 @@ EVENT_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,127}")
 PRODUCER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 STATE_RE = re.compile(r"[^\x00-\x1f]{1,128}")
 
-AggregateType = Annotated[str, msgspec.Meta(pattern=f"^{AGGREGATE_TYPE_RE.pattern}$")]
-EventType = Annotated[str, msgspec.Meta(pattern=f"^{EVENT_TYPE_RE.pattern}$")]
-Producer = Annotated[str, msgspec.Meta(pattern=f"^{PRODUCER_RE.pattern}$")]
+# Names checked against the patterns above in ``Envelope.__post_init__``, once per distinct
+# (type, aggregate type, producer): msgspec's own pattern constraint cost half of decoding.
+_NAMES_OK: set[tuple[str, str, str]] = set()
+_NAMES_OK_MAX = 65_536
 Version = Annotated[int, msgspec.Meta(ge=1)]
 Counter = Annotated[int, msgspec.Meta(ge=0)]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -77,13 +78,13 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     """The JSON body of one event on the wire (format v1)."""
 
     id: NonEmpty
-    type: EventType
-    aggregate_type: AggregateType
+    type: str
+    aggregate_type: str
     aggregate_id: NonEmpty
     version: Version
     schema: Annotated[int, msgspec.Meta(ge=1)] = 1
     occurred_at: Annotated[datetime, msgspec.Meta(tz=True)]
-    producer: Producer
+    producer: str
     lamport: Counter = 0
     vclock: dict[str, Counter] = {}
     transition: Transition | None = None
@@ -91,6 +92,22 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     causation_id: str | None = None
     correlation_id: str | None = None
     metadata: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        names = (self.type, self.aggregate_type, self.producer)
+        if names in _NAMES_OK:
+            return
+        for value, pattern, what in (
+            (self.type, EVENT_TYPE_RE, "type"),
+            (self.aggregate_type, AGGREGATE_TYPE_RE, "aggregate_type"),
+            (self.producer, PRODUCER_RE, "producer"),
+        ):
+            if not pattern.fullmatch(value):
+                raise msgspec.ValidationError(
+                    f"Expected `str` matching regex '^{pattern.pattern}$' - at `$.{what}`"
+                )
+        if len(_NAMES_OK) < _NAMES_OK_MAX:
+            _NAMES_OK.add(names)
 
 
 class Event(Envelope, frozen=True, kw_only=True):

@@ -66,12 +66,12 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
 
 
-def _parse_reply(reply: str) -> tuple[int, int, int, int]:
-    """(stream seq, consumer seq, timestamp ns, pending) from a JetStream ack subject."""
+def _parse_reply(reply: str) -> tuple[int, int]:
+    """(stream seq, timestamp in µs) from a JetStream ack subject (with or without domain)."""
     t = reply.split(".")
     if len(t) == 9:
-        return int(t[5]), int(t[6]), int(t[7]), int(t[8])
-    return int(t[7]), int(t[8]), int(t[9]), int(t[10])
+        return int(t[5]), int(t[7]) // 1000
+    return int(t[7]), int(t[9]) // 1000
 
 
 class _Feed:
@@ -85,13 +85,14 @@ class _Feed:
         self.sub: Any = None
 
     async def on_msg(self, msg: Any) -> None:
-        seq, _cseq, ts, _pending = _parse_reply(msg.reply)
+        seq, us = _parse_reply(msg.reply)
         # Integer microseconds (truncated), exactly as _parse_time reads a direct get: the
         # same event must carry the same recorded_at whichever way it was read.
-        recorded = _EPOCH + timedelta(microseconds=ts // 1000)
-        self.buf.append(StoredMessage(seq, msg.subject, msg.data, recorded, msg.headers))
+        buf = self.buf
+        recorded = _EPOCH + timedelta(microseconds=us)
+        buf.append(StoredMessage(seq, msg.subject, msg.data, recorded, msg.headers))
         self.ready.set()
-        if len(self.buf) >= _BACKLOG_HIGH:
+        if len(buf) >= _BACKLOG_HIGH:
             self.room.clear()
             await self.room.wait()
 

@@ -19,6 +19,7 @@ import nats
 import nats.errors
 import nats.js.errors
 import structlog
+from nats.aio.client import Client
 
 from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
@@ -30,6 +31,7 @@ from eventstore.events import (
     decode_event,
     validate_producer,
 )
+from eventstore.headers import install as install_header_parser
 from eventstore.machines import Machines
 from eventstore.producer import MAX_EVENTS_PER_APPEND, Committer, Pending, merge_context
 from eventstore.reader import LogReader, StoredMessage
@@ -124,8 +126,10 @@ class EventStore:
         async def reconnected_cb() -> None:
             log.info("reconnected to NATS", url=url)
 
+        nc: Any = Client()  # nats.connect, with our header parser set before the first message
+        install_header_parser(nc)
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 url,
                 name=f"eventstore:{producer}",
                 error_cb=error_cb,

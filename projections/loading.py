@@ -8,7 +8,7 @@ same file that declares ``[machines]``)::
     snapshot_every = 100       # versions between snapshots of an aggregate
     snapshot_keep = 5          # snapshots kept per aggregate
     snapshot_interval = 300    # seconds between periodic snapshots (0: off)
-    batch_size = 5000          # messages per transaction at most
+    batch_size = 20000         # messages per transaction at most
     batch_delay = 0.005        # seconds a batch waits for more messages at most
 
     [projections.resolvers]    # conflict resolver per projection (default: log-order)
@@ -56,7 +56,7 @@ class ProjectionsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     snapshot_every: int = 100
     snapshot_keep: int = 5
     snapshot_interval: float = 300.0
-    batch_size: int = 5000
+    batch_size: int = 20000
     batch_delay: float = 0.005
     resolvers: dict[str, str] = {}
 

@@ -68,7 +68,7 @@ GUARD_SQL = (
 class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """How the runner batches and snapshots."""
 
-    batch_size: int = 5000
+    batch_size: int = 20000
     batch_delay: float = 0.005
     snapshots: SnapshotPolicy = SnapshotPolicy()
     cache_size: int = 200_000
@@ -105,6 +105,7 @@ class _Slot:
     snapshot_us: int = 0
     cache: dict[Key, AggregateState] = field(default_factory=dict)
     complete: bool = False  # the cache holds every aggregate the file has
+    writes: bool = True  # the projection keeps read models (it overrides ``write``)
     changed: dict[Key, AggregateState] = field(default_factory=dict)
     snapshots: list[tuple[Any, ...]] = field(default_factory=list)
     conflicts: list[tuple[Any, ...]] = field(default_factory=list)
@@ -143,7 +144,15 @@ class Runner:
         self.settings = settings or RunnerSettings()
         self.machines = machines if machines is not None else store.machines
         self.decoder = MessageDecoder(store.settings.prefix)
-        self._slots = [_Slot(p, StateCodec(p), Folder(p, self.machines)) for p in projections]
+        self._slots = [
+            _Slot(
+                p,
+                StateCodec(p),
+                Folder(p, self.machines),
+                writes=getattr(type(p), "write", None) is not Projection.write,
+            )
+            for p in projections
+        ]
         self._generation = ""
         self._opened = False
         self._stopping = False
@@ -478,7 +487,7 @@ class Runner:
                     await db.executemany(conflicts.INSERT_SQL, slot.conflicts)
                 if slot.quarantine:
                     await db.executemany(quarantine.INSERT_SQL, slot.quarantine)
-                if slot.changed:
+                if slot.changed and slot.writes:
                     await self._write_read_models(slot)
                 if interval_us and now_us - slot.snapshot_us >= interval_us:
                     version = slot.projection.version

@@ -101,3 +101,26 @@ def test_uuid7_ids_are_valid_unique_and_increasing() -> None:
     assert all(uuid.UUID(i).variant == uuid.RFC_4122 for i in ids[:10])
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("aggregate_type", "agent\n"),
+        ("type", "Started\n"),
+        ("producer", "agent-1\n"),
+        ("aggregate_type", "Agent"),
+        ("producer", ".hidden"),
+        ("type", "x" * 129),
+    ],
+)
+def test_names_are_matched_whole_every_time(field: str, value: str) -> None:
+    """Type, aggregate type and producer must match their patterns entirely (a trailing
+    newline too is refused), also after valid names were seen and remembered."""
+    body = msgspec.json.decode(encode_envelope(_envelope()))
+    decode_event(msgspec.json.encode(body))  # the valid names, now remembered
+    body[field] = value
+    with pytest.raises(InvalidEvent, match=field):
+        decode_event(msgspec.json.encode(body))
+    with pytest.raises(InvalidEvent, match=field):
+        decode_event(msgspec.json.encode(body))  # never remembered as valid
