@@ -115,6 +115,49 @@ class _Feed:
             self.sub = None
 
 
+class _Replies:
+    """The replies to one batched direct get at a time, on an inbox of their own.
+
+    Collected by a subscription callback until the server's end-of-batch status, so a batch
+    of replies costs one wait, not one timed wait per message.
+    """
+
+    def __init__(self, nc: Any) -> None:
+        self._nc = nc
+        self.msgs: list[Any] = []
+        self.done = asyncio.Event()
+        self.inbox = nc.new_inbox()
+        self.sub: Any = None
+
+    @classmethod
+    async def open(cls, nc: Any, batch: int) -> _Replies:
+        self = cls(nc)
+        self.sub = await nc.subscribe(self.inbox, cb=self._on_msg, pending_msgs_limit=4 * batch)
+        return self
+
+    async def _on_msg(self, msg: Any) -> None:
+        self.msgs.append(msg)
+        if msg.headers and msg.headers.get("Status"):
+            self.done.set()
+
+    async def ask(self, subject: str, payload: bytes, timeout: float) -> list[Any]:
+        """Send one request; the replies up to and including its end-of-batch status."""
+        self.msgs = []
+        self.done.clear()
+        await self._nc.publish(subject, payload, reply=self.inbox)
+        try:
+            await asyncio.wait_for(self.done.wait(), timeout)
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+        return self.msgs
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+            self.sub = None
+
+
 class LogReader:
     """Reads a stream with ordered consumers. Owned by an ``EventStore``; shares its connection."""
 
@@ -154,8 +197,7 @@ class LogReader:
         where an ordered consumer would cost a consumer create and delete per read. Direct
         get may lag on replicated streams, so nothing that decides a write relies on it alone.
         """
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox, pending_msgs_limit=4 * batch)
+        replies = await _Replies.open(self._nc, batch)
         api = f"$JS.API.DIRECT.GET.{self.stream}"
         cursor = max(1, start_seq)
         by_time = start_time
@@ -166,56 +208,48 @@ class LogReader:
                     req["start_time"] = by_time.astimezone(UTC).isoformat().replace("+00:00", "Z")
                 else:
                     req["seq"] = cursor
-                out: list[StoredMessage] = []
-                done = False
                 try:
-                    await self._nc.publish(api, msgspec.json.encode(req), reply=inbox)
-                    while True:
-                        msg = await sub.next_msg(timeout=timeout)
-                        hdr = msg.headers or {}
-                        status = hdr.get("Status")
-                        if status == "204":  # end of this batch
-                            done = hdr.get("Nats-Num-Pending", "1") == "0"
-                            break
-                        if status == "404":
-                            done = True
-                            break
-                        if status:
-                            raise EventStoreError(
-                                f"direct get on {self.stream} failed: {status} "
-                                f"{hdr.get('Description', '')}"
-                            )
-                        seq = int(hdr["Nats-Sequence"])
-                        if stop_seq is not None and seq > stop_seq:
-                            done = True
-                            continue
-                        out.append(
-                            StoredMessage(
-                                seq,
-                                hdr.get("Nats-Subject", subject),
-                                msg.data,
-                                _parse_time(hdr["Nats-Time-Stamp"]),
-                                hdr,
-                            )
-                        )
+                    got = await replies.ask(api, msgspec.json.encode(req), timeout)
                 except nats.errors.TimeoutError:
                     if self._nc.is_closed:
                         raise NotConnected(self.url, "connection closed") from None
-                    # Lost replies (a reconnect): ask again from where we are.
-                    sub_old, sub = (
-                        sub,
-                        await self._nc.subscribe(
-                            inbox := self._nc.new_inbox(), pending_msgs_limit=4 * batch
-                        ),
-                    )
-                    with contextlib.suppress(Exception):
-                        await sub_old.unsubscribe()
-                    out = [m for m in out if m.seq >= cursor]
-                    if not out:
-                        await asyncio.sleep(0.2)
-                        continue
+                    # Lost replies (a reconnect): ask again from where we are, on a fresh
+                    # inbox so that late replies to this request cannot mix in.
+                    await replies.close()
+                    replies = await _Replies.open(self._nc, batch)
+                    await asyncio.sleep(0.2)
+                    continue
                 except nats.errors.ConnectionClosedError as exc:
                     raise NotConnected(self.url, "connection closed") from exc
+                out: list[StoredMessage] = []
+                done = False
+                for msg in got:
+                    hdr = msg.headers or {}
+                    status = hdr.get("Status")
+                    if status == "204":  # end of this batch
+                        done = hdr.get("Nats-Num-Pending", "1") == "0"
+                        break
+                    if status == "404":
+                        done = True
+                        break
+                    if status:
+                        raise EventStoreError(
+                            f"direct get on {self.stream} failed: {status} "
+                            f"{hdr.get('Description', '')}"
+                        )
+                    seq = int(hdr["Nats-Sequence"])
+                    if stop_seq is not None and seq > stop_seq:
+                        done = True
+                        continue
+                    out.append(
+                        StoredMessage(
+                            seq,
+                            hdr.get("Nats-Subject", subject),
+                            msg.data,
+                            _parse_time(hdr["Nats-Time-Stamp"]),
+                            hdr,
+                        )
+                    )
                 if out:
                     by_time = None
                     cursor = out[-1].seq + 1
@@ -223,8 +257,7 @@ class LogReader:
                 if done or not out:
                     return
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await replies.close()
 
     async def _subscribe(
         self, feed: _Feed, subject: str, start_seq: int | None, start_time: datetime | None

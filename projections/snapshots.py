@@ -23,7 +23,13 @@ from projections.db import STATE_COLUMNS, ProjectionDB, StateCodec
 from projections.fold import AggregateState
 from projections.times import to_us
 
-__all__ = ["SnapshotInfo", "SnapshotPolicy", "nearest_snapshot", "snapshot_row"]
+__all__ = [
+    "SnapshotInfo",
+    "SnapshotPolicy",
+    "known_version_after",
+    "nearest_snapshot",
+    "snapshot_row",
+]
 
 INSERT_SQL = (
     "INSERT OR REPLACE INTO snapshots (projection, aggregate_type, aggregate_id, version, seq, "
@@ -122,3 +128,33 @@ async def nearest_snapshot(
     if row is None:
         return None
     return codec.load(row)
+
+
+async def known_version_after(
+    db: ProjectionDB,
+    projection: str,
+    aggregate_type: str,
+    aggregate_id: str,
+    *,
+    seq: int | None = None,
+    at: datetime | None = None,
+) -> int | None:
+    """The lowest version the file knows to lie after a target sequence or time: a later
+    snapshot (of any code version: versions are the log's) or the current state. None if
+    the file knows of nothing past the target.
+
+    Only a hint for how many messages a replay asks the server for at once: a replay to a
+    point between two snapshots needs at most the versions between them, where asking for a
+    fixed large batch would make the server send far more than is read.
+    """
+    if seq is None and at is None:
+        return None
+    column, target = ("seq", seq) if seq is not None else ("recorded_us", to_us(at))
+    key = (projection, aggregate_type, aggregate_id, target)
+    where = f"projection = ? AND aggregate_type = ? AND aggregate_id = ? AND {column} > ?"
+    row = await db.fetchone(
+        f"SELECT min(v) FROM (SELECT min(version) AS v FROM snapshots WHERE {where} "
+        f"UNION ALL SELECT version FROM states WHERE {where})",
+        (*key, *key),
+    )
+    return None if row is None or row[0] is None else int(row[0])

@@ -29,7 +29,7 @@ from projections.db import ProjectionDB, StateCodec
 from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
 from projections.mergepatch import PathChange, changes, diff
 from projections.projection import Projection
-from projections.snapshots import nearest_snapshot
+from projections.snapshots import known_version_after, nearest_snapshot
 from projections.times import parse_time
 
 __all__ = ["Diff", "HistoryEntry", "PastState", "Point", "TimeTravel"]
@@ -293,7 +293,12 @@ class TimeTravel:
         else:
             agg = self.folder.new(key)
             start = 1
-        replayed, position = await self._replay(agg, start, point, None)
+        bound = None
+        if self.db is not None and point.version is None:
+            bound = await known_version_after(
+                self.db, self.projection.name, *key, seq=point.seq, at=point.at
+            )
+        replayed, position = await self._replay(agg, start, point, None, bound)
         position = max(position, start - 1)
         if point.version is not None and agg.version < point.version:
             await self._require_exists(aggregate_type, aggregate_id)
@@ -311,8 +316,11 @@ class TimeTravel:
         start_seq: int,
         until: Point,
         entries: list[HistoryEntry] | None,
+        bound: int | None = None,
     ) -> tuple[int, int]:
-        """Feed ``agg`` its messages from ``start_seq`` up to ``until``: (count, last seq)."""
+        """Feed ``agg`` its messages from ``start_seq`` up to ``until``: (count, last seq).
+
+        ``bound``: a version known to lie past ``until``, to size the first request."""
         if until.version is not None and agg.version >= until.version:
             return 0, start_seq - 1
         if until.seq is not None and start_seq > until.seq:
@@ -321,8 +329,16 @@ class TimeTravel:
         count = 0
         position = start_seq - 1
         # Ask for about as many messages as the target needs: a replay from a snapshot is a
-        # round trip or two whatever the length of the history.
-        want = 256 if until.version is None else min(512, until.version - agg.version + 8)
+        # round trip or two whatever the length of the history. Past a time or a sequence,
+        # one message more than the versions to the bound shows where the replay stops.
+        if until.version is not None:
+            want = min(512, until.version - agg.version + 8)
+        elif bound is not None and bound > agg.version:
+            want = min(512, bound - agg.version + 1)
+        else:
+            want = 256
+        if until.seq is not None:  # each of its messages has a sequence of its own
+            want = min(want, until.seq - start_seq + 2)
         batches = cast(
             AsyncGenerator[list[StoredMessage], None],
             self.store.raw_aggregate(

@@ -179,6 +179,34 @@ async def test_the_result_names_the_snapshot_and_the_replay(
         }
 
 
+async def test_a_replay_to_a_time_or_seq_asks_only_for_what_it_needs(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """A replay asks the server for what the target can need, not a fixed batch: to a time,
+    the versions up to the next snapshot; to a sequence, no more than the sequences between
+    the snapshot and the target."""
+    await store.append("agent", "m", [NewEvent("Changed", {"i": i}) for i in range(1, 301)])
+    async with await ProjectionDB.open(tmp_path / "m.db") as db:
+        await Runner(store, db, [EntitiesProjection()]).catch_up()
+        tt = TimeTravel(store, EntitiesProjection(), db)
+        events = {e.version: e for e in await log_events(store)}
+        targets = {
+            "seq": {"seq": events[110].seq},
+            "at": {"at": events[110].recorded_at},
+            "seq after the last snapshot": {"seq": events[260].seq},
+        }
+        for name, target in targets.items():
+            before = store.nc.stats["in_msgs"]
+            got = await tt.state_at("agent", "m", **target)
+            received = store.nc.stats["in_msgs"] - before
+            expected = 110 if name != "seq after the last snapshot" else 260
+            assert (got.version, got.state) == (expected, {"i": expected}), name
+            assert got.snapshot_version == expected // 100 * 100, name
+            # the events wanted and one past the target, the end-of-batch status, API replies
+            wanted = {"seq": 10, "at": 100, "seq after the last snapshot": 60}[name]
+            assert received <= wanted + 6, (name, received)
+
+
 async def test_history_and_diff_between_two_points(
     nats_url: str, settings: StreamSettings, tmp_path: Path
 ) -> None:
