@@ -129,6 +129,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        "snapshots by recorded time (time travel with at=)",
+        [
+            "CREATE INDEX snapshots_by_time ON snapshots "
+            "(projection, aggregate_type, aggregate_id, recorded_us)",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

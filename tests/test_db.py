@@ -34,6 +34,33 @@ async def test_a_new_file_is_in_wal_mode_with_its_schema_recorded(tmp_path: Path
         assert rows[0][0] == SCHEMA_VERSION
 
 
+async def test_a_file_of_schema_1_is_upgraded_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written by the first schema gains the later migrations on open, keeps its
+    rows and its generation, and records each migration once."""
+    from projections import db as db_module
+
+    path = tmp_path / "old.db"
+    monkeypatch.setattr(db_module, "MIGRATIONS", db_module.MIGRATIONS[:1])
+    monkeypatch.setattr(db_module, "SCHEMA_VERSION", 1)
+    async with await ProjectionDB.open(path) as old:
+        async with old.transaction():
+            await old.set_meta("stream", "S")
+        generation = old.generation
+    monkeypatch.undo()
+    async with await ProjectionDB.open(path) as new:
+        assert await new.schema_version() == SCHEMA_VERSION == 2
+        assert new.generation == generation
+        assert await new.meta("stream") == "S"
+        rows = await new.fetchall("SELECT version FROM schema_migrations ORDER BY version")
+        assert [r[0] for r in rows] == [1, 2]
+        index = await new.fetchone(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'snapshots_by_time'"
+        )
+        assert index is not None
+
+
 async def test_a_file_from_a_newer_eventstore_is_refused(tmp_path: Path) -> None:
     """A schema version above the one this code knows is refused, not misread."""
     path = tmp_path / "future.db"
