@@ -36,6 +36,7 @@ from consumers.cliutil import (
 from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
 from eventstore.events import NewEvent
 from eventstore.logging import configure_logging
+from eventstore.permissions import ROLES, permissions
 
 __all__ = ["build_parser", "main"]
 
@@ -115,6 +116,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 # -- server ------------------------------------------------------------------------------------
+
+
+def cmd_permissions(args: argparse.Namespace) -> int:
+    emit(permissions(args.role, stream_settings(args)))
+    return 0
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -224,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the demo's server store (and database) here (default: a temp dir, removed)",
     )  # fmt: skip
     p.set_defaults(func=cmd_demo)
+
+    p = command(
+        sub, "permissions", help="print the nats-server permissions a producer or a reader "
+        "of the stream needs (JSON: paste it as a user's `permissions` in the server config)",
+    )  # fmt: skip
+    p.add_argument("role", choices=ROLES, help="producer: appends; reader: workers and queries")
+    p.set_defaults(func=cmd_permissions)
 
     cli_projections.register(sub)  # issue 3: worker, state, diff, conflicts, ..., up
     return parser

@@ -4,7 +4,9 @@ The CLI's ``publish`` is a new process every time, and an agent may crash at any
 producer cannot keep its Lamport time and its own vector-clock counter in memory only. Before
 it uses a value it reserves a block of them in a JetStream key-value bucket (compare-and-set
 on the revision); after a restart it starts above everything it had reserved. Unused values in
-a block are skipped, which keeps the counters strictly increasing, only not dense.
+a block are skipped, which keeps the counters strictly increasing, only not dense. The bucket
+is first touched by the first append, so a client that only reads (a projection worker, the
+query commands) needs no access to it.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ def bucket_name(stream: str) -> str:
 class ProducerClock:
     """The Lamport time and own vector entry of one producer, backed by reservations."""
 
-    def __init__(self, kv: Any, producer: str, block: int = 1000) -> None:
-        self._kv = kv
+    def __init__(self, js: Any, stream: str, producer: str, block: int = 1000) -> None:
+        self._js = js
+        self.bucket = bucket_name(stream)
+        self._kv: Any = None  # opened at the first reservation: readers never touch the bucket
         self.producer = producer
         self.block = block
         self.lamport = 0  # last Lamport time used or observed
@@ -45,22 +49,21 @@ class ProducerClock:
         self._reserved = _Reserved()
         self._revision: int | None = None
 
-    @classmethod
-    async def open(cls, js: Any, stream: str, producer: str, block: int = 1000) -> ProducerClock:
+    async def _open(self) -> None:
+        """Find (or create) the bucket and start above everything reserved before."""
         try:
-            kv = await js.key_value(bucket_name(stream))
+            kv = await self._js.key_value(self.bucket)
         except nats.js.errors.BucketNotFoundError:
             try:
-                kv = await js.create_key_value(
-                    KeyValueConfig(bucket=bucket_name(stream), history=1, storage=StorageType.FILE)
+                kv = await self._js.create_key_value(
+                    KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE)
                 )
             except nats.js.errors.BadRequestError:  # created concurrently
-                kv = await js.key_value(bucket_name(stream))
-        clock = cls(kv, producer, block)
-        await clock._load()
-        clock.lamport = clock._reserved.lamport
-        clock.counter = clock._reserved.counter
-        return clock
+                kv = await self._js.key_value(self.bucket)
+        self._kv = kv
+        await self._load()
+        self.lamport = max(self.lamport, self._reserved.lamport)
+        self.counter = max(self.counter, self._reserved.counter)
 
     async def _load(self) -> None:
         try:
@@ -77,11 +80,15 @@ class ProducerClock:
             self.lamport = lamport
 
     def needs_reservation(self, events: int, observed: int = 0) -> bool:
+        if self._kv is None:
+            return True
         top_l = max(self.lamport, observed) + events
         return top_l > self._reserved.lamport or self.counter + events > self._reserved.counter
 
     async def reserve(self, events: int, observed: int = 0) -> None:
         """Make sure the next ``events`` ticks are covered by a persisted reservation."""
+        if self._kv is None:
+            await self._open()
         for _ in range(20):
             want_l = max(self.lamport, observed) + events + self.block
             want_c = self.counter + events + self.block

@@ -145,6 +145,7 @@ class Committer:
         self._denied = False
         self._denied_subject = ""
         self._violations: set[str] = set()  # denied subjects reported during this batch
+        self._reserving: asyncio.Task[Any] | None = None  # reserving clock values
         self._closed = False
         self._lock = asyncio.Lock()  # one batch in flight: held by the committer or a caller
         self._batch_no = 0
@@ -173,6 +174,12 @@ class Committer:
             return
         pattern = m.group(2)
         self._violations.add(pattern)
+        reserving = self._reserving
+        if reserving is not None and self.clock.bucket.lower() in pattern.lower():
+            if not reserving.done():
+                self._denied, self._denied_subject = True, pattern
+                reserving.cancel()
+            return
         if self._inflight is None:
             return
         subjects, task = self._inflight
@@ -199,7 +206,12 @@ class Committer:
             self.submit(p)
             return await p.future
         async with self._lock:
-            await self._commit([p])
+            try:
+                await self._commit([p])
+            except EventStoreError:
+                raise
+            except Exception as exc:  # as the committer task reports it
+                raise EventStoreError(str(exc) or type(exc).__name__) from exc
         return await p.future
 
     @property
@@ -330,7 +342,14 @@ class Committer:
                 backoff = min(backoff * 2, 2.0)
                 continue
             group = [p for p in group if not p.future.done()]
-            ready = await self._prepare(group, heads, fresh=refresh)
+            try:
+                ready = await self._prepare(group, heads, fresh=refresh)
+            except Exception as exc:  # reserving clock values met a restart: try again
+                if not self._transient(exc):
+                    raise
+                await self._sleep_backoff(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
             if not ready:
                 if any(not p.future.done() for p in group):
                     refresh = True  # a cached head looked stale: check with the server
@@ -406,6 +425,25 @@ class Committer:
 
     # -- preparing a batch -----------------------------------------------------------------
 
+    async def _reserve(self, events: int, observed: int) -> None:
+        """Reserve clock values; a clock bucket this client may not use is ``PermissionDenied``
+        as soon as the server says so (the error callback cancels the reservation)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._reserving = task
+        self._denied = False
+        try:
+            await self.clock.reserve(events, observed)
+        except asyncio.CancelledError:
+            if self._denied:
+                task.uncancel()
+                raise PermissionDenied(
+                    self._denied_subject, "publish", "reserving this producer's clock values"
+                ) from None
+            raise
+        finally:
+            self._reserving = None
+
     async def _prepare(
         self, group: list[Pending], heads: dict[str, Head], *, fresh: bool
     ) -> list[Pending]:
@@ -452,7 +490,7 @@ class Committer:
                 context = VectorClock(context).merge(head.vclock).to_dict()
             observed = max([head.lamport if p.expected_version is not None else 0])
             if self.clock.needs_reservation(p.size, observed):
-                await self.clock.reserve(p.size, observed)
+                await self._reserve(p.size, observed)
             envelopes: list[Envelope] = []
             bodies: list[bytes] = []
             vc = self._vc.merge(context)
@@ -724,7 +762,8 @@ class Committer:
 
 
 def _subject_matches(pattern: str, subject: str) -> bool:
-    pt, st = pattern.split("."), subject.split(".")
+    """Whether a subject is one a permission error names (nats-py lowercases those)."""
+    pt, st = pattern.lower().split("."), subject.lower().split(".")
     for i, tok in enumerate(pt):
         if tok == ">":
             return len(st) > i

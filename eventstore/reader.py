@@ -21,7 +21,7 @@ import nats.js.errors
 import structlog
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from eventstore.errors import EventStoreError, InvalidEvent, NotConnected
+from eventstore.errors import EventStoreError, InvalidEvent, NotConnected, PermissionDenied
 from eventstore.events import Event, decode_event
 from eventstore.subjects import parse_subject
 
@@ -34,6 +34,7 @@ _BACKLOG_HIGH = 20_000  # messages buffered before the subscription callback wai
 # past this limit (the reader then sees the gap and resubscribes, correct but slower): large
 # enough that a catch-up behind a slow projection does not hit it.
 _PENDING_MSGS = 500_000
+_DIRECT_GET_TRIES = 6  # unanswered direct gets in a row (5 s each) before giving up
 _PENDING_BYTES = 512 << 20
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -167,6 +168,18 @@ class LogReader:
         self.stream = stream
         self.prefix = prefix
         self.url = url
+        # Subjects the server refused this connection (lowercased, as nats-py reports them),
+        # filled by the store's error callback: a request to one of them is never answered.
+        self.denied: set[str] = set()
+
+    def _refused(self, subject: str) -> PermissionDenied | None:
+        """``PermissionDenied`` if the server refused this client ``subject`` or a subject
+        below it (an API request that then never gets an answer)."""
+        low = subject.lower()
+        for pattern in self.denied:
+            if pattern == low or pattern.startswith(low + "."):
+                return PermissionDenied(pattern, "publish")
+        return None
 
     async def last_seq(self, subject: str | None = None) -> int:
         """The stream's last sequence, or the last sequence on one subject (0 if none)."""
@@ -180,6 +193,11 @@ class LogReader:
             return 0
         except (nats.errors.ConnectionClosedError, nats.errors.NoRespondersError) as exc:
             raise NotConnected(self.url, str(exc) or type(exc).__name__) from exc
+        except nats.errors.TimeoutError as exc:
+            api = "STREAM.INFO" if subject is None else "STREAM.MSG.GET"
+            if refused := self._refused(f"$JS.API.{api}.{self.stream}"):
+                raise refused from exc
+            raise
 
     async def direct_batches(
         self,
@@ -201,6 +219,7 @@ class LogReader:
         api = f"$JS.API.DIRECT.GET.{self.stream}"
         cursor = max(1, start_seq)
         by_time = start_time
+        unanswered = 0
         try:
             while stop_seq is None or cursor <= stop_seq:
                 req: dict[str, Any] = {"next_by_subj": subject, "batch": batch}
@@ -210,9 +229,19 @@ class LogReader:
                     req["seq"] = cursor
                 try:
                     got = await replies.ask(api, msgspec.json.encode(req), timeout)
+                    unanswered = 0
                 except nats.errors.TimeoutError:
                     if self._nc.is_closed:
                         raise NotConnected(self.url, "connection closed") from None
+                    if refused := self._refused(api):
+                        raise refused from None
+                    unanswered += 1
+                    if unanswered >= _DIRECT_GET_TRIES:
+                        raise NotConnected(
+                            self.url,
+                            f"direct get on {self.stream} went unanswered "
+                            f"{unanswered} times in a row",
+                        ) from None
                     # Lost replies (a reconnect): ask again from where we are, on a fresh
                     # inbox so that late replies to this request cannot mix in.
                     await replies.close()
@@ -322,6 +351,8 @@ class LogReader:
             ) as exc:
                 if self._nc.is_closed:
                     raise NotConnected(self.url, "connection closed") from exc
+                if refused := self._refused(f"$JS.API.CONSUMER.CREATE.{self.stream}"):
+                    raise refused from exc
                 await asyncio.sleep(0.25)
                 continue
             idle = 0.0
@@ -341,6 +372,8 @@ class LogReader:
                                 restart = True  # be sure the consumer survived the reconnect
                                 continue
                             idle += 1.0
+                            if refused := self._refused(f"$JS.FC.{self.stream}"):
+                                raise refused from None  # the server waits for our reply
                             if not follow and idle >= idle_timeout:
                                 raise EventStoreError(
                                     f"reading {subject} stalled after seq {last}"

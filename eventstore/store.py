@@ -8,6 +8,7 @@ reads to the log reader.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -43,6 +44,8 @@ __all__ = ["DEFAULT_URL", "AppendRequest", "EventStore"]
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 log = structlog.get_logger("eventstore.store")
+
+_DENIED_RE = re.compile(r"for publish to \"?([^\"'\s]+)", re.I)
 
 
 class AppendRequest(msgspec.Struct, frozen=True):
@@ -100,7 +103,8 @@ class EventStore:
         user: str | None = None,
         password: str | None = None,
     ) -> EventStore:
-        """Connect, ensure the stream, and reserve this producer's clock values."""
+        """Connect and ensure the stream (the producer's clock values are reserved by its first
+        append)."""
         validate_producer(producer)
         settings = stream if isinstance(stream, StreamSettings) else StreamSettings(name=stream)
         holder: dict[str, EventStore] = {}
@@ -110,6 +114,9 @@ class EventStore:
             text = str(exc)
             store = holder.get("store")
             if "permissions violation" in text.lower():
+                m = _DENIED_RE.search(text)
+                if store is not None and m:
+                    store.reader.denied.add(m.group(1).lower())
                 if store is not None and store._committer is not None:
                     store._committer.permission_violation(text)
                 else:
@@ -163,7 +170,6 @@ class EventStore:
         try:
             if ensure:
                 await store.ensure()
-            clock = await ProducerClock.open(store._js, settings.name, producer, clock_block)
         except nats.errors.TimeoutError as exc:
             await nc.close()
             if early_errors:
@@ -180,7 +186,7 @@ class EventStore:
             store._js,
             stream=settings.name,
             producer=producer,
-            clock=clock,
+            clock=ProducerClock(store._js, settings.name, producer, clock_block),
             machines=store.machines,
             url=url,
             max_batch=max_batch,

@@ -1,0 +1,67 @@
+"""The least a client of one stream needs to be allowed, as nats-server permission blocks.
+
+Two roles. A **producer** appends (and reads heads and histories for it): it publishes events
+on the stream's subjects and keeps its clock reservations in the stream's clock bucket. A
+**reader** (a projection worker, the query commands, ``tail``) creates ordered consumers and
+uses direct gets, and may publish nothing to the log. Neither may delete, purge or edit the
+stream, its messages or its consumers' configuration beyond its own ephemeral ones: nothing
+here grants ``$JS.API.STREAM.DELETE``, ``PURGE``, ``MSG.DELETE`` or ``UPDATE``.
+
+The lists are what the test suite runs the library with (``tests/test_permissions.py``), not
+a guess: dropping any one subject from them fails that test (``$JS.FC`` is the flow-control
+reply a long read needs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventstore.clockstore import bucket_name
+from eventstore.streams import StreamSettings
+
+__all__ = ["ROLES", "permissions", "producer_permissions", "reader_permissions"]
+
+ROLES = ("producer", "reader")
+
+
+def _reading(stream: str) -> list[str]:
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+    ]
+
+
+def producer_permissions(settings: StreamSettings) -> dict[str, Any]:
+    """A producer: append events, read what an append must know, reserve its clocks (in the
+    stream's clock bucket, which the first producer creates)."""
+    stream, kv = settings.name, bucket_name(settings.name)
+    publish = [
+        *_reading(stream),
+        f"{settings.prefix}.>",
+        f"$JS.API.STREAM.INFO.KV_{kv}",
+        f"$JS.API.STREAM.CREATE.KV_{kv}",
+        f"$JS.API.STREAM.MSG.GET.KV_{kv}",
+        f"$KV.{kv}.>",
+    ]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": ["_INBOX.>"]}}
+
+
+def reader_permissions(settings: StreamSettings) -> dict[str, Any]:
+    """A reader: ordered consumers of its own and direct gets; no publishing to the log."""
+    stream = settings.name
+    publish = [
+        *_reading(stream),
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.FC.{stream}.>",  # flow-control replies of the ordered consumers
+    ]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": ["_INBOX.>"]}}
+
+
+def permissions(role: str, settings: StreamSettings) -> dict[str, Any]:
+    """The permission block of ``role`` (one of ``ROLES``) for ``settings``' stream."""
+    if role == "producer":
+        return producer_permissions(settings)
+    if role == "reader":
+        return reader_permissions(settings)
+    raise ValueError(f"unknown role {role!r}: choose one of {', '.join(ROLES)}")
