@@ -358,9 +358,9 @@ async def test_permission_violation_fails_fast(tmp_path: Path) -> None:
             assert ok.version == 1
             start = time.monotonic()
             with pytest.raises(PermissionDenied, match="secret"):
-                await store.append("secret", "s1", NewEvent("Created"))
+                await store.append("secret", "Upper-S1", NewEvent("Created"))
             with pytest.raises(PermissionDenied, match="secret"):
-                await store.append("secret", "s1", [NewEvent("A"), NewEvent("B")])
+                await store.append("secret", "Upper-S1", [NewEvent("A"), NewEvent("B")])
             assert time.monotonic() - start < 4.0  # not the 20 s append timeout
             assert (await store.append("agent", "a1", NewEvent("Again"))).version == 2
             assert await store.head() == 2
