@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from bench import catchup, compare_eventsourcing, publish, timetravel
+from bench import catchup, compare_eventsourcing, live, publish, timetravel
 from eventstore.logging import configure_logging
 
 
@@ -16,6 +16,7 @@ async def run_all(quick: bool) -> dict[str, Any]:
     for name, module in (
         ("publish", publish),
         ("catchup", catchup),
+        ("live", live),
         ("timetravel", timetravel),
         ("compare_eventsourcing", compare_eventsourcing),
     ):

@@ -9,7 +9,7 @@ same file that declares ``[machines]``)::
     snapshot_keep = 5          # snapshots kept per aggregate
     snapshot_interval = 300    # seconds between periodic snapshots (0: off)
     batch_size = 20000         # messages per transaction at most
-    batch_delay = 0.005        # seconds a batch waits for more messages at most
+    batch_delay = 0.0          # seconds a batch waits for more messages at most
 
     [projections.resolvers]    # conflict resolver per projection (default: log-order)
     entities = "lww"           # log-order | lww | priority:agent-a,agent-b | module:function
@@ -57,7 +57,7 @@ class ProjectionsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     snapshot_keep: int = 5
     snapshot_interval: float = 300.0
     batch_size: int = 20000
-    batch_delay: float = 0.005
+    batch_delay: float = 0.0
     resolvers: dict[str, str] = {}
 
     def runner_settings(self) -> RunnerSettings:

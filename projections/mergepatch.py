@@ -20,13 +20,14 @@ __all__ = ["PathChange", "changes", "diff", "merge_patch"]
 
 def merge_patch(target: Any, patch: Any) -> Any:
     """The result of applying ``patch`` to ``target`` (RFC 7386 ``MergePatch``)."""
-    if not isinstance(patch, dict):
+    # ``type(x) is dict`` first: decoded JSON is plain dicts, and this is the fold's hot path.
+    if type(patch) is not dict and not isinstance(patch, dict):
         return patch
     out: dict[str, Any] = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
-        elif isinstance(value, dict):
+        elif type(value) is dict or isinstance(value, dict):
             out[key] = merge_patch(out.get(key), value)
         else:
             out[key] = value

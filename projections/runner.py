@@ -6,9 +6,10 @@ memory, and commits states, snapshots, conflicts, quarantined messages, read mod
 checkpoint in ONE transaction. Whatever crashes where, a batch is either committed with its
 checkpoint or not at all and read again: every event takes effect exactly once.
 
-Batches close on size (``batch_size`` messages) or ``batch_delay`` after their first message,
-so a catch-up commits thousands of events per transaction and a quiet stream is applied within
-milliseconds. Reading continues while a batch commits (SQLite works in its own thread).
+A batch takes what the reader has queued, up to ``batch_size`` messages, waiting at most
+``batch_delay`` (default 0: not at all) for more. Reading continues while a batch commits
+(SQLite works in its own thread), so batches size themselves: a quiet stream commits each
+event a couple of milliseconds after its append, a catch-up thousands per transaction.
 
 Several projections share one reading of the log and one transaction per batch; each keeps its
 own checkpoint, so one added later catches up while the others skip what they already have.
@@ -69,7 +70,7 @@ class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """How the runner batches and snapshots."""
 
     batch_size: int = 20000
-    batch_delay: float = 0.005
+    batch_delay: float = 0.0
     snapshots: SnapshotPolicy = SnapshotPolicy()
     cache_size: int = 200_000
     queue_batches: int = 64

@@ -13,7 +13,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:  # bench/ is not an installed package; run from the checkout
     sys.path.insert(0, ROOT)
 
-from bench import catchup, compare_eventsourcing, timetravel  # noqa: E402
+from bench import catchup, compare_eventsourcing, live, timetravel  # noqa: E402
 
 
 def assert_positive(figures: dict[str, Any], keys: list[str]) -> None:
@@ -90,3 +90,16 @@ async def test_compare_eventsourcing_quick_reports_both_sides(
     )
     assert "synchronous=" in figures["eventsourcing_sqlite"]
     assert '"write_ratio_ours_single"' in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+async def test_live_quick_reports_latencies(capsys: pytest.CaptureFixture[str]) -> None:
+    """The live benchmark waits for every append in the projection and reports latencies."""
+    figures = await live.run(quick=True)
+    assert_positive(
+        figures,
+        ["events", "raw_median_ms", "raw_p99_ms", "live_median_ms", "live_p99_ms",
+         "live_median_ratio"],
+    )  # fmt: skip
+    assert figures["live_p99_ms"] >= figures["live_median_ms"]
+    assert '"live_median_ms"' in capsys.readouterr().out.strip().splitlines()[-1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -99,28 +98,28 @@ async def test_catch_up_equals_a_brute_force_fold_with_conflicts(
         assert (c.resolver, c.winner) == ("log-order", "event")
 
 
-async def test_a_quiet_stream_is_applied_within_milliseconds(
+async def test_a_quiet_stream_is_applied_without_waiting_for_more_events(
     store: EventStore, db_path: Path
 ) -> None:
-    """Following the log, a single new event is committed well under a second later."""
+    """Following the log, each lone event is committed on its own: a batch never waits to
+    fill up (``python -m bench.live`` measures how soon: a few milliseconds)."""
     await store.append("agent", "q", NewEvent("Created"))
     async with await ProjectionDB.open(db_path) as db:
         runner = Runner(store, db, [EntitiesProjection()])
+        committed: list[int] = []
+        runner.on_commit.append(lambda info: committed.append(info.messages))
         task = asyncio.create_task(runner.run())
         try:
             async with asyncio.timeout(10):
                 await runner.wait_for(1)
-            delays = []
             for i in range(5):
                 res = await store.append("agent", "q", NewEvent("Changed", {"i": i}))
-                t0 = time.perf_counter()
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(5):  # a liveness bound, not a speed target
                     await runner.wait_for(res.last_seq)
-                delays.append(time.perf_counter() - t0)
         finally:
             runner.stop()
             await task
-    assert sorted(delays)[2] < 0.1, delays
+    assert committed == [1] * 6  # one batch per event: none waited for the next
     assert scalar(db_path, "SELECT version FROM states WHERE aggregate_id = 'q'") == 6
 
 
