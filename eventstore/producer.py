@@ -23,7 +23,7 @@ import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,7 @@ from eventstore.events import (
 )
 from eventstore.machines import Machines
 
-__all__ = ["Committer", "Head"]
+__all__ = ["Committer", "Head", "refused_publish"]
 
 log = structlog.get_logger("eventstore.producer")
 
@@ -141,11 +141,10 @@ class Committer:
         self._vc = VectorClock()
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._inflight: tuple[frozenset[str], asyncio.Future[Any]] | None = None
-        self._denied = False
-        self._denied_subject = ""
+        # The block that fails fast on a permission violation: which subjects it uses, its task.
+        self._inflight: tuple[Callable[[str], bool], asyncio.Task[Any]] | None = None
+        self._denied_subject: str | None = None  # the violation that cancelled it
         self._violations: set[str] = set()  # denied subjects reported during this batch
-        self._reserving: asyncio.Task[Any] | None = None  # reserving clock values
         self._closed = False
         self._lock = asyncio.Lock()  # one batch in flight: held by the committer or a caller
         self._batch_no = 0
@@ -169,23 +168,43 @@ class Committer:
 
     def permission_violation(self, message: str) -> None:
         """Called from the connection's error callback: fail the matching request now."""
-        m = _PERM_RE.search(message)
-        if not m or m.group(1).lower() != "publish":
+        pattern = refused_publish(message)
+        if pattern is None:
             return
-        pattern = m.group(2)
         self._violations.add(pattern)
-        reserving = self._reserving
-        if reserving is not None and self.clock.bucket.lower() in pattern.lower():
-            if not reserving.done():
-                self._denied, self._denied_subject = True, pattern
-                reserving.cancel()
-            return
         if self._inflight is None:
             return
-        subjects, task = self._inflight
-        if any(_subject_matches(pattern, s) for s in subjects) and not task.done():
-            self._denied, self._denied_subject = True, pattern
+        refused, task = self._inflight
+        if refused(pattern) and not task.done():
+            self._denied_subject = pattern
             task.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _failing_fast(
+        self, refused: Callable[[str], bool], detail: str = ""
+    ) -> AsyncIterator[None]:
+        """Run the block so that a permission violation on a subject ``refused`` accepts
+        raises ``PermissionDenied`` at once.
+
+        nats-py reports a permission violation only to the error callback, and the request
+        would then wait for its whole timeout; the callback cancels the block instead.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        for pattern in self._violations:  # refused while the middle of a batch was on its way
+            if refused(pattern):
+                raise PermissionDenied(pattern, "publish", detail)
+        self._inflight = (refused, task)
+        self._denied_subject = None
+        try:
+            yield
+        except asyncio.CancelledError:
+            if self._denied_subject is not None:
+                task.uncancel()
+                raise PermissionDenied(self._denied_subject, "publish", detail) from None
+            raise
+        finally:
+            self._inflight = None
 
     def submit(self, p: Pending) -> None:
         if self._closed:
@@ -427,22 +446,12 @@ class Committer:
 
     async def _reserve(self, events: int, observed: int) -> None:
         """Reserve clock values; a clock bucket this client may not use is ``PermissionDenied``
-        as soon as the server says so (the error callback cancels the reservation)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._reserving = task
-        self._denied = False
-        try:
+        as soon as the server says so."""
+        bucket = self.clock.bucket.lower()
+        async with self._failing_fast(
+            lambda pattern: bucket in pattern.lower(), "reserving this producer's clock values"
+        ):
             await self.clock.reserve(events, observed)
-        except asyncio.CancelledError:
-            if self._denied:
-                task.uncancel()
-                raise PermissionDenied(
-                    self._denied_subject, "publish", "reserving this producer's clock values"
-                ) from None
-            raise
-        finally:
-            self._reserving = None
 
     async def _prepare(
         self, group: list[Pending], heads: dict[str, Head], *, fresh: bool
@@ -598,29 +607,10 @@ class Committer:
         timeout: float,
         batch_subjects: frozenset[str] = frozenset(),
     ) -> bytes:
-        """A request that fails fast with ``PermissionDenied`` instead of timing out.
-
-        nats-py reports a permission violation only to the error callback, and the request
-        would then wait for its whole timeout; the callback cancels the request instead.
-        """
-        task = asyncio.current_task()
-        assert task is not None
-        self._inflight = (batch_subjects | {subject}, task)
-        self._denied = False
-        if self._violations:  # refused while the middle of a batch was on its way
-            for pattern in self._violations:
-                if any(_subject_matches(pattern, s) for s in self._inflight[0]):
-                    self._inflight = None
-                    raise PermissionDenied(pattern, "publish")
-        try:
+        """A request that fails fast with ``PermissionDenied`` instead of timing out."""
+        subjects = batch_subjects | {subject}
+        async with self._failing_fast(lambda p: any(_subject_matches(p, s) for s in subjects)):
             msg = await self._nc.request(subject, body, timeout=timeout, headers=headers)
-        except asyncio.CancelledError:
-            if self._denied:
-                task.uncancel()
-                raise PermissionDenied(self._denied_subject, "publish") from None
-            raise
-        finally:
-            self._inflight = None
         data: bytes = msg.data
         return data
 
@@ -759,6 +749,12 @@ class Committer:
             out.append((int(msg.seq), ev.id, ev))
             seq = int(msg.seq) + 1
         return out
+
+
+def refused_publish(message: str) -> str | None:
+    """The subject a permission-violation error names for a publish (None for any other)."""
+    m = _PERM_RE.search(message)
+    return m.group(2) if m and m.group(1).lower() == "publish" else None
 
 
 def _subject_matches(pattern: str, subject: str) -> bool:

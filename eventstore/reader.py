@@ -34,8 +34,8 @@ _BACKLOG_HIGH = 20_000  # messages buffered before the subscription callback wai
 # past this limit (the reader then sees the gap and resubscribes, correct but slower): large
 # enough that a catch-up behind a slow projection does not hit it.
 _PENDING_MSGS = 500_000
-_DIRECT_GET_TRIES = 6  # unanswered direct gets in a row (5 s each) before giving up
 _PENDING_BYTES = 512 << 20
+_DIRECT_GET_TRIES = 6  # unanswered direct gets in a row (5 s each) before giving up
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

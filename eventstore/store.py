@@ -8,7 +8,6 @@ reads to the log reader.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -34,7 +33,13 @@ from eventstore.events import (
 )
 from eventstore.headers import install as install_header_parser
 from eventstore.machines import Machines
-from eventstore.producer import MAX_EVENTS_PER_APPEND, Committer, Pending, merge_context
+from eventstore.producer import (
+    MAX_EVENTS_PER_APPEND,
+    Committer,
+    Pending,
+    merge_context,
+    refused_publish,
+)
 from eventstore.reader import LogReader, StoredMessage
 from eventstore.streams import StreamSettings, ensure_stream
 from eventstore.subjects import aggregate_subject, filter_subject
@@ -44,8 +49,6 @@ __all__ = ["DEFAULT_URL", "AppendRequest", "EventStore"]
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 log = structlog.get_logger("eventstore.store")
-
-_DENIED_RE = re.compile(r"for publish to \"?([^\"'\s]+)", re.I)
 
 
 class AppendRequest(msgspec.Struct, frozen=True):
@@ -114,9 +117,9 @@ class EventStore:
             text = str(exc)
             store = holder.get("store")
             if "permissions violation" in text.lower():
-                m = _DENIED_RE.search(text)
-                if store is not None and m:
-                    store.reader.denied.add(m.group(1).lower())
+                refused = refused_publish(text)
+                if store is not None and refused:
+                    store.reader.denied.add(refused.lower())
                 if store is not None and store._committer is not None:
                     store._committer.permission_violation(text)
                 else:

@@ -44,11 +44,18 @@ def _short_of(subject: str) -> dict[str, Any]:
     return block
 
 
+def _producer_without_clocks() -> dict[str, Any]:
+    block = permissions("producer", SETTINGS)
+    block["publish"]["allow"] = [s for s in block["publish"]["allow"] if not s.startswith("$KV.")]
+    return block
+
+
 def _config(tmp_path: Path) -> Path:
     users = [
         {"user": "admin", "password": "admin"},
         {"user": "agent", "password": "agent", "permissions": permissions("producer", SETTINGS)},
         {"user": "worker", "password": "worker", "permissions": permissions("reader", SETTINGS)},
+        {"user": "no-kv", "password": "no-kv", "permissions": _producer_without_clocks()},
         *(
             {"user": name, "password": name, "permissions": _short_of(subject)}
             for name, subject in SHORT_OF.items()
@@ -180,3 +187,21 @@ def test_the_cli_prints_the_blocks_this_test_runs_with() -> None:
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         assert json.loads(out) == permissions(role, SETTINGS)
+
+
+async def test_a_producer_refused_its_clock_bucket_is_told_at_once(
+    server: EmbeddedServer,
+) -> None:
+    """Without ``$KV.<bucket>.>`` a producer cannot reserve clock values: its first append
+    raises PermissionDenied naming the bucket well before the append timeout, and stores
+    nothing."""
+    assert await _head(server) == 0  # the admin creates the stream
+    async with await EventStore.connect(
+        server.url, producer="no-kv", user="no-kv", password="no-kv", stream=SETTINGS,
+        append_timeout=20,
+    ) as producer:  # fmt: skip
+        started = time.monotonic()
+        with pytest.raises(PermissionDenied, match="eventstore_clocks_roles"):
+            await producer.append("task", "k-1", NewEvent("Created"))
+        assert time.monotonic() - started < 4.0
+    assert await _head(server) == 0
