@@ -21,12 +21,18 @@ from consumers.cliutil import (
     EXIT_OK,
     CliParser,
     add_global_options,
+    aggregate_id,
+    aggregate_type,
     command,
     default_producer,
+    directory,
     emit,
     json_object,
+    non_empty,
     non_negative_int,
     open_store,
+    port_number,
+    positive_int,
     run,
     run_command,
     shutdown_signals,
@@ -37,6 +43,7 @@ from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
 from eventstore.events import NewEvent
 from eventstore.logging import configure_logging
 from eventstore.permissions import ROLES, permissions
+from eventstore.reader import Malformed
 
 __all__ = ["build_parser", "main"]
 
@@ -77,12 +84,25 @@ def cmd_publish(args: argparse.Namespace) -> int:
 # -- history -----------------------------------------------------------------------------------
 
 
+def warn_skipped(skipped: Malformed) -> None:
+    """One stderr line per message a reader skipped (history and tail go on)."""
+    reason = " ".join(skipped.reason.split())
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    sys.stderr.write(
+        f"eventstore: warning: skipped the message at seq {skipped.seq} on {skipped.subject} "
+        f"({skipped.kind}): {reason}\n"
+    )
+    sys.stderr.flush()
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     async def go() -> None:
         async with open_store(args) as store:
             async for ev in store.read(
-                args.aggregate_type, args.aggregate_id, args.from_version, args.to_version
-            ):
+                args.aggregate_type, args.aggregate_id, args.from_version, args.to_version,
+                on_malformed=warn_skipped,
+            ):  # fmt: skip
                 emit(ev)
 
     run(go())
@@ -100,7 +120,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 log.info("tail following", from_seq=start, stream=store.settings.name)
 
                 async def follow() -> None:
-                    async for ev in store.follow(start, args.aggregate_type, args.aggregate_id):
+                    async for ev in store.follow(
+                        start, args.aggregate_type, args.aggregate_id, on_malformed=warn_skipped
+                    ):
                         emit(ev)
 
                 task = asyncio.create_task(follow())
@@ -153,13 +175,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- the parser --------------------------------------------------------------------------------
 
 
-def _port(text: str) -> int:
-    value = non_negative_int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port 1-65535, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog="eventstore",
@@ -172,8 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = command(sub, "publish", help="append one event to an aggregate; prints where it landed")
-    p.add_argument("aggregate_type", metavar="TYPE", help="aggregate type, e.g. agent")
-    p.add_argument("aggregate_id", metavar="ID", help="aggregate id, e.g. asst_qa")
+    p.add_argument(
+        "aggregate_type", metavar="TYPE", type=aggregate_type, help="aggregate type, e.g. agent"
+    )
+    p.add_argument(
+        "aggregate_id", metavar="ID", type=aggregate_id, help="aggregate id, e.g. asst_qa"
+    )
     p.add_argument("event_type", metavar="EVENT_TYPE", help="event type, e.g. Started")
     p.add_argument(
         "--data", type=json_object, metavar="JSON", help="payload, a JSON object (default {})"
@@ -196,15 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_publish)
 
     p = command(sub, "history", help="one aggregate's events, one JSON object per line")
-    p.add_argument("aggregate_type", metavar="TYPE")
-    p.add_argument("aggregate_id", metavar="ID")
-    p.add_argument("--from-version", type=non_negative_int, default=1, metavar="N")
+    p.add_argument("aggregate_type", metavar="TYPE", type=aggregate_type)
+    p.add_argument("aggregate_id", metavar="ID", type=aggregate_id)
+    p.add_argument("--from-version", type=positive_int, default=1, metavar="N")
     p.add_argument("--to-version", type=non_negative_int, default=None, metavar="N")
     p.set_defaults(func=cmd_history)
 
     p = command(sub, "tail", help="follow the log live, one JSON object per line, until Ctrl-C")
-    p.add_argument("aggregate_type", metavar="TYPE", nargs="?", help="only this aggregate type")
-    p.add_argument("aggregate_id", metavar="ID", nargs="?", help="only this aggregate")
+    p.add_argument(
+        "aggregate_type", metavar="TYPE", nargs="?", type=aggregate_type,
+        help="only this aggregate type",
+    )  # fmt: skip
+    p.add_argument(
+        "aggregate_id", metavar="ID", nargs="?", type=aggregate_id, help="only this aggregate"
+    )
     p.add_argument(
         "--from-seq", type=non_negative_int, metavar="N",
         help="start at stream sequence N (default: only events published from now on)",
@@ -213,10 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(sub, "server", help="run the embedded nats-server in the foreground")
     p.add_argument(
-        "--port", type=_port, help="port on 127.0.0.1 (default: the port of --url, 4222)"
+        "--port", type=port_number, help="port on 127.0.0.1 (default: the port of --url, 4222)"
     )
     p.add_argument(
-        "--store-dir", default=str(DEFAULT_STORE_DIR),
+        "--store-dir", default=str(DEFAULT_STORE_DIR), type=non_empty,
         help=f"JetStream store directory (default ./{DEFAULT_STORE_DIR})",
     )  # fmt: skip
     p.set_defaults(func=cmd_server)
@@ -226,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then a projection worker folds them into SQLite",
     )  # fmt: skip
     p.add_argument(
-        "--dir", type=Path,
+        "--dir", type=directory,
         help="keep the demo's server store (and database) here (default: a temp dir, removed)",
     )  # fmt: skip
     p.set_defaults(func=cmd_demo)

@@ -7,6 +7,11 @@ consumers.cli_projections`` runs them on their own (same global options).
 Output: ``state``, ``diff`` and ``rebuild`` print one JSON object; ``conflicts``,
 ``quarantine`` and ``status`` one JSON object per line; ``verify`` one line per mismatch and a
 summary, exiting 1 if anything differs. ``worker`` and ``up`` run until SIGINT/SIGTERM.
+
+The read commands (state, diff, conflicts, quarantine, status, verify) open the database read
+only and never create or migrate it; ``state`` of the current state needs no server. A
+database that is not a fold of the stream is refused (``status`` prints it flagged and exits
+1); ``worker --reset`` / ``up --reset`` start it over on purpose.
 """
 
 from __future__ import annotations
@@ -25,10 +30,14 @@ from consumers.cliutil import (
     CliError,
     CliParser,
     add_global_options,
+    aggregate_id,
+    aggregate_type,
     command,
     emit,
+    non_empty,
     non_negative_int,
     open_store,
+    port_number,
     run,
     run_command,
     shutdown_signals,
@@ -36,10 +45,13 @@ from consumers.cliutil import (
     url_port,
 )
 from consumers.worker import WORKER_PRODUCER, run_worker
+from eventstore.errors import ForeignDatabase, ProjectionError
+from eventstore.health import server_health
 from eventstore.logging import configure_logging
 from eventstore.store import EventStore
 from projections.conflicts import list_conflicts, resolver_from_spec
 from projections.db import ProjectionDB
+from projections.identity import check_database, check_stream_name
 from projections.loading import (
     BUILTIN_PROJECTIONS,
     ProjectionsConfig,
@@ -50,8 +62,8 @@ from projections.loading import (
 from projections.projection import Projection
 from projections.quarantine import list_quarantine
 from projections.rebuild import rebuild
-from projections.status import projection_status
-from projections.timetravel import Point, TimeTravel
+from projections.status import ProjectionStatus, projection_status
+from projections.timetravel import Point, TimeTravel, current_state
 from projections.verify import verify
 
 __all__ = ["main", "register"]
@@ -79,11 +91,29 @@ def _one_projection(args: argparse.Namespace) -> Projection[Any]:
     return projection
 
 
-async def _open_db(args: argparse.Namespace, *, required: bool) -> ProjectionDB | None:
+async def _open_db(
+    args: argparse.Namespace, *, required: bool, store: EventStore | None = None
+) -> ProjectionDB | None:
+    """The database, read-only: read commands never create, migrate or write it; a missing
+    (when ``required``), empty or foreign file is an error, and so is another stream's file:
+    by the stream name it records, and with ``store`` by the stream's identity and head.
+    ``None`` when it does not exist and is not required (time travel then folds from the log).
+    """
     path = Path(args.db)
     if not required and not await asyncio.to_thread(path.exists):
         return None
-    return await ProjectionDB.open(path, create=False)
+    db = await ProjectionDB.open(path, readonly=True)
+    try:
+        if store is not None:
+            problem = await check_database(store, db)
+        else:
+            problem = await check_stream_name(db, args.stream)
+        if problem is not None:
+            raise ForeignDatabase(str(path), problem)
+    except BaseException:
+        await db.close()
+        raise
+    return db
 
 
 # -- worker / up ---------------------------------------------------------------------------
@@ -96,7 +126,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         with shutdown_signals() as stop:
             async with open_store(args, producer=WORKER_PRODUCER) as store:
                 await run_worker(
-                    store, args.db, projections, stop=stop, settings=config.runner_settings()
+                    store,
+                    args.db,
+                    projections,
+                    stop=stop,
+                    settings=config.runner_settings(),
+                    reset=args.reset,
                 )
 
     run(go())
@@ -125,6 +160,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                             stop=stop,
                             settings=config.runner_settings(),
                             on_ready=lambda _: _say_up(server.url, store_dir, args),
+                            reset=args.reset,
                         )
                     )
                     serving = asyncio.create_task(serve_until(server, stop))
@@ -175,15 +211,20 @@ def cmd_state(args: argparse.Namespace) -> int:
     projection = _one_projection(args)
     point = _point_args(args)
 
+    async def now() -> dict[str, Any]:
+        # The state now is in the database: no server needed.
+        db = await _open_db(args, required=True)
+        assert db is not None
+        async with db:
+            state = await current_state(db, projection, args.aggregate_type, args.aggregate_id)
+            return state.output(past=False)
+
     async def go() -> dict[str, Any]:
         async with open_store(args) as store:
-            db = await _open_db(args, required=point is None)
+            db = await _open_db(args, required=False, store=store)
             try:
                 tt = TimeTravel(store, projection, db)
-                if point is None:
-                    return (await tt.current(args.aggregate_type, args.aggregate_id)).output(
-                        past=False
-                    )
+                assert point is not None
                 past = await tt.state_at(
                     args.aggregate_type,
                     args.aggregate_id,
@@ -196,7 +237,7 @@ def cmd_state(args: argparse.Namespace) -> int:
                 if db is not None:
                     await db.close()
 
-    emit(run(go()))
+    emit(run(now() if point is None else go()))
     return EXIT_OK
 
 
@@ -206,7 +247,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     async def go() -> dict[str, Any]:
         async with open_store(args) as store:
-            db = await _open_db(args, required=False)
+            db = await _open_db(args, required=False, store=store)
             try:
                 tt = TimeTravel(store, projection, db)
                 return (await tt.diff(args.aggregate_type, args.aggregate_id, start, end)).output()
@@ -226,7 +267,9 @@ def _emit_records(
     name = _one_projection(args).name
 
     async def go() -> list[Any]:
-        async with await ProjectionDB.open(args.db, create=False) as db:
+        db = await _open_db(args, required=True)
+        assert db is not None
+        async with db:
             return await lister(db, name, args.aggregate_type, args.aggregate_id)
 
     for record in run(go()):
@@ -243,12 +286,27 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    async def go() -> list[Any]:
-        async with open_store(args) as store, await ProjectionDB.open(args.db, create=False) as db:
-            return await projection_status(store, db)
+    async def go() -> tuple[list[ProjectionStatus], Any]:
+        async with open_store(args) as store:
+            db = await _open_db(args, required=True)
+            assert db is not None
+            async with db:
+                statuses = await projection_status(store, db)
+            if not statuses:
+                raise ProjectionError(
+                    f"no projection in {args.db} yet: start `eventstore worker` (or `eventstore "
+                    "up`) to fold the log into it"
+                )
+            # The last line: the server's JetStream and its store (a full disk shows here).
+            return statuses, await server_health(store.nc, store.settings.name, store.url)
 
-    for item in run(go()):
+    statuses, health = run(go())
+    for item in (*statuses, health):
         emit(item)
+    problem = next((s.problem for s in statuses if s.problem), None)
+    if problem is not None:
+        sys.stderr.write(f"eventstore status: {ForeignDatabase(args.db, problem)}\n")
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -297,8 +355,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     projections, _ = _projections(args)
 
     async def go() -> Any:
-        async with open_store(args) as store, await ProjectionDB.open(args.db, create=False) as db:
-            return await verify(store, db, projections)
+        async with open_store(args) as store:
+            db = await _open_db(args, required=True, store=store)
+            assert db is not None
+            async with db:
+                return await verify(store, db, projections)
 
     report = run(go())
     for mismatch in report.mismatches:
@@ -352,6 +413,15 @@ def _projection_option(p: argparse.ArgumentParser, *, many: bool) -> None:
         )
 
 
+def _reset_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        help="start over on purpose: drop everything the --db file holds and fold the stream "
+        "from seq 1 (what to do when the worker refuses the file as another stream's)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add the projection commands to the ``eventstore`` parser."""
     p = command(
@@ -361,6 +431,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "SIGTERM/SIGINT (commits the batch in hand, then exits)",
     )
     _projection_option(p, many=True)
+    _reset_option(p)
     p.set_defaults(func=cmd_worker)
 
     p = command(
@@ -369,8 +440,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="an aggregate's state now (from the projection) or "
         "at a past version, sequence or time (snapshot + replay)",
     )
-    p.add_argument("aggregate_type", metavar="TYPE")
-    p.add_argument("aggregate_id", metavar="ID")
+    p.add_argument("aggregate_type", metavar="TYPE", type=aggregate_type)
+    p.add_argument("aggregate_id", metavar="ID", type=aggregate_id)
     p.add_argument("--version", type=non_negative_int, metavar="N", help="state after version N")
     p.add_argument(
         "--seq", type=non_negative_int, metavar="S", help="state as of stream sequence S"
@@ -384,8 +455,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=cmd_state)
 
     p = command(subparsers, "diff", help="what changed in an aggregate between two points")
-    p.add_argument("aggregate_type", metavar="TYPE")
-    p.add_argument("aggregate_id", metavar="ID")
+    p.add_argument("aggregate_type", metavar="TYPE", type=aggregate_type)
+    p.add_argument("aggregate_id", metavar="ID", type=aggregate_id)
     p.add_argument(
         "--from",
         dest="from_point",
@@ -408,8 +479,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         ("quarantine", cmd_quarantine, "messages a projection could not apply, with the reason"),
     ):
         p = command(subparsers, name, help=f"{what}, one JSON object per line")
-        p.add_argument("aggregate_type", metavar="TYPE", nargs="?")
-        p.add_argument("aggregate_id", metavar="ID", nargs="?")
+        p.add_argument("aggregate_type", metavar="TYPE", nargs="?", type=aggregate_type)
+        p.add_argument("aggregate_id", metavar="ID", nargs="?", type=aggregate_id)
         _projection_option(p, many=False)
         p.set_defaults(func=func)
 
@@ -444,12 +515,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="run the embedded nats-server and a projection worker together for local use",
     )
     p.add_argument(
-        "--port", type=non_negative_int, help="port on 127.0.0.1 (default: the port of --url)"
+        "--port", type=port_number, help="port on 127.0.0.1 (default: the port of --url)"
     )
     p.add_argument(
-        "--store-dir", default=None, help="JetStream store directory (default ./data/nats)"
+        "--store-dir",
+        default=None,
+        type=non_empty,
+        help="JetStream store directory (default ./data/nats)",
     )
     _projection_option(p, many=True)
+    _reset_option(p)
     p.set_defaults(func=cmd_up)
 
 

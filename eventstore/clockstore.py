@@ -15,11 +15,15 @@ from typing import Any
 
 import msgspec
 import nats.js.errors
+import structlog
 from nats.js.api import KeyValueConfig, StorageType
 
+from eventstore.clocks import OBSERVE_MAX
 from eventstore.errors import EventStoreError
 
 __all__ = ["ProducerClock"]
+
+log = structlog.get_logger("eventstore.clockstore")
 
 
 class _Reserved(msgspec.Struct):
@@ -75,11 +79,19 @@ class ProducerClock:
         self._revision = entry.revision
 
     def observe(self, lamport: int) -> None:
-        """Lamport receive rule: never fall behind a time seen on an event read."""
+        """Lamport receive rule: never fall behind a time seen on an event read (a time above
+        ``OBSERVE_MAX``, which only a raw client can have written, is not taken in)."""
+        if lamport > OBSERVE_MAX:
+            log.warning(
+                "Lamport time above the observable ceiling ignored",
+                producer=self.producer, lamport=lamport, ceiling=OBSERVE_MAX,
+            )  # fmt: skip
+            return
         if lamport > self.lamport:
             self.lamport = lamport
 
     def needs_reservation(self, events: int, observed: int = 0) -> bool:
+        observed = observed if observed <= OBSERVE_MAX else 0
         if self._kv is None:
             return True
         top_l = max(self.lamport, observed) + events
@@ -87,6 +99,7 @@ class ProducerClock:
 
     async def reserve(self, events: int, observed: int = 0) -> None:
         """Make sure the next ``events`` ticks are covered by a persisted reservation."""
+        observed = observed if observed <= OBSERVE_MAX else 0
         if self._kv is None:
             await self._open()
         for _ in range(20):
@@ -114,6 +127,7 @@ class ProducerClock:
 
     def tick(self, observed: int = 0) -> tuple[int, int]:
         """Next (Lamport time, own counter); the caller reserved them beforehand."""
+        observed = observed if observed <= OBSERVE_MAX else 0
         self.lamport = max(self.lamport, observed) + 1
         self.counter += 1
         assert self.lamport <= self._reserved.lamport and self.counter <= self._reserved.counter

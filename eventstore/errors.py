@@ -16,6 +16,8 @@ to import the driver to handle a failure.
     ├── AppendTimeout         an append could not be confirmed before its deadline
     ├── ConfigError           a configuration file or option is invalid
     └── ProjectionError       a projection database, projection or time-travel query failed
+        ├── ForeignDatabase   the projection database was folded from another stream
+        └── DatabaseLocked    another worker (or rebuild) holds the projection database
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from __future__ import annotations
 __all__ = [
     "AppendTimeout",
     "ConfigError",
+    "DatabaseLocked",
     "EventStoreError",
+    "ForeignDatabase",
     "InvalidEvent",
     "InvalidTransition",
     "NotConnected",
@@ -145,3 +149,33 @@ class ProjectionError(EventStoreError):
     The message names the database or aggregate and what to do (rebuild, upgrade, start a
     worker); ``sqlite3`` errors are translated into this one at the projections boundary.
     """
+
+
+class ForeignDatabase(ProjectionError):
+    """The projection database was folded from another stream than the one connected to (the
+    store was reset under a kept database, or ``--db`` names another store's file).
+
+    Nothing is folded into it: start the worker with ``--reset`` to fold this stream into it
+    from the start, or use another ``--db`` for this stream.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(
+            f"projection database {path} was not folded from this stream: {problem}; start the "
+            "worker with --reset to drop its projection data and fold this stream from seq 1, "
+            "or use another --db for this stream"
+        )
+        self.path = path
+        self.problem = problem
+
+
+class DatabaseLocked(ProjectionError):
+    """Another process folds into this projection database (one writer per file)."""
+
+    def __init__(self, path: str, holder: str) -> None:
+        super().__init__(
+            f"projection database {path} is in use by another {holder}; stop it first, or "
+            "give this one another --db (readers such as state and status need no lock)"
+        )
+        self.path = path
+        self.holder = holder

@@ -32,25 +32,31 @@ import nats.errors
 import nats.js.errors
 import structlog
 
-from eventstore.clocks import VectorClock
+from eventstore.clocks import VectorClock, observable
 from eventstore.clockstore import ProducerClock
 from eventstore.errors import (
     AppendTimeout,
     EventStoreError,
     InvalidEvent,
+    InvalidTransition,
     NotConnected,
     PermissionDenied,
     VersionConflict,
 )
 from eventstore.events import (
+    MAX_INT,
     AppendResult,
     Envelope,
+    Event,
     NewEvent,
     decode_event,
     encode_envelope,
     utcnow,
 )
+from eventstore.health import refusal_hint, unanswered_detail
 from eventstore.machines import Machines
+from eventstore.reader import LogReader, StoredMessage, decode_message
+from eventstore.versions import next_version
 
 __all__ = ["Committer", "Head", "refused_publish"]
 
@@ -125,18 +131,23 @@ class Committer:
         clock: ProducerClock,
         machines: Machines,
         url: str,
+        prefix: str = "",
         max_batch: int = 500,
         cache_size: int = 100_000,
     ) -> None:
         self._nc = nc
         self._js = js
         self.stream = stream
+        self.prefix = prefix
         self.producer = producer
         self.clock = clock
         self.machines = machines
         self.url = url
         self.max_batch = max_batch
+        # Heads by subject, each exactly as the fold's version rule counts the subject up to
+        # its seq: a head older than the log is still a correct place to count on from.
         self._cache: OrderedDict[str, Head] = OrderedDict()
+        self._stale: set[str] = set()  # cached heads to check with the server before use
         self._cache_size = cache_size
         self._vc = VectorClock()
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
@@ -242,59 +253,118 @@ class Committer:
     def _remember(self, subject: str, head: Head) -> None:
         self._cache[subject] = head
         self._cache.move_to_end(subject)
+        self._stale.discard(subject)
         if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+            evicted, _ = self._cache.popitem(last=False)
+            self._stale.discard(evicted)
 
     async def fetch_head(self, subject: str, agg_type: str) -> Head:
-        """The aggregate's last event from the server (not the cache): it decides a write."""
+        """The aggregate's head from the server (not the cache's answer): it decides a write.
+
+        ``seq`` is the subject's real last message (what the append must expect) and
+        ``version`` the aggregate's version by the fold's rule (``eventstore.versions``): the
+        messages after the cached head (all of them, the first time) are counted, so a raw
+        stale, gap or malformed message never decides the next version. The clock is the last
+        valid event's that took a position, the machine state the fold's.
+        """
         try:
             msg = await self._js.get_last_msg(self.stream, subject)
         except nats.js.errors.NotFoundError:
             head = Head(0, 0, {}, 0, None)
             self._remember(subject, head)
             return head
-        state: str | None = None
-        try:
-            ev: Any = decode_event(msg.data or b"", seq=msg.seq)
-        except InvalidEvent:
-            # A malformed message (a raw publisher's mistake) takes no version, as projections
-            # quarantine it: continue after the last valid event, expecting the real last seq.
-            ev, state = await self._scan(subject)
-            log.warning("last message on subject is malformed", subject=subject, seq=msg.seq)
-        else:
-            if agg_type in self.machines:
-                hdr = (msg.headers or {}).get(STATE_HEADER)
-                state = hdr if hdr else (await self._scan(subject))[1]
-        if ev is None:
-            head = Head(int(msg.seq), 0, {}, 0, None)
-        else:
-            self.clock.observe(ev.lamport)
-            head = Head(int(msg.seq), ev.version, dict(ev.vclock), ev.lamport, state)
+        last_seq = int(msg.seq)
+        known = self._cache.get(subject)
+        head = (
+            known if known is not None and 0 <= known.seq <= last_seq else Head(0, 0, {}, 0, None)
+        )
+        if head.seq != last_seq:
+            head = await self._count(subject, agg_type, head, msg)
         self._remember(subject, head)
         return head
 
-    async def _scan(self, subject: str) -> tuple[Any, str | None]:
-        """(last valid event, state after the last transition) of one aggregate, read from
-        its whole history: only for a malformed last message or a missing state header."""
-        from eventstore.reader import LogReader  # local: reader is a sibling, not a dependency
-
-        last: Any = None
-        state: str | None = None
-        reader = LogReader(self._nc, self._js, self.stream, "", self.url)
-        async for batch in reader.direct_batches(subject):
+    async def _count(self, subject: str, agg_type: str, base: Head, last: Any) -> Head:
+        """``base`` moved on over the subject's messages after it, up to its ``last`` message,
+        by the version rule; transitions checked by the aggregate's machine, as the fold does."""
+        last_seq = int(last.seq)
+        machine = self.machines.get(agg_type)
+        version, state = base.version, base.state
+        valid: Event | None = None  # the last valid event that took a position
+        unchecked: list[StoredMessage] = []  # took a position since; validity not looked at
+        foreign = 0
+        async for batch in self._messages_after(subject, base.seq, last):
             for m in batch:
-                try:
-                    ev = decode_event(m.data)
-                except InvalidEvent:
+                taken = next_version(version, m.data)
+                if taken is None:
+                    foreign += 1
                     continue
-                last = ev
+                version = taken
+                if machine is None:
+                    unchecked.append(m)
+                    continue
+                ev = self._valid(m)
+                if ev is None:
+                    continue
                 if ev.transition is not None:
-                    state = ev.transition.to
-        return last, state
+                    try:
+                        state = machine.check(ev.aggregate_id, state, ev.transition)
+                    except InvalidTransition:
+                        continue  # quarantined by the fold: no new state, not its last event
+                valid = ev
+            # Only the last valid one matters: look from the end, usually one decode per batch.
+            for m in reversed(unchecked):
+                if (ev := self._valid(m)) is not None:
+                    valid = ev
+                    break
+            unchecked.clear()
+        if foreign:
+            log.warning(
+                "messages on the subject take no version (stale, gap or malformed); appends "
+                "continue after the aggregate's real version",
+                subject=subject, messages=foreign, version=version, seq=last_seq,
+            )  # fmt: skip
+        if valid is None:
+            return Head(last_seq, version, base.vclock, base.lamport, state)
+        self.clock.observe(valid.lamport)
+        lamport = max(base.lamport, valid.lamport)
+        return Head(last_seq, version, dict(valid.vclock), lamport, state)
+
+    def _valid(self, m: StoredMessage) -> Event | None:
+        try:
+            return decode_message(self.prefix, m)
+        except InvalidEvent:
+            return None
+
+    async def _messages_after(
+        self, subject: str, after: int, last: Any
+    ) -> AsyncIterator[list[StoredMessage]]:
+        """The subject's messages after seq ``after`` up to its ``last`` message (as the
+        leader returned it): batched direct gets, and the leader's get for any the direct read
+        did not reach yet (a lagging replica)."""
+        last_seq = int(last.seq)
+        if last_seq == after + 1:  # nothing else was stored since, on any subject
+            at = last.time or utcnow()
+            yield [StoredMessage(last_seq, subject, last.data or b"", at, last.headers)]
+            return
+        reader = LogReader(self._nc, self._js, self.stream, self.prefix, self.url)
+        seen = after
+        async for batch in reader.direct_batches(subject, start_seq=after + 1, stop_seq=last_seq):
+            seen = batch[-1].seq
+            yield batch
+        while seen < last_seq:
+            try:
+                msg = await self._js.get_msg(self.stream, seq=seen + 1, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return
+            seen = int(msg.seq)
+            if seen > last_seq:
+                return
+            at = msg.time or utcnow()
+            yield [StoredMessage(seen, msg.subject or subject, msg.data or b"", at, msg.headers)]
 
     async def _heads(self, pendings: list[Pending], refresh: bool) -> dict[str, Head]:
         subjects = {p.subject: p.agg_type for p in pendings}
-        missing = [s for s in subjects if refresh or s not in self._cache]
+        missing = [s for s in subjects if refresh or s not in self._cache or s in self._stale]
         if missing:
             got = await asyncio.gather(
                 *(self.fetch_head(s, subjects[s]) for s in missing), return_exceptions=True
@@ -346,9 +416,11 @@ class Committer:
         while group:
             group = [p for p in group if not p.future.done()]
             now = time.monotonic()
-            for p in group:
-                if now >= p.deadline:
-                    p.future.set_exception(AppendTimeout(p.subject, p.timeout, "no answer"))
+            expired = [p for p in group if now >= p.deadline]
+            if expired:  # say why nothing answered (a full disk, JetStream disabled), if known
+                why = await unanswered_detail(self._nc, self.stream, expired[0].subject)
+                for p in expired:
+                    p.future.set_exception(AppendTimeout(p.subject, p.timeout, why))
             group = [p for p in group if not p.future.done()]
             if not group:
                 return
@@ -496,7 +568,9 @@ class Committer:
                 break  # the rest waits for the next round
             context = dict(p.context)
             if p.expected_version is not None:
-                context = VectorClock(context).merge(head.vclock).to_dict()
+                # A counter above the ceiling (a raw client's) is not taken in: see OBSERVE_MAX.
+                context = VectorClock(context).merge(observable(head.vclock)).to_dict()
+            context = observable(context)
             observed = max([head.lamport if p.expected_version is not None else 0])
             if self.clock.needs_reservation(p.size, observed):
                 await self._reserve(p.size, observed)
@@ -509,6 +583,12 @@ class Committer:
             try:
                 for ev in p.events:
                     lamport, counter = self.clock.tick(observed)
+                    if lamport > MAX_INT or counter > MAX_INT:
+                        raise InvalidEvent(
+                            f"producer {self.producer!r} cannot append: its Lamport time or "
+                            f"counter would pass 2**63-1 (an event it read carries Lamport time "
+                            f"{self.clock.lamport - 1}); no reader could decode such an event"
+                        )
                     vc = vc.increment(self.producer, to=counter)
                     version += 1
                     env = Envelope(
@@ -633,20 +713,40 @@ class Committer:
     # -- outcomes --------------------------------------------------------------------------
 
     async def _settle_duplicate(self, p: Pending, seq: int) -> None:
-        """The server already had this (single) event: report the stored copy."""
-        self._cache.pop(p.subject, None)
+        """The server already had this (single) event: report the stored copy if it is this
+        append's, stored right after a head an attempt expected (so at the version it was
+        given); any other copy of the id (a raw client's, outside the history) is refused."""
+        self._stale.add(p.subject)
         msg = await self._js.get_msg(self.stream, seq=seq)
-        ev = decode_event(msg.data or b"", seq=seq)
-        if msg.subject != p.subject or ev.id != p.envelopes[0].id:
+        try:
+            ev: Event | None = decode_event(msg.data or b"", seq=seq)
+        except InvalidEvent:
+            ev = None
+        own = p.envelopes[0].id
+        if (
+            msg.subject != p.subject
+            or ev is None
+            or ev.id != own
+            or not await self._stored_by_attempt(p, seq)
+        ):
             p.future.set_exception(
                 InvalidEvent(
-                    f"event id {p.envelopes[0].id} is already used by the event at seq {seq} "
-                    f"on {msg.subject}; event ids must be unique in the stream"
+                    f"event id {own} is already used by the message at seq {seq} on "
+                    f"{msg.subject}, which is not this append at its place in the history; "
+                    "event ids must be unique in the stream"
                 )
             )
             return
         if not p.future.done():
             p.future.set_result(AppendResult.of(seq, ev, seq, (ev.id,), duplicate=True))
+
+    async def _stored_by_attempt(self, p: Pending, seq: int) -> bool:
+        """Whether ``seq`` is where one of ``p``'s attempts would have been stored."""
+        for base, offset in p.tried:
+            found = await self._stored_after(p.subject, base, offset + 1)
+            if len(found) > offset and found[offset][0] == seq:
+                return True
+        return False
 
     def _settle_success(self, ready: list[Pending], first_seq: int) -> None:
         seq = first_seq
@@ -666,7 +766,7 @@ class Committer:
             # Wrong last sequence or duplicate id: perhaps our own earlier attempt was stored.
             checked = await self._recognise_own(ready)
             for p in ready:
-                self._cache.pop(p.subject, None)
+                self._stale.add(p.subject)
                 if p.future.done() or rej.code == 10071 or not checked:
                     continue
                 p.rejections += 1
@@ -689,7 +789,8 @@ class Committer:
         if rej.code == 10054 or "maximum" in rej.description.lower():
             err: EventStoreError = InvalidEvent(f"the server refused the events: {rej.description}")
         else:
-            err = EventStoreError(f"the server refused the append: {rej.description}")
+            hint = refusal_hint(rej.code)  # a full store says what to do
+            err = EventStoreError(f"the server refused the append: {rej.description}{hint}")
         for p in ready:
             if not p.future.done():
                 p.future.set_exception(err)
@@ -726,7 +827,7 @@ class Committer:
                 )
                 continue
             last_seq, _, last_ev = stored[-1]
-            self._cache.pop(p.subject, None)
+            self._stale.add(p.subject)
             p.future.set_result(
                 AppendResult.of(stored[0][0], last_ev, last_seq, tuple(ours), duplicate=True)
             )
@@ -769,8 +870,29 @@ def _subject_matches(pattern: str, subject: str) -> bool:
 
 
 def merge_context(context: VectorClock | Mapping[str, int] | None) -> dict[str, int]:
+    """A causal context as a plain clock; ``InvalidEvent`` unless it is ``{producer: counter}``
+    with string names and counters from 0 to 2**63-1 (what every reader decodes)."""
     if context is None:
         return {}
     if isinstance(context, VectorClock):
         return context.to_dict()
+    if not isinstance(context, Mapping):
+        raise InvalidEvent(
+            f"context must be a vector clock {{producer: counter}}, got {type(context).__name__}"
+        )
+    for name, counter in context.items():
+        if type(name) is not str or not name or not _utf8(name):
+            raise InvalidEvent(f"context entry {name!r}: a producer name must be a string")
+        if type(counter) is not int or not 0 <= counter <= MAX_INT:
+            raise InvalidEvent(
+                f"context entry {name!r}: {counter!r} is not a counter from 0 to 2**63-1"
+            )
     return VectorClock(context).to_dict()
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -4,6 +4,10 @@ An ordered consumer needs no acks and no durable state; the reader remembers the
 sequence it handed out and, after any interruption (reconnect, gap, stall), subscribes again
 from the next one. It never yields a sequence twice and, on the unfiltered log (which has no
 holes because deletes are denied), checks that sequences are contiguous.
+
+Anyone may publish on the events subjects, so decoded reads never stop at a message that is
+not a valid event: it is skipped and handed to the caller's ``on_malformed`` as a ``Malformed``
+(without a callback, a logged warning), and the read goes on.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -25,7 +29,14 @@ from eventstore.errors import EventStoreError, InvalidEvent, NotConnected, Permi
 from eventstore.events import Event, decode_event
 from eventstore.subjects import parse_subject
 
-__all__ = ["LogReader", "StoredMessage", "decode_message"]
+__all__ = [
+    "LogReader",
+    "Malformed",
+    "OnMalformed",
+    "StoredMessage",
+    "decode_message",
+    "report_malformed",
+]
 
 log = structlog.get_logger("eventstore.reader")
 
@@ -49,10 +60,44 @@ class StoredMessage(NamedTuple):
     headers: dict[str, str] | None
 
 
+class Malformed(NamedTuple):
+    """A message a reader skipped: not a valid event (``kind`` ``undecodable``) or, reading
+    one aggregate by version, a valid event whose version takes no place in its history
+    (``duplicate`` or ``gap``: projections quarantine it the same way)."""
+
+    seq: int
+    subject: str
+    kind: str
+    reason: str
+    message: StoredMessage
+
+
+OnMalformed = Callable[[Malformed], None]
+
+
+def report_malformed(on_malformed: OnMalformed | None, skipped: Malformed) -> None:
+    """Hand a skipped message to the caller's callback, or log a warning: never silent."""
+    if on_malformed is not None:
+        on_malformed(skipped)
+        return
+    log.warning(
+        "skipped a message that is not an event of the history",
+        seq=skipped.seq, subject=skipped.subject, kind=skipped.kind, reason=skipped.reason,
+    )  # fmt: skip
+
+
 def decode_message(prefix: str, msg: StoredMessage) -> Event:
-    """Decode a stored message into an ``Event``; the subject must agree with the body."""
+    """Decode a stored message into an ``Event``; the subject must agree with the body.
+
+    Anything wrong with the message (body or subject) is ``InvalidEvent``.
+    """
     event = decode_event(msg.data, seq=msg.seq, recorded_at=msg.recorded_at)
-    agg_type, agg_id = parse_subject(prefix, msg.subject)
+    try:
+        agg_type, agg_id = parse_subject(prefix, msg.subject)
+    except InvalidEvent:
+        raise
+    except Exception as exc:  # a subject no aggregate could have: still just a bad message
+        raise InvalidEvent(f"message at seq {msg.seq} has an unreadable subject: {exc}") from exc
     if (event.aggregate_type, event.aggregate_id) != (agg_type, agg_id):
         raise InvalidEvent(
             f"event at seq {msg.seq} names {event.aggregate_type}/{event.aggregate_id} "
@@ -399,14 +444,30 @@ class LogReader:
             finally:
                 await feed.close()
 
-    async def events(self, subject: str, **kwargs: Any) -> AsyncIterator[Event]:
-        """Decoded events of :meth:`batches`; a malformed event raises ``InvalidEvent``."""
+    async def events(
+        self, subject: str, *, on_malformed: OnMalformed | None = None, **kwargs: Any
+    ) -> AsyncIterator[Event]:
+        """Decoded events of :meth:`batches`; a message that is not a valid event is skipped
+        and reported (``on_malformed``, else a logged warning)."""
         async for batch in self.batches(subject, **kwargs):
             for m in batch:
-                yield decode_message(self.prefix, m)
+                if (ev := self._decode(m, on_malformed)) is not None:
+                    yield ev
 
-    async def aggregate_events(self, subject: str, **kwargs: Any) -> AsyncIterator[Event]:
-        """Decoded events of one aggregate, via :meth:`direct_batches`."""
+    async def aggregate_events(
+        self, subject: str, *, on_malformed: OnMalformed | None = None, **kwargs: Any
+    ) -> AsyncIterator[Event]:
+        """Decoded events of one aggregate, via :meth:`direct_batches` (malformed messages
+        skipped and reported as in :meth:`events`)."""
         async for batch in self.direct_batches(subject, **kwargs):
             for m in batch:
-                yield decode_message(self.prefix, m)
+                if (ev := self._decode(m, on_malformed)) is not None:
+                    yield ev
+
+    def _decode(self, m: StoredMessage, on_malformed: OnMalformed | None) -> Event | None:
+        try:
+            return decode_message(self.prefix, m)
+        except InvalidEvent as exc:
+            skipped = Malformed(m.seq, m.subject, "undecodable", exc.reason, m)
+            report_malformed(on_malformed, skipped)
+            return None

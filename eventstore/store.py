@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -28,7 +28,6 @@ from eventstore.events import (
     AppendResult,
     Event,
     NewEvent,
-    decode_event,
     validate_producer,
 )
 from eventstore.headers import install as install_header_parser
@@ -40,11 +39,20 @@ from eventstore.producer import (
     merge_context,
     refused_publish,
 )
-from eventstore.reader import LogReader, StoredMessage
+from eventstore.reader import (
+    LogReader,
+    Malformed,
+    OnMalformed,
+    StoredMessage,
+    decode_message,
+    report_malformed,
+)
 from eventstore.streams import StreamSettings, ensure_stream
 from eventstore.subjects import aggregate_subject, filter_subject
+from eventstore.validate import check_int, check_optional_int
+from eventstore.versions import misplaced, next_version
 
-__all__ = ["DEFAULT_URL", "AppendRequest", "EventStore"]
+__all__ = ["DEFAULT_URL", "AppendRequest", "EventStore", "StreamIdentity"]
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -59,6 +67,18 @@ class AppendRequest(msgspec.Struct, frozen=True):
     events: list[NewEvent]
     expected_version: int | None = None
     context: dict[str, int] | None = None
+
+
+class StreamIdentity(msgspec.Struct, frozen=True):
+    """Which stream a log is: its name and when the server created it (RFC 3339, UTC).
+
+    A stream deleted and created again (a store reset) or the stream of the same name on
+    another server has another creation time; a projection database records this to refuse
+    folding another stream's log.
+    """
+
+    name: str
+    created: str
 
 
 class EventStore:
@@ -192,6 +212,7 @@ class EventStore:
             clock=ProducerClock(store._js, settings.name, producer, clock_block),
             machines=store.machines,
             url=url,
+            prefix=settings.prefix,
             max_batch=max_batch,
         )
         store._committer.start()
@@ -322,12 +343,7 @@ class EventStore:
             )
         if not all(isinstance(e, NewEvent) for e in batch):
             raise InvalidEvent("events must be NewEvent objects")
-        if expected_version is not None and (
-            not isinstance(expected_version, int) or expected_version < 0
-        ):
-            raise InvalidEvent(
-                f"expected_version must be an integer >= 0, got {expected_version!r}"
-            )
+        check_optional_int(expected_version, "expected_version")
         user_ids = [e.id for e in batch if e.id is not None]
         if len(set(user_ids)) != len(user_ids):
             raise InvalidEvent("the same event id appears twice in one append")
@@ -352,19 +368,39 @@ class EventStore:
         )
 
     async def _find_ids(self, subject: str, ids: list[str]) -> AppendResult | None:
+        """The stored copy of a retried append: its ids at their places in the history.
+
+        A copy of an id that takes no place (a raw client's stale or gap event, which the
+        projection quarantines) is no proof the append is stored: such an id is refused.
+        """
         wanted = set(ids)
         found: dict[str, Event] = {}
+        outside: dict[str, int] = {}  # id -> seq of a copy that takes no version
+        version = 0
         async for batch in self.reader.direct_batches(subject):
             for m in batch:
+                taken = next_version(version, m.data)
+                if taken is not None:
+                    version = taken
                 msg_id = (m.headers or {}).get("Nats-Msg-Id")
                 if msg_id is not None and msg_id not in wanted:
                     continue
                 try:
-                    ev = decode_event(m.data, seq=m.seq, recorded_at=m.recorded_at)
+                    ev = decode_message(self.settings.prefix, m)
                 except InvalidEvent:
                     continue
-                if ev.id in wanted:
+                if ev.id not in wanted:
+                    continue
+                if taken is None:
+                    outside.setdefault(ev.id, m.seq)
+                else:
                     found[ev.id] = ev
+        if lost := sorted(set(outside) - set(found)):
+            raise InvalidEvent(
+                f"event id {lost[0]} is already stored on {subject} at seq {outside[lost[0]]}, "
+                "but that message takes no place in the aggregate's history (a duplicate or "
+                "skipped version, quarantined by projections); give this append another id"
+            )
         if not found:
             return None
         if len(found) != len(wanted):
@@ -390,17 +426,49 @@ class EventStore:
         aggregate_id: str,
         from_version: int = 1,
         to_version: int | None = None,
+        *,
+        on_malformed: OnMalformed | None = None,
     ) -> AsyncIterator[Event]:
-        """One aggregate's events by version range (inclusive), oldest first."""
-        if from_version < 1:
-            raise InvalidEvent("from_version starts at 1")
+        """One aggregate's events by version range (inclusive), oldest first.
+
+        The history is the one projections fold (``eventstore.versions``): a message that is
+        not a valid event, or a valid event whose version takes no place (a raw client's
+        duplicate or skipped version), is skipped and handed to ``on_malformed`` as a
+        ``Malformed`` (kind ``undecodable``, ``duplicate`` or ``gap``; without a callback, a
+        logged warning), and reading goes on. Raise from the callback to stop instead.
+        """
+        check_int(from_version, "from_version", minimum=1)
+        check_optional_int(to_version, "to_version")
         subject = self.subject(aggregate_type, aggregate_id)
-        async for ev in self.reader.aggregate_events(subject):
-            if ev.version < from_version:
-                continue
-            if to_version is not None and ev.version > to_version:
-                return
-            yield self._observe(ev)
+        if to_version is not None and to_version < from_version:
+            return
+        agg = f"{aggregate_type}/{aggregate_id}"
+        version = 0
+        async for batch in self.reader.direct_batches(subject):
+            for m in batch:
+                try:
+                    ev: Event | None = decode_message(self.settings.prefix, m)
+                    why = ""
+                except InvalidEvent as exc:
+                    ev, why = None, exc.reason
+                taken = next_version(version, m.data if ev is None else ev)
+                if ev is None or taken is None:
+                    if ev is None:
+                        kind = "undecodable"
+                        if taken is not None:
+                            why += f" (it still takes version {taken})"
+                    else:
+                        kind, why = misplaced(agg, version, ev.version)
+                    if version >= from_version - 1:
+                        report_malformed(on_malformed, Malformed(m.seq, m.subject, kind, why, m))
+                    if taken is not None:
+                        version = taken
+                else:
+                    version = taken
+                    if version >= from_version:
+                        yield self._observe(ev)
+                if to_version is not None and version >= to_version:
+                    return
 
     async def read_by_seq(
         self,
@@ -408,11 +476,19 @@ class EventStore:
         aggregate_id: str,
         from_seq: int = 1,
         to_seq: int | None = None,
+        *,
+        on_malformed: OnMalformed | None = None,
     ) -> AsyncIterator[Event]:
-        """One aggregate's events whose stream sequence is in ``[from_seq, to_seq]``."""
+        """One aggregate's events whose stream sequence is in ``[from_seq, to_seq]``.
+
+        A message that is not a valid event is skipped and handed to ``on_malformed`` (see
+        :meth:`read`; versions are not checked here, the range may start mid-history).
+        """
+        check_int(from_seq, "from_seq")
+        check_optional_int(to_seq, "to_seq")
         subject = self.subject(aggregate_type, aggregate_id)
         async for ev in self.reader.aggregate_events(
-            subject, start_seq=max(1, from_seq), stop_seq=to_seq
+            subject, start_seq=max(1, from_seq), stop_seq=to_seq, on_malformed=on_malformed
         ):
             yield self._observe(ev)
 
@@ -422,22 +498,43 @@ class EventStore:
         aggregate_id: str,
         start: datetime,
         end: datetime | None = None,
+        *,
+        on_malformed: OnMalformed | None = None,
     ) -> AsyncIterator[Event]:
-        """One aggregate's events recorded (by the server) in ``[start, end]``."""
+        """One aggregate's events recorded (by the server) in ``[start, end]``; a message that
+        is not a valid event is skipped and handed to ``on_malformed`` (as :meth:`read_by_seq`).
+        """
         subject = self.subject(aggregate_type, aggregate_id)
-        async for ev in self.reader.aggregate_events(subject, start_time=start):
+        async for ev in self.reader.aggregate_events(
+            subject, start_time=start, on_malformed=on_malformed
+        ):
             if end is not None and ev.recorded_at is not None and ev.recorded_at > end:
                 return
             yield self._observe(ev)
 
     async def read_all(
-        self, from_seq: int = 1, to_seq: int | None = None, aggregate_type: str | None = None
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        aggregate_type: str | None = None,
+        *,
+        on_malformed: OnMalformed | None = None,
     ) -> AsyncIterator[Event]:
-        """Every event of the log (or of one aggregate type) from ``from_seq``, in log order."""
+        """Every event of the log (or of one aggregate type) from ``from_seq``, in log order.
+
+        A message that is not a valid event (on any subject of the log) is skipped and handed
+        to ``on_malformed`` (see :meth:`read`); reading goes on.
+        """
+        check_int(from_seq, "from_seq")
+        check_optional_int(to_seq, "to_seq")
         subject = filter_subject(self.settings.prefix, aggregate_type)
         stop = to_seq if to_seq is not None else await self.reader.last_seq()
         async for ev in self.reader.events(
-            subject, start_seq=from_seq, stop_seq=stop, contiguous=aggregate_type is None
+            subject,
+            start_seq=from_seq,
+            stop_seq=stop,
+            contiguous=aggregate_type is None,
+            on_malformed=on_malformed,
         ):
             yield self._observe(ev)
 
@@ -446,11 +543,16 @@ class EventStore:
         from_seq: int | None = None,
         aggregate_type: str | None = None,
         aggregate_id: str | None = None,
+        *,
+        on_malformed: OnMalformed | None = None,
     ) -> AsyncIterator[Event]:
         """Follow the log live from ``from_seq`` (default: only new events), forever.
 
-        Never skips or repeats an event, across reconnects and server restarts.
+        Never skips or repeats an event, across reconnects and server restarts. A message that
+        is not a valid event is skipped and handed to ``on_malformed`` (see :meth:`read`);
+        following goes on.
         """
+        check_optional_int(from_seq, "from_seq")
         if aggregate_id is not None:
             if aggregate_type is None:
                 raise InvalidEvent("following one aggregate id needs its aggregate type")
@@ -459,7 +561,11 @@ class EventStore:
             subject = filter_subject(self.settings.prefix, aggregate_type)
         start = from_seq if from_seq is not None else await self.reader.last_seq() + 1
         async for ev in self.reader.events(
-            subject, start_seq=start, follow=True, contiguous=subject.endswith(">")
+            subject,
+            start_seq=start,
+            follow=True,
+            contiguous=subject.endswith(">"),
+            on_malformed=on_malformed,
         ):
             yield self._observe(ev)
 
@@ -467,6 +573,8 @@ class EventStore:
         self, from_seq: int = 1, *, follow: bool = False, stop_seq: int | None = None
     ) -> AsyncIterator[list[StoredMessage]]:
         """Batches of undecoded messages of the whole log: for projection runners."""
+        check_int(from_seq, "from_seq")
+        check_optional_int(stop_seq, "stop_seq")
         async for batch in self.reader.batches(
             filter_subject(self.settings.prefix),
             start_seq=from_seq,
@@ -491,6 +599,9 @@ class EventStore:
         Uses batched direct gets: no consumer, and nothing more is sent once the caller stops
         reading, so a replay of a few events costs the same on a long history as on a short one.
         """
+        check_int(from_seq, "from_seq")
+        check_optional_int(to_seq, "to_seq")
+        check_int(batch, "batch")
         subject = self.subject(aggregate_type, aggregate_id)
         async for got in self.reader.direct_batches(
             subject, start_seq=max(1, from_seq), stop_seq=to_seq, batch=max(1, batch)
@@ -500,6 +611,25 @@ class EventStore:
     async def head(self) -> int:
         """The log's last stream sequence (0 when empty)."""
         return await self.reader.last_seq()
+
+    async def stream_identity(self) -> StreamIdentity:
+        """The stream's name and creation time, from the server (see ``StreamIdentity``)."""
+        name = self.settings.name
+        try:
+            info = await self._js.stream_info(name)
+        except nats.js.errors.NotFoundError as exc:
+            raise EventStoreError(f"stream {name!r} does not exist on {self.url}") from exc
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.NoRespondersError,
+            nats.errors.TimeoutError,
+            nats.js.errors.ServiceUnavailableError,
+        ) as exc:
+            raise NotConnected(self.url, str(exc) or type(exc).__name__) from exc
+        except nats.js.errors.APIError as exc:
+            raise EventStoreError(f"stream info of {name!r} refused: {exc.description}") from exc
+        created = info.created.astimezone(UTC).isoformat() if info.created else ""
+        return StreamIdentity(name=name, created=created)
 
     async def version(self, aggregate_type: str, aggregate_id: str) -> int:
         """The aggregate's current version (0 if it has no events), from the server."""

@@ -3,10 +3,19 @@
 ``ensure`` creates the stream or inspects an existing one. It never weakens a stream, and it
 refuses to run against one whose settings would let events be deleted, purged, expired,
 rolled up or lost to limits: an event store whose history can silently shrink is not one.
+
+``StreamSettings`` refuses, when it is made, a name or prefix the server or the subjects could
+not carry: a stream name is 1-234 letters, digits, ``_`` or ``-`` (JetStream allows 255
+characters without whitespace, ``.``, ``*``, ``>`` or path separators, and the stream's clock
+bucket ``KV_eventstore_clocks_<name>`` must be a valid name too); a prefix is dot-separated
+tokens of letters, digits, ``_`` and ``-``, at most 128 characters, not under ``_INBOX`` (the
+stream would capture every request's reply).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import msgspec
@@ -15,12 +24,52 @@ import nats.js.errors
 import structlog
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from eventstore.errors import EventStoreError, NotConnected, StreamMisconfigured
+from eventstore.clockstore import bucket_name
+from eventstore.errors import ConfigError, EventStoreError, NotConnected, StreamMisconfigured
 from eventstore.subjects import DEFAULT_PREFIX, validate_prefix
 
-__all__ = ["StreamSettings", "ensure_stream"]
+__all__ = ["StreamSettings", "ensure_stream", "validate_stream_name", "validate_stream_prefix"]
 
 log = structlog.get_logger("eventstore.streams")
+
+MAX_STREAM_NAME = 255 - len("KV_" + bucket_name(""))  # the clock bucket's stream name fits too
+MAX_PREFIX = 128
+_STREAM_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def validate_stream_name(name: str) -> str:
+    """``name`` if JetStream (and the stream's clock bucket) can carry it, else ConfigError."""
+    if (
+        not isinstance(name, str)
+        or not _STREAM_NAME_RE.fullmatch(name)
+        or len(name) > MAX_STREAM_NAME
+    ):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise ConfigError(
+            f"stream name {shown} is invalid: use 1-{MAX_STREAM_NAME} letters, digits, _ or - "
+            "(no spaces, dots, wildcards or slashes), e.g. EVENTS"
+        )
+    return name
+
+
+def validate_stream_prefix(prefix: str) -> str:
+    """``prefix`` if it is a valid subject prefix for the log, else ConfigError."""
+    shown = repr(prefix) if len(repr(prefix)) <= 80 else repr(prefix)[:77] + "..."
+    try:
+        validate_prefix(prefix)
+    except EventStoreError as exc:
+        raise ConfigError(
+            f"subject prefix {shown} is invalid: use dot-separated tokens of letters, digits, "
+            "_ and -, e.g. events"
+        ) from exc
+    if len(prefix) > MAX_PREFIX:
+        raise ConfigError(f"subject prefix {shown} is longer than {MAX_PREFIX} characters")
+    if prefix.split(".")[0] == "_INBOX":
+        raise ConfigError(
+            f"subject prefix {shown} is reserved: replies travel on _INBOX.>, which the log "
+            "must never capture"
+        )
+    return prefix
 
 
 class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,6 +81,19 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     replicas: int = 1
     max_age: float = 0.0  # 0: keep forever
     max_bytes: int = -1  # -1: unlimited
+
+    def __post_init__(self) -> None:
+        validate_stream_name(self.name)
+        validate_stream_prefix(self.prefix)
+        where = f"stream {self.name}"
+        if not (math.isfinite(self.duplicate_window) and self.duplicate_window > 0):
+            raise ConfigError(f"{where}: duplicate_window must be > 0 seconds")
+        if not (math.isfinite(self.max_age) and self.max_age >= 0):
+            raise ConfigError(f"{where}: max_age must be >= 0 seconds (0: keep forever)")
+        if isinstance(self.replicas, bool) or self.replicas not in range(1, 6):
+            raise ConfigError(f"{where}: replicas must be 1 to 5")
+        if self.max_bytes != -1 and not 0 < self.max_bytes < 2**63:
+            raise ConfigError(f"{where}: max_bytes must be -1 (unlimited) or > 0")
 
     @property
     def subjects(self) -> list[str]:

@@ -1,6 +1,6 @@
 """projections: folding the log into state in SQLite, now and at any point in the past."""
 
-from eventstore.errors import ProjectionError
+from eventstore.errors import DatabaseLocked, ForeignDatabase, ProjectionError
 from projections.conflicts import (
     ConflictContext,
     ConflictRecord,
@@ -13,9 +13,10 @@ from projections.conflicts import (
     list_conflicts,
     resolver_from_spec,
 )
-from projections.db import SCHEMA_VERSION, ProjectionDB, ProjectionInfo
+from projections.db import SCHEMA_VERSION, DatabaseLock, ProjectionDB, ProjectionInfo
 from projections.entities import EntitiesProjection
 from projections.fold import AggregateState, Folder
+from projections.identity import check_database
 from projections.loading import (
     BUILTIN_PROJECTIONS,
     ProjectionsConfig,
@@ -41,9 +42,12 @@ __all__ = [
     "CommitInfo",
     "ConflictContext",
     "ConflictRecord",
+    "DatabaseLock",
+    "DatabaseLocked",
     "Diff",
     "EntitiesProjection",
     "Folder",
+    "ForeignDatabase",
     "FunctionResolver",
     "HistoryEntry",
     "LastWriterWins",
@@ -68,6 +72,7 @@ __all__ = [
     "Statement",
     "TimeTravel",
     "VerifyReport",
+    "check_database",
     "list_conflicts",
     "list_quarantine",
     "load_config",

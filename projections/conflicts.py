@@ -18,6 +18,7 @@ same on every replay. Every conflict is recorded (both event ids, both clocks, t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -171,7 +172,8 @@ class FunctionResolver:
 
 
 def resolver_from_spec(spec: str) -> Resolver:
-    """``log-order``, ``lww``, ``priority:a,b,c`` or ``package.module:function``."""
+    """``log-order``, ``lww``, ``priority:a,b,c`` or ``package.module:object``: a resolver
+    instance, a resolver class (made with no arguments) or a Python function ``fn(ctx)``."""
     text = spec.strip()
     if text in ("", "log-order", "log"):
         return LogOrder()
@@ -180,15 +182,52 @@ def resolver_from_spec(spec: str) -> Resolver:
     if text.startswith("priority:"):
         return SourcePriority([p.strip() for p in text[len("priority:") :].split(",") if p.strip()])
     if ":" in text:
-        obj = import_object(text, "resolver")
-        if isinstance(obj, Resolver):
-            return obj
-        if callable(obj):
-            return FunctionResolver(obj, name=f"function:{text}")
-        raise ConfigError(f"resolver {spec!r} is neither a Resolver nor a function")
+        return _resolver_object(text, import_object(text, "resolver"))
     raise ConfigError(
         f"unknown resolver {spec!r}: use log-order, lww, priority:producer1,producer2 "
-        "or module:function"
+        "or package.module:object"
+    )
+
+
+def _resolver_object(spec: str, obj: Any) -> Resolver:
+    """The resolver ``obj`` is, makes (a resolver class, called with no arguments) or wraps (a
+    Python function ``fn(ctx)``, called at conflicts only). Anything else is refused uncalled."""
+    if isinstance(obj, type):
+        if not callable(getattr(obj, "resolve", None)):
+            raise ConfigError(
+                f"resolver {spec!r} is a class without a resolve(ctx) method: not a resolver"
+            )
+        try:
+            inspect.signature(obj).bind()
+        except TypeError as exc:
+            raise ConfigError(
+                f"resolver {spec!r} cannot be made without arguments ({exc}); name an "
+                "instance made in its module instead"
+            ) from exc
+        except ValueError:  # no signature to inspect: let the call tell
+            pass
+        try:
+            made = obj()
+        except Exception as exc:
+            raise ConfigError(
+                f"resolver {spec!r} failed when made: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(made, Resolver):
+            raise ConfigError(f"resolver {spec!r} lacks a name or needs_history attribute")
+        return made
+    if isinstance(obj, Resolver):
+        return obj
+    if inspect.isfunction(obj):
+        try:
+            inspect.signature(obj).bind(None)
+        except TypeError as exc:
+            raise ConfigError(
+                f"resolver function {spec!r} must take one argument (the conflict): {exc}"
+            ) from exc
+        return FunctionResolver(obj, name=f"function:{spec}")
+    raise ConfigError(
+        f"resolver {spec!r} is not a resolver: name a Resolver instance, a resolver class "
+        f"(made with no arguments) or a Python function fn(ctx), not a {type(obj).__name__}"
     )
 
 

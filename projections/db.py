@@ -9,23 +9,39 @@ their checkpoint, so the log replays them.
 The schema is versioned: migrations are applied in order, each recorded in
 ``schema_migrations`` (and ``PRAGMA user_version``); a file written by a newer eventstore is
 refused rather than misread. ``sqlite3`` errors become ``ProjectionError`` here.
+
+Three ways to open it:
+
+* writer (``ProjectionDB.open(path)``): creates the file if needed and applies migrations; a
+  file that is not ours (not SQLite, or SQLite of another application) is refused untouched;
+* worker (``lock=True``): a writer that also holds ``<db>.lock`` (``DatabaseLock``) for as long
+  as it is open, so a second worker on the same file is refused instead of folding batches
+  the first one already committed;
+* reader (``readonly=True``): what the read commands use. It never creates, migrates or writes
+  anything (SQLite ``mode=ro``; in a directory the reader cannot write and with no write-ahead
+  log in use, ``immutable=1``), so a user who may only read the file can query it; a missing,
+  empty or foreign file, or one of an older schema, is a clear error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
+import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiosqlite
 import msgspec
 import structlog
 
-from eventstore.errors import ProjectionError
+from eventstore.errors import DatabaseLocked, ProjectionError
 from eventstore.events import Event
 from projections.fold import AggregateState, LastEvent
 from projections.projection import Projection
@@ -34,6 +50,7 @@ from projections.times import from_us, to_us
 __all__ = [
     "SCHEMA_VERSION",
     "STATE_COLUMNS",
+    "DatabaseLock",
     "ProjectionDB",
     "ProjectionInfo",
     "StateCodec",
@@ -263,6 +280,127 @@ def _translate(path: Path, exc: sqlite3.Error) -> ProjectionError:
     return ProjectionError(f"projection database {path}: {exc}")
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+OUR_TABLES = ("meta", "projections", "schema_migrations")
+# Errors of a read-only open in a directory the reader cannot write (no -shm can be made).
+READONLY_RETRY = ("SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN", "SQLITE_READONLY_CANTINIT")
+
+
+def _missing(path: Path) -> ProjectionError:
+    return ProjectionError(
+        f"no projection database at {path}: run `eventstore worker` (or `eventstore up`) "
+        "to build it, or point --db / EVENTSTORE_DB at it"
+    )
+
+
+def _not_ours(path: Path, what: str) -> ProjectionError:
+    return ProjectionError(
+        f"{path} {what}, so it is not a projection database; point --db / EVENTSTORE_DB at "
+        "the file a worker writes (`eventstore worker` builds one)"
+    )
+
+
+def _check_file(path: Path, *, must_exist: bool) -> bool:
+    """Refuse what is not a projection database before SQLite touches it: a directory, a file
+    that is not SQLite, and (``must_exist``: readers) a missing or empty file. Returns whether
+    the file has content."""
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except (FileNotFoundError, NotADirectoryError):  # (a parent that is a regular file)
+        if must_exist:
+            raise _missing(path) from None
+        return False
+    except IsADirectoryError:
+        raise _not_ours(path, "is a directory") from None
+    except OSError as exc:
+        raise ProjectionError(
+            f"cannot read projection database {path}: {exc.strerror or exc}"
+        ) from exc
+    if not header:
+        if must_exist:
+            raise _not_ours(path, "is empty (0 bytes)")
+        return False
+    if header != SQLITE_HEADER:
+        raise _not_ours(path, "is not an SQLite database")
+    return True
+
+
+def _read_only_uri(path: Path, *, immutable: bool = False) -> str:
+    return f"file:{quote(str(path.absolute()))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+class DatabaseLock:
+    """An exclusive lock on ``<db>.lock``: one writer (worker, rebuild) per database file.
+
+    ``flock`` on a file beside the database, so the kernel releases it when the process dies
+    (SIGKILL included) and a crashed worker never blocks the next one. The holder writes who it
+    is into the file, for the refusal message. Releasing removes the file; that is safe because
+    an acquirer checks that the file it locked is still the one at the path, else tries again.
+    """
+
+    def __init__(self, target: str | Path) -> None:
+        self.target = Path(target)
+        self.path = self.target.with_name(self.target.name + ".lock")
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, role: str = "worker") -> None:
+        """Take the lock now or raise ``DatabaseLocked`` naming its holder (never waits)."""
+        if self._fd is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent is a regular file, or not writable
+            raise ProjectionError(
+                f"projection database {self.target}: cannot create its directory "
+                f"{self.path.parent} ({exc.strerror or exc}); point --db / EVENTSTORE_DB at a "
+                "writable place"
+            ) from exc
+        for _ in range(20):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise ProjectionError(
+                    f"cannot create the lock file {self.path} of projection database "
+                    f"{self.target}: {exc.strerror or exc}"
+                ) from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+                os.close(fd)
+                raise DatabaseLocked(str(self.target), holder or "process") from None
+            except OSError as exc:
+                os.close(fd)
+                raise ProjectionError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
+            try:
+                st = os.stat(self.path)
+                same = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+            except FileNotFoundError:
+                same = False
+            if not same:  # its holder released and removed it meanwhile: lock the new one
+                os.close(fd)
+                continue
+            since = datetime.now(UTC).isoformat(timespec="seconds")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{role} (pid {os.getpid()}, since {since})\n".encode(), 0)
+            self._fd = fd
+            return
+        raise ProjectionError(f"cannot lock {self.path}: it keeps being replaced")
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # still holding it: whoever opened it meanwhile tries again
+        os.close(fd)
+
+
 class ProjectionDB:
     """One projection database file, opened with its schema up to date.
 
@@ -270,35 +408,144 @@ class ProjectionDB:
     time (the runner, or one command).
     """
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        path: Path,
+        *,
+        readonly: bool = False,
+        lock: DatabaseLock | None = None,
+    ) -> None:
         self.conn = conn
         self.path = path
+        self.readonly = readonly
+        self.lock = lock
         self.generation = ""
 
     @classmethod
-    async def open(cls, path: str | Path, *, create: bool = True) -> ProjectionDB:
-        """Open (or create) the file, switch it to WAL and apply pending migrations."""
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        create: bool = True,
+        readonly: bool = False,
+        lock: bool = False,
+    ) -> ProjectionDB:
+        """Open (or create) the file, switch it to WAL and apply pending migrations.
+
+        ``lock``: hold ``<db>.lock`` while open (a worker), ``DatabaseLocked`` if another
+        process holds it. ``readonly``: only read (the read commands); see the module doc.
+        """
         p = Path(path)
+        if readonly:
+            return await cls._open_readonly(p)
         if not create and not _exists(p):
-            raise ProjectionError(
-                f"no projection database at {p}: run `eventstore worker` (or `eventstore up`) "
-                "to build it, or point --db / EVENTSTORE_DB at it"
-            )
+            raise _missing(p)
         if create:
-            p.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a parent is a regular file, or not writable
+                raise ProjectionError(
+                    f"projection database {p}: cannot create its directory {p.parent} "
+                    f"({exc.strerror or exc}); point --db / EVENTSTORE_DB at a writable place"
+                ) from exc
+        held: DatabaseLock | None = None
+        if lock:
+            held = DatabaseLock(p)
+            held.acquire("worker")
         try:
-            conn = await aiosqlite.connect(p, isolation_level=None, timeout=30.0)
-        except sqlite3.Error as exc:
-            raise _translate(p, exc) from exc
-        db = cls(conn, p)
+            await asyncio.to_thread(_check_file, p, must_exist=False)
+            try:
+                conn = await aiosqlite.connect(p, isolation_level=None, timeout=30.0)
+            except sqlite3.Error as exc:
+                raise _translate(p, exc) from exc
+            db = cls(conn, p, lock=held)
+            try:
+                await db._setup()
+            except BaseException:
+                await conn.close()
+                raise
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+        return db
+
+    @classmethod
+    async def _open_readonly(cls, p: Path) -> ProjectionDB:
+        await asyncio.to_thread(_check_file, p, must_exist=True)
+        wal = p.with_name(p.name + "-wal")
+        immutable = False
+        while True:
+            try:
+                conn = await aiosqlite.connect(
+                    _read_only_uri(p, immutable=immutable), uri=True, isolation_level=None
+                )
+            except sqlite3.Error as exc:
+                raise _translate(p, exc) from exc
+            db = cls(conn, p, readonly=True)
+            try:
+                await db.conn.execute("PRAGMA busy_timeout=30000")
+                await db.conn.execute("PRAGMA query_only=ON")
+                await db.conn.execute_fetchall("PRAGMA user_version")
+            except sqlite3.Error as exc:
+                await conn.close()
+                # In a directory this user cannot write, SQLite cannot create the -shm file a
+                # WAL reader needs. With no write-ahead log in use there is nothing in it to
+                # miss: read the file as it is (immutable), still without writing a byte.
+                name = getattr(exc, "sqlite_errorname", "")
+                try:
+                    no_wal = wal.stat().st_size == 0
+                except FileNotFoundError:
+                    no_wal = True
+                if not immutable and no_wal and name in READONLY_RETRY:
+                    immutable = True
+                    continue
+                if name in READONLY_RETRY:
+                    raise ProjectionError(
+                        f"cannot read projection database {p} ({exc}): a worker is writing it, "
+                        f"and reading it then needs read access to {wal.name} and "
+                        f"{p.name}-shm beside it"
+                    ) from exc
+                raise _translate(p, exc) from exc
+            break
         try:
-            await db._setup()
+            await db._check_schema()
+            db.generation = await db.meta("generation") or ""
         except BaseException:
             await conn.close()
             raise
         return db
 
+    async def _check_schema(self) -> None:
+        """Refuse (reading only) a file that is not a projection database of this schema."""
+        current = await self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise self._newer(current)
+        rows = await self.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+        tables = {r[0] for r in rows}
+        if tables and not set(OUR_TABLES) <= tables:
+            raise _not_ours(self.path, "is an SQLite database without the eventstore projection "
+                            "schema")  # fmt: skip
+        if self.readonly:
+            if not tables:
+                raise _not_ours(self.path, "is an SQLite database without the eventstore "
+                                "projection schema (no tables)")  # fmt: skip
+            if current < SCHEMA_VERSION:
+                raise ProjectionError(
+                    f"projection database {self.path} has schema version {current}, older "
+                    f"than this eventstore's ({SCHEMA_VERSION}); start `eventstore worker` once "
+                    "to upgrade it"
+                )
+
+    def _newer(self, current: int) -> ProjectionError:
+        return ProjectionError(
+            f"projection database {self.path} has schema version {current}, newer than "
+            f"this eventstore understands ({SCHEMA_VERSION}); upgrade eventstore"
+        )
+
     async def _setup(self) -> None:
+        await self._check_schema()  # before the first write: a foreign file stays untouched
         await self.execute("PRAGMA journal_mode=WAL")
         await self.execute("PRAGMA synchronous=NORMAL")
         await self.execute("PRAGMA busy_timeout=30000")
@@ -315,30 +562,45 @@ class ProjectionDB:
         async with self.transaction():
             current = await self.schema_version()
             if current > SCHEMA_VERSION:
-                raise ProjectionError(
-                    f"projection database {self.path} has schema version {current}, newer than "
-                    f"this eventstore understands ({SCHEMA_VERSION}); upgrade eventstore"
-                )
-            if current == 0:
-                await self.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations "
-                    "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_us INTEGER)"
-                )
-            for version, description, statements in MIGRATIONS:
-                if version <= current:
-                    continue
-                for sql in statements:
-                    await self.execute(sql)
-                await self.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                    (version, description, to_us(datetime.now(UTC))),
-                )
-                if version == 1:
-                    await self.execute(
-                        "INSERT INTO meta VALUES ('generation', ?)", (uuid.uuid4().hex,)
-                    )
-                await self.execute(f"PRAGMA user_version = {int(version)}")
-                log.info("projection database migrated", db=str(self.path), schema=version)
+                raise self._newer(current)
+            await self._apply_migrations(current)
+
+    async def _apply_migrations(self, current: int) -> None:
+        """The migrations after ``current`` (inside the caller's transaction)."""
+        if current == 0:
+            await self.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_us INTEGER)"
+            )
+        for version, description, statements in MIGRATIONS:
+            if version <= current:
+                continue
+            for sql in statements:
+                await self.execute(sql)
+            await self.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                (version, description, to_us(datetime.now(UTC))),
+            )
+            if version == 1:
+                self.generation = uuid.uuid4().hex
+                await self.execute("INSERT INTO meta VALUES ('generation', ?)", (self.generation,))
+            await self.execute(f"PRAGMA user_version = {int(version)}")
+            log.info("projection database migrated", db=str(self.path), schema=version)
+
+    async def wipe(self) -> None:
+        """Drop everything the file holds (every projection's rows, read-model tables and
+        registration) and create the schema afresh with a new generation, inside the caller's
+        transaction: a crash before its commit leaves the file as it was."""
+        rows = await self.fetchall(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view', 'table') "
+            "AND name NOT LIKE 'sqlite_%' ORDER BY CASE type WHEN 'trigger' THEN 0 "
+            "WHEN 'view' THEN 1 ELSE 2 END"
+        )
+        for kind, name in rows:
+            quoted = '"' + str(name).replace('"', '""') + '"'
+            await self.execute(f"DROP {str(kind).upper()} IF EXISTS {quoted}")
+        await self.execute("PRAGMA user_version = 0")
+        await self._apply_migrations(0)
 
     async def schema_version(self) -> int:
         row = await self.fetchone("PRAGMA user_version")
@@ -347,6 +609,8 @@ class ProjectionDB:
     async def close(self) -> None:
         with contextlib.suppress(sqlite3.Error, ValueError):
             await self.conn.close()
+        if self.lock is not None:
+            self.lock.release()
 
     async def __aenter__(self) -> ProjectionDB:
         return self

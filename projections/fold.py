@@ -6,12 +6,18 @@ rules, per message of an aggregate at version N:
 
 - it cannot be decoded, or fails validation: quarantined (``undecodable``). If its body still
   says ``"version": N+1`` it occupies that position (the aggregate moves to N+1 unchanged);
-  otherwise the aggregate stays at N.
+  otherwise the aggregate stays at N. Bodies past the wire limits (``eventstore.events``:
+  integers of the envelope above ``MAX_INT``, nesting deeper than ``MAX_NESTING``, checked
+  before decoding so that every reader decides alike) and subjects that name no aggregate are
+  undecodable too.
 - its version is not N+1: quarantined (``duplicate`` or ``gap``), never applied; the aggregate
   stays at N, so a hole in the history stops it until the history is repaired.
 - its transition is refused by the aggregate's state machine (``transition``), ``apply``
   raises (``apply``) or the conflict resolver fails (``conflict``): quarantined; the aggregate
-  moves to N+1 with its state, clocks and machine state unchanged.
+  moves to N+1 with its state, clocks and machine state unchanged. Any exception counts
+  (``RecursionError`` and ``MemoryError`` included), and so does a result that could not be
+  stored: a state that does not encode as JSON, encodes to more than ``MAX_STATE_BYTES``,
+  nests deeper than ``MAX_NESTING`` or does not decode back as the projection's state type.
 - otherwise it is applied. If its vector clock is concurrent with the clock of the aggregate's
   previous applied event it is a conflict, resolved by the projection's resolver and recorded.
   The state's vector clock becomes the merge of every applied event's clock, its Lamport time
@@ -27,16 +33,43 @@ from typing import Any, NamedTuple
 import msgspec
 
 from eventstore.errors import InvalidEvent, InvalidTransition
-from eventstore.events import Event
+from eventstore.events import MAX_NESTING, TOO_DEEP, Event, nesting_exceeds
 from eventstore.machines import Machines
 from eventstore.reader import StoredMessage
 from eventstore.subjects import parse_subject
-from projections.conflicts import ConflictContext, ConflictRecord
+from eventstore.versions import next_version
+from projections.conflicts import (
+    ConflictContext,
+    ConflictRecord,
+    LastWriterWins,
+    LogOrder,
+    SourcePriority,
+)
+from projections.entities import EntitiesProjection
 from projections.projection import Projection
 
-__all__ = ["AggregateState", "Folder", "LastEvent", "MessageDecoder", "Rejected"]
+__all__ = [
+    "MAX_STATE_BYTES",
+    "AggregateState",
+    "Folder",
+    "LastEvent",
+    "MessageDecoder",
+    "Rejected",
+    "describe_error",
+    "loose_body",
+    "safe_text",
+]
 
 Key = tuple[str, str]
+
+# A state row (state, the state before the last event, the last event) must stay below
+# SQLite's 1e9-byte limit on a value and on a row: a state may encode to 256 MiB at most.
+MAX_STATE_BYTES = 256 << 20
+# How much an entities state can grow per byte of the event's body, at most: a merge patch adds
+# at most its own members, and a decoded number re-encodes to at most 4.5 times its text
+# (``1e15`` -> ``1000000000000000.0``); the constant covers a transition's ``status``.
+_GROWTH, _GROWTH_EXTRA = 8, 1024
+_TEXT_LIMIT = 2000  # characters of a reason or a subject kept in quarantine rows and logs
 
 
 class LastEvent(msgspec.Struct, frozen=True):
@@ -72,6 +105,7 @@ class AggregateState:
     previous: Event | None = None
     base: Any = None
     snapshot_version: int = 0
+    size: int = -1  # an upper bound of the state's encoded size (-1: unknown); see Folder.step
 
     @property
     def key(self) -> Key:
@@ -108,7 +142,7 @@ class MessageDecoder:
             pass
         try:
             key: Key | None = parse_subject(self.prefix, subject)
-        except InvalidEvent:
+        except Exception:  # InvalidEvent, or anything else a hostile subject provokes
             key = None
         if len(self._keys) >= self._cache_size:
             self._keys.clear()
@@ -121,9 +155,12 @@ class MessageDecoder:
         Same validation as ``eventstore.events.decode_event``, but the log's sequence and time
         are set on the decoded struct instead of copying it (this is the runner's hot path).
         """
+        data = msg.data
+        if len(data) > _MAY_NEST and nesting_exceeds(data):
+            raise InvalidEvent(f"malformed event at seq {msg.seq}: {TOO_DEEP}")
         try:
-            event = _event_decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:  # ValidationError is a subclass
+            event = _event_decoder.decode(data)
+        except (msgspec.DecodeError, RecursionError) as exc:  # ValidationError is a DecodeError
             raise InvalidEvent(f"malformed event at seq {msg.seq}: {exc}") from exc
         _set(event, "seq", msg.seq)
         _set(event, "recorded_at", msg.recorded_at)
@@ -165,9 +202,43 @@ def merge_clock(a: dict[str, int] | None, b: dict[str, int]) -> dict[str, int]:
     return a if out is None else out
 
 
+_MAY_NEST = 2 * MAX_NESTING  # a shorter body is never too deep (see nesting_exceeds)
 _loose = msgspec.json.Decoder()
 _event_decoder = msgspec.json.Decoder(Event)
+_encode = msgspec.json.Encoder().encode
 _set = msgspec.structs.force_setattr
+
+
+def loose_body(data: bytes) -> Any:
+    """A body decoded as any JSON value, or None if it is not JSON or past the nesting limit
+    (never raises: for reading what a quarantined body says about itself)."""
+    if nesting_exceeds(data):
+        return None
+    try:
+        return _loose.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
+def safe_text(text: str, limit: int = _TEXT_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters and made valid UTF-8 (lone surrogates escaped), so
+    that SQLite and log renderers take it."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` of an exception from user code, even if its ``str`` fails."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "(its message cannot be printed)"
+    return safe_text(f"{type(exc).__name__}: {message}")
 
 
 class Folder:
@@ -179,6 +250,14 @@ class Folder:
         self.resolver = projection.resolver
         self.history = bool(projection.resolver.needs_history)
         self._apply = projection.apply
+        self._state = msgspec.json.Decoder(projection.state_type)
+        # The built-in entities fold merges decoded event data (nested less than MAX_NESTING)
+        # into a JSON object: only its size can make a state unstorable.
+        self._json_fold = type(projection).apply is EntitiesProjection.apply and (
+            projection.state_type == dict[str, Any]
+        )
+        # Built-in resolvers only order the two events' patches; a function may return anything.
+        self._plain_resolver = type(self.resolver) in (LogOrder, LastWriterWins, SourcePriority)
 
     def new(self, key: Key) -> AggregateState:
         return AggregateState(key[0], key[1], self.projection.initial(key[0], key[1]))
@@ -191,25 +270,23 @@ class Folder:
             event = decoder.event(msg, key)
         except InvalidEvent as exc:
             return self.reject(agg, msg, exc.reason)
-        return self.step(agg, event)
+        return self.step(agg, event, len(msg.data))
 
     def reject(self, agg: AggregateState, msg: StoredMessage, reason: str) -> Rejected:
         """Quarantine an undecodable message; it takes the next version only if it says so."""
-        try:
-            body = _loose.decode(msg.data)
-        except msgspec.DecodeError:
-            body = None
-        version = body.get("version") if isinstance(body, dict) else None
-        if type(version) is int and version == agg.version + 1:
+        version = next_version(agg.version, msg.data)  # the rule the producer follows too
+        if version is not None:
             agg.version = version
             agg.seq = msg.seq
             agg.recorded_at = msg.recorded_at
         return Rejected("undecodable", reason)
 
-    def step(self, agg: AggregateState, event: Event) -> Rejected | ConflictRecord | None:
-        """Fold one decoded event of ``agg``."""
+    def step(
+        self, agg: AggregateState, event: Event, size: int = -1
+    ) -> Rejected | ConflictRecord | None:
+        """Fold one decoded event of ``agg`` (``size``: its body's length, if known)."""
         version = event.version
-        if version != agg.version + 1:
+        if next_version(agg.version, event) is None:
             if version <= agg.version:
                 return Rejected(
                     "duplicate",
@@ -268,10 +345,32 @@ class Folder:
                 )
             else:
                 state = self._apply(agg.state, event)
-        except Exception as exc:
+        except Exception as exc:  # RecursionError and MemoryError included
             self._advance(agg, event)
             kind = "apply" if conflict is None and ctx is None else "conflict"
-            return Rejected(kind, f"{kind} failed: {type(exc).__name__}: {exc}")
+            return Rejected(kind, f"{kind} failed: {describe_error(exc)}")
+        if self._json_fold and (ctx is None or self._plain_resolver):
+            # Entities states are JSON objects of decoded data: only their size can be wrong,
+            # and a bound grown by the body's length saves encoding the state every event. The
+            # state is encoded when the bound passes the limit, so the decision is exactly
+            # "its encoding is too big", whatever the bound was when the fold began.
+            bound = agg.size + _GROWTH * size + _GROWTH_EXTRA
+            problem = None
+            if ctx is not None or size < 0 or agg.size < 0 or bound > MAX_STATE_BYTES:
+                try:
+                    bound = len(_encode(state))
+                except Exception as exc:  # not expected of JSON data, but never a crash
+                    problem = describe_error(exc)
+                else:
+                    if bound > MAX_STATE_BYTES:
+                        problem = f"it encodes to {bound} bytes, more than {MAX_STATE_BYTES}"
+        else:
+            bound, problem = -1, self.unstorable(state)
+        if problem is not None:
+            self._advance(agg, event)
+            kind = "apply" if ctx is None else "conflict"
+            return Rejected(kind, f"the state after this event cannot be stored: {problem}")
+        agg.size = bound
         if self.history:
             agg.base = agg.state
             agg.previous = event
@@ -285,6 +384,22 @@ class Folder:
         agg.machine_state = machine_state
         agg.last = event
         return conflict
+
+    def unstorable(self, state: Any) -> str | None:
+        """Why ``state`` could not be stored and read back by every reader, or None."""
+        try:
+            body = _encode(state)
+        except Exception as exc:  # TypeError, RecursionError, UnicodeEncodeError, ValueError
+            return describe_error(exc)
+        if len(body) > MAX_STATE_BYTES:
+            return f"it encodes to {len(body)} bytes, more than {MAX_STATE_BYTES}"
+        if nesting_exceeds(body):
+            return f"it is {TOO_DEEP}"
+        try:
+            self._state.decode(body)
+        except Exception as exc:
+            return f"it does not decode as {self.projection.state_type!r}: {describe_error(exc)}"
+        return None
 
     @staticmethod
     def _advance(agg: AggregateState, event: Event) -> None:

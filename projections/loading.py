@@ -15,12 +15,16 @@ same file that declares ``[machines]``)::
     entities = "lww"           # log-order | lww | priority:agent-a,agent-b | module:function
 
 Names given with ``--projection`` are added to ``load``. A ``module:object`` names a
-``Projection`` instance, a ``Projection`` subclass (instantiated without arguments) or a
-function returning one.
+``Projection`` instance or a ``Projection`` subclass (instantiated without arguments), nothing
+else: a name is never a reason to call an arbitrary function (``os:system``), so the object is
+checked before anything is called. To configure an instance, make it a module attribute
+(``orders = Orders(resolver=LastWriterWins())``) and name that.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ import msgspec
 
 from eventstore.config import read_config
 from eventstore.errors import ConfigError
+from eventstore.validate import MAX_INT
 from projections.conflicts import resolver_from_spec
 from projections.entities import EntitiesProjection
 from projections.objects import import_object
@@ -47,6 +52,7 @@ __all__ = [
 BUILTIN_PROJECTIONS: dict[str, Callable[[], Projection[Any]]] = {
     "entities": EntitiesProjection,
 }
+MAX_BATCH_SIZE = 1_000_000  # messages folded in memory before one commit, at most
 
 
 class ProjectionsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -61,8 +67,15 @@ class ProjectionsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     resolvers: dict[str, str] = {}
 
     def runner_settings(self) -> RunnerSettings:
-        if self.batch_size < 1 or self.batch_delay < 0:
-            raise ConfigError("[projections] batch_size must be >= 1 and batch_delay >= 0")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ConfigError(f"[projections] batch_size must be 1 to {MAX_BATCH_SIZE}")
+        for name in ("batch_delay", "snapshot_interval"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"[projections] {name} must be a finite number of seconds >= 0")
+        for name in ("snapshot_every", "snapshot_keep"):  # SnapshotPolicy checks the minimum
+            if getattr(self, name) > MAX_INT:
+                raise ConfigError(f"[projections] {name} must be at most {MAX_INT}")
         return RunnerSettings(
             batch_size=self.batch_size,
             batch_delay=self.batch_delay,
@@ -79,9 +92,14 @@ def load_config(path: str | Path | None = None) -> ProjectionsConfig:
         return ProjectionsConfig()
     data, p = found
     try:
-        return msgspec.convert(data.get("projections", {}), ProjectionsConfig)
+        config = msgspec.convert(data.get("projections", {}), ProjectionsConfig)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{p}: [projections] {exc}") from exc
+    try:
+        config.runner_settings()  # refused now, not once a worker has connected
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from exc
+    return config
 
 
 def load_projection(spec: str, resolver: str | None = None) -> Projection[Any]:
@@ -90,17 +108,7 @@ def load_projection(spec: str, resolver: str | None = None) -> Projection[Any]:
     if name in BUILTIN_PROJECTIONS:
         projection = BUILTIN_PROJECTIONS[name]()
     elif ":" in name:
-        obj = import_object(name, "projection")
-        if (isinstance(obj, type) and issubclass(obj, Projection)) or (
-            not isinstance(obj, Projection) and callable(obj)
-        ):
-            obj = obj()
-        if not isinstance(obj, Projection):
-            raise ConfigError(
-                f"{spec!r} is not a Projection (an instance, a subclass or a function "
-                "returning one)"
-            )
-        projection = obj
+        projection = _projection_object(spec, import_object(name, "projection"))
     else:
         raise ConfigError(
             f"unknown projection {spec!r}: built-in ones are {sorted(BUILTIN_PROJECTIONS)}, "
@@ -110,6 +118,40 @@ def load_projection(spec: str, resolver: str | None = None) -> Projection[Any]:
         projection.resolver = resolver_from_spec(resolver)
         projection.validate()
     return projection
+
+
+def _projection_object(spec: str, obj: Any) -> Projection[Any]:
+    """The Projection ``obj`` is (an instance) or makes (a subclass, called with no arguments).
+
+    Anything else is refused before it is called: a name must never run arbitrary code.
+    """
+    if isinstance(obj, Projection):
+        return obj
+    if not (isinstance(obj, type) and issubclass(obj, Projection)):
+        raise ConfigError(
+            f"projection {spec!r} is not a Projection: name a Projection instance or a "
+            f"Projection subclass, not a {type(obj).__name__}"
+        )
+    try:
+        inspect.signature(obj).bind()
+    except TypeError as exc:
+        raise ConfigError(
+            f"projection {spec!r} cannot be made without arguments ({exc}); name an instance "
+            "made in its module instead"
+        ) from exc
+    except ValueError:  # no signature to inspect: let the call tell
+        pass
+    try:
+        made = obj()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"projection {spec!r} failed when made: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(made, Projection):  # a __new__ returning something else
+        raise ConfigError(f"projection {spec!r} did not make a Projection")
+    return made
 
 
 def load_projections(

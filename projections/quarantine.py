@@ -12,9 +12,10 @@ from typing import Any
 
 import msgspec
 
+from eventstore.events import MAX_INT
 from eventstore.reader import StoredMessage
 from projections.db import ProjectionDB, aggregate_filter
-from projections.fold import Rejected
+from projections.fold import Rejected, loose_body, safe_text
 from projections.times import from_us, to_us
 
 __all__ = ["QuarantineRecord", "list_quarantine", "quarantine_row"]
@@ -23,8 +24,6 @@ INSERT_SQL = (
     "INSERT INTO quarantine (projection, seq, subject, aggregate_type, aggregate_id, version, "
     "event_id, kind, reason, data, recorded_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-_loose = msgspec.json.Decoder()
 
 
 class QuarantineRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,26 +45,26 @@ class QuarantineRecord(msgspec.Struct, frozen=True, kw_only=True):
 def quarantine_row(
     projection: str, msg: StoredMessage, key: tuple[str, str] | None, rejected: Rejected
 ) -> tuple[Any, ...]:
-    """The row for a rejected message; version and id are read loosely from the body."""
+    """The row for a rejected message; version and id are read loosely from the body (when it
+    is JSON at all, and only a version SQLite can hold); every text is made storable."""
     version: Any = None
     event_id: Any = None
-    try:
-        body = _loose.decode(msg.data)
-    except msgspec.DecodeError:
-        body = None
+    body = loose_body(msg.data)
     if isinstance(body, dict):
-        version = body.get("version") if type(body.get("version")) is int else None
-        event_id = body.get("id") if isinstance(body.get("id"), str) else None
+        v = body.get("version")
+        version = v if type(v) is int and -MAX_INT - 1 <= v <= MAX_INT else None
+        i = body.get("id")
+        event_id = safe_text(i, 256) if isinstance(i, str) else None
     return (
         projection,
         msg.seq,
-        msg.subject,
+        safe_text(msg.subject),
         key[0] if key else None,
         key[1] if key else None,
         version,
         event_id,
         rejected.kind,
-        rejected.reason,
+        safe_text(rejected.reason),
         bytes(msg.data),
         to_us(msg.recorded_at),
     )

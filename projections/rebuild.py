@@ -12,6 +12,7 @@ checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ import structlog
 from eventstore.errors import ProjectionError
 from eventstore.machines import Machines
 from eventstore.store import EventStore
-from projections.db import ProjectionDB
+from projections.db import DatabaseLock, ProjectionDB
 from projections.projection import Projection
 from projections.runner import CommitInfo, Runner, RunnerSettings
 
@@ -49,7 +50,9 @@ def _files(path: Path) -> list[Path]:
 
 def _remove(path: Path) -> None:
     for f in _files(path):
-        f.unlink(missing_ok=True)
+        # A parent that is a regular file: nothing is there to remove.
+        with contextlib.suppress(NotADirectoryError):
+            f.unlink(missing_ok=True)
 
 
 def _swap(fresh: Path, live: Path) -> None:
@@ -77,6 +80,33 @@ async def rebuild(
 ) -> RebuildResult:
     """Rebuild every given projection from the log and swap the result into ``db_path``.
 
+    One rebuild per database at a time: it holds the lock of ``<db>.rebuild`` (its fresh file)
+    throughout, so a second one is refused (``DatabaseLocked``) before it touches that file. A
+    worker holding the live file's lock does not stop a rebuild: the swap takes SQLite's write
+    lock and brings a new generation, which the worker notices at its next commit.
+    """
+    live = Path(db_path)
+    lock = DatabaseLock(live.with_name(live.name + ".rebuild"))
+    lock.acquire("rebuild")
+    try:
+        return await _rebuild_locked(
+            store, live, projections, machines=machines, settings=settings, progress=progress
+        )
+    finally:
+        lock.release()
+
+
+async def _rebuild_locked(
+    store: EventStore,
+    db_path: str | Path,
+    projections: Sequence[Projection[Any]],
+    *,
+    machines: Machines | None = None,
+    settings: RunnerSettings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RebuildResult:
+    """Rebuild every given projection from the log and swap the result into ``db_path``.
+
     ``progress(folded_seq, head)`` is called after every committed batch. The projections
     must include every projection the live file holds (or its data would be lost).
     """
@@ -94,6 +124,45 @@ async def rebuild(
                 "load them too (--projection module:object or the config file)"
             )
     await asyncio.to_thread(_remove, fresh)
+    try:
+        checkpoint, messages = await _fold_fresh(
+            store, fresh, projections, machines, settings, progress
+        )
+        try:
+            await asyncio.to_thread(_swap, fresh, live)
+        except sqlite3.Error as exc:
+            raise ProjectionError(
+                f"could not swap the rebuilt database into {live}: {exc}"
+            ) from exc
+    finally:
+        # Whatever stopped the rebuild (an error, a cancellation), the fresh file goes.
+        try:
+            _remove(fresh)
+        except OSError as exc:
+            log.warning("could not remove the rebuild file", path=str(fresh), error=str(exc))
+    seconds = time.perf_counter() - started
+    log.info(
+        "projections rebuilt",
+        db=str(live),
+        projections=names,
+        checkpoint=checkpoint,
+        messages=messages,
+        seconds=round(seconds, 3),
+    )
+    return RebuildResult(
+        db=str(live), projections=names, checkpoint=checkpoint, messages=messages, seconds=seconds
+    )
+
+
+async def _fold_fresh(
+    store: EventStore,
+    fresh: Path,
+    projections: Sequence[Projection[Any]],
+    machines: Machines | None,
+    settings: RunnerSettings | None,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[int, int]:
+    """Fold the log into the fresh file until it is caught up: (checkpoint, messages)."""
     head = await store.head()
     db = await ProjectionDB.open(fresh)
     try:
@@ -113,25 +182,7 @@ async def rebuild(
             if head - runner.checkpoint <= batch:
                 break
         await runner.run(follow=False, until=head)
-        checkpoint = runner.checkpoint
-        messages = runner.events_applied
         await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return runner.checkpoint, runner.events_applied
     finally:
         await db.close()
-    try:
-        await asyncio.to_thread(_swap, fresh, live)
-    except sqlite3.Error as exc:
-        raise ProjectionError(f"could not swap the rebuilt database into {live}: {exc}") from exc
-    await asyncio.to_thread(_remove, fresh)
-    seconds = time.perf_counter() - started
-    log.info(
-        "projections rebuilt",
-        db=str(live),
-        projections=names,
-        checkpoint=checkpoint,
-        messages=messages,
-        seconds=round(seconds, 3),
-    )
-    return RebuildResult(
-        db=str(live), projections=names, checkpoint=checkpoint, messages=messages, seconds=seconds
-    )

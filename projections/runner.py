@@ -15,7 +15,9 @@ Several projections share one reading of the log and one transaction per batch; 
 own checkpoint, so one added later catches up while the others skip what they already have.
 Every commit first checks that the file is still the one the runner knows (its generation and
 checkpoints): if ``rebuild`` swapped it or another worker wrote to it, the runner drops its
-caches and resumes from what the file says.
+caches and resumes from what the file says. The file belongs to one stream
+(``projections.identity``): opening refuses another stream's file, and after a reconnect the
+stream is confirmed again before the next batch is folded.
 """
 
 from __future__ import annotations
@@ -31,14 +33,16 @@ from typing import Any, NamedTuple, cast
 import msgspec
 import structlog
 
-from eventstore.errors import InvalidEvent, ProjectionError
+from eventstore.errors import InvalidEvent, NotConnected, ProjectionError
 from eventstore.events import Event
 from eventstore.machines import Machines
 from eventstore.reader import StoredMessage
-from eventstore.store import EventStore
-from projections import conflicts, quarantine, snapshots
+from eventstore.store import EventStore, StreamIdentity
+from eventstore.validate import check_int
+from projections import conflicts, identity, quarantine, snapshots
 from projections.db import ProjectionDB, StateCodec
-from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
+from projections.fold import AggregateState, Folder, MessageDecoder, Rejected, describe_error
+from projections.identity import RecordedStream
 from projections.projection import Change, Projection
 from projections.snapshots import SnapshotPolicy
 from projections.times import to_us
@@ -60,6 +64,7 @@ UPSERT_STATE_SQL = (
 CHECKPOINT_SQL = (
     "UPDATE projections SET checkpoint = ?, checkpoint_us = ?, updated_us = ? WHERE name = ?"
 )
+STREAM_CHECK_INTERVAL = 5.0  # seconds between checks that the log is still the file's stream
 GUARD_SQL = (
     "SELECT name, checkpoint, code_version, (SELECT value FROM meta WHERE key = 'generation') "
     "FROM projections"
@@ -164,6 +169,9 @@ class Runner:
         self.events_applied = 0
         self.resyncs = 0  # times the runner reloaded (file swapped, another writer, bad read)
         self._expect = 1  # the stream sequence the next batch must start with
+        self._identity: StreamIdentity | None = None  # the stream the file folds (open)
+        self._checked_at = 0.0  # when the stream's identity was last confirmed (monotonic)
+        self._reconnects = 0  # the connection's reconnect count at that moment
 
     @property
     def projections(self) -> list[Projection[Any]]:
@@ -179,18 +187,25 @@ class Runner:
 
     # -- opening ---------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Register the projections; one whose code version changed is folded again."""
-        stream = self.store.settings.name
+    async def open(self, *, reset: bool = False) -> None:
+        """Bind the file to this stream and register the projections; one whose code version
+        changed is folded again.
+
+        Another stream's file (``projections.identity``) raises ``ForeignDatabase``; ``reset``
+        first drops everything the file holds, in the same transaction, and folds from seq 1.
+        """
+        reconnects = self._reconnect_count()  # before asking: a later reconnect asks again
+        stream = await self.store.stream_identity()
         async with self.db.transaction():
-            known = await self.db.meta("stream")
-            if known is None:
-                await self.db.set_meta("stream", stream)
-            elif known != stream:
-                raise ProjectionError(
-                    f"projection database {self.db.path} folds stream {known!r}, not {stream!r}; "
-                    "use another --db for this stream"
+            if reset:
+                await self.db.wipe()
+                log.warning(
+                    "projection database reset: its projection data is dropped, the stream is "
+                    "folded again from seq 1",
+                    db=str(self.db.path),
+                    stream=stream.name,
                 )
+            await self._bind(stream)
             now = to_us(datetime.now(UTC))
             for slot in self._slots:
                 p = slot.projection
@@ -214,11 +229,38 @@ class Runner:
                     await self.db.execute(
                         "UPDATE projections SET snapshot_us = ? WHERE name = ?", (now, p.name)
                     )
+        self._identity = stream
+        self._stream_checked(time.monotonic(), reconnects)
         await self._load()
         self._opened = True
 
+    async def _bind(self, current: StreamIdentity) -> None:
+        """Refuse another stream's file; record the stream in a new file, or adopt it in one
+        written before identities were recorded (inside the open transaction)."""
+        recorded = await identity.recorded_stream(self.db)
+        checkpoint = await identity.max_checkpoint(self.db)
+        if recorded.name is not None or checkpoint > 0:
+            head = await self.store.head()  # after the checkpoints: no commit passes it
+            problem = identity.identity_problem(recorded, current, checkpoint, head)
+            if problem is not None:
+                raise identity.refuse(self.db, problem)
+        if recorded.name is None or (recorded.created is None and current.created):
+            if recorded.name is not None:
+                log.info(
+                    "projection database adopted its stream's identity",
+                    db=str(self.db.path),
+                    stream=current.name,
+                    created=current.created,
+                    checkpoint=checkpoint,
+                )
+            await identity.record_stream(self.db, current)
+
     async def _load(self) -> None:
         """Read generation and checkpoints from the file; forget every cached state."""
+        if self._identity is not None:  # after a swap (rebuild): still this stream's fold?
+            recorded = await identity.recorded_stream(self.db)
+            if problem := identity.identity_problem(recorded, self._identity, 0, 0):
+                raise identity.refuse(self.db, problem)
         self._generation = await self.db.meta("generation") or ""
         rows = await self.db.fetchall(
             "SELECT name, checkpoint, checkpoint_us, snapshot_us, code_version FROM projections"
@@ -241,6 +283,38 @@ class Runner:
             slot.cache = {}
             slot.complete = slot.checkpoint == 0 and await self.db.count("states", p.name) == 0
             slot.clear_batch()
+
+    def _stream_checked(self, when: float, reconnects: int) -> None:
+        self._checked_at, self._reconnects = when, reconnects
+
+    def _reconnect_count(self) -> int:
+        stats = getattr(self.store.nc, "stats", None)
+        return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
+
+    async def _check_stream(self) -> None:
+        """Before a batch is folded: the log is still this file's stream. Asked again after
+        every reconnect (a server restarted on a reset store serves another stream of the same
+        name) and every ``STREAM_CHECK_INTERVAL`` seconds; while the server cannot answer, the
+        batch waits (or, when stopping, is left for the next start to read again)."""
+        if self._identity is None:
+            return
+        now, reconnects = time.monotonic(), self._reconnect_count()
+        if reconnects == self._reconnects and now - self._checked_at < STREAM_CHECK_INTERVAL:
+            return
+        while True:
+            try:
+                current = await self.store.stream_identity()
+                break
+            except NotConnected:
+                if self._stopping:
+                    raise _Resync() from None
+                await asyncio.sleep(0.5)
+        problem = identity.identity_problem(
+            RecordedStream(self._identity.name, self._identity.created or None), current, 0, 0
+        )
+        if problem is not None:
+            raise identity.refuse(self.db, problem)
+        self._stream_checked(now, reconnects)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -361,6 +435,7 @@ class Runner:
             )
             raise _Resync()
         self._expect = last + 1
+        await self._check_stream()
         await self._preload(batch)
         self._fold(batch)
         await self._commit(batch, started)
@@ -433,7 +508,7 @@ class Runner:
                 except InvalidEvent as exc:
                     out = reject(agg, msg, exc.reason)
                 else:
-                    out = step(agg, event)
+                    out = step(agg, event, len(msg.data))
             else:
                 known = memo.get(msg.seq)
                 if known is None:
@@ -442,7 +517,10 @@ class Runner:
                     except InvalidEvent as exc:
                         known = exc.reason
                     memo[msg.seq] = known
-                out = reject(agg, msg, known) if isinstance(known, str) else step(agg, known)
+                if isinstance(known, str):
+                    out = reject(agg, msg, known)
+                else:
+                    out = step(agg, known, len(msg.data))
             if out is not None:
                 if type(out) is Rejected:
                     slot.quarantine.append(quarantine.quarantine_row(name, msg, key, out))
@@ -562,14 +640,22 @@ class Runner:
             Change(a.aggregate_type, a.aggregate_id, a.version, a.seq, a.state)
             for a in slot.changed.values()
         ]
+        name = slot.projection.name
         try:
             statements = list(slot.projection.write(changes))
         except Exception as exc:
             raise ProjectionError(
-                f"projection {slot.projection.name}: write() failed for a batch: {exc!r}"
+                f"projection {name}: write() failed for a batch: {describe_error(exc)}"
             ) from exc
         for statement in statements:
-            await self.db.executemany(statement.sql, statement.rows)
+            try:
+                await self.db.executemany(statement.sql, statement.rows)
+            except (OverflowError, ValueError, TypeError) as exc:  # a value SQLite cannot bind
+                raise ProjectionError(
+                    f"projection {name}: write() returned read-model rows SQLite cannot store "
+                    f"({describe_error(exc)}); make write() check the values it takes from "
+                    "states"
+                ) from exc
 
     def _evict(self, slot: _Slot) -> None:
         """Drop the older half of a cache that grew too big (they are all committed)."""
@@ -589,6 +675,7 @@ class Runner:
     async def wait_for(self, seq: int) -> int:
         """Wait until every projection has applied stream sequence ``seq`` (read your writes;
         bound it with ``asyncio.timeout``)."""
+        check_int(seq, "seq", error=ProjectionError)
         async with self._committed:
             await self._committed.wait_for(lambda: self.checkpoint >= seq)
         return self.checkpoint

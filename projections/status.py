@@ -2,6 +2,10 @@
 
 Lag is given in events (head minus checkpoint) and in seconds: the age of the oldest event not
 yet applied (0 when caught up), which is what an operator's alert wants to know.
+
+A database that is not a fold of the connected stream (``projections.identity``: another
+stream's file, a store reset under it, a checkpoint past the head) is flagged on every line
+(``stream_mismatch``, ``problem``): its lag would mean nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import msgspec
 from eventstore.reader import StoredMessage
 from eventstore.store import EventStore
 from projections.db import ProjectionDB
+from projections.identity import identity_problem, max_checkpoint, recorded_stream
 
 __all__ = ["ProjectionStatus", "projection_status"]
 
@@ -35,6 +40,9 @@ class ProjectionStatus(msgspec.Struct, kw_only=True):
     snapshots: int
     conflicts: int
     quarantined: int
+    stream: str | None = None  # the stream the database records it folds
+    stream_mismatch: bool = False  # the database is not a fold of the connected stream
+    problem: str | None = None  # why, and what to do
 
 
 async def _recorded_at(store: EventStore, seq: int) -> datetime | None:
@@ -47,16 +55,30 @@ async def _recorded_at(store: EventStore, seq: int) -> datetime | None:
 
 
 async def projection_status(store: EventStore, db: ProjectionDB) -> list[ProjectionStatus]:
-    """The status of every projection in ``db`` against the log's head now."""
-    head = await store.head()
+    """The status of every projection in ``db`` against the log's head now (reads only)."""
+    async with db.snapshot():  # one commit's checkpoints and counts
+        infos = await db.projections()
+        recorded = await recorded_stream(db)
+        top = await max_checkpoint(db)
+        counts = {
+            info.name: [
+                await db.count(table, info.name)
+                for table in ("states", "snapshots", "conflicts", "quarantine")
+            ]
+            for info in infos
+        }
+    identity = await store.stream_identity()
+    head = await store.head()  # after the checkpoints: a worker's commits never pass it
+    problem = identity_problem(recorded, identity, top, head)
     out: list[ProjectionStatus] = []
     now = datetime.now(UTC)
-    for info in await db.projections():
+    for info in infos:
         lag = max(0, head - info.checkpoint)
         lag_seconds: float | None = 0.0
         if lag:
             oldest = await _recorded_at(store, info.checkpoint + 1)
             lag_seconds = max(0.0, (now - oldest).total_seconds()) if oldest else None
+        aggregates, snapshots, conflicts, quarantined = counts[info.name]
         out.append(
             ProjectionStatus(
                 projection=info.name,
@@ -67,10 +89,13 @@ async def projection_status(store: EventStore, db: ProjectionDB) -> list[Project
                 lag_seconds=None if lag_seconds is None else round(lag_seconds, 3),
                 checkpoint_at=info.checkpoint_at,
                 updated_at=info.updated_at,
-                aggregates=await db.count("states", info.name),
-                snapshots=await db.count("snapshots", info.name),
-                conflicts=await db.count("conflicts", info.name),
-                quarantined=await db.count("quarantine", info.name),
+                aggregates=aggregates,
+                snapshots=snapshots,
+                conflicts=conflicts,
+                quarantined=quarantined,
+                stream=recorded.name,
+                stream_mismatch=problem is not None,
+                problem=problem,
             )
         )
     return out

@@ -24,6 +24,7 @@ from eventstore.errors import InvalidEvent, ProjectionError
 from eventstore.machines import Machines
 from eventstore.reader import StoredMessage
 from eventstore.store import EventStore
+from eventstore.validate import check_optional_int
 from projections.conflicts import ConflictRecord
 from projections.db import ProjectionDB, StateCodec
 from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
@@ -32,7 +33,7 @@ from projections.projection import Projection
 from projections.snapshots import known_version_after, nearest_snapshot
 from projections.times import parse_time
 
-__all__ = ["Diff", "HistoryEntry", "PastState", "Point", "TimeTravel"]
+__all__ = ["Diff", "HistoryEntry", "PastState", "Point", "TimeTravel", "current_state"]
 
 
 class Point(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,10 +47,10 @@ class Point(msgspec.Struct, frozen=True, kw_only=True):
         given = sum(x is not None for x in (self.version, self.seq, self.at))
         if given > 1:
             raise ProjectionError("give one of version, seq or at, not several")
-        if self.version is not None and self.version < 0:
-            raise ProjectionError("a version is 0 (before the first event) or more")
-        if self.seq is not None and self.seq < 0:
-            raise ProjectionError("a stream sequence is 0 or more")
+        # A version is 0 (before the first event) or more, a stream sequence 0 or more; both
+        # fit in SQLite's INTEGER.
+        check_optional_int(self.version, "a version", error=ProjectionError)
+        check_optional_int(self.seq, "a stream sequence", error=ProjectionError)
         if self.at is not None and self.at.tzinfo is None:
             raise ProjectionError("a time needs a time zone (use ...Z for UTC)")
 
@@ -167,6 +168,39 @@ class Diff(msgspec.Struct, kw_only=True):
         }
 
 
+async def current_state(
+    db: ProjectionDB, projection: Projection[Any], aggregate_type: str, aggregate_id: str
+) -> PastState:
+    """The state ``projection`` holds now (what the worker committed last), from the database
+    alone: no server needed."""
+    agg = await db.state(StateCodec(projection), aggregate_type, aggregate_id)
+    if agg is None or agg.version == 0:
+        info = await db.projection(projection.name)
+        at = info.checkpoint if info else 0
+        raise ProjectionError(
+            f"projection {projection.name} has no state for {aggregate_type}/"
+            f"{aggregate_id} (it has folded the log up to seq {at}); check the id, or "
+            "whether the worker is running and caught up (`eventstore status`)"
+        )
+    return _past_state(agg, None, 0)
+
+
+def _past_state(agg: AggregateState, snapshot: tuple[int, int] | None, replayed: int) -> PastState:
+    return PastState(
+        aggregate_type=agg.aggregate_type,
+        aggregate_id=agg.aggregate_id,
+        version=agg.version,
+        seq=agg.seq,
+        state=agg.state,
+        vclock=agg.clock(),
+        lamport=agg.lamport,
+        recorded_at=agg.recorded_at,
+        snapshot_version=snapshot[0] if snapshot else None,
+        snapshot_seq=snapshot[1] if snapshot else None,
+        replayed=replayed,
+    )
+
+
 class TimeTravel:
     """Queries of one projection's states, now (from SQLite) and in the past (snapshot + log).
 
@@ -192,16 +226,7 @@ class TimeTravel:
         """The state the projection holds now (what the worker committed last)."""
         if self.db is None:
             raise ProjectionError("the current state needs the projection database (--db)")
-        agg = await self.db.state(self.codec, aggregate_type, aggregate_id)
-        if agg is None or agg.version == 0:
-            info = await self.db.projection(self.projection.name)
-            at = info.checkpoint if info else 0
-            raise ProjectionError(
-                f"projection {self.projection.name} has no state for {aggregate_type}/"
-                f"{aggregate_id} (it has folded the log up to seq {at}); check the id, or "
-                "whether the worker is running and caught up (`eventstore status`)"
-            )
-        return self._result(agg, None, 0)
+        return await current_state(self.db, self.projection, aggregate_type, aggregate_id)
 
     async def state_at(
         self,
@@ -398,16 +423,4 @@ class TimeTravel:
     def _result(
         self, agg: AggregateState, snapshot: tuple[int, int] | None, replayed: int
     ) -> PastState:
-        return PastState(
-            aggregate_type=agg.aggregate_type,
-            aggregate_id=agg.aggregate_id,
-            version=agg.version,
-            seq=agg.seq,
-            state=agg.state,
-            vclock=agg.clock(),
-            lamport=agg.lamport,
-            recorded_at=agg.recorded_at,
-            snapshot_version=snapshot[0] if snapshot else None,
-            snapshot_seq=snapshot[1] if snapshot else None,
-            replayed=replayed,
-        )
+        return _past_state(agg, snapshot, replayed)

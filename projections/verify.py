@@ -7,6 +7,17 @@ running worker does not get in the way) is folded from version 1 with the projec
 compared, as well as every stored snapshot of the current code version, the set of quarantined
 messages and the recorded conflicts. Every difference is reported; none is repaired (that is
 ``rebuild``).
+
+Two things fail verification that no rebuild changes, because the log itself holds them:
+
+- a valid event that the fold could not apply (a duplicate or gap version, a refused
+  transition, an ``apply`` or a resolver that failed, a state that could not be stored): it
+  was acknowledged to whoever published it, and the state does not contain it. So is an
+  undecodable message published as an event (its ``Nats-Msg-Id`` header, which producers
+  set, is the id its body names: a producer wrote something no reader can decode).
+  Quarantined messages that are not events at all are explained by the quarantine.
+- a checkpoint past the log's head: the database was folded from another stream, or from a
+  stream that was since recreated.
 """
 
 from __future__ import annotations
@@ -17,9 +28,17 @@ from typing import Any
 import msgspec
 
 from eventstore.machines import Machines
+from eventstore.reader import StoredMessage
 from eventstore.store import EventStore
 from projections.db import STATE_COLUMNS, ProjectionDB, StateCodec
-from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
+from projections.fold import (
+    AggregateState,
+    Folder,
+    MessageDecoder,
+    Rejected,
+    describe_error,
+    loose_body,
+)
 from projections.projection import Projection
 
 __all__ = ["Mismatch", "VerifyReport", "verify"]
@@ -111,6 +130,8 @@ class _Check:
         self.conflicts: dict[int, str] = {}
         self.expected_quarantine: set[int] = set()
         self.expected_conflicts: dict[int, str] = {}
+        self.not_applied: list[tuple[int, Key, Rejected]] = []  # valid events quarantined
+        self.unreadable: list[Mismatch] = []
 
 
 async def verify(
@@ -155,14 +176,19 @@ async def verify(
             rows = await db.fetchall(
                 f"SELECT {STATE_COLUMNS} FROM states WHERE projection = ?", (p.name,)
             )
-            stored[p.name] = {(r[0], r[1]): check.codec.load(r) for r in rows}
+            stored[p.name] = {}
+            for r in rows:
+                agg = _load(check, r, "state")
+                if agg is not None:
+                    stored[p.name][(r[0], r[1])] = agg
             cols = STATE_COLUMNS.replace("snapshot_version", "version")
             for r in await db.fetchall(
                 f"SELECT {cols} FROM snapshots WHERE projection = ? AND code_version = ?",
                 (p.name, p.version),
             ):
-                snap = check.codec.load(r)
-                check.snapshots[(snap.aggregate_type, snap.aggregate_id, snap.version)] = snap
+                snap = _load(check, r, "snapshot")
+                if snap is not None:
+                    check.snapshots[(snap.aggregate_type, snap.aggregate_id, snap.version)] = snap
             check.quarantined = {
                 int(r[0])
                 for r in await db.fetchall(
@@ -176,12 +202,39 @@ async def verify(
                 )
             }
         report = VerifyReport(checkpoints={c.projection.name: c.checkpoint for c in checks})
-        top = max((c.checkpoint for c in checks), default=0)
+        head = await store.head()
+        for check in checks:
+            if check.checkpoint > head:
+                mismatches.append(
+                    Mismatch(
+                        projection=check.projection.name,
+                        what="checkpoint past the log's head",
+                        expected=head,
+                        actual=check.checkpoint,
+                        detail="the database was folded from another stream, or from one that "
+                        "was recreated: point --db at this stream's file, or fold it again",
+                    )
+                )
+        top = min(head, max((c.checkpoint for c in checks), default=0))
         if top:
             await _fold_log(store, checks, top, report, mismatches)
     for check in checks:
         name = check.projection.name
         have = stored.get(name, {})
+        mismatches.extend(check.unreadable)
+        for seq, key, why in check.not_applied:
+            mismatches.append(
+                Mismatch(
+                    projection=name,
+                    what="acknowledged event not applied",
+                    aggregate_type=key[0],
+                    aggregate_id=key[1],
+                    expected=seq,
+                    actual=f"quarantined ({why.kind})",
+                    detail=f"the valid event at seq {seq} is quarantined as {why.kind}: "
+                    f"{why.reason}",
+                )
+            )
         for key, agg in check.aggs.items():
             if agg.version == 0:
                 continue
@@ -248,6 +301,34 @@ async def verify(
     return report
 
 
+def _written_as_event(msg: StoredMessage) -> bool:
+    """Whether an undecodable message was still published as an event: its ``Nats-Msg-Id``
+    header (which every eventstore producer sets) is the ``id`` its body names. Garbage from a
+    raw client carries no such pair; a producer's own append that readers cannot decode does."""
+    msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+    if not msg_id:
+        return False
+    body = loose_body(msg.data)
+    return isinstance(body, dict) and body.get("id") == msg_id
+
+
+def _load(check: _Check, row: Any, what: str) -> AggregateState | None:
+    """A stored row as an ``AggregateState``; a row that cannot be read is a mismatch."""
+    try:
+        return check.codec.load(row)
+    except Exception as exc:  # a damaged row: report it, compare the rest
+        check.unreadable.append(
+            Mismatch(
+                projection=check.projection.name,
+                what=f"stored {what} cannot be read",
+                aggregate_type=str(row[0]),
+                aggregate_id=str(row[1]),
+                detail=describe_error(exc),
+            )
+        )
+        return None
+
+
 async def _fold_log(
     store: EventStore,
     checks: list[_Check],
@@ -275,6 +356,8 @@ async def _fold_log(
                 out = check.folder.feed(agg, msg, key, decoder)
                 if isinstance(out, Rejected):
                     check.expected_quarantine.add(msg.seq)
+                    if out.kind != "undecodable" or _written_as_event(msg):
+                        check.not_applied.append((msg.seq, key, out))
                 elif out is not None:
                     check.expected_conflicts[msg.seq] = out.winner
                 if agg.version != before:

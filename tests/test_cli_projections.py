@@ -187,8 +187,10 @@ async def test_worker_then_every_query_command(
             s["conflicts"],
             s["quarantined"],
         )
-        for s in status
+        for s in status[:-1]
     ] == [("entities", 4, 4, 0, 1, 1)]
+    assert status[-1]["server"] == nats_url and status[-1]["jetstream"] == "enabled"
+    assert (status[-1]["stream"], status[-1]["last_seq"]) == (settings.name, 4)
 
     ok = await cli(nats_url, settings, db, "verify")
     assert ok.returncode == 0, ok.stdout + ok.stderr

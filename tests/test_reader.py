@@ -9,7 +9,7 @@ import msgspec
 import nats
 import pytest
 
-from eventstore import EmbeddedServer, Event, EventStore, InvalidEvent, NewEvent
+from eventstore import EmbeddedServer, Event, EventStore, InvalidEvent, Malformed, NewEvent
 
 
 async def _fill(store: EventStore) -> None:
@@ -77,28 +77,31 @@ async def test_read_all_of_an_empty_log(store: EventStore) -> None:
     assert await asyncio.wait_for(collect(), 5) == []
 
 
-async def test_malformed_event_in_the_log_is_an_invalid_event(
+async def test_malformed_event_in_the_log_is_skipped_and_reported(
     store: EventStore, nats_url: str
 ) -> None:
-    """A garbage message on an aggregate subject surfaces as InvalidEvent naming its seq."""
+    """A garbage message on an aggregate subject is skipped and reported naming its seq."""
     await store.append("agent", "g", NewEvent("Fine"))
     nc = await nats.connect(nats_url)
     await nc.jetstream().publish(store.subject("agent", "g"), b"{not json")
     await nc.close()
-    with pytest.raises(InvalidEvent, match="seq 2"):
-        [e async for e in store.read("agent", "g")]
+    skipped: list[Malformed] = []
+    assert [e.seq async for e in store.read("agent", "g", on_malformed=skipped.append)] == [1]
+    assert [(m.seq, m.kind) for m in skipped] == [(2, "undecodable")]
+    assert "seq 2" in skipped[0].reason
 
 
 async def test_subject_and_body_must_agree(store: EventStore, nats_url: str) -> None:
-    """An event whose body names another aggregate than its subject is refused on read."""
+    """An event whose body names another aggregate than its subject is skipped on read."""
     good = await store.append("agent", "x", NewEvent("Fine"))
     (ev,) = [e async for e in store.read("agent", "x")]
     body = msgspec.json.encode(msgspec.structs.replace(ev, aggregate_id="y", id="other-id"))
     nc = await nats.connect(nats_url)
     await nc.jetstream().publish(store.subject("agent", "x"), body)
     await nc.close()
-    with pytest.raises(InvalidEvent, match="stored on the subject"):
-        [e async for e in store.read_all(from_seq=good.last_seq + 1)]
+    skipped: list[Malformed] = []
+    assert [e async for e in store.read_all(good.last_seq + 1, on_malformed=skipped.append)] == []
+    assert "stored on the subject" in skipped[0].reason
 
 
 async def test_follow_sees_only_new_events_by_default(store: EventStore) -> None:
