@@ -4,35 +4,51 @@ Every failure that crosses the public API is one of these; errors of nats-py and
 translated at the boundary (``raise VersionConflict(...) from exc``) so that callers never need
 to import the driver to handle a failure.
 
-::
+Grouped by how a caller reacts::
 
     EventStoreError
-    ├── InvalidEvent          malformed event, bad id/type/subject, oversized payload
+    ├── Retryable             try the same call again later (with backoff; same event ids)
+    │   ├── NotConnected      no server answers at the URL (or the connection was lost for good)
+    │   ├── AppendTimeout     an append could not be confirmed before its deadline
+    │   └── RequestTimeout    a read, head or stream request got no answer in time
+    ├── InvalidEvent          fix the input: malformed event, bad id/type/subject, too large
     │   └── InvalidTransition state-machine transition not allowed from the current state
-    ├── VersionConflict       optimistic concurrency: expected version is not the actual one
-    ├── PermissionDenied      the server refused a publish or subscribe for this client
-    ├── NotConnected          no server answers at the URL (or the connection was lost for good)
-    ├── StreamMisconfigured   an existing stream's settings would weaken immutability
-    ├── AppendTimeout         an append could not be confirmed before its deadline
-    ├── ConfigError           a configuration file or option is invalid
+    ├── VersionConflict       read the aggregate again and decide anew
+    ├── AggregateNotFound     the aggregate has no events (or no state in the projection)
+    ├── PermissionDenied      fix the user's permissions: the server refused a subject
+    ├── ConfigError           fix a configuration file or option
+    ├── StreamMisconfigured   fix the stream: its settings would weaken immutability
+    ├── ServerError           an operator must act: the server refused or failed a request
+    │                         for a reason of its own (store full, cannot start, ...)
     └── ProjectionError       a projection database, projection or time-travel query failed
+        ├── InvalidPoint      a time-travel point that is malformed or not in the history
+        ├── CodeVersionChanged the database holds the projection at another code version
         ├── ForeignDatabase   the projection database was folded from another stream
         └── DatabaseLocked    another worker (or rebuild) holds the projection database
+
+Errors of nats-py are translated in one table (``eventstore.jetstream``'s ``translate``);
+``sqlite3`` errors at the projections boundary (``projections.db``).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AggregateNotFound",
     "AppendTimeout",
+    "CodeVersionChanged",
     "ConfigError",
     "DatabaseLocked",
     "EventStoreError",
     "ForeignDatabase",
     "InvalidEvent",
+    "InvalidPoint",
     "InvalidTransition",
     "NotConnected",
     "PermissionDenied",
     "ProjectionError",
+    "RequestTimeout",
+    "Retryable",
+    "ServerError",
     "StreamMisconfigured",
     "VersionConflict",
 ]
@@ -97,7 +113,12 @@ class PermissionDenied(EventStoreError):
         self.operation = operation
 
 
-class NotConnected(EventStoreError):
+class Retryable(EventStoreError):
+    """The same call may succeed later (a server restarting, a leader election, a slow
+    network): retry it with backoff; an append retried with the same event ids is stored once."""
+
+
+class NotConnected(Retryable):
     """No NATS server answers, or the connection is closed."""
 
     def __init__(self, url: str, detail: str = "") -> None:
@@ -124,7 +145,7 @@ class StreamMisconfigured(EventStoreError):
         self.problems = problems
 
 
-class AppendTimeout(EventStoreError):
+class AppendTimeout(Retryable):
     """An append was neither confirmed nor refused before its deadline.
 
     It may or may not be stored: retry with the same event ids, which is always safe.
@@ -139,8 +160,34 @@ class AppendTimeout(EventStoreError):
         self.timeout = timeout
 
 
+class RequestTimeout(Retryable):
+    """A JetStream request (a read, the head, stream info) got no answer before its deadline."""
+
+    def __init__(self, what: str, timeout: float, detail: str = "") -> None:
+        msg = f"{what}: no answer from the server within {timeout:g}s"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg + "; retry, or check that the server and JetStream are up")
+        self.what = what
+        self.timeout = timeout
+
+
+class AggregateNotFound(EventStoreError):
+    """The aggregate has no events in the stream (or no state in the projection yet)."""
+
+    def __init__(self, aggregate_type: str, aggregate_id: str, detail: str) -> None:
+        super().__init__(f"{aggregate_type}/{aggregate_id}: {detail}")
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+
+
 class ConfigError(EventStoreError):
     """A configuration file or option is invalid."""
+
+
+class ServerError(EventStoreError):
+    """The server refused or failed a request for a reason of its own (its store is full or
+    cannot be written, the embedded server cannot start): the message says what to do."""
 
 
 class ProjectionError(EventStoreError):
@@ -149,6 +196,25 @@ class ProjectionError(EventStoreError):
     The message names the database or aggregate and what to do (rebuild, upgrade, start a
     worker); ``sqlite3`` errors are translated into this one at the projections boundary.
     """
+
+
+class InvalidPoint(ProjectionError):
+    """A time-travel point that is malformed (several of version/seq/at, a naive time) or not
+    in the aggregate's history (a version it never reached, a start after the end)."""
+
+
+class CodeVersionChanged(ProjectionError):
+    """The database holds a projection at another code version than the running code."""
+
+    def __init__(self, path: str, projection: str, stored: str, running: str) -> None:
+        super().__init__(
+            f"projection database {path} now holds {projection} at code version {stored}, "
+            f"this process runs version {running}: restart it with that code"
+        )
+        self.path = path
+        self.projection = projection
+        self.stored = stored
+        self.running = running
 
 
 class ForeignDatabase(ProjectionError):
