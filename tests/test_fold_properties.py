@@ -93,7 +93,7 @@ def _damaged(body: bytes, draw: Any) -> bytes:
     if kind == "json":
         return json.dumps(draw(st.recursive(st.none() | st.integers(), st.lists))).encode()
     if kind == "deep":
-        depth = draw(st.integers(min_value=200, max_value=300))
+        depth: int = draw(st.integers(min_value=200, max_value=300))
         return body[:-1] + b',"data2":' + b"[" * depth + b"]" * depth + b"}"
     if kind == "field":
         obj = json.loads(body)
