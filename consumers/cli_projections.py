@@ -49,7 +49,7 @@ from eventstore.errors import ForeignDatabase, ProjectionError
 from eventstore.health import server_health
 from eventstore.logging import configure_logging
 from eventstore.store import EventStore
-from projections.conflicts import list_conflicts, resolver_from_spec
+from projections import list_conflicts, list_quarantine, resolver_from_spec
 from projections.db import ProjectionDB
 from projections.identity import check_database, check_stream_name
 from projections.loading import (
@@ -60,7 +60,6 @@ from projections.loading import (
     load_projections,
 )
 from projections.projection import Projection
-from projections.quarantine import list_quarantine
 from projections.rebuild import rebuild
 from projections.status import ProjectionStatus, projection_status
 from projections.timetravel import Point, TimeTravel, current_state
@@ -362,23 +361,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 return await verify(store, db, projections)
 
     report = run(go())
-    for mismatch in report.mismatches:
-        emit({"mismatch": mismatch.describe(), **_builtins(mismatch)})
-    emit(
-        {
-            "ok": report.ok,
-            "checkpoints": report.checkpoints,
-            "aggregates": report.aggregates,
-            "messages": report.messages,
-            "snapshots": report.snapshots,
-            "mismatches": len(report.mismatches),
-        }
-    )
-    if not report.ok:
-        sys.stderr.write(
-            f"eventstore verify: {len(report.mismatches)} mismatch(es) between the log and "
-            f"{args.db}; `eventstore rebuild` folds it again\n"
-        )
+    for line in report.lines():
+        emit(line)
+    if (verdict := report.verdict(args.db)) is not None:
+        sys.stderr.write(f"eventstore verify: {verdict}\n")
         return EXIT_ERROR
     return EXIT_OK
 

@@ -16,7 +16,7 @@ import msgspec
 
 from eventstore.events import NewEvent
 from eventstore.store import EventStore
-from projections.conflicts import list_conflicts
+from projections import list_conflicts
 from projections.db import ProjectionDB
 from projections.entities import EntitiesProjection
 from projections.runner import Runner

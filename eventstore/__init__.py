@@ -1,6 +1,7 @@
 """eventstore: the event log on NATS JetStream (events, clocks, subjects, producer, reader)."""
 
 from eventstore.clocks import LamportClock, Order, VectorClock
+from eventstore.config import read_config
 from eventstore.errors import (
     AggregateNotFound,
     AppendTimeout,
@@ -21,17 +22,32 @@ from eventstore.errors import (
     StreamMisconfigured,
     VersionConflict,
 )
-from eventstore.events import AppendResult, Envelope, Event, NewEvent, Transition
+from eventstore.events import (
+    MAX_INT,
+    MAX_NESTING,
+    TOO_DEEP,
+    AppendResult,
+    Envelope,
+    Event,
+    NewEvent,
+    Transition,
+    nesting_exceeds,
+)
 from eventstore.ids import uuid7
 from eventstore.machines import Machines, StateMachine, load_machines
 from eventstore.reader import Malformed, StoredMessage, decode_message
 from eventstore.server import EmbeddedServer
 from eventstore.store import DEFAULT_URL, AppendRequest, EventStore, StreamIdentity
 from eventstore.streams import StreamSettings
-from eventstore.subjects import decode_id, encode_id
+from eventstore.subjects import decode_id, encode_id, parse_subject
+from eventstore.validate import check_int, check_optional_int
+from eventstore.versions import next_version
 
 __all__ = [
     "DEFAULT_URL",
+    "MAX_INT",
+    "MAX_NESTING",
+    "TOO_DEEP",
     "AggregateNotFound",
     "AppendRequest",
     "AppendResult",
@@ -67,9 +83,15 @@ __all__ = [
     "Transition",
     "VectorClock",
     "VersionConflict",
+    "check_int",
+    "check_optional_int",
     "decode_id",
     "decode_message",
     "encode_id",
     "load_machines",
+    "nesting_exceeds",
+    "next_version",
+    "parse_subject",
+    "read_config",
     "uuid7",
 ]

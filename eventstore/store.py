@@ -638,3 +638,7 @@ class EventStore:
             self.subject(aggregate_type, aggregate_id), aggregate_type
         )
         return head.version
+
+    async def exists(self, aggregate_type: str, aggregate_id: str) -> bool:
+        """Whether the aggregate has any message in the stream, from the server."""
+        return await self.reader.last_seq(self.subject(aggregate_type, aggregate_id)) > 0

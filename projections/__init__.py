@@ -1,22 +1,20 @@
 """projections: folding the log into state in SQLite, now and at any point in the past."""
 
-from eventstore.errors import DatabaseLocked, ForeignDatabase, ProjectionError
+from eventstore import DatabaseLocked, ForeignDatabase, ProjectionError
 from projections.conflicts import (
     ConflictContext,
-    ConflictRecord,
     FunctionResolver,
     LastWriterWins,
     LogOrder,
     Resolution,
     Resolver,
     SourcePriority,
-    list_conflicts,
     resolver_from_spec,
 )
-from projections.db import SCHEMA_VERSION, DatabaseLock, ProjectionDB, ProjectionInfo
+from projections.db import SCHEMA_VERSION, ProjectionDB
 from projections.entities import EntitiesProjection
 from projections.fold import AggregateState, Folder
-from projections.identity import check_database
+from projections.identity import check_database, check_stream_name
 from projections.loading import (
     BUILTIN_PROJECTIONS,
     ProjectionsConfig,
@@ -24,14 +22,16 @@ from projections.loading import (
     load_projection,
     load_projections,
 )
+from projections.lock import DatabaseLock
 from projections.mergepatch import merge_patch
 from projections.projection import Change, Projection, Statement
-from projections.quarantine import QuarantineRecord, list_quarantine
 from projections.rebuild import RebuildResult, rebuild
+from projections.recorder import list_conflicts, list_quarantine
+from projections.records import ConflictRecord, ProjectionInfo, QuarantineRecord
 from projections.runner import CommitInfo, Runner, RunnerSettings
 from projections.snapshots import SnapshotPolicy
 from projections.status import ProjectionStatus, projection_status
-from projections.timetravel import Diff, HistoryEntry, PastState, Point, TimeTravel
+from projections.timetravel import Diff, HistoryEntry, PastState, Point, TimeTravel, current_state
 from projections.verify import Mismatch, VerifyReport, verify
 
 __all__ = [
@@ -73,6 +73,8 @@ __all__ = [
     "TimeTravel",
     "VerifyReport",
     "check_database",
+    "check_stream_name",
+    "current_state",
     "list_conflicts",
     "list_quarantine",
     "load_config",

@@ -13,7 +13,8 @@ order; a resolver decides which of the two takes effect last:
 When the previous event wins, the state is refolded as ``apply(apply(base, event), previous)``
 where ``base`` is the state before the previous event: both events take effect, the winner's
 last. Resolvers see nothing but the two events and the states of the fold, so the result is the
-same on every replay. Every conflict is recorded (both event ids, both clocks, the resolution).
+same on every replay. Every conflict is recorded (both event ids, both clocks, the resolution:
+``projections.records.ConflictRecord``, stored by ``projections.recorder``).
 """
 
 from __future__ import annotations
@@ -21,30 +22,19 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
-import msgspec
-
-from eventstore.errors import ConfigError
-from eventstore.events import Event
+from eventstore import ConfigError, Event
 from projections.objects import import_object
-from projections.times import from_us, to_us
-
-if TYPE_CHECKING:
-    from projections.db import ProjectionDB
 
 __all__ = [
     "ConflictContext",
-    "ConflictRecord",
     "FunctionResolver",
     "LastWriterWins",
     "LogOrder",
     "Resolution",
     "Resolver",
     "SourcePriority",
-    "conflict_row",
-    "list_conflicts",
     "resolver_from_spec",
 ]
 
@@ -229,97 +219,3 @@ def _resolver_object(spec: str, obj: Any) -> Resolver:
         f"resolver {spec!r} is not a resolver: name a Resolver instance, a resolver class "
         f"(made with no arguments) or a Python function fn(ctx), not a {type(obj).__name__}"
     )
-
-
-class ConflictRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One recorded conflict: both events, both clocks, and how it was resolved."""
-
-    projection: str
-    aggregate_type: str
-    aggregate_id: str
-    seq: int
-    version: int
-    event_id: str
-    event_producer: str
-    event_lamport: int
-    event_vclock: dict[str, int]
-    previous_id: str
-    previous_seq: int
-    previous_producer: str
-    previous_lamport: int
-    previous_vclock: dict[str, int]
-    resolver: str
-    winner: str
-    recorded_at: datetime | None = None
-
-
-INSERT_SQL = (
-    "INSERT INTO conflicts (projection, aggregate_type, aggregate_id, seq, version, event_id, "
-    "event_producer, event_lamport, event_vclock, previous_id, previous_seq, previous_producer, "
-    "previous_lamport, previous_vclock, resolver, winner, recorded_us) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_COLUMNS = (
-    "projection, aggregate_type, aggregate_id, seq, version, event_id, event_producer, "
-    "event_lamport, event_vclock, previous_id, previous_seq, previous_producer, "
-    "previous_lamport, previous_vclock, resolver, winner, recorded_us"
-)
-_encode = msgspec.json.Encoder().encode
-_clock = msgspec.json.Decoder(dict[str, int])
-
-
-def conflict_row(c: ConflictRecord) -> tuple[Any, ...]:
-    return (
-        c.projection,
-        c.aggregate_type,
-        c.aggregate_id,
-        c.seq,
-        c.version,
-        c.event_id,
-        c.event_producer,
-        c.event_lamport,
-        _encode(c.event_vclock).decode(),
-        c.previous_id,
-        c.previous_seq,
-        c.previous_producer,
-        c.previous_lamport,
-        _encode(c.previous_vclock).decode(),
-        c.resolver,
-        c.winner,
-        to_us(c.recorded_at),
-    )
-
-
-async def list_conflicts(
-    db: ProjectionDB,
-    projection: str,
-    aggregate_type: str | None = None,
-    aggregate_id: str | None = None,
-) -> list[ConflictRecord]:
-    """Recorded conflicts of a projection (optionally of one type or aggregate), by seq."""
-    from projections.db import aggregate_filter  # db imports the fold, which imports us
-
-    where, params = aggregate_filter(projection, aggregate_type, aggregate_id)
-    rows = await db.fetchall(f"SELECT {_COLUMNS} FROM conflicts WHERE {where} ORDER BY seq", params)
-    return [
-        ConflictRecord(
-            projection=r[0],
-            aggregate_type=r[1],
-            aggregate_id=r[2],
-            seq=r[3],
-            version=r[4],
-            event_id=r[5],
-            event_producer=r[6],
-            event_lamport=r[7],
-            event_vclock=_clock.decode(r[8]),
-            previous_id=r[9],
-            previous_seq=r[10],
-            previous_producer=r[11],
-            previous_lamport=r[12],
-            previous_vclock=_clock.decode(r[13]),
-            resolver=r[14],
-            winner=r[15],
-            recorded_at=from_us(r[16]),
-        )
-        for r in rows
-    ]

@@ -1,4 +1,4 @@
-"""The SQLite file of the projections: schema, migrations, and the rows of aggregate states.
+"""The SQLite file of the projections: opening it, its pragmas, migrations and transactions.
 
 One file holds every projection of a worker: their checkpoints, current states, snapshots,
 conflicts and quarantined events, and their read-model tables. It runs in WAL mode, so readers
@@ -8,7 +8,8 @@ their checkpoint, so the log replays them.
 
 The schema is versioned: migrations are applied in order, each recorded in
 ``schema_migrations`` (and ``PRAGMA user_version``); a file written by a newer eventstore is
-refused rather than misread. ``sqlite3`` errors become ``ProjectionError`` here.
+refused rather than misread. ``sqlite3`` errors become ``ProjectionError`` here. The tables
+are in ``projections.schema``; every statement on their rows is ``projections.recorder``'s.
 
 Three ways to open it:
 
@@ -27,8 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -38,238 +37,16 @@ from typing import Any
 from urllib.parse import quote
 
 import aiosqlite
-import msgspec
 import structlog
 
-from eventstore.errors import DatabaseLocked, ProjectionError
-from eventstore.events import Event
-from projections.fold import AggregateState, LastEvent
-from projections.projection import Projection
-from projections.times import from_us, to_us
+from eventstore import ProjectionError
+from projections.lock import DatabaseLock
+from projections.schema import MIGRATIONS, SCHEMA_VERSION
+from projections.times import to_us
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "STATE_COLUMNS",
-    "DatabaseLock",
-    "ProjectionDB",
-    "ProjectionInfo",
-    "StateCodec",
-    "aggregate_filter",
-]
+__all__ = ["SCHEMA_VERSION", "DatabaseLock", "ProjectionDB", "copy_database"]
 
 log = structlog.get_logger("projections.db")
-
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
-    (
-        1,
-        "projections, states, snapshots, conflicts, quarantine",
-        [
-            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-            """CREATE TABLE projections (
-                name TEXT PRIMARY KEY,
-                code_version TEXT NOT NULL,
-                checkpoint INTEGER NOT NULL DEFAULT 0,
-                checkpoint_us INTEGER,
-                updated_us INTEGER,
-                snapshot_us INTEGER
-            )""",
-            """CREATE TABLE states (
-                projection TEXT NOT NULL,
-                aggregate_type TEXT NOT NULL,
-                aggregate_id TEXT NOT NULL,
-                version INTEGER NOT NULL,
-                seq INTEGER NOT NULL,
-                state TEXT NOT NULL,
-                vclock TEXT NOT NULL,
-                lamport INTEGER NOT NULL,
-                recorded_us INTEGER,
-                resume TEXT NOT NULL,
-                base TEXT,
-                snapshot_version INTEGER NOT NULL DEFAULT 0,
-                UNIQUE (projection, aggregate_type, aggregate_id)
-            )""",
-            """CREATE TABLE snapshots (
-                projection TEXT NOT NULL,
-                aggregate_type TEXT NOT NULL,
-                aggregate_id TEXT NOT NULL,
-                version INTEGER NOT NULL,
-                seq INTEGER NOT NULL,
-                code_version TEXT NOT NULL,
-                state TEXT NOT NULL,
-                vclock TEXT NOT NULL,
-                lamport INTEGER NOT NULL,
-                recorded_us INTEGER,
-                resume TEXT NOT NULL,
-                base TEXT,
-                taken_us INTEGER NOT NULL,
-                UNIQUE (projection, aggregate_type, aggregate_id, version)
-            )""",
-            "CREATE INDEX snapshots_by_seq ON snapshots "
-            "(projection, aggregate_type, aggregate_id, seq)",
-            """CREATE TABLE conflicts (
-                id INTEGER PRIMARY KEY,
-                projection TEXT NOT NULL,
-                aggregate_type TEXT NOT NULL,
-                aggregate_id TEXT NOT NULL,
-                seq INTEGER NOT NULL,
-                version INTEGER NOT NULL,
-                event_id TEXT NOT NULL,
-                event_producer TEXT NOT NULL,
-                event_lamport INTEGER NOT NULL,
-                event_vclock TEXT NOT NULL,
-                previous_id TEXT NOT NULL,
-                previous_seq INTEGER NOT NULL,
-                previous_producer TEXT NOT NULL,
-                previous_lamport INTEGER NOT NULL,
-                previous_vclock TEXT NOT NULL,
-                resolver TEXT NOT NULL,
-                winner TEXT NOT NULL,
-                recorded_us INTEGER,
-                UNIQUE (projection, seq)
-            )""",
-            "CREATE INDEX conflicts_by_aggregate ON conflicts "
-            "(projection, aggregate_type, aggregate_id, seq)",
-            """CREATE TABLE quarantine (
-                id INTEGER PRIMARY KEY,
-                projection TEXT NOT NULL,
-                seq INTEGER NOT NULL,
-                subject TEXT NOT NULL,
-                aggregate_type TEXT,
-                aggregate_id TEXT,
-                version INTEGER,
-                event_id TEXT,
-                kind TEXT NOT NULL,
-                reason TEXT NOT NULL,
-                data BLOB,
-                recorded_us INTEGER,
-                UNIQUE (projection, seq)
-            )""",
-        ],
-    ),
-    (
-        2,
-        "snapshots by recorded time (time travel with at=)",
-        [
-            "CREATE INDEX snapshots_by_time ON snapshots "
-            "(projection, aggregate_type, aggregate_id, recorded_us)",
-        ],
-    ),
-]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-
-class _Resume(msgspec.Struct, omit_defaults=True):
-    """The part of an aggregate's position that nobody queries: kept as one JSON column."""
-
-    machine_state: str | None = None
-    last: LastEvent | None = None
-    previous: Event | None = None
-
-
-_encode = msgspec.json.Encoder().encode
-_resume_decoder = msgspec.json.Decoder(_Resume)
-_clock_decoder = msgspec.json.Decoder(dict[str, int])
-
-STATE_COLUMNS = (
-    "aggregate_type, aggregate_id, version, seq, state, vclock, lamport, recorded_us, resume, "
-    "base, snapshot_version"
-)
-
-
-class StateCodec:
-    """Turns a projection's ``AggregateState`` into a row and back."""
-
-    def __init__(self, projection: Projection[Any]) -> None:
-        self.projection = projection
-        self.name = projection.name
-        self._state = msgspec.json.Decoder(projection.state_type)
-
-    def encode_state(self, state: Any) -> str:
-        return _encode(state).decode()
-
-    def decode_state(self, text: str | bytes) -> Any:
-        return self._state.decode(text)
-
-    def row(self, agg: AggregateState) -> tuple[Any, ...]:
-        """``(projection, <STATE_COLUMNS>)`` for the states table."""
-        last = agg.last
-        if last is not None and not isinstance(last, LastEvent):
-            last = LastEvent(
-                last.id, last.seq, last.version, dict(last.vclock), last.lamport, last.producer
-            )
-        resume = _Resume(agg.machine_state, last, agg.previous)
-        return (
-            self.name,
-            agg.aggregate_type,
-            agg.aggregate_id,
-            agg.version,
-            agg.seq,
-            _encode(agg.state).decode(),
-            _encode(agg.vclock or {}).decode(),
-            agg.lamport,
-            to_us(agg.recorded_at),
-            _encode(resume).decode(),
-            None if agg.previous is None else _encode(agg.base).decode(),
-            agg.snapshot_version,
-        )
-
-    def load(self, row: Sequence[Any]) -> AggregateState:
-        """An ``AggregateState`` from the columns ``STATE_COLUMNS`` (in that order)."""
-        (
-            agg_type,
-            agg_id,
-            version,
-            seq,
-            state,
-            vclock,
-            lamport,
-            recorded_us,
-            resume,
-            base,
-            snapshot_version,
-        ) = row
-        r = _resume_decoder.decode(resume)
-        return AggregateState(
-            agg_type,
-            agg_id,
-            self._state.decode(state),
-            version=version,
-            seq=seq,
-            vclock=_clock_decoder.decode(vclock),
-            lamport=lamport,
-            recorded_at=from_us(recorded_us),
-            machine_state=r.machine_state,
-            last=r.last,
-            previous=r.previous,
-            base=self._state.decode(base) if base is not None else None,
-            snapshot_version=snapshot_version,
-        )
-
-
-class ProjectionInfo(msgspec.Struct, frozen=True):
-    """A projection's row in the registry."""
-
-    name: str
-    code_version: str
-    checkpoint: int
-    checkpoint_at: datetime | None
-    updated_at: datetime | None
-
-
-def aggregate_filter(
-    projection: str, aggregate_type: str | None, aggregate_id: str | None
-) -> tuple[str, list[Any]]:
-    """WHERE clause and parameters selecting a projection's rows, optionally of one aggregate
-    type or one aggregate (the conflicts, quarantine and states tables share these columns)."""
-    where = "projection = ?"
-    params: list[Any] = [projection]
-    if aggregate_type is not None:
-        where += " AND aggregate_type = ?"
-        params.append(aggregate_type)
-    if aggregate_id is not None:
-        where += " AND aggregate_id = ?"
-        params.append(aggregate_id)
-    return where, params
 
 
 def _exists(path: Path) -> bool:
@@ -328,77 +105,6 @@ def _check_file(path: Path, *, must_exist: bool) -> bool:
 
 def _read_only_uri(path: Path, *, immutable: bool = False) -> str:
     return f"file:{quote(str(path.absolute()))}?mode=ro" + ("&immutable=1" if immutable else "")
-
-
-class DatabaseLock:
-    """An exclusive lock on ``<db>.lock``: one writer (worker, rebuild) per database file.
-
-    ``flock`` on a file beside the database, so the kernel releases it when the process dies
-    (SIGKILL included) and a crashed worker never blocks the next one. The holder writes who it
-    is into the file, for the refusal message. Releasing removes the file; that is safe because
-    an acquirer checks that the file it locked is still the one at the path, else tries again.
-    """
-
-    def __init__(self, target: str | Path) -> None:
-        self.target = Path(target)
-        self.path = self.target.with_name(self.target.name + ".lock")
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self, role: str = "worker") -> None:
-        """Take the lock now or raise ``DatabaseLocked`` naming its holder (never waits)."""
-        if self._fd is not None:
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # a parent is a regular file, or not writable
-            raise ProjectionError(
-                f"projection database {self.target}: cannot create its directory "
-                f"{self.path.parent} ({exc.strerror or exc}); point --db / EVENTSTORE_DB at a "
-                "writable place"
-            ) from exc
-        for _ in range(20):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise ProjectionError(
-                    f"cannot create the lock file {self.path} of projection database "
-                    f"{self.target}: {exc.strerror or exc}"
-                ) from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
-                os.close(fd)
-                raise DatabaseLocked(str(self.target), holder or "process") from None
-            except OSError as exc:
-                os.close(fd)
-                raise ProjectionError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
-            try:
-                st = os.stat(self.path)
-                same = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
-            except FileNotFoundError:
-                same = False
-            if not same:  # its holder released and removed it meanwhile: lock the new one
-                os.close(fd)
-                continue
-            since = datetime.now(UTC).isoformat(timespec="seconds")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{role} (pid {os.getpid()}, since {since})\n".encode(), 0)
-            self._fd = fd
-            return
-        raise ProjectionError(f"cannot lock {self.path}: it keeps being replaced")
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)  # still holding it: whoever opened it meanwhile tries again
-        os.close(fd)
 
 
 class ProjectionDB:
@@ -552,8 +258,7 @@ class ProjectionDB:
         await self.execute("PRAGMA temp_store=MEMORY")
         await self.execute("PRAGMA cache_size=-65536")
         await self.migrate()
-        row = await self.fetchone("SELECT value FROM meta WHERE key = 'generation'")
-        self.generation = row[0] if row else ""
+        self.generation = await self.meta("generation") or ""
 
     async def migrate(self) -> None:
         """Apply pending migrations; an up-to-date file is only read (no write lock taken)."""
@@ -664,70 +369,31 @@ class ProjectionDB:
             with contextlib.suppress(ProjectionError, sqlite3.Error, ValueError):
                 await self.conn.execute("COMMIT")
 
-    # -- the registry ----------------------------------------------------------------------
-
     async def meta(self, key: str) -> str | None:
+        """A value of the ``meta`` table (the file's generation, its stream's identity)."""
         row = await self.fetchone("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else str(row[0])
 
     async def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the ``meta`` table (inside the caller's transaction)."""
         await self.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
-    async def projections(self) -> list[ProjectionInfo]:
-        rows = await self.fetchall(
-            "SELECT name, code_version, checkpoint, checkpoint_us, updated_us FROM projections "
-            "ORDER BY name"
-        )
-        return [ProjectionInfo(r[0], r[1], r[2], from_us(r[3]), from_us(r[4])) for r in rows]
+    async def truncate_wal(self) -> None:
+        """Write the write-ahead log into the file and empty it (before a copy)."""
+        await self.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    async def projection(self, name: str) -> ProjectionInfo | None:
-        for info in await self.projections():
-            if info.name == name:
-                return info
-        return None
 
-    async def reset(self, projection: Projection[Any]) -> None:
-        """Forget everything a projection folded (inside the caller's transaction)."""
-        for table in ("states", "snapshots", "conflicts", "quarantine"):
-            await self.execute(f"DELETE FROM {table} WHERE projection = ?", (projection.name,))
-        for table in projection.tables:
-            await self.execute(f'DELETE FROM "{table}"')
-        await self.execute(
-            "INSERT OR REPLACE INTO projections (name, code_version, checkpoint) VALUES (?, ?, 0)",
-            (projection.name, projection.version),
-        )
-
-    # -- reading states --------------------------------------------------------------------
-
-    async def load_states(
-        self, codec: StateCodec, keys: Iterable[tuple[str, str]]
-    ) -> dict[tuple[str, str], AggregateState]:
-        """The stored states of these aggregates (absent ones are left out)."""
-        by_type: dict[str, list[str]] = {}
-        for t, i in keys:
-            by_type.setdefault(t, []).append(i)
-        out: dict[tuple[str, str], AggregateState] = {}
-        for agg_type, ids in by_type.items():
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = await self.fetchall(
-                    f"SELECT {STATE_COLUMNS} FROM states WHERE projection = ? AND "
-                    f"aggregate_type = ? AND aggregate_id IN ({marks})",
-                    (codec.name, agg_type, *chunk),
-                )
-                for row in rows:
-                    agg = codec.load(row)
-                    out[agg.key] = agg
-        return out
-
-    async def state(
-        self, codec: StateCodec, aggregate_type: str, aggregate_id: str
-    ) -> AggregateState | None:
-        found = await self.load_states(codec, [(aggregate_type, aggregate_id)])
-        return found.get((aggregate_type, aggregate_id))
-
-    async def count(self, table: str, projection: str) -> int:
-        sql = f"SELECT count(*) FROM {table} WHERE projection = ?"
-        row = await self.fetchone(sql, (projection,))
-        return int(row[0]) if row else 0
+def copy_database(source: Path, target: Path) -> None:
+    """Copy ``source`` into ``target`` in one write transaction of ``target`` (SQLite's backup
+    API under its write lock: readers see the old or the new content, never a mix). Blocking:
+    run it in a thread; ``sqlite3.Error`` is the caller's to translate."""
+    src = sqlite3.connect(source)
+    dst = sqlite3.connect(target, timeout=60.0)
+    try:
+        dst.execute("PRAGMA busy_timeout=60000")
+        dst.execute("PRAGMA journal_mode=WAL")
+        src.backup(dst, pages=-1)
+        dst.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        dst.close()
+        src.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventstore.events import Event
+from eventstore import Event
 from projections.conflicts import Resolver
 from projections.mergepatch import merge_patch
 from projections.projection import Projection

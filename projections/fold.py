@@ -32,21 +32,22 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from eventstore.errors import InvalidEvent, InvalidTransition
-from eventstore.events import MAX_NESTING, TOO_DEEP, Event, nesting_exceeds
-from eventstore.machines import Machines
-from eventstore.reader import StoredMessage
-from eventstore.subjects import parse_subject
-from eventstore.versions import next_version
-from projections.conflicts import (
-    ConflictContext,
-    ConflictRecord,
-    LastWriterWins,
-    LogOrder,
-    SourcePriority,
+from eventstore import (
+    MAX_NESTING,
+    TOO_DEEP,
+    Event,
+    InvalidEvent,
+    InvalidTransition,
+    Machines,
+    StoredMessage,
+    nesting_exceeds,
+    next_version,
+    parse_subject,
 )
+from projections.conflicts import ConflictContext, LastWriterWins, LogOrder, SourcePriority
 from projections.entities import EntitiesProjection
 from projections.projection import Projection
+from projections.records import ConflictRecord
 
 __all__ = [
     "MAX_STATE_BYTES",

@@ -16,20 +16,30 @@ the log, and is refused when one is past the head. Nothing is repaired silently:
 
 from __future__ import annotations
 
-import msgspec
+import asyncio
+import time
+from collections.abc import Callable
 
-from eventstore.errors import ForeignDatabase
-from eventstore.store import EventStore, StreamIdentity
+import msgspec
+import structlog
+
+from eventstore import EventStore, ForeignDatabase, NotConnected, StreamIdentity
 from projections.db import ProjectionDB
+from projections.recorder import Recorder
 
 __all__ = [
     "RecordedStream",
+    "StreamWatch",
+    "bind",
     "check_database",
     "check_stream_name",
     "identity_problem",
     "recorded_stream",
 ]
 
+log = structlog.get_logger("projections.runner")
+
+STREAM_CHECK_INTERVAL = 5.0  # seconds between checks that the log is still the file's stream
 NAME_KEY = "stream"
 CREATED_KEY = "stream_created"
 
@@ -53,8 +63,29 @@ async def record_stream(db: ProjectionDB, identity: StreamIdentity) -> None:
 
 
 async def max_checkpoint(db: ProjectionDB) -> int:
-    row = await db.fetchone("SELECT max(checkpoint) FROM projections")
-    return int(row[0] or 0) if row else 0
+    return await Recorder(db).max_checkpoint()
+
+
+async def bind(store: EventStore, db: ProjectionDB, current: StreamIdentity) -> None:
+    """Refuse another stream's file; record the stream in a new file, or adopt it in one
+    written before identities were recorded (inside the caller's write transaction)."""
+    recorded = await recorded_stream(db)
+    checkpoint = await max_checkpoint(db)
+    if recorded.name is not None or checkpoint > 0:
+        head = await store.head()  # after the checkpoints: no commit passes it
+        problem = identity_problem(recorded, current, checkpoint, head)
+        if problem is not None:
+            raise refuse(db, problem)
+    if recorded.name is None or (recorded.created is None and current.created):
+        if recorded.name is not None:
+            log.info(
+                "projection database adopted its stream's identity",
+                db=str(db.path),
+                stream=current.name,
+                created=current.created,
+                checkpoint=checkpoint,
+            )
+        await record_stream(db, current)
 
 
 def identity_problem(
@@ -98,3 +129,56 @@ async def check_stream_name(db: ProjectionDB, name: str) -> str | None:
     if recorded.name is not None and recorded.name != name:
         return f"it folds stream {recorded.name!r}, not {name!r}"
     return None
+
+
+class StreamWatch:
+    """A runner's confirmation that the log it folds is still its file's stream.
+
+    Asked again before a batch after every reconnect (a server restarted on a reset store
+    serves another stream of the same name) and every ``STREAM_CHECK_INTERVAL`` seconds.
+    """
+
+    def __init__(self, store: EventStore, db: ProjectionDB) -> None:
+        self.store = store
+        self.db = db
+        self.identity: StreamIdentity | None = None  # the stream the file folds (once open)
+        self._checked_at = 0.0  # when it was last confirmed (monotonic)
+        self._reconnects = 0  # the connection's reconnect count at that moment
+
+    def reconnects(self) -> int:
+        stats = getattr(self.store.nc, "stats", None)
+        return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
+
+    def confirmed(self, identity: StreamIdentity, when: float, reconnects: int) -> None:
+        self.identity = identity
+        self._checked_at, self._reconnects = when, reconnects
+
+    async def check_file(self) -> None:
+        """The file (swapped by a rebuild, perhaps) still records this stream."""
+        if self.identity is not None:
+            recorded = await recorded_stream(self.db)
+            if problem := identity_problem(recorded, self.identity, 0, 0):
+                raise refuse(self.db, problem)
+
+    async def check(self, stopping: Callable[[], bool]) -> bool:
+        """Before a batch is folded: the log is still this file's stream (``ForeignDatabase``
+        if not). While the server cannot answer, the batch waits; False if ``stopping`` came
+        meanwhile (the batch is left for the next start to read again)."""
+        if self.identity is None:
+            return True
+        now, reconnects = time.monotonic(), self.reconnects()
+        if reconnects == self._reconnects and now - self._checked_at < STREAM_CHECK_INTERVAL:
+            return True
+        while True:
+            try:
+                current = await self.store.stream_identity()
+                break
+            except NotConnected:
+                if stopping():
+                    return False
+                await asyncio.sleep(0.5)
+        recorded = RecordedStream(self.identity.name, self.identity.created or None)
+        if (problem := identity_problem(recorded, current, 0, 0)) is not None:
+            raise refuse(self.db, problem)
+        self.confirmed(self.identity, now, reconnects)
+        return True

@@ -31,9 +31,7 @@ from typing import Any
 
 import msgspec
 
-from eventstore.config import read_config
-from eventstore.errors import ConfigError
-from eventstore.validate import MAX_INT
+from eventstore import MAX_INT, ConfigError, read_config
 from projections.conflicts import resolver_from_spec
 from projections.entities import EntitiesProjection
 from projections.objects import import_object

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from eventstore.errors import ConfigError
+from eventstore import ConfigError
 
 __all__ = ["import_object"]
 

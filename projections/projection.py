@@ -18,8 +18,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 
-from eventstore.errors import ConfigError
-from eventstore.events import Event
+from eventstore import ConfigError, Event
 from projections.conflicts import LogOrder, Resolver
 
 __all__ = ["Change", "Projection", "Statement"]

@@ -22,11 +22,11 @@ from typing import Any
 import msgspec
 import structlog
 
-from eventstore.errors import ProjectionError
-from eventstore.machines import Machines
-from eventstore.store import EventStore
-from projections.db import DatabaseLock, ProjectionDB
+from eventstore import EventStore, Machines, ProjectionError
+from projections.db import ProjectionDB, copy_database
+from projections.lock import DatabaseLock
 from projections.projection import Projection
+from projections.recorder import Recorder
 from projections.runner import CommitInfo, Runner, RunnerSettings
 
 __all__ = ["RebuildResult", "rebuild"]
@@ -53,20 +53,6 @@ def _remove(path: Path) -> None:
         # A parent that is a regular file: nothing is there to remove.
         with contextlib.suppress(NotADirectoryError):
             f.unlink(missing_ok=True)
-
-
-def _swap(fresh: Path, live: Path) -> None:
-    """Copy ``fresh`` into ``live`` in one write transaction of ``live``."""
-    src = sqlite3.connect(fresh)
-    dst = sqlite3.connect(live, timeout=60.0)
-    try:
-        dst.execute("PRAGMA busy_timeout=60000")
-        dst.execute("PRAGMA journal_mode=WAL")
-        src.backup(dst, pages=-1)
-        dst.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    finally:
-        dst.close()
-        src.close()
 
 
 async def rebuild(
@@ -116,7 +102,7 @@ async def _rebuild_locked(
     names = [p.name for p in projections]
     if await asyncio.to_thread(live.exists):
         async with await ProjectionDB.open(live) as current:
-            held = [i.name for i in await current.projections()]
+            held = [i.name for i in await Recorder(current).projections()]
         left_out = sorted(set(held) - set(names))
         if left_out:
             raise ProjectionError(
@@ -129,7 +115,7 @@ async def _rebuild_locked(
             store, fresh, projections, machines, settings, progress
         )
         try:
-            await asyncio.to_thread(_swap, fresh, live)
+            await asyncio.to_thread(copy_database, fresh, live)
         except sqlite3.Error as exc:
             raise ProjectionError(
                 f"could not swap the rebuilt database into {live}: {exc}"
@@ -182,7 +168,7 @@ async def _fold_fresh(
             if head - runner.checkpoint <= batch:
                 break
         await runner.run(follow=False, until=head)
-        await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await db.truncate_wal()
         return runner.checkpoint, runner.events_applied
     finally:
         await db.close()

@@ -17,10 +17,11 @@ from typing import cast
 
 import msgspec
 
-from eventstore.reader import StoredMessage
-from eventstore.store import EventStore
+from eventstore import EventStore, StoredMessage
 from projections.db import ProjectionDB
 from projections.identity import identity_problem, max_checkpoint, recorded_stream
+from projections.recorder import Recorder
+from projections.schema import TABLES
 
 __all__ = ["ProjectionStatus", "projection_status"]
 
@@ -56,15 +57,13 @@ async def _recorded_at(store: EventStore, seq: int) -> datetime | None:
 
 async def projection_status(store: EventStore, db: ProjectionDB) -> list[ProjectionStatus]:
     """The status of every projection in ``db`` against the log's head now (reads only)."""
+    recorder = Recorder(db)
     async with db.snapshot():  # one commit's checkpoints and counts
-        infos = await db.projections()
+        infos = await recorder.projections()
         recorded = await recorded_stream(db)
         top = await max_checkpoint(db)
         counts = {
-            info.name: [
-                await db.count(table, info.name)
-                for table in ("states", "snapshots", "conflicts", "quarantine")
-            ]
+            info.name: [await recorder.count(table, info.name) for table in TABLES]
             for info in infos
         }
     identity = await store.stream_identity()

@@ -20,17 +20,23 @@ from typing import Any, cast
 
 import msgspec
 
-from eventstore.errors import InvalidEvent, ProjectionError
-from eventstore.machines import Machines
-from eventstore.reader import StoredMessage
-from eventstore.store import EventStore
-from eventstore.validate import check_optional_int
-from projections.conflicts import ConflictRecord
-from projections.db import ProjectionDB, StateCodec
+from eventstore import (
+    AggregateNotFound,
+    EventStore,
+    InvalidEvent,
+    InvalidPoint,
+    Machines,
+    ProjectionError,
+    StoredMessage,
+    check_optional_int,
+)
+from projections.db import ProjectionDB
 from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
 from projections.mergepatch import PathChange, changes, diff
 from projections.projection import Projection
-from projections.snapshots import known_version_after, nearest_snapshot
+from projections.recorder import Recorder
+from projections.records import ConflictRecord
+from projections.rows import StateCodec
 from projections.times import parse_time
 
 __all__ = ["Diff", "HistoryEntry", "PastState", "Point", "TimeTravel", "current_state"]
@@ -46,13 +52,13 @@ class Point(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         given = sum(x is not None for x in (self.version, self.seq, self.at))
         if given > 1:
-            raise ProjectionError("give one of version, seq or at, not several")
+            raise InvalidPoint("give one of version, seq or at, not several")
         # A version is 0 (before the first event) or more, a stream sequence 0 or more; both
         # fit in SQLite's INTEGER.
-        check_optional_int(self.version, "a version", error=ProjectionError)
-        check_optional_int(self.seq, "a stream sequence", error=ProjectionError)
+        check_optional_int(self.version, "a version", error=InvalidPoint)
+        check_optional_int(self.seq, "a stream sequence", error=InvalidPoint)
         if self.at is not None and self.at.tzinfo is None:
-            raise ProjectionError("a time needs a time zone (use ...Z for UTC)")
+            raise InvalidPoint("a time needs a time zone (use ...Z for UTC)")
 
     @property
     def latest(self) -> bool:
@@ -76,7 +82,7 @@ class Point(msgspec.Struct, frozen=True, kw_only=True):
                 return cls(version=int(value))
             return cls(at=parse_time(value))
         except ValueError as exc:
-            raise ProjectionError(
+            raise InvalidPoint(
                 f"point {text!r} not understood: use version:N, seq:S, at:2025-01-13T10:30:00Z "
                 "or now"
             ) from exc
@@ -173,14 +179,17 @@ async def current_state(
 ) -> PastState:
     """The state ``projection`` holds now (what the worker committed last), from the database
     alone: no server needed."""
-    agg = await db.state(StateCodec(projection), aggregate_type, aggregate_id)
+    recorder = Recorder(db)
+    agg = await recorder.state(StateCodec(projection), aggregate_type, aggregate_id)
     if agg is None or agg.version == 0:
-        info = await db.projection(projection.name)
+        info = await recorder.projection(projection.name)
         at = info.checkpoint if info else 0
-        raise ProjectionError(
-            f"projection {projection.name} has no state for {aggregate_type}/"
-            f"{aggregate_id} (it has folded the log up to seq {at}); check the id, or "
-            "whether the worker is running and caught up (`eventstore status`)"
+        raise AggregateNotFound(
+            aggregate_type,
+            aggregate_id,
+            f"projection {projection.name} has no state for it (it has folded the log up to "
+            f"seq {at}); check the id, or whether the worker is running and caught up "
+            "(`eventstore status`)",
         )
     return _past_state(agg, None, 0)
 
@@ -218,6 +227,7 @@ class TimeTravel:
         self.store = store
         self.projection = projection
         self.db = db
+        self.recorder = Recorder(db) if db is not None else None
         self.codec = StateCodec(projection)
         self.folder = Folder(projection, machines if machines is not None else store.machines)
         self.decoder = MessageDecoder(store.settings.prefix)
@@ -284,7 +294,7 @@ class TimeTravel:
             or (end.seq is not None and end.seq < before.seq)
             or (end.at is not None and before.recorded_at and end.at < before.recorded_at)
         ):
-            raise ProjectionError(
+            raise InvalidPoint(
                 f"{start.describe() if start else 'the start'} comes after {end.describe()} "
                 f"in the history of {aggregate_type}/{aggregate_id}"
             )
@@ -302,9 +312,8 @@ class TimeTravel:
         seq read)."""
         key = (aggregate_type, aggregate_id)
         snapshot: AggregateState | None = None
-        if self.db is not None:
-            snapshot = await nearest_snapshot(
-                self.db,
+        if self.recorder is not None:
+            snapshot = await self.recorder.nearest_snapshot(
                 self.codec,
                 aggregate_type,
                 aggregate_id,
@@ -319,15 +328,15 @@ class TimeTravel:
             agg = self.folder.new(key)
             start = 1
         bound = None
-        if self.db is not None and point.version is None:
-            bound = await known_version_after(
-                self.db, self.projection.name, *key, seq=point.seq, at=point.at
+        if self.recorder is not None and point.version is None:
+            bound = await self.recorder.known_version_after(
+                self.projection.name, *key, seq=point.seq, at=point.at
             )
         replayed, position = await self._replay(agg, start, point, None, bound)
         position = max(position, start - 1)
         if point.version is not None and agg.version < point.version:
             await self._require_exists(aggregate_type, aggregate_id)
-            raise ProjectionError(
+            raise InvalidPoint(
                 f"{aggregate_type}/{aggregate_id} has no version {point.version}: "
                 f"it is at version {agg.version}"
             )
@@ -413,11 +422,9 @@ class TimeTravel:
         )
 
     async def _require_exists(self, aggregate_type: str, aggregate_id: str) -> None:
-        subject = self.store.subject(aggregate_type, aggregate_id)
-        if await self.store.reader.last_seq(subject) == 0:
-            raise ProjectionError(
-                f"no events for {aggregate_type}/{aggregate_id} in stream "
-                f"{self.store.settings.name}"
+        if not await self.store.exists(aggregate_type, aggregate_id):
+            raise AggregateNotFound(
+                aggregate_type, aggregate_id, f"no events in stream {self.store.settings.name}"
             )
 
     def _result(

@@ -27,10 +27,8 @@ from typing import Any
 
 import msgspec
 
-from eventstore.machines import Machines
-from eventstore.reader import StoredMessage
-from eventstore.store import EventStore
-from projections.db import STATE_COLUMNS, ProjectionDB, StateCodec
+from eventstore import EventStore, Machines, StoredMessage
+from projections.db import ProjectionDB
 from projections.fold import (
     AggregateState,
     Folder,
@@ -40,6 +38,8 @@ from projections.fold import (
     loose_body,
 )
 from projections.projection import Projection
+from projections.recorder import Recorder
+from projections.rows import StateCodec
 
 __all__ = ["Mismatch", "VerifyReport", "verify"]
 
@@ -80,6 +80,34 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     @property
     def ok(self) -> bool:
         return not self.mismatches
+
+    def summary(self) -> dict[str, Any]:
+        """What was compared and how many mismatches were found (the last line of output)."""
+        return {
+            "ok": self.ok,
+            "checkpoints": self.checkpoints,
+            "aggregates": self.aggregates,
+            "messages": self.messages,
+            "snapshots": self.snapshots,
+            "mismatches": len(self.mismatches),
+        }
+
+    def lines(self) -> list[dict[str, Any]]:
+        """One object per mismatch (its description and fields), then the summary."""
+        out: list[dict[str, Any]] = [
+            {"mismatch": m.describe(), **msgspec.to_builtins(m)} for m in self.mismatches
+        ]
+        out.append(self.summary())
+        return out
+
+    def verdict(self, db: object) -> str | None:
+        """What to tell the user when ``db`` failed verification (None when it passed)."""
+        if self.ok:
+            return None
+        return (
+            f"{len(self.mismatches)} mismatch(es) between the log and {db}; "
+            "`eventstore rebuild` folds it again"
+        )
 
 
 def _view(agg: AggregateState) -> dict[str, Any]:
@@ -146,8 +174,9 @@ async def verify(
     mismatches: list[Mismatch] = []
     checks: list[_Check] = []
     stored: dict[str, dict[Key, AggregateState]] = {}
+    recorder = Recorder(db)
     async with db.snapshot():
-        infos = {i.name: i for i in await db.projections()}
+        infos = {i.name: i for i in await recorder.projections()}
         for p in projections:
             info = infos.get(p.name)
             if info is None:
@@ -173,34 +202,17 @@ async def verify(
             check = _Check(p, machines)
             check.checkpoint = info.checkpoint
             checks.append(check)
-            rows = await db.fetchall(
-                f"SELECT {STATE_COLUMNS} FROM states WHERE projection = ?", (p.name,)
-            )
             stored[p.name] = {}
-            for r in rows:
+            for r in await recorder.state_rows(p.name):
                 agg = _load(check, r, "state")
                 if agg is not None:
                     stored[p.name][(r[0], r[1])] = agg
-            cols = STATE_COLUMNS.replace("snapshot_version", "version")
-            for r in await db.fetchall(
-                f"SELECT {cols} FROM snapshots WHERE projection = ? AND code_version = ?",
-                (p.name, p.version),
-            ):
+            for r in await recorder.snapshot_rows(p.name, p.version):
                 snap = _load(check, r, "snapshot")
                 if snap is not None:
                     check.snapshots[(snap.aggregate_type, snap.aggregate_id, snap.version)] = snap
-            check.quarantined = {
-                int(r[0])
-                for r in await db.fetchall(
-                    "SELECT seq FROM quarantine WHERE projection = ?", (p.name,)
-                )
-            }
-            check.conflicts = {
-                int(r[0]): str(r[1])
-                for r in await db.fetchall(
-                    "SELECT seq, winner FROM conflicts WHERE projection = ?", (p.name,)
-                )
-            }
+            check.quarantined = await recorder.quarantined_seqs(p.name)
+            check.conflicts = await recorder.conflict_winners(p.name)
         report = VerifyReport(checkpoints={c.projection.name: c.checkpoint for c in checks})
         head = await store.head()
         for check in checks:

@@ -214,7 +214,7 @@ async def test_worker_then_every_query_command(
     assert (await cli(nats_url, settings, db, "verify")).returncode == 0
 
     missing = await cli(nats_url, settings, db, "state", "agent", "nobody")
-    assert "has no state for agent/nobody" in one_error_line(missing)
+    assert "agent/nobody: projection entities has no state" in one_error_line(missing)
     two = await cli(
         nats_url, settings, db, "state", "agent", "asst_qa", "--version", "1", "--seq", "1"
     )

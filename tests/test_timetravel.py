@@ -13,7 +13,7 @@ from helpers_projections import brute_entities, log_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventstore import EventStore, NewEvent, StreamSettings
+from eventstore import AggregateNotFound, EventStore, NewEvent, StreamSettings
 from projections import (
     EntitiesProjection,
     LastWriterWins,
@@ -250,11 +250,11 @@ async def test_bad_questions_get_clear_errors(store: EventStore, tmp_path: Path)
     await store.append("agent", "e", NewEvent("Created"))
     async with await ProjectionDB.open(tmp_path / "e.db") as db:
         tt = TimeTravel(store, EntitiesProjection(), db)
-        with pytest.raises(ProjectionError, match="no events for agent/nobody"):
+        with pytest.raises(AggregateNotFound, match="agent/nobody: no events in stream"):
             await tt.state_at("agent", "nobody", version=1)
         with pytest.raises(ProjectionError, match="has no version 5: it is at version 1"):
             await tt.state_at("agent", "e", version=5)
-        with pytest.raises(ProjectionError, match="has no state for agent/e"):
+        with pytest.raises(AggregateNotFound, match="agent/e: projection entities has no state"):
             await tt.current("agent", "e")  # no worker has folded it yet
     with pytest.raises(ProjectionError, match="one of version, seq or at"):
         Point(version=1, seq=2)

@@ -1,0 +1,110 @@
+"""The schema of a projection database: its tables, as the migrations that make them.
+
+Each migration is ``(version, description, statements)``, applied in order by
+``ProjectionDB.migrate`` and recorded in ``schema_migrations`` (and ``PRAGMA user_version``).
+A migration is never changed once released: a new one is added.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES"]
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "projections, states, snapshots, conflicts, quarantine",
+        [
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            """CREATE TABLE projections (
+                name TEXT PRIMARY KEY,
+                code_version TEXT NOT NULL,
+                checkpoint INTEGER NOT NULL DEFAULT 0,
+                checkpoint_us INTEGER,
+                updated_us INTEGER,
+                snapshot_us INTEGER
+            )""",
+            """CREATE TABLE states (
+                projection TEXT NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                seq INTEGER NOT NULL,
+                state TEXT NOT NULL,
+                vclock TEXT NOT NULL,
+                lamport INTEGER NOT NULL,
+                recorded_us INTEGER,
+                resume TEXT NOT NULL,
+                base TEXT,
+                snapshot_version INTEGER NOT NULL DEFAULT 0,
+                UNIQUE (projection, aggregate_type, aggregate_id)
+            )""",
+            """CREATE TABLE snapshots (
+                projection TEXT NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                seq INTEGER NOT NULL,
+                code_version TEXT NOT NULL,
+                state TEXT NOT NULL,
+                vclock TEXT NOT NULL,
+                lamport INTEGER NOT NULL,
+                recorded_us INTEGER,
+                resume TEXT NOT NULL,
+                base TEXT,
+                taken_us INTEGER NOT NULL,
+                UNIQUE (projection, aggregate_type, aggregate_id, version)
+            )""",
+            "CREATE INDEX snapshots_by_seq ON snapshots "
+            "(projection, aggregate_type, aggregate_id, seq)",
+            """CREATE TABLE conflicts (
+                id INTEGER PRIMARY KEY,
+                projection TEXT NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                version INTEGER NOT NULL,
+                event_id TEXT NOT NULL,
+                event_producer TEXT NOT NULL,
+                event_lamport INTEGER NOT NULL,
+                event_vclock TEXT NOT NULL,
+                previous_id TEXT NOT NULL,
+                previous_seq INTEGER NOT NULL,
+                previous_producer TEXT NOT NULL,
+                previous_lamport INTEGER NOT NULL,
+                previous_vclock TEXT NOT NULL,
+                resolver TEXT NOT NULL,
+                winner TEXT NOT NULL,
+                recorded_us INTEGER,
+                UNIQUE (projection, seq)
+            )""",
+            "CREATE INDEX conflicts_by_aggregate ON conflicts "
+            "(projection, aggregate_type, aggregate_id, seq)",
+            """CREATE TABLE quarantine (
+                id INTEGER PRIMARY KEY,
+                projection TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                subject TEXT NOT NULL,
+                aggregate_type TEXT,
+                aggregate_id TEXT,
+                version INTEGER,
+                event_id TEXT,
+                kind TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                data BLOB,
+                recorded_us INTEGER,
+                UNIQUE (projection, seq)
+            )""",
+        ],
+    ),
+    (
+        2,
+        "snapshots by recorded time (time travel with at=)",
+        [
+            "CREATE INDEX snapshots_by_time ON snapshots "
+            "(projection, aggregate_type, aggregate_id, recorded_us)",
+        ],
+    ),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+# The tables holding one projection's rows (all keyed by a ``projection`` column).
+TABLES = ("states", "snapshots", "conflicts", "quarantine")

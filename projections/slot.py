@@ -1,0 +1,124 @@
+"""One projection inside a runner: its fold, its cache of states, and what a batch produced.
+
+Every projection of a runner folds each batch into its cached states here (the runner's hot
+loop); what the batch produced (changed states, snapshot, conflict and quarantine rows) is the
+``SlotBatch`` that ``projections.recorder`` commits with the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from eventstore import Event, InvalidEvent, StoredMessage
+from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
+from projections.rows import SlotBatch, conflict_row, quarantine_row, snapshot_row
+
+__all__ = ["Slot"]
+
+log = structlog.get_logger("projections.runner")
+
+Key = tuple[str, str]
+
+
+@dataclass(eq=False)
+class Slot(SlotBatch):
+    """One projection inside a runner: its fold, its cache and what the batch produced (the
+    ``SlotBatch`` the recorder commits)."""
+
+    folder: Folder | None = None
+    checkpoint: int = 0
+    checkpoint_us: int | None = None
+    snapshot_us: int = 0
+    cache: dict[Key, AggregateState] = field(default_factory=dict)
+    complete: bool = False  # the cache holds every aggregate the file has
+    changed: dict[Key, AggregateState] = field(default_factory=dict)
+
+    def clear_batch(self) -> None:
+        self.changed = {}
+        self.snapshots = []
+        self.conflicts = []
+        self.quarantine = []
+        self.periodic = False
+
+    def fold(
+        self,
+        batch: list[StoredMessage],
+        decoder: MessageDecoder,
+        memo: dict[int, Event | str] | None,
+        taken_us: int,
+        every: int,
+    ) -> None:
+        """Fold the batch into the cached states (the runner's hot loop): the messages past
+        the checkpoint, decoded once for all projections when ``memo`` is given; a snapshot
+        row for every aggregate reaching a multiple of ``every`` versions."""
+        slot = self
+        p = slot.projection
+        name, code_version, types = p.name, p.version, p.aggregate_types
+        checkpoint, cache, changed = slot.checkpoint, slot.cache, slot.changed
+        folder = slot.folder
+        assert folder is not None
+        new, step, reject = folder.new, folder.step, folder.reject
+        key_of, decode = decoder.key, decoder.event
+        for msg in batch:
+            if msg.seq <= checkpoint:
+                continue
+            key = key_of(msg.subject)
+            if key is None:
+                why = Rejected("undecodable", f"subject {msg.subject!r} names no aggregate")
+                slot.quarantine.append(quarantine_row(name, msg, None, why))
+                log.warning(
+                    "message quarantined",
+                    projection=name,
+                    seq=msg.seq,
+                    subject=msg.subject,
+                    kind=why.kind,
+                    reason=why.reason,
+                )
+                continue
+            if types and key[0] not in types:
+                continue
+            agg = cache.get(key)
+            if agg is None:
+                agg = cache[key] = new(key)
+            before = agg.version
+            out: Any
+            if memo is None:
+                try:
+                    event = decode(msg, key)
+                except InvalidEvent as exc:
+                    out = reject(agg, msg, exc.reason)
+                else:
+                    out = step(agg, event, len(msg.data))
+            else:
+                known = memo.get(msg.seq)
+                if known is None:
+                    try:
+                        known = decode(msg, key)
+                    except InvalidEvent as exc:
+                        known = exc.reason
+                    memo[msg.seq] = known
+                if isinstance(known, str):
+                    out = reject(agg, msg, known)
+                else:
+                    out = step(agg, known, len(msg.data))
+            if out is not None:
+                if type(out) is Rejected:
+                    slot.quarantine.append(quarantine_row(name, msg, key, out))
+                    log.warning(
+                        "message quarantined",
+                        projection=name,
+                        seq=msg.seq,
+                        aggregate=f"{key[0]}/{key[1]}",
+                        kind=out.kind,
+                        reason=out.reason,
+                    )
+                else:
+                    slot.conflicts.append(conflict_row(out))
+            if agg.version != before:
+                changed[key] = agg
+                if agg.version % every == 0:
+                    agg.snapshot_version = agg.version
+                    slot.snapshots.append(snapshot_row(slot.codec, agg, code_version, taken_us))
