@@ -21,17 +21,31 @@ from eventstore.errors import (
     StreamMisconfigured,
     VersionConflict,
 )
-from eventstore.events import AppendResult, Envelope, Event, NewEvent, Transition
+from eventstore.events import (
+    AppendResult,
+    Envelope,
+    Event,
+    NewEvent,
+    Transition,
+    validate_aggregate_type,
+)
+from eventstore.health import SERVER_HEALTH_SUBJECT, server_health
 from eventstore.ids import uuid7
+from eventstore.logging import configure_logging
 from eventstore.machines import Machines, StateMachine, load_machines
+from eventstore.permissions import ROLES, permissions
 from eventstore.reader import Malformed, StoredMessage, decode_message
-from eventstore.server import EmbeddedServer
+from eventstore.server import EmbeddedServer, free_port
 from eventstore.store import DEFAULT_URL, AppendRequest, EventStore, StreamIdentity
-from eventstore.streams import StreamSettings
+from eventstore.streams import StreamSettings, validate_stream_name, validate_stream_prefix
 from eventstore.subjects import decode_id, encode_id
+from eventstore.validate import MAX_INT
 
 __all__ = [
     "DEFAULT_URL",
+    "MAX_INT",
+    "ROLES",
+    "SERVER_HEALTH_SUBJECT",
     "AggregateNotFound",
     "AppendRequest",
     "AppendResult",
@@ -67,9 +81,16 @@ __all__ = [
     "Transition",
     "VectorClock",
     "VersionConflict",
+    "configure_logging",
     "decode_id",
     "decode_message",
     "encode_id",
+    "free_port",
     "load_machines",
+    "permissions",
+    "server_health",
     "uuid7",
+    "validate_aggregate_type",
+    "validate_stream_name",
+    "validate_stream_prefix",
 ]

@@ -16,7 +16,7 @@ from projections.conflicts import (
 from projections.db import SCHEMA_VERSION, DatabaseLock, ProjectionDB, ProjectionInfo
 from projections.entities import EntitiesProjection
 from projections.fold import AggregateState, Folder
-from projections.identity import check_database
+from projections.identity import check_database, check_stream_name
 from projections.loading import (
     BUILTIN_PROJECTIONS,
     ProjectionsConfig,
@@ -31,7 +31,7 @@ from projections.rebuild import RebuildResult, rebuild
 from projections.runner import CommitInfo, Runner, RunnerSettings
 from projections.snapshots import SnapshotPolicy
 from projections.status import ProjectionStatus, projection_status
-from projections.timetravel import Diff, HistoryEntry, PastState, Point, TimeTravel
+from projections.timetravel import Diff, HistoryEntry, PastState, Point, TimeTravel, current_state
 from projections.verify import Mismatch, VerifyReport, verify
 
 __all__ = [
@@ -73,6 +73,8 @@ __all__ = [
     "TimeTravel",
     "VerifyReport",
     "check_database",
+    "check_stream_name",
+    "current_state",
     "list_conflicts",
     "list_quarantine",
     "load_config",
