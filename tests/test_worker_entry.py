@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from helpers_projections import scalar, tail
 
+from consumers import Worker
 from eventstore import EventStore, NewEvent, StreamSettings
 from eventstore.server import free_port
 
@@ -111,3 +112,34 @@ async def test_every_entry_point_folds_with_the_configured_machines(
     assert kinds == "transition", tail(log)
     ok = scalar(db, "SELECT json_extract(state, '$.status') FROM states WHERE aggregate_id = 'ok'")
     assert ok == "Running"
+
+
+def test_from_config_reads_machines_projections_and_settings(tmp_path: Path) -> None:
+    """``Worker.from_config`` takes the config's machines, its load list plus the projections
+    given, and its runner settings, before anything connects."""
+    config = tmp_path / "es.toml"
+    config.write_text(MACHINES + '\n[projections]\nload = ["entities"]\nbatch_size = 7\n')
+    worker = Worker.from_config(db=tmp_path / "x.db", config=config)
+    assert "agent" in worker.machines
+    assert [p.name for p in worker.projections] == ["entities"]
+    assert worker.settings is not None and worker.settings.batch_size == 7
+    assert worker.store is None  # nothing connected yet
+
+
+async def test_run_until_folds_then_stops_on_the_event(store: EventStore, tmp_path: Path) -> None:
+    """In process: ``run_until(stop)`` folds what the log holds and, once ``stop`` is set,
+    returns the checkpoint it committed; the store it opened is closed again."""
+    last = await store.append("agent", "a", [NewEvent("E", {"i": i}) for i in range(5)])
+    worker = Worker.from_config(url=store.url, stream=store.settings, db=tmp_path / "w.db")
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    running = asyncio.create_task(worker.run_until(stop, on_ready=lambda _: ready.set()))
+    await asyncio.wait_for(ready.wait(), 10)
+    assert worker.runner is not None
+    async with asyncio.timeout(10):
+        while worker.runner.checkpoint < last.last_seq:
+            await asyncio.sleep(0.02)
+    stop.set()
+    assert await asyncio.wait_for(running, 10) == last.last_seq
+    assert worker.store is None
+    assert scalar(tmp_path / "w.db", "SELECT version FROM states WHERE aggregate_id = 'a'") == 5
