@@ -14,9 +14,11 @@ if TYPE_CHECKING:
     from consumers.cli import main
     from consumers.demo import Demo, demo_environment, publish_lifecycles, run_demo
     from consumers.serve import embedded_server, serve_until
+    from consumers.worker import Worker
 
 __all__ = [
     "Demo",
+    "Worker",
     "demo_environment",
     "embedded_server",
     "main",
@@ -33,6 +35,7 @@ _WHERE = {
     "publish_lifecycles": "consumers.demo",
     "run_demo": "consumers.demo",
     "serve_until": "consumers.serve",
+    "Worker": "consumers.worker",
 }
 
 

@@ -40,10 +40,7 @@ from consumers.cliutil import (
     url_port,
 )
 from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
-from eventstore.events import NewEvent
-from eventstore.logging import configure_logging
-from eventstore.permissions import ROLES, permissions
-from eventstore.reader import Malformed
+from eventstore import ROLES, Malformed, NewEvent, configure_logging, permissions
 
 __all__ = ["build_parser", "main"]
 
@@ -243,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--store-dir", default=str(DEFAULT_STORE_DIR), type=non_empty,
         help=f"JetStream store directory (default ./{DEFAULT_STORE_DIR})",
     )  # fmt: skip
-    p.set_defaults(func=cmd_server)
+    p.set_defaults(func=cmd_server, service=True)
 
     p = command(
         sub, "demo", help="simulated agents publish their lifecycles on a fresh server, "
@@ -270,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``eventstore`` command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, service=getattr(args, "service", False))
     return run_command(args.func, args)
 
 

@@ -37,13 +37,19 @@ from urllib.parse import urlsplit
 import msgspec
 import structlog
 
-from eventstore.errors import EventStoreError, NotConnected
-from eventstore.events import validate_aggregate_type
-from eventstore.machines import load_machines
-from eventstore.store import DEFAULT_URL, EventStore
-from eventstore.streams import StreamSettings, validate_stream_name, validate_stream_prefix
-from eventstore.subjects import encode_id
-from eventstore.validate import MAX_INT
+from consumers.connection import CONNECT_TIMEOUT, connect_store
+from eventstore import (
+    DEFAULT_URL,
+    MAX_INT,
+    EventStore,
+    EventStoreError,
+    StreamSettings,
+    encode_id,
+    load_machines,
+    validate_aggregate_type,
+    validate_stream_name,
+    validate_stream_prefix,
+)
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -84,9 +90,6 @@ EXIT_ERROR = 1  # the command failed: one line on stderr says why
 EXIT_USAGE = 2  # bad arguments (argparse): one line on stderr says which
 EXIT_INTERRUPTED = 130  # a one-shot command interrupted by Ctrl-C
 
-# How long to wait for a server to answer before saying there is none. nats-py retries the
-# first connection forever when reconnects are unlimited, so the CLI bounds it itself.
-CONNECT_TIMEOUT = 5.0
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
@@ -161,8 +164,8 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
         default=default(_env("EVENTSTORE_LOG_LEVEL", "warning")),
         choices=LOG_LEVELS,
         type=log_level,
-        help="log level of the structured logs on stderr (env EVENTSTORE_LOG_LEVEL, "
-        "default warning)",
+        help="log level of the structured logs, on stderr (on stdout for the services: worker, "
+        "up, server) (env EVENTSTORE_LOG_LEVEL, default warning)",
     )
 
 
@@ -217,21 +220,14 @@ async def open_store(
     Fails with ``NotConnected`` (naming the URL and how to start a server) when nothing
     answers within ``CONNECT_TIMEOUT`` seconds.
     """
-    machines = load_machines(args.config)
-    try:
-        store = await asyncio.wait_for(
-            EventStore.connect(
-                args.url,
-                # An empty --producer is an invalid name, not a reason to pick another one.
-                producer=producer if producer is not None else default_producer(),
-                stream=stream_settings(args),
-                machines=machines,
-                clock_block=clock_block,
-            ),
-            CONNECT_TIMEOUT,
-        )
-    except TimeoutError as exc:
-        raise NotConnected(args.url, f"nothing answered within {CONNECT_TIMEOUT:g}s") from exc
+    store = await connect_store(
+        args.url,
+        # An empty --producer is an invalid name, not a reason to pick another one.
+        producer=producer if producer is not None else default_producer(),
+        stream=stream_settings(args),
+        machines=load_machines(args.config),
+        clock_block=clock_block,
+    )
     try:
         yield store
     finally:

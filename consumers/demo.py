@@ -27,12 +27,18 @@ from typing import Any, TextIO
 
 from consumers.projections_demo import demo_projections
 from consumers.serve import embedded_server
-from eventstore.errors import InvalidTransition, VersionConflict
-from eventstore.events import AppendResult, Event, NewEvent
-from eventstore.machines import Machines
-from eventstore.server import EmbeddedServer, free_port
-from eventstore.store import EventStore
-from eventstore.streams import StreamSettings
+from eventstore import (
+    AppendResult,
+    EmbeddedServer,
+    Event,
+    EventStore,
+    InvalidTransition,
+    Machines,
+    NewEvent,
+    StreamSettings,
+    VersionConflict,
+    free_port,
+)
 
 __all__ = [
     "AGENTS",

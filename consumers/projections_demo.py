@@ -14,13 +14,8 @@ from typing import TextIO
 
 import msgspec
 
-from eventstore.events import NewEvent
-from eventstore.store import EventStore
-from projections import list_conflicts
-from projections.db import ProjectionDB
-from projections.entities import EntitiesProjection
-from projections.runner import Runner
-from projections.timetravel import TimeTravel
+from eventstore import EventStore, NewEvent
+from projections import EntitiesProjection, ProjectionDB, Runner, TimeTravel, list_conflicts
 
 __all__ = ["CONFLICT_AGGREGATE", "demo_projections"]
 
@@ -38,12 +33,13 @@ async def demo_projections(
 ) -> None:
     """Run a worker to catch-up on ``store``'s log and show what the projection answers."""
     say = (out or sys.stdout).write
-    agg_type, agg_id = CONFLICT_AGGREGATE
-    await store.append(agg_type, agg_id, NewEvent("ConfigSet", {"model": "gpt-4", "temp": 0.7}))
-    await store.append(agg_type, agg_id, NewEvent("ConfigSet", {"temp": 0.2}))
+    aggregate_type, aggregate_id = CONFLICT_AGGREGATE
+    key = (aggregate_type, aggregate_id)
+    await store.append(*key, NewEvent("ConfigSet", {"model": "gpt-4", "temp": 0.7}))
+    await store.append(*key, NewEvent("ConfigSet", {"temp": 0.2}))
     async with await EventStore.connect(store.url, producer=RIVAL, stream=store.settings) as rival:
         # The rival never read the config: its clock is concurrent with the last change.
-        await rival.append(agg_type, agg_id, NewEvent("ConfigSet", {"model": "gpt-4o"}))
+        await rival.append(*key, NewEvent("ConfigSet", {"model": "gpt-4o"}))
     projection = EntitiesProjection()
     async with await ProjectionDB.open(db_path) as db:
         runner = Runner(store, db, [projection])
@@ -68,13 +64,14 @@ async def demo_projections(
             f"time travel    {shown[0]}/{shown[1]} at version {past.version}: "
             f"{_show(past.state)} ({snap}, {past.replayed} events replayed from the log)\n"
         )
-        for c in await list_conflicts(db, projection.name, agg_type, agg_id):
+        for c in await list_conflicts(db, projection.name, *key):
             say(
                 f"conflict       {c.aggregate_type}/{c.aggregate_id} v{c.version}: "
                 f"{c.event_producer} {_show(c.event_vclock)} concurrent with "
                 f"{c.previous_producer} {_show(c.previous_vclock)}; {c.resolver}: {c.winner} "
                 "wins\n"
             )
-        final = await tt.current(agg_type, agg_id)
-        say(f"state now      {agg_type}/{agg_id} v{final.version}: {_show(final.state)}\n")
+        final = await tt.current(*key)
+        say(f"state now      {aggregate_type}/{aggregate_id} v{final.version}: "
+            f"{_show(final.state)}\n")  # fmt: skip
     (out or sys.stdout).flush()

@@ -20,11 +20,13 @@ from typing import Any
 import msgspec
 import structlog
 
-from eventstore.errors import EventStoreError
-from eventstore.health import SERVER_HEALTH_SUBJECT
-from eventstore.server import EmbeddedServer
-from eventstore.store import EventStore
-from eventstore.streams import StreamSettings
+from eventstore import (
+    SERVER_HEALTH_SUBJECT,
+    EmbeddedServer,
+    EventStore,
+    EventStoreError,
+    StreamSettings,
+)
 
 __all__ = ["DEFAULT_STORE_DIR", "embedded_server", "serve_until"]
 

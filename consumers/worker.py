@@ -1,9 +1,16 @@
-"""The projection worker: runs projections over the log until told to stop.
+"""The projection worker: one library object that runs projections over the log until told to
+stop, built the same way by every entry point.
+
+``Worker.from_config(url=..., stream=..., db=..., config=..., projections=[...])`` reads
+everything a worker folds with from the config file (``[machines]``, the ``[projections]``
+load list and runner settings) plus the options given; ``await worker.run_until(stop)``
+connects, folds until ``stop`` is set and closes. ``eventstore worker``, ``eventstore up`` and
+``python -m consumers.worker`` (what the crash tests kill) all build one, so none of them can
+fold with other rules than the others.
 
 On SIGTERM or SIGINT it finishes the batch in hand, commits it with its checkpoint, and exits
 0; a restart (or a SIGKILL and a restart) resumes from the checkpoint in SQLite, so every event
-takes effect exactly once. ``python -m consumers.worker`` runs one without the rest of the CLI
-(what the crash tests kill); ``eventstore worker`` is the same thing with the CLI's options.
+takes effect exactly once.
 
 One worker per database: it holds ``<db>.lock`` while it runs, so a second one on the same
 file exits 1 at once, naming the first (``DatabaseLocked``); the lock dies with the process,
@@ -16,75 +23,161 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import structlog
 
-from eventstore.errors import EventStoreError
-from eventstore.logging import configure_logging
-from eventstore.machines import Machines, load_machines
-from eventstore.store import DEFAULT_URL, EventStore
-from eventstore.streams import StreamSettings
-from projections.db import ProjectionDB
-from projections.loading import load_config, load_projections
-from projections.projection import Projection
-from projections.runner import Runner, RunnerSettings
+from consumers.connection import CONNECT_TIMEOUT, connect_store
+from eventstore import (
+    DEFAULT_URL,
+    EventStore,
+    Machines,
+    StreamSettings,
+    configure_logging,
+    load_machines,
+)
+from projections import (
+    Projection,
+    ProjectionDB,
+    Runner,
+    RunnerSettings,
+    load_config,
+    load_projections,
+)
 
-__all__ = ["WORKER_PRODUCER", "main", "run_worker"]
+__all__ = ["WORKER_PRODUCER", "Worker", "main"]
 
 log = structlog.get_logger("consumers.worker")
 
 WORKER_PRODUCER = "projections-worker"
 
 
-async def run_worker(
-    store: EventStore,
-    db_path: str | Path,
-    projections: Sequence[Projection[Any]],
-    *,
-    stop: asyncio.Event,
-    machines: Machines | None = None,
-    settings: RunnerSettings | None = None,
-    on_ready: Callable[[Runner], None] | None = None,
-    reset: bool = False,
-) -> int:
-    """Fold the log into ``db_path`` until ``stop`` is set; returns the final checkpoint.
+class Worker:
+    """A projection worker: where the log is, which database it folds into, with which
+    projections, state machines and runner settings.
 
-    ``reset``: drop what the file holds and fold the stream from seq 1 (on purpose, e.g. after
-    the store was reset, when the worker refuses the file as another stream's)."""
-    async with await ProjectionDB.open(db_path, lock=True) as db:
-        runner = Runner(store, db, projections, machines=machines, settings=settings)
-        await runner.open(reset=reset)
-        head = await store.head()
-        log.info(
-            "worker ready",
-            db=str(db_path),
-            stream=store.settings.name,
-            projections=[p.name for p in projections],
-            checkpoint=runner.checkpoint,
-            head=head,
+    ``run_until(stop)`` is the one way to run it. ``async with worker:`` connects it first
+    (``worker.store`` is then open) and closes it on the way out; ``run_until`` outside one
+    connects and closes by itself.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str = DEFAULT_URL,
+        stream: StreamSettings | None = None,
+        db: str | Path = "./eventstore.db",
+        projections: Sequence[Projection[Any]],
+        machines: Machines | None = None,
+        settings: RunnerSettings | None = None,
+        reset: bool = False,
+        producer: str = WORKER_PRODUCER,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self.stream = stream or StreamSettings()
+        self.db = Path(db)
+        self.projections = list(projections)
+        self.machines = machines if machines is not None else Machines()
+        self.settings = settings
+        self.reset = reset
+        self.producer = producer
+        self.connect_timeout = connect_timeout
+        self.store: EventStore | None = None
+        self.runner: Runner | None = None
+        self.log = log.bind(db=str(self.db), stream=self.stream.name)
+
+    @classmethod
+    def from_config(
+        cls,
+        *,
+        url: str = DEFAULT_URL,
+        stream: StreamSettings | None = None,
+        db: str | Path = "./eventstore.db",
+        config: str | Path | None = None,
+        projections: Sequence[str] = (),
+        reset: bool = False,
+    ) -> Worker:
+        """The worker a config file (``config``, else ``EVENTSTORE_CONFIG``, else none) and
+        these options describe: its ``[machines]``, its ``[projections]`` load list plus
+        ``projections`` (names or ``module:object``), its runner settings.
+
+        A broken config or an unknown projection is a ``ConfigError`` here, before anything
+        connects."""
+        tables = load_config(config)
+        return cls(
+            url=url,
+            stream=stream,
+            db=db,
+            projections=load_projections(projections, tables),
+            machines=load_machines(config),
+            settings=tables.runner_settings(),
+            reset=reset,
         )
-        if on_ready is not None:
-            on_ready(runner)
-        task = asyncio.create_task(runner.run(follow=True))
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                runner.stop()
-            checkpoint = await task
-        finally:
-            stopper.cancel()
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        log.info("worker stopped", checkpoint=checkpoint, applied=runner.events_applied)
-        return checkpoint
+
+    async def __aenter__(self) -> Worker:
+        self.store = await connect_store(
+            self.url,
+            producer=self.producer,
+            stream=self.stream,
+            machines=self.machines,
+            timeout=self.connect_timeout,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        store, self.store = self.store, None
+        if store is not None:
+            await store.close()
+
+    async def run_until(
+        self, stop: asyncio.Event, *, on_ready: Callable[[Runner], None] | None = None
+    ) -> int:
+        """Fold the log into the database until ``stop`` is set (finishing and committing the
+        batch in hand); returns the final checkpoint. ``on_ready`` is called once the worker
+        has opened its database and is about to follow the log."""
+        if self.store is None:
+            async with self:
+                return await self.run_until(stop, on_ready=on_ready)
+        store = self.store
+        async with await ProjectionDB.open(self.db, lock=True) as db:
+            runner = Runner(
+                store, db, self.projections, machines=self.machines, settings=self.settings
+            )
+            self.runner = runner
+            await runner.open(reset=self.reset)
+            self.log.info(
+                "worker ready",
+                projections=[p.name for p in self.projections],
+                checkpoint=runner.checkpoint,
+                head=await store.head(),
+            )
+            if on_ready is not None:
+                on_ready(runner)
+            task = asyncio.create_task(runner.run(follow=True))
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():
+                    runner.stop()
+                checkpoint = await task
+            finally:
+                stopper.cancel()
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            self.log.info("worker stopped", checkpoint=checkpoint, applied=runner.events_applied)
+            return checkpoint
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,41 +198,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one worker with explicit options (no environment defaults but EVENTSTORE_CONFIG)."""
+    """Run one worker with explicit options (no environment defaults but EVENTSTORE_CONFIG):
+    the same ``Worker``, signals and error lines as ``eventstore worker``."""
+    from consumers.cli_worker import cmd_worker
+    from consumers.cliutil import run_command
+
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level)
-    config = load_config(args.config)
-    projections = load_projections(args.projection, config)
-
-    async def go() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        store = await EventStore.connect(
-            args.url,
-            producer=WORKER_PRODUCER,
-            stream=StreamSettings(name=args.stream, prefix=args.prefix),
-            machines=load_machines(args.config),
-        )
-        try:
-            await run_worker(
-                store,
-                args.db,
-                projections,
-                stop=stop,
-                settings=config.runner_settings(),
-                reset=args.reset,
-            )
-        finally:
-            await store.close()
-        return 0
-
-    try:
-        return asyncio.run(go())
-    except EventStoreError as exc:
-        sys.stderr.write(f"worker: {type(exc).__name__}: {exc}\n")
-        return 1
+    configure_logging(args.log_level, service=True)
+    return run_command(cmd_worker, args, prog="worker")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -25,7 +25,7 @@ from eventstore.config import read_config
 from eventstore.errors import ConfigError, InvalidTransition
 from eventstore.events import Transition, validate_aggregate_type
 
-__all__ = ["Machines", "StateMachine", "load_machines"]
+__all__ = ["MachineTable", "Machines", "StateMachine", "load_machines"]
 
 
 class StateMachine(msgspec.Struct, frozen=True):
@@ -82,28 +82,43 @@ class Machines:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "config") -> Machines:
+        """The ``[machines.*]`` tables of a parsed config file (``source`` names it in errors)."""
         out = cls()
         machines = data.get("machines", {})
         if not isinstance(machines, dict):
             raise ConfigError(f"{source}: [machines] must be a table")
         for name, spec in machines.items():
             where = f"{source}: [machines.{name}]"
-            if not isinstance(spec, dict):
-                raise ConfigError(f"{where} must be a table")
-            initial = spec.get("initial")
-            if not isinstance(initial, str) or not initial:
-                raise ConfigError(f'{where} needs initial = "State"')
-            pairs = spec.get("transitions", [])
-            if not isinstance(pairs, list) or not all(
-                isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) and s for s in p)
-                for p in pairs
-            ):
-                raise ConfigError(f'{where} transitions must be a list of ["From", "To"] pairs')
+            table = _machine_table(spec, where)
             try:
-                out.declare(name, initial, [(p[0], p[1]) for p in pairs])
+                out.declare(name, table.initial, table.transitions)
             except Exception as exc:
                 raise ConfigError(f"{where}: {exc}") from exc
         return out
+
+
+_State = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class MachineTable(msgspec.Struct, frozen=True):
+    """One ``[machines.<aggregate type>]`` table: the initial state and the allowed steps."""
+
+    initial: _State
+    transitions: list[tuple[_State, _State]] = msgspec.field(default_factory=list)
+
+
+def _machine_table(spec: object, where: str) -> MachineTable:
+    """``spec`` validated with ``msgspec.convert``; its error becomes one that says what to
+    write."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a table")
+    try:
+        return msgspec.convert(spec, MachineTable)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if "`initial`" in text or "`$.initial`" in text:
+            raise ConfigError(f'{where} needs initial = "State"') from exc
+        raise ConfigError(f'{where} transitions must be a list of ["From", "To"] pairs') from exc
 
 
 def load_machines(path: str | Path | None = None) -> Machines:

@@ -112,22 +112,6 @@ class PastState(msgspec.Struct, kw_only=True):
     snapshot_seq: int | None = None
     replayed: int = 0
 
-    def output(self, *, past: bool = True) -> dict[str, Any]:
-        """The CLI's JSON object (``snapshot_version`` and ``replayed`` only for a past point)."""
-        out: dict[str, Any] = {
-            "aggregate_type": self.aggregate_type,
-            "aggregate_id": self.aggregate_id,
-            "version": self.version,
-            "seq": self.seq,
-            "state": msgspec.to_builtins(self.state),
-            "vclock": dict(self.vclock),
-            "lamport": self.lamport,
-        }
-        if past:
-            out["snapshot_version"] = self.snapshot_version
-            out["replayed"] = self.replayed
-        return out
-
 
 class HistoryEntry(msgspec.Struct, kw_only=True):
     """One message of an aggregate's history and what the fold made of it."""
@@ -153,25 +137,6 @@ class Diff(msgspec.Struct, kw_only=True):
     changes: list[PathChange]
     patch: Any
     events: list[HistoryEntry]
-
-    def output(self) -> dict[str, Any]:
-        def point(p: PastState) -> dict[str, Any]:
-            return {
-                "version": p.version,
-                "seq": p.seq,
-                "recorded_at": p.recorded_at.isoformat() if p.recorded_at else None,
-                "state": msgspec.to_builtins(p.state),
-            }
-
-        return {
-            "aggregate_type": self.aggregate_type,
-            "aggregate_id": self.aggregate_id,
-            "from": point(self.before),
-            "to": point(self.after),
-            "changes": msgspec.to_builtins(self.changes),
-            "patch": msgspec.to_builtins(self.patch),
-            "events": msgspec.to_builtins(self.events),
-        }
 
 
 async def current_state(

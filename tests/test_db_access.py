@@ -122,7 +122,7 @@ async def cli(
 def spawn(*args: str, log: Path) -> subprocess.Popen[str]:
     with log.open("a") as err:
         return subprocess.Popen(
-            [*CLI, *args], env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True
+            [*CLI, *args], env=_env(), cwd=ROOT, stdout=err, stderr=err, text=True
         )
 
 

@@ -50,6 +50,12 @@ def test_config_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ("[machines.request]\ntransitions = []", "initial"),
         ('[machines.request]\ninitial = "A"\ntransitions = [["A"]]', "pairs"),
         ('[machines.Bad]\ninitial = "A"', "aggregate type"),
+        ('[machines.request]\ninitial = ""', "initial"),
+        ("[machines.request]\ninitial = 1", "initial"),
+        ('[machines.request]\ninitial = "A"\ntransitions = [["A", ""]]', "pairs"),
+        ('[machines.request]\ninitial = "A"\ntransitions = "A"', "pairs"),
+        ("[machines]\nrequest = 1", r"\[machines.request\] must be a table"),
+        ("machines = 1", r"\[machines\] must be a table"),
         ("not toml [", "TOML"),
     ],
 )

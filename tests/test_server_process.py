@@ -107,6 +107,7 @@ class Running:
             env=_env(),
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self._seen: list[str] = []
         assert self.proc.stdout is not None
         threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
         self.nats_pids: list[int] = []
@@ -114,6 +115,7 @@ class Running:
     def _pump(self, pipe: IO[str]) -> None:
         with contextlib.suppress(ValueError, OSError):
             for line in iter(pipe.readline, ""):
+                self._seen.append(line)
                 self._lines.put(line)
         self._lines.put(None)
 
@@ -141,6 +143,14 @@ class Running:
         if self.proc.poll() is None:
             return ""
         return self.proc.stderr.read()
+
+    def logs(self) -> str:
+        """What it printed and logged once it exited (a service logs on stdout)."""
+        if self.proc.poll() is None:
+            return ""
+        while self._lines.get(timeout=10) is not None:  # the pump has read everything
+            pass
+        return "".join(self._seen) + self.stderr()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -436,7 +446,7 @@ async def test_a_full_disk_is_named_and_recovered_by_a_restart(tmp_path: Path) -
             assert "no space left on device" in server[0]["detail"], server[0]
             up.proc.send_signal(signal.SIGTERM)
             assert up.proc.wait(30) == 0
-            logged = up.stderr()
+            logged = up.logs()
             assert "no space left on device" in logged and "free disk space" in logged, logged
         assert len(acked) > 20
         remount = ["mount", "-o", "remount,size=64m", str(disk)]  # space is back

@@ -13,6 +13,7 @@ from helpers_projections import brute_entities, log_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consumers.cli_output import diff_output, state_output
 from eventstore import AggregateNotFound, EventStore, NewEvent, StreamSettings
 from projections import (
     EntitiesProjection,
@@ -165,8 +166,8 @@ async def test_the_result_names_the_snapshot_and_the_replay(
         newer_code.version = "2"
         got = await TimeTravel(store, newer_code, db).state_at("agent", "long", version=230)
         assert (got.snapshot_version, got.replayed, got.state) == (None, 230, {"i": 229})
-        assert got.output()["snapshot_version"] is None
-        assert set(got.output()) == {
+        assert state_output(got)["snapshot_version"] is None
+        assert set(state_output(got)) == {
             "aggregate_type",
             "aggregate_id",
             "version",
@@ -222,7 +223,7 @@ async def test_history_and_diff_between_two_points(
         await alice.js.publish(f"{settings.prefix}.agent.d", b"garbage")
         tt = TimeTravel(alice, EntitiesProjection())
         d = await tt.diff("agent", "d", Point(version=1), Point())
-        out = d.output()
+        out = diff_output(d)
         assert out["from"]["version"] == 1 and out["to"]["version"] == 4
         assert [(c["path"], c["op"]) for c in out["changes"]] == [
             (["name"], "replace"),

@@ -28,7 +28,7 @@ def start_worker(
     url: str, settings: StreamSettings, db: Path, log: Path
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
-    with log.open("ab") as err:
+    with log.open("ab") as out:  # a service logs on stdout
         return subprocess.Popen(
             [
                 sys.executable,
@@ -47,8 +47,8 @@ def start_worker(
             ],
             cwd=ROOT,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 

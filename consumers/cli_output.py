@@ -1,0 +1,55 @@
+"""The JSON shapes the CLI prints for the library's typed time-travel results.
+
+The library returns typed results (``PastState``, ``Diff``); what a command prints is decided
+here, beside the commands, so that a change of output is a change of the CLI alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from projections import Diff, PastState
+
+__all__ = ["diff_output", "state_output"]
+
+
+def state_output(state: PastState, *, past: bool = True) -> dict[str, Any]:
+    """``eventstore state``'s JSON object (``snapshot_version`` and ``replayed`` only for a past
+    point)."""
+    out: dict[str, Any] = {
+        "aggregate_type": state.aggregate_type,
+        "aggregate_id": state.aggregate_id,
+        "version": state.version,
+        "seq": state.seq,
+        "state": msgspec.to_builtins(state.state),
+        "vclock": dict(state.vclock),
+        "lamport": state.lamport,
+    }
+    if past:
+        out["snapshot_version"] = state.snapshot_version
+        out["replayed"] = state.replayed
+    return out
+
+
+def _point(p: PastState) -> dict[str, Any]:
+    return {
+        "version": p.version,
+        "seq": p.seq,
+        "recorded_at": p.recorded_at.isoformat() if p.recorded_at else None,
+        "state": msgspec.to_builtins(p.state),
+    }
+
+
+def diff_output(d: Diff) -> dict[str, Any]:
+    """``eventstore diff``'s JSON object: both points, the changes, the patch, the messages."""
+    return {
+        "aggregate_type": d.aggregate_type,
+        "aggregate_id": d.aggregate_id,
+        "from": _point(d.before),
+        "to": _point(d.after),
+        "changes": msgspec.to_builtins(d.changes),
+        "patch": msgspec.to_builtins(d.patch),
+        "events": msgspec.to_builtins(d.events),
+    }

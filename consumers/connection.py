@@ -1,0 +1,38 @@
+"""Opening the store for a consumer: the one place a worker or a command connects.
+
+``connect_store(url, ...)`` is ``EventStore.connect`` bounded by ``CONNECT_TIMEOUT``: nats-py
+retries the first connection forever when reconnects are unlimited, so a consumer that finds
+nothing at the URL says so (``NotConnected``, naming the URL) instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from eventstore import EventStore, Machines, NotConnected, StreamSettings
+
+__all__ = ["CONNECT_TIMEOUT", "connect_store"]
+
+# How long to wait for a server to answer before saying there is none.
+CONNECT_TIMEOUT = 5.0
+
+
+async def connect_store(
+    url: str,
+    *,
+    producer: str,
+    stream: StreamSettings,
+    machines: Machines | None = None,
+    clock_block: int = 1000,
+    timeout: float = CONNECT_TIMEOUT,
+) -> EventStore:
+    """Connect to ``url`` (ensuring ``stream``), or raise ``NotConnected`` after ``timeout``."""
+    try:
+        return await asyncio.wait_for(
+            EventStore.connect(
+                url, producer=producer, stream=stream, machines=machines, clock_block=clock_block
+            ),
+            timeout,
+        )
+    except TimeoutError as exc:
+        raise NotConnected(url, f"nothing answered within {timeout:g}s") from exc

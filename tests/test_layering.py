@@ -1,0 +1,90 @@
+"""The facade is the only door: a package imports a lower package only through its
+``__init__`` (``from eventstore import EventStore``, never ``from eventstore.store import
+...``), never a higher one, and inside itself anything.
+
+Checked by reading the source (the AST of every module, ``TYPE_CHECKING`` and function-local
+imports included), so an import that only runs on some path is caught too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The packages bottom-up, and for each the lower packages it may import (their __init__ only).
+RULES: dict[str, tuple[str, ...]] = {
+    "eventstore": (),
+    "projections": ("eventstore",),
+    "consumers": ("eventstore", "projections"),
+}
+# The packages this test holds to the rule ("projections" joins once it imports eventstore
+# only through its __init__).
+CHECKED = ["consumers", "projections"]
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted module) of every import in ``path``; relative imports are resolved."""
+    package = path.parent.name
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                found.append((node.lineno, f"{package}.{node.module or ''}".rstrip(".")))
+            elif node.module is not None:
+                found.append((node.lineno, node.module))
+    return found
+
+
+def violations(package: str, root: Path = ROOT) -> list[str]:
+    """Every import in ``root/package`` that breaks its rule, as ``file:line: module``."""
+    ours = set(RULES)
+    allowed = RULES[package]
+    out: list[str] = []
+    for path in sorted((root / package).glob("*.py")):
+        for line, module in _imports(path):
+            top = module.split(".")[0]
+            if top not in ours or top == package:
+                continue  # the standard library, a third-party package, or itself
+            if top not in allowed:
+                out.append(f"{package}/{path.name}:{line}: {module} (not below {package})")
+            elif module != top:
+                out.append(f"{package}/{path.name}:{line}: {module} (use `from {top} import`)")
+    return out
+
+
+@pytest.mark.parametrize("package", CHECKED)
+def test_a_package_imports_lower_packages_only_through_their_facade(package: str) -> None:
+    """No module of the package imports a submodule of a lower package, or a higher package."""
+    assert violations(package) == []
+
+
+def test_the_check_catches_every_form_of_a_forbidden_import(tmp_path: Path) -> None:
+    """The reader sees through the forms an import can take (``from x.y import``, ``import
+    x.y``, inside a function, under ``TYPE_CHECKING``) and lets the facade and the package's
+    own modules through."""
+    module = tmp_path / "projections" / "m.py"
+    module.parent.mkdir()
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import msgspec\n"
+        "import eventstore\n"
+        "from eventstore import EventStore\n"
+        "from projections.db import ProjectionDB\n"
+        "from . import fold\n"
+        "import eventstore.store\n"
+        "if TYPE_CHECKING:\n"
+        "    from eventstore.reader import StoredMessage\n"
+        "def f():\n"
+        "    from consumers.cli import main\n"
+    )
+    assert violations("projections", tmp_path) == [
+        "projections/m.py:7: eventstore.store (use `from eventstore import`)",
+        "projections/m.py:9: eventstore.reader (use `from eventstore import`)",
+        "projections/m.py:11: consumers.cli (not below projections)",
+    ]
