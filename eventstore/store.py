@@ -15,30 +15,32 @@ from types import TracebackType
 from typing import Any
 
 import msgspec
-import nats
-import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
-from eventstore.errors import EventStoreError, InvalidEvent, NotConnected, PermissionDenied
+from eventstore.connecting import ConnectSettings, open_connection
+from eventstore.errors import (
+    ConfigError,
+    EventStoreError,
+    InvalidEvent,
+    NotConnected,
+    PermissionDenied,
+    RequestTimeout,
+)
 from eventstore.events import (
     AppendResult,
     Event,
     NewEvent,
     validate_producer,
 )
-from eventstore.headers import install as install_header_parser
+from eventstore.failfast import refused_publish
+from eventstore.jetstream import stream_info, translate
 from eventstore.machines import Machines
-from eventstore.producer import (
-    MAX_EVENTS_PER_APPEND,
-    Committer,
-    Pending,
-    merge_context,
-    refused_publish,
-)
+from eventstore.pending import Pending, merge_context
+from eventstore.producer import MAX_EVENTS_PER_APPEND, Committer
 from eventstore.reader import (
     LogReader,
     Malformed,
@@ -89,7 +91,7 @@ class EventStore:
 
     def __init__(
         self,
-        nc: Any,
+        nc: Client,
         *,
         url: str,
         producer: str,
@@ -112,24 +114,16 @@ class EventStore:
 
     @classmethod
     async def connect(
-        cls,
-        url: str = DEFAULT_URL,
-        *,
-        producer: str = "default",
-        stream: str | StreamSettings = "EVENTS",
-        machines: Machines | None = None,
-        ensure: bool = True,
-        append_timeout: float = 30.0,
-        connect_timeout: float = 3.0,
-        max_batch: int = 500,
-        clock_block: int = 1000,
-        user: str | None = None,
-        password: str | None = None,
+        cls, url: str = DEFAULT_URL, *, settings: ConnectSettings | None = None, **options: Any
     ) -> EventStore:
         """Connect and ensure the stream (the producer's clock values are reserved by its first
-        append)."""
+        append). ``settings`` (see ``ConnectSettings``) or its fields as keyword arguments;
+        keywords given override ``settings``."""
+        opts = msgspec.structs.replace(settings or ConnectSettings(), **options)
+        producer = opts.producer
         validate_producer(producer)
-        settings = stream if isinstance(stream, StreamSettings) else StreamSettings(name=stream)
+        stream = opts.stream
+        settings_ = stream if isinstance(stream, StreamSettings) else StreamSettings(name=stream)
         holder: dict[str, EventStore] = {}
         early_errors: list[str] = []
 
@@ -145,7 +139,7 @@ class EventStore:
                 else:
                     early_errors.append(text)
                 log.warning("permission violation", error=text)
-            elif not isinstance(exc, (nats.errors.ConnectionClosedError, OSError)):
+            elif not isinstance(translate(exc, url=url), NotConnected):
                 log.debug("nats error", error=text or type(exc).__name__)
 
         async def disconnected_cb() -> None:
@@ -156,64 +150,44 @@ class EventStore:
         async def reconnected_cb() -> None:
             log.info("reconnected to NATS", url=url)
 
-        nc: Any = Client()  # nats.connect, with our header parser set before the first message
-        install_header_parser(nc)
-        try:
-            await nc.connect(
-                url,
-                name=f"eventstore:{producer}",
-                error_cb=error_cb,
-                disconnected_cb=disconnected_cb,
-                reconnected_cb=reconnected_cb,
-                connect_timeout=connect_timeout,
-                allow_reconnect=True,
-                # nats-py would retry a first connection forever with -1: try twice, then
-                # switch to reconnecting forever once connected.
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.25,
-                user=user,
-                password=password,
-            )
-        except nats.errors.NoServersError as exc:
-            raise NotConnected(url, "connection refused") from exc
-        except (OSError, TimeoutError, nats.errors.Error) as exc:
-            if "authorization" in str(exc).lower():
-                raise PermissionDenied(url, "connect", "authorization violation") from exc
-            raise NotConnected(url, str(exc) or type(exc).__name__) from exc
-        nc.options["max_reconnect_attempts"] = -1
+        nc = await open_connection(
+            url,
+            opts,
+            error_cb=error_cb,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
+        )
         store = cls(
             nc,
             url=url,
             producer=producer,
-            settings=settings,
-            machines=machines or Machines(),
-            append_timeout=append_timeout,
+            settings=settings_,
+            machines=opts.machines or Machines(),
+            append_timeout=opts.append_timeout,
         )
         holder["store"] = store
         try:
-            if ensure:
+            if opts.ensure:
                 await store.ensure()
-        except nats.errors.TimeoutError as exc:
+        except RequestTimeout as exc:
             await nc.close()
             if early_errors:
                 raise PermissionDenied("$JS.API.>", "publish", early_errors[0]) from exc
             raise NotConnected(url, "JetStream did not answer (is it enabled?)") from exc
-        except nats.js.errors.APIError as exc:
-            await nc.close()
-            raise EventStoreError(f"JetStream refused to set up: {exc.description}") from exc
         except BaseException:
             await nc.close()
             raise
         store._committer = Committer(
             nc,
             store._js,
-            stream=settings.name,
+            reader=store.reader,
+            stream=settings_.name,
             producer=producer,
-            clock=ProducerClock(store._js, settings.name, producer, clock_block),
+            clock=ProducerClock(store._js, settings_.name, producer, opts.clock_block),
             machines=store.machines,
             url=url,
-            prefix=settings.prefix,
-            max_batch=max_batch,
+            prefix=settings_.prefix,
+            max_batch=opts.max_batch,
         )
         store._committer.start()
         return store
@@ -241,24 +215,29 @@ class EventStore:
         await self.close()
 
     @property
-    def nc(self) -> Any:
+    def nc(self) -> Client:
         """The underlying nats-py connection (for services built on the same connection)."""
         return self._nc
 
     @property
-    def js(self) -> Any:
+    def js(self) -> JetStreamContext:
         return self._js
+
+    def _open_committer(self) -> Committer:
+        """The committer of an open store; ``NotConnected`` once closed (or never connected)."""
+        if self._committer is None or self._closing:
+            detail = "the store is closed" if self._closing else "the store is not connected"
+            raise NotConnected(self.url, f"{detail}; use `await EventStore.connect(...)`")
+        return self._committer
 
     @property
     def vclock(self) -> VectorClock:
         """This producer's causal context: everything it has written or acted upon."""
-        assert self._committer is not None
-        return self._committer.vclock
+        return self._open_committer().vclock
 
     @property
     def lamport(self) -> int:
-        assert self._committer is not None
-        return self._committer.clock.lamport
+        return self._open_committer().clock.lamport
 
     def subject(self, aggregate_type: str, aggregate_id: str) -> str:
         return aggregate_subject(self.settings.prefix, aggregate_type, aggregate_id)
@@ -286,8 +265,7 @@ class EventStore:
         )
         if isinstance(pending, AppendResult):
             return pending
-        assert self._committer is not None
-        return await self._committer.append(pending)
+        return await self._open_committer().append(pending)
 
     async def append_many(
         self, requests: Iterable[AppendRequest], *, timeout: float | None = None
@@ -297,7 +275,7 @@ class EventStore:
         Each request succeeds or fails on its own; failures come back as the error object in
         its place, in the order given.
         """
-        assert self._committer is not None
+        committer = self._open_committer()
         futs: list[asyncio.Future[AppendResult]] = []
         for r in requests:
             pending = await self._pending(
@@ -308,7 +286,7 @@ class EventStore:
                 done.set_result(pending)
                 futs.append(done)
             else:
-                self._committer.submit(pending)
+                committer.submit(pending)
                 futs.append(pending.future)
         out: list[AppendResult | EventStoreError] = []
         for f in futs:
@@ -328,8 +306,7 @@ class EventStore:
         timeout: float | None,
     ) -> Pending | AppendResult:
         """Validate one append and build its request; an AppendResult if it is a known retry."""
-        if self._committer is None:
-            raise NotConnected(self.url, "not connected")
+        self._open_committer()
         if self._nc.is_closed:
             raise NotConnected(self.url, "connection closed")
         subject = self.subject(aggregate_type, aggregate_id)
@@ -616,25 +593,28 @@ class EventStore:
         """The stream's name and creation time, from the server (see ``StreamIdentity``)."""
         name = self.settings.name
         try:
-            info = await self._js.stream_info(name)
-        except nats.js.errors.NotFoundError as exc:
-            raise EventStoreError(f"stream {name!r} does not exist on {self.url}") from exc
-        except (
-            nats.errors.ConnectionClosedError,
-            nats.errors.NoRespondersError,
-            nats.errors.TimeoutError,
-            nats.js.errors.ServiceUnavailableError,
-        ) as exc:
-            raise NotConnected(self.url, str(exc) or type(exc).__name__) from exc
-        except nats.js.errors.APIError as exc:
-            raise EventStoreError(f"stream info of {name!r} refused: {exc.description}") from exc
+            info = await stream_info(self._js, name)
+        except Exception as exc:
+            err = translate(exc, what=f"stream info of {name!r}", url=self.url, timeout=5.0)
+            if isinstance(err, RequestTimeout) or self._nc.is_closed:
+                err = NotConnected(self.url, str(exc) or type(exc).__name__)
+            raise err from exc
+        if info is None:
+            raise ConfigError(
+                f"stream {name!r} does not exist on {self.url}; check the stream name, or "
+                "create it with `eventstore server` (or a store connected with ensure=True)"
+            )
         created = info.created.astimezone(UTC).isoformat() if info.created else ""
         return StreamIdentity(name=name, created=created)
 
     async def version(self, aggregate_type: str, aggregate_id: str) -> int:
         """The aggregate's current version (0 if it has no events), from the server."""
-        assert self._committer is not None
-        head = await self._committer.fetch_head(
+        head = await self._open_committer().fetch_head(
             self.subject(aggregate_type, aggregate_id), aggregate_type
         )
         return head.version
+
+    async def exists(self, aggregate_type: str, aggregate_id: str) -> bool:
+        """Whether the aggregate's subject holds any message (valid event or not)."""
+        self._open_committer()
+        return await self.reader.last_seq(self.subject(aggregate_type, aggregate_id)) > 0

@@ -19,13 +19,18 @@ import re
 from typing import Any
 
 import msgspec
-import nats.errors
-import nats.js.errors
 import structlog
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from eventstore.clockstore import bucket_name
-from eventstore.errors import ConfigError, EventStoreError, NotConnected, StreamMisconfigured
+from eventstore.errors import (
+    ConfigError,
+    EventStoreError,
+    NotConnected,
+    RequestTimeout,
+    StreamMisconfigured,
+)
+from eventstore.jetstream import add_stream, stream_info, translate, translating
 from eventstore.subjects import DEFAULT_PREFIX, validate_prefix
 
 __all__ = ["StreamSettings", "ensure_stream", "validate_stream_name", "validate_stream_prefix"]
@@ -155,19 +160,17 @@ async def ensure_stream(js: Any, settings: StreamSettings, *, url: str = "") -> 
     Returns the stream info. Raises ``StreamMisconfigured`` naming every weakening setting.
     """
     validate_prefix(settings.prefix)
+    what = f"setting up stream {settings.name!r}"
     try:
-        info = await js.stream_info(settings.name)
-    except nats.js.errors.NotFoundError:
-        info = None
-    except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
-        raise NotConnected(url, "JetStream is not enabled or not answering") from exc
+        info = await stream_info(js, settings.name)
+    except Exception as exc:
+        err = translate(exc, what=what, url=url, timeout=5.0)
+        if isinstance(err, (NotConnected, RequestTimeout)):
+            err = NotConnected(url, "JetStream is not enabled or not answering")
+        raise err from exc
     if info is None:
-        try:
-            info = await js.add_stream(settings.config())
-        except nats.js.errors.BadRequestError as exc:
-            raise EventStoreError(
-                f"cannot create stream {settings.name!r}: {exc.description}"
-            ) from exc
+        with translating(what=what, url=url, timeout=5.0):
+            info = await add_stream(js, settings.config())
         log.info("stream created", stream=settings.name, subjects=settings.subjects)
         return info
     problems = _problems(info.config, settings)

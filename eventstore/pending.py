@@ -1,0 +1,77 @@
+"""One ``append`` call waiting for the committer, and the checks that build it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from eventstore.clocks import VectorClock
+from eventstore.errors import InvalidEvent
+from eventstore.events import MAX_INT, AppendResult, Envelope, NewEvent
+
+__all__ = ["Pending", "merge_context"]
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """One ``append`` call waiting for the committer."""
+
+    agg_type: str
+    agg_id: str
+    subject: str
+    events: list[NewEvent]
+    expected_version: int | None
+    context: dict[str, int]
+    future: asyncio.Future[AppendResult]
+    deadline: float
+    timeout: float
+    # assigned per attempt
+    envelopes: list[Envelope] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    base_seq: int = 0  # the head sequence this attempt expected
+    state_after: str | None = None
+    states: list[str] = field(default_factory=list)  # state after each event (machines only)
+    # Head sequences of attempts that may have been stored (sent, never confirmed): a stored
+    # copy of this append sits right after one of them.
+    tried: set[tuple[int, int]] = field(default_factory=set)  # (head seq, offset after it)
+    offset: int = 0  # events of earlier requests on the same subject in this attempt
+    rejections: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.events)
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the call unless it is settled already."""
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+def merge_context(context: VectorClock | Mapping[str, int] | None) -> dict[str, int]:
+    """A causal context as a plain clock; ``InvalidEvent`` unless it is ``{producer: counter}``
+    with string names and counters from 0 to 2**63-1 (what every reader decodes)."""
+    if context is None:
+        return {}
+    if isinstance(context, VectorClock):
+        return context.to_dict()
+    if not isinstance(context, Mapping):
+        raise InvalidEvent(
+            f"context must be a vector clock {{producer: counter}}, got {type(context).__name__}"
+        )
+    for name, counter in context.items():
+        if type(name) is not str or not name or not _utf8(name):
+            raise InvalidEvent(f"context entry {name!r}: a producer name must be a string")
+        if type(counter) is not int or not 0 <= counter <= MAX_INT:
+            raise InvalidEvent(
+                f"context entry {name!r}: {counter!r} is not a counter from 0 to 2**63-1"
+            )
+    return VectorClock(context).to_dict()
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
