@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import structlog
 from nats.aio.client import Client
 
 from eventstore.errors import NotConnected, PermissionDenied, RequestTimeout, ServerError
@@ -13,7 +14,9 @@ from eventstore.jetstream import install_parsers, translate
 from eventstore.machines import Machines
 from eventstore.streams import StreamSettings
 
-__all__ = ["ConnectSettings", "open_connection"]
+__all__ = ["Callbacks", "ConnectSettings", "open_connection"]
+
+log = structlog.get_logger("eventstore.store")
 
 
 class ConnectSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +45,35 @@ class ConnectSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+class Callbacks:
+    """The connection's callbacks, routed to the store once it exists (``attach``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.early_errors: list[str] = []  # violations before the store could take them
+        self._violation: Callable[[str], bool] | None = None
+        self._closing: Callable[[], bool] = lambda: False
+
+    def attach(self, violation: Callable[[str], bool], closing: Callable[[], bool]) -> None:
+        self._violation, self._closing = violation, closing
+
+    async def error(self, exc: Exception) -> None:
+        text = str(exc)
+        if "permissions violation" in text.lower():
+            if self._violation is None or not self._violation(text):
+                self.early_errors.append(text)
+            log.warning("permission violation", error=text)
+        elif not isinstance(translate(exc, url=self.url), NotConnected):
+            log.debug("nats error", error=text or type(exc).__name__)
+
+    async def disconnected(self) -> None:
+        if not self._closing():
+            log.info("disconnected from NATS, reconnecting", url=self.url)
+
+    async def reconnected(self) -> None:
+        log.info("reconnected to NATS", url=self.url)
 
 
 async def open_connection(

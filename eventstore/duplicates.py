@@ -18,8 +18,10 @@ from eventstore.events import AppendResult, Event, decode_event
 from eventstore.heads import HeadCache
 from eventstore.jetstream import msg_at, next_msg, translating
 from eventstore.pending import Pending
+from eventstore.reader import LogReader, decode_message
+from eventstore.versions import next_version
 
-__all__ = ["Reconciler"]
+__all__ = ["Reconciler", "find_ids"]
 
 
 class Reconciler:
@@ -135,3 +137,50 @@ class Reconciler:
             out.append((int(msg.seq or 0), ev.id, ev))
             seq = int(msg.seq or 0) + 1
         return out
+
+
+async def find_ids(reader: LogReader, subject: str, ids: list[str]) -> AppendResult | None:
+    """The stored copy of a retried append: its ids at their places in the history.
+
+    A copy of an id that takes no place (a raw client's stale or gap event, which the
+    projection quarantines) is no proof the append is stored: such an id is refused.
+    """
+    wanted = set(ids)
+    found: dict[str, Event] = {}
+    outside: dict[str, int] = {}  # id -> seq of a copy that takes no version
+    version = 0
+    async for batch in reader.direct_batches(subject):
+        for m in batch:
+            taken = next_version(version, m.data)
+            if taken is not None:
+                version = taken
+            msg_id = (m.headers or {}).get("Nats-Msg-Id")
+            if msg_id is not None and msg_id not in wanted:
+                continue
+            try:
+                ev = decode_message(reader.prefix, m)
+            except InvalidEvent:
+                continue
+            if ev.id not in wanted:
+                continue
+            if taken is None:
+                outside.setdefault(ev.id, m.seq)
+            else:
+                found[ev.id] = ev
+    if lost := sorted(set(outside) - set(found)):
+        raise InvalidEvent(
+            f"event id {lost[0]} is already stored on {subject} at seq {outside[lost[0]]}, "
+            "but that message takes no place in the aggregate's history (a duplicate or "
+            "skipped version, quarantined by projections); give this append another id"
+        )
+    if not found:
+        return None
+    if len(found) != len(wanted):
+        missing = sorted(wanted - found.keys())
+        raise InvalidEvent(
+            f"events {sorted(found)} are already stored on {subject} but {missing} are "
+            "not: a retry must resend exactly the same events"
+        )
+    evs = [found[i] for i in ids]
+    last = evs[-1]
+    return AppendResult.of(evs[0].seq, last, last.seq, tuple(ids), duplicate=True)

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+import msgspec
 
 from eventstore.clocks import VectorClock
 from eventstore.errors import InvalidEvent
 from eventstore.events import MAX_INT, AppendResult, Envelope, NewEvent
+from eventstore.validate import check_optional_int
 
-__all__ = ["Pending", "merge_context"]
+__all__ = ["MAX_EVENTS_PER_APPEND", "AppendRequest", "Pending", "checked_events", "merge_context"]
+
+MAX_EVENTS_PER_APPEND = 1000  # the server's atomic batch limit
+
+
+class AppendRequest(msgspec.Struct, frozen=True):
+    """One append of :meth:`EventStore.append_many`."""
+
+    aggregate_type: str
+    aggregate_id: str
+    events: list[NewEvent]
+    expected_version: int | None = None
+    context: dict[str, int] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -46,6 +61,28 @@ class Pending:
         """Fail the call unless it is settled already."""
         if not self.future.done():
             self.future.set_exception(exc)
+
+
+def checked_events(
+    events: Sequence[NewEvent] | NewEvent, expected_version: int | None
+) -> tuple[list[NewEvent], bool]:
+    """The events of one append, each with its id, and whether the caller chose any id;
+    ``InvalidEvent`` for what cannot be appended."""
+    batch = [events] if isinstance(events, NewEvent) else list(events)
+    if not batch:
+        raise InvalidEvent("an append needs at least one event")
+    if len(batch) > MAX_EVENTS_PER_APPEND:
+        raise InvalidEvent(
+            f"{len(batch)} events in one append; at most {MAX_EVENTS_PER_APPEND} "
+            "(the server's atomic batch limit)"
+        )
+    if not all(isinstance(e, NewEvent) for e in batch):
+        raise InvalidEvent("events must be NewEvent objects")
+    check_optional_int(expected_version, "expected_version")
+    user_ids = [e.id for e in batch if e.id is not None]
+    if len(set(user_ids)) != len(user_ids):
+        raise InvalidEvent("the same event id appears twice in one append")
+    return [e.with_id() for e in batch], bool(user_ids)
 
 
 def merge_context(context: VectorClock | Mapping[str, int] | None) -> dict[str, int]:

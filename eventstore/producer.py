@@ -57,7 +57,7 @@ from eventstore.jetstream import (
     translate,
 )
 from eventstore.machines import Machines
-from eventstore.pending import Pending
+from eventstore.pending import MAX_EVENTS_PER_APPEND, Pending
 from eventstore.reader import LogReader
 
 __all__ = ["MAX_EVENTS_PER_APPEND", "Committer", "refused_publish"]
@@ -65,7 +65,6 @@ __all__ = ["MAX_EVENTS_PER_APPEND", "Committer", "refused_publish"]
 log = structlog.get_logger("eventstore.producer")
 
 STATE_HEADER = "Eventstore-State"
-MAX_EVENTS_PER_APPEND = 1000  # the server's atomic batch limit
 _BATCH_BYTES = 4 << 20
 
 

@@ -21,7 +21,8 @@ from nats.js import JetStreamContext
 
 from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
-from eventstore.connecting import ConnectSettings, open_connection
+from eventstore.connecting import Callbacks, ConnectSettings, open_connection
+from eventstore.duplicates import find_ids
 from eventstore.errors import (
     ConfigError,
     EventStoreError,
@@ -39,48 +40,22 @@ from eventstore.events import (
 from eventstore.failfast import refused_publish
 from eventstore.jetstream import stream_info, translate
 from eventstore.machines import Machines
-from eventstore.pending import Pending, merge_context
-from eventstore.producer import MAX_EVENTS_PER_APPEND, Committer
+from eventstore.pending import AppendRequest, Pending, checked_events, merge_context
+from eventstore.producer import Committer
 from eventstore.reader import (
     LogReader,
-    Malformed,
     OnMalformed,
     StoredMessage,
-    decode_message,
-    report_malformed,
 )
-from eventstore.streams import StreamSettings, ensure_stream
+from eventstore.streams import StreamIdentity, StreamSettings, ensure_stream
 from eventstore.subjects import aggregate_subject, filter_subject
 from eventstore.validate import check_int, check_optional_int
-from eventstore.versions import misplaced, next_version
 
 __all__ = ["DEFAULT_URL", "AppendRequest", "EventStore", "StreamIdentity"]
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 log = structlog.get_logger("eventstore.store")
-
-
-class AppendRequest(msgspec.Struct, frozen=True):
-    """One append of :meth:`EventStore.append_many`."""
-
-    aggregate_type: str
-    aggregate_id: str
-    events: list[NewEvent]
-    expected_version: int | None = None
-    context: dict[str, int] | None = None
-
-
-class StreamIdentity(msgspec.Struct, frozen=True):
-    """Which stream a log is: its name and when the server created it (RFC 3339, UTC).
-
-    A stream deleted and created again (a store reset) or the stream of the same name on
-    another server has another creation time; a projection database records this to refuse
-    folding another stream's log.
-    """
-
-    name: str
-    created: str
 
 
 class EventStore:
@@ -124,38 +99,13 @@ class EventStore:
         validate_producer(producer)
         stream = opts.stream
         settings_ = stream if isinstance(stream, StreamSettings) else StreamSettings(name=stream)
-        holder: dict[str, EventStore] = {}
-        early_errors: list[str] = []
-
-        async def error_cb(exc: Exception) -> None:
-            text = str(exc)
-            store = holder.get("store")
-            if "permissions violation" in text.lower():
-                refused = refused_publish(text)
-                if store is not None and refused:
-                    store.reader.denied.add(refused.lower())
-                if store is not None and store._committer is not None:
-                    store._committer.permission_violation(text)
-                else:
-                    early_errors.append(text)
-                log.warning("permission violation", error=text)
-            elif not isinstance(translate(exc, url=url), NotConnected):
-                log.debug("nats error", error=text or type(exc).__name__)
-
-        async def disconnected_cb() -> None:
-            store = holder.get("store")
-            if store is None or not store._closing:
-                log.info("disconnected from NATS, reconnecting", url=url)
-
-        async def reconnected_cb() -> None:
-            log.info("reconnected to NATS", url=url)
-
+        callbacks = Callbacks(url)
         nc = await open_connection(
             url,
             opts,
-            error_cb=error_cb,
-            disconnected_cb=disconnected_cb,
-            reconnected_cb=reconnected_cb,
+            error_cb=callbacks.error,
+            disconnected_cb=callbacks.disconnected,
+            reconnected_cb=callbacks.reconnected,
         )
         store = cls(
             nc,
@@ -165,14 +115,14 @@ class EventStore:
             machines=opts.machines or Machines(),
             append_timeout=opts.append_timeout,
         )
-        holder["store"] = store
+        callbacks.attach(store._permission_violation, lambda: store._closing)
         try:
             if opts.ensure:
                 await store.ensure()
         except RequestTimeout as exc:
             await nc.close()
-            if early_errors:
-                raise PermissionDenied("$JS.API.>", "publish", early_errors[0]) from exc
+            if callbacks.early_errors:
+                raise PermissionDenied("$JS.API.>", "publish", callbacks.early_errors[0]) from exc
             raise NotConnected(url, "JetStream did not answer (is it enabled?)") from exc
         except BaseException:
             await nc.close()
@@ -191,6 +141,16 @@ class EventStore:
         )
         store._committer.start()
         return store
+
+    def _permission_violation(self, text: str) -> bool:
+        """A violation the server reported: reads of a refused subject fail fast from now on,
+        and the committer fails the request it refused (False: no committer yet)."""
+        if refused := refused_publish(text):
+            self.reader.denied.add(refused.lower())
+        if self._committer is None:
+            return False
+        self._committer.permission_violation(text)
+        return True
 
     async def ensure(self) -> Any:
         """Create the stream, or check that the existing one keeps the log immutable."""
@@ -310,26 +270,12 @@ class EventStore:
         if self._nc.is_closed:
             raise NotConnected(self.url, "connection closed")
         subject = self.subject(aggregate_type, aggregate_id)
-        batch = [events] if isinstance(events, NewEvent) else list(events)
-        if not batch:
-            raise InvalidEvent("an append needs at least one event")
-        if len(batch) > MAX_EVENTS_PER_APPEND:
-            raise InvalidEvent(
-                f"{len(batch)} events in one append; at most {MAX_EVENTS_PER_APPEND} "
-                "(the server's atomic batch limit)"
-            )
-        if not all(isinstance(e, NewEvent) for e in batch):
-            raise InvalidEvent("events must be NewEvent objects")
-        check_optional_int(expected_version, "expected_version")
-        user_ids = [e.id for e in batch if e.id is not None]
-        if len(set(user_ids)) != len(user_ids):
-            raise InvalidEvent("the same event id appears twice in one append")
-        batch = [e.with_id() for e in batch]
+        batch, chosen_ids = checked_events(events, expected_version)
         wait = self.append_timeout if timeout is None else timeout
-        if user_ids:
+        if chosen_ids:
             # Ids chosen by the caller may be a retry of an append stored long ago (after the
             # server's dedup window): look for them before writing anything.
-            found = await self._find_ids(subject, [e.id or "" for e in batch])
+            found = await find_ids(self.reader, subject, [e.id or "" for e in batch])
             if found is not None:
                 return found
         return Pending(
@@ -343,52 +289,6 @@ class EventStore:
             deadline=time.monotonic() + wait,
             timeout=wait,
         )
-
-    async def _find_ids(self, subject: str, ids: list[str]) -> AppendResult | None:
-        """The stored copy of a retried append: its ids at their places in the history.
-
-        A copy of an id that takes no place (a raw client's stale or gap event, which the
-        projection quarantines) is no proof the append is stored: such an id is refused.
-        """
-        wanted = set(ids)
-        found: dict[str, Event] = {}
-        outside: dict[str, int] = {}  # id -> seq of a copy that takes no version
-        version = 0
-        async for batch in self.reader.direct_batches(subject):
-            for m in batch:
-                taken = next_version(version, m.data)
-                if taken is not None:
-                    version = taken
-                msg_id = (m.headers or {}).get("Nats-Msg-Id")
-                if msg_id is not None and msg_id not in wanted:
-                    continue
-                try:
-                    ev = decode_message(self.settings.prefix, m)
-                except InvalidEvent:
-                    continue
-                if ev.id not in wanted:
-                    continue
-                if taken is None:
-                    outside.setdefault(ev.id, m.seq)
-                else:
-                    found[ev.id] = ev
-        if lost := sorted(set(outside) - set(found)):
-            raise InvalidEvent(
-                f"event id {lost[0]} is already stored on {subject} at seq {outside[lost[0]]}, "
-                "but that message takes no place in the aggregate's history (a duplicate or "
-                "skipped version, quarantined by projections); give this append another id"
-            )
-        if not found:
-            return None
-        if len(found) != len(wanted):
-            missing = sorted(wanted - found.keys())
-            raise InvalidEvent(
-                f"events {sorted(found)} are already stored on {subject} but {missing} are "
-                "not: a retry must resend exactly the same events"
-            )
-        evs = [found[i] for i in ids]
-        last = evs[-1]
-        return AppendResult.of(evs[0].seq, last, last.seq, tuple(ids), duplicate=True)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -419,33 +319,10 @@ class EventStore:
         subject = self.subject(aggregate_type, aggregate_id)
         if to_version is not None and to_version < from_version:
             return
-        agg = f"{aggregate_type}/{aggregate_id}"
-        version = 0
-        async for batch in self.reader.direct_batches(subject):
-            for m in batch:
-                try:
-                    ev: Event | None = decode_message(self.settings.prefix, m)
-                    why = ""
-                except InvalidEvent as exc:
-                    ev, why = None, exc.reason
-                taken = next_version(version, m.data if ev is None else ev)
-                if ev is None or taken is None:
-                    if ev is None:
-                        kind = "undecodable"
-                        if taken is not None:
-                            why += f" (it still takes version {taken})"
-                    else:
-                        kind, why = misplaced(agg, version, ev.version)
-                    if version >= from_version - 1:
-                        report_malformed(on_malformed, Malformed(m.seq, m.subject, kind, why, m))
-                    if taken is not None:
-                        version = taken
-                else:
-                    version = taken
-                    if version >= from_version:
-                        yield self._observe(ev)
-                if to_version is not None and version >= to_version:
-                    return
+        async for ev in self.reader.history(
+            subject, f"{aggregate_type}/{aggregate_id}", from_version, to_version, on_malformed
+        ):
+            yield self._observe(ev)
 
     async def read_by_seq(
         self,

@@ -33,7 +33,13 @@ from eventstore.errors import (
 from eventstore.jetstream import add_stream, stream_info, translate, translating
 from eventstore.subjects import DEFAULT_PREFIX, validate_prefix
 
-__all__ = ["StreamSettings", "ensure_stream", "validate_stream_name", "validate_stream_prefix"]
+__all__ = [
+    "StreamIdentity",
+    "StreamSettings",
+    "ensure_stream",
+    "validate_stream_name",
+    "validate_stream_prefix",
+]
 
 log = structlog.get_logger("eventstore.streams")
 
@@ -181,3 +187,15 @@ async def ensure_stream(js: Any, settings: StreamSettings, *, url: str = "") -> 
         log.info("stream duplicate window differs", stream=settings.name, configured=dup,
                  requested=settings.duplicate_window)  # fmt: skip
     return info
+
+
+class StreamIdentity(msgspec.Struct, frozen=True):
+    """Which stream a log is: its name and when the server created it (RFC 3339, UTC).
+
+    A stream deleted and created again (a store reset) or the stream of the same name on
+    another server has another creation time; a projection database records this to refuse
+    folding another stream's log.
+    """
+
+    name: str
+    created: str
