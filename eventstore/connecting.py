@@ -14,7 +14,7 @@ from eventstore.jetstream import install_parsers, translate
 from eventstore.machines import Machines
 from eventstore.streams import StreamSettings
 
-__all__ = ["Callbacks", "ConnectSettings", "open_connection"]
+__all__ = ["Callbacks", "ConnectSettings", "ensure_or_close", "open_connection"]
 
 log = structlog.get_logger("eventstore.store")
 
@@ -113,3 +113,20 @@ async def open_connection(
         raise err from exc
     nc.options["max_reconnect_attempts"] = -1
     return nc
+
+
+async def ensure_or_close(
+    ensure: Callable[[], Awaitable[object]], nc: Client, url: str, callbacks: Callbacks
+) -> None:
+    """Ensure the stream on a new connection; on any failure close it and raise: a JetStream
+    that does not answer is ``PermissionDenied`` if the server refused this client its API."""
+    try:
+        await ensure()
+    except RequestTimeout as exc:
+        await nc.close()
+        if callbacks.early_errors:
+            raise PermissionDenied("$JS.API.>", "publish", callbacks.early_errors[0]) from exc
+        raise NotConnected(url, "JetStream did not answer (is it enabled?)") from exc
+    except BaseException:
+        await nc.close()
+        raise

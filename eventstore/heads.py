@@ -12,8 +12,9 @@ the cached head.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -21,10 +22,11 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
 from eventstore.clockstore import ProducerClock
-from eventstore.errors import InvalidEvent, InvalidTransition
+from eventstore.errors import EventStoreError, InvalidEvent, InvalidTransition
 from eventstore.events import Event, utcnow
 from eventstore.jetstream import StoredMessage, last_msg, next_msg, translating
 from eventstore.machines import Machines
+from eventstore.pending import Pending
 from eventstore.reader import LogReader, decode_message
 from eventstore.versions import next_version
 
@@ -101,6 +103,28 @@ class HeadReader:
         self.clock = clock
         self.stream = reader.stream
         self.prefix = reader.prefix
+
+    async def lookup(
+        self,
+        pendings: list[Pending],
+        refresh: bool,
+        translate: Callable[[BaseException, str], EventStoreError],
+    ) -> dict[str, Head]:
+        """The heads of the requests' subjects: the cache's, or the server's for those not
+        cached, marked stale or all of them (``refresh``). A request whose head could not be
+        fetched fails with ``translate`` of the error."""
+        subjects = {p.subject: p.agg_type for p in pendings}
+        missing = [s for s in subjects if refresh or not self.cache.fresh(s)]
+        if missing:
+            got = await asyncio.gather(
+                *(self.fetch(s, subjects[s]) for s in missing), return_exceptions=True
+            )
+            for s, g in zip(missing, got, strict=True):
+                if isinstance(g, BaseException):
+                    for p in pendings:
+                        if p.subject == s:
+                            p.fail(translate(g, s))
+        return {s: self.cache[s] for s in subjects if s in self.cache}
 
     async def fetch(self, subject: str, agg_type: str) -> Head:
         """The aggregate's head from the server (not the cache's answer): it decides a write.

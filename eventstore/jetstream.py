@@ -1,19 +1,11 @@
 """The JetStream wire: the one module that speaks it, and the one that touches nats-py internals.
 
-Everything the rest of ``eventstore`` needs from the server goes through here (httpx's
-client/transport split: the committer and the reader decide, this module speaks):
-
-* atomic batch publish (nats-py has no helper: the first message by request, the middle by
-  publish, the commit by request) with typed answers, ``Ack`` or ``Refusal``, and the
-  JetStream error codes named (``WRONG_LAST_SEQUENCE``, ``DUPLICATE_ID``, ...);
-* message gets that say "none" instead of raising (``last_msg``, ``next_msg``, ``msg_at``),
-  ordered push subscriptions, ack metadata (batched direct gets, built on plain requests,
-  are ``eventstore.directget``);
-* key-value and probe requests whose outcomes are decisions (a missing key, a lost race);
-* ``install_parsers``: our header parser on one client, and the guard for subjects that are
-  not UTF-8; the only use of nats-py private attributes (``_parse_header_lines``,
-  ``_build_message``) in the tree, each behind a ``getattr`` guard;
-* ``translate``: the one table from nats-py errors to ``eventstore.errors``.
+The committer and the reader decide; this module speaks (httpx's client/transport split):
+atomic batch publish with typed answers (``Ack``, ``Refusal``) and named error codes; gets that
+say "none" instead of raising; key-value and probe requests whose outcomes are decisions;
+ordered subscriptions and ack metadata (batched direct gets are ``eventstore.directget``);
+``install_parsers``, the only use of nats-py private attributes in the tree, each behind a
+``getattr`` guard; and ``translate``, the one table from nats-py errors to ``eventstore.errors``.
 """
 
 from __future__ import annotations
@@ -28,9 +20,8 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, RawStreamMsg, StorageType
+from nats.js.api import KeyValueConfig, RawStreamMsg, StorageType
 
 from eventstore.errors import (
     AppendTimeout,
@@ -113,7 +104,6 @@ class _AckReply(msgspec.Struct):
     seq: int = 0
     duplicate: bool = False
     count: int | None = None
-    batch: str | None = None
     error: dict[str, Any] | None = None
 
 
@@ -156,11 +146,8 @@ def recorded_at(us: int) -> datetime:
 
 # -- the translation table --------------------------------------------------------------------
 
-_TLS = (
-    nats.errors.SecureConnRequiredError,
-    nats.errors.SecureConnWantedError,
-    nats.errors.SecureConnFailedError,
-)
+_E = nats.errors
+_TLS = (_E.SecureConnRequiredError, _E.SecureConnWantedError, _E.SecureConnFailedError)
 _CONNECTION = (
     nats.errors.ConnectionReconnectingError,
     nats.errors.ConnectionDrainingError,
@@ -198,12 +185,12 @@ def translate(
         return NotConnected(url, "connection refused")
     if closed or isinstance(exc, nats.errors.ConnectionClosedError):
         return NotConnected(url, "connection closed")
+    if isinstance(exc, TimeoutError):  # nats-py's and asyncio's too (before OSError: a subclass)
+        if what == "append":
+            return AppendTimeout(subject, timeout)
+        return RequestTimeout(doing, timeout)
     if isinstance(exc, _CONNECTION):
         return NotConnected(url, detail)
-    if isinstance(exc, (TimeoutError, nats.errors.TimeoutError)):  # asyncio's too
-        return (
-            AppendTimeout(subject, timeout) if what == "append" else RequestTimeout(doing, timeout)
-        )
     if isinstance(exc, nats.errors.NoRespondersError):
         return NotConnected(url, f"{doing}: JetStream is not enabled or not answering")
     if isinstance(exc, _BAD_INPUT):
@@ -229,11 +216,10 @@ def translating(
         yield
     except EventStoreError:
         raise
-    except (nats.errors.Error, TimeoutError, OSError, msgspec.DecodeError) as exc:
+    except (nats.errors.Error, OSError, msgspec.DecodeError) as exc:
         closed = nc is not None and nc.is_closed
-        raise translate(
-            exc, what=what, url=url, subject=subject, timeout=timeout, closed=closed
-        ) from exc
+        raise translate(exc, what=what, url=url, subject=subject, timeout=timeout,
+                        closed=closed) from exc  # fmt: skip
 
 
 def refusal_hint(err_code: int) -> str:
@@ -437,38 +423,3 @@ async def request(
     msg = await nc.request(subject, body, timeout=t, headers=headers)
     data: bytes = msg.data
     return data
-
-
-# -- subscriptions ----------------------------------------------------------------------------
-
-
-async def subscribe_ordered(
-    js: JetStreamContext,
-    subject: str,
-    stream: str,
-    cb: Callable[[Msg], Awaitable[None]],
-    *,
-    start_seq: int | None,
-    start_time: datetime | None,
-    pending_msgs: int,
-    pending_bytes: int,
-) -> Any:
-    """An ordered push consumer on ``subject`` from ``start_seq`` (or ``start_time``)."""
-    if start_time is not None:
-        cfg = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start_time.astimezone(UTC)
-        )
-    else:
-        cfg = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq or 1)
-        )
-    return await js.subscribe(
-        subject,
-        stream=stream,
-        cb=cb,
-        ordered_consumer=True,
-        config=cfg,
-        idle_heartbeat=2.0,
-        pending_msgs_limit=pending_msgs,
-        pending_bytes_limit=pending_bytes,
-    )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 
 from eventstore.clocks import VectorClock
+from eventstore.clockstore import ProducerClock
 from eventstore.errors import InvalidEvent
-from eventstore.events import MAX_INT, AppendResult, Envelope, NewEvent
+from eventstore.events import MAX_INT, AppendResult, Envelope, NewEvent, encode_envelope, utcnow
 from eventstore.validate import check_optional_int
 
 __all__ = ["MAX_EVENTS_PER_APPEND", "AppendRequest", "Pending", "checked_events", "merge_context"]
@@ -53,9 +55,80 @@ class Pending:
     offset: int = 0  # events of earlier requests on the same subject in this attempt
     rejections: int = 0
 
+    @classmethod
+    def new(
+        cls,
+        agg_type: str,
+        agg_id: str,
+        subject: str,
+        events: list[NewEvent],
+        expected_version: int | None,
+        context: dict[str, int],
+        timeout: float,
+    ) -> Pending:
+        """A request due within ``timeout`` seconds from now."""
+        future = asyncio.get_running_loop().create_future()
+        deadline = time.monotonic() + timeout
+        return cls(agg_type, agg_id, subject, events, expected_version, context, future,
+                   deadline, timeout)  # fmt: skip
+
     @property
     def size(self) -> int:
         return len(self.events)
+
+    def encode(
+        self,
+        *,
+        producer: str,
+        clock: ProducerClock,
+        vc: VectorClock,
+        version: int,
+        observed: int,
+        max_payload: int,
+    ) -> tuple[list[Envelope], list[bytes], VectorClock, int]:
+        """The envelopes and bodies of this append's events after ``version``, ticking the
+        producer's clock (reserved beforehand); with the clock after them and the last Lamport
+        time. ``InvalidEvent`` if a clock would overflow or an event exceeds ``max_payload``."""
+        envelopes: list[Envelope] = []
+        bodies: list[bytes] = []
+        lamport = 0
+        now = utcnow()
+        for ev in self.events:
+            lamport, counter = clock.tick(observed)
+            if lamport > MAX_INT or counter > MAX_INT:
+                raise InvalidEvent(
+                    f"producer {producer!r} cannot append: its Lamport time or "
+                    f"counter would pass 2**63-1 (an event it read carries Lamport time "
+                    f"{clock.lamport - 1}); no reader could decode such an event"
+                )
+            vc = vc.increment(producer, to=counter)
+            version += 1
+            env = Envelope(
+                id=ev.id or "",
+                type=ev.type,
+                aggregate_type=self.agg_type,
+                aggregate_id=self.agg_id,
+                version=version,
+                schema=ev.schema,
+                occurred_at=now,
+                producer=producer,
+                lamport=lamport,
+                vclock=vc.to_dict(),
+                transition=ev.step,
+                data=ev.data,
+                causation_id=ev.causation_id,
+                correlation_id=ev.correlation_id,
+                metadata=ev.metadata,
+            )
+            body = encode_envelope(env)
+            if len(body) > max_payload:
+                raise InvalidEvent(
+                    f"event {env.id} is {len(body)} bytes encoded; the server accepts "
+                    f"at most {max_payload} bytes per event"
+                )
+            envelopes.append(env)
+            bodies.append(body)
+        return envelopes, bodies, vc, lamport
 
     def fail(self, exc: BaseException) -> None:
         """Fail the call unless it is settled already."""

@@ -39,7 +39,7 @@ from eventstore.errors import (
     ServerError,
     VersionConflict,
 )
-from eventstore.events import MAX_INT, AppendResult, Envelope, encode_envelope, utcnow
+from eventstore.events import AppendResult
 from eventstore.failfast import FailFast, refused_publish, subject_matches
 from eventstore.heads import Head, HeadCache, HeadReader
 from eventstore.health import unanswered_detail
@@ -77,19 +77,16 @@ class Committer:
         js: JetStreamContext,
         *,
         reader: LogReader,
-        stream: str,
         producer: str,
         clock: ProducerClock,
         machines: Machines,
         url: str,
-        prefix: str = "",
         max_batch: int = 500,
         cache_size: int = 100_000,
     ) -> None:
         self._nc = nc
         self._js = js
-        self.stream = stream
-        self.prefix = prefix
+        self.stream = stream = reader.stream
         self.producer = producer
         self.clock = clock
         self.machines = machines
@@ -162,20 +159,6 @@ class Committer:
         """The aggregate's head from the server (see ``HeadReader.fetch``)."""
         return await self._head_reader.fetch(subject, agg_type)
 
-    async def _lookup_heads(self, pendings: list[Pending], refresh: bool) -> dict[str, Head]:
-        subjects = {p.subject: p.agg_type for p in pendings}
-        missing = [s for s in subjects if refresh or not self._heads.fresh(s)]
-        if missing:
-            got = await asyncio.gather(
-                *(self.fetch_head(s, subjects[s]) for s in missing), return_exceptions=True
-            )
-            for s, g in zip(missing, got, strict=True):
-                if isinstance(g, BaseException):
-                    for p in pendings:
-                        if p.subject == s and not p.future.done():
-                            p.future.set_exception(self._translate(g, s))
-        return {s: self._heads[s] for s in subjects if s in self._heads}
-
     # -- the loop --------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -223,7 +206,7 @@ class Committer:
             if not group:
                 return
             try:
-                heads = await self._lookup_heads(group, refresh)
+                heads = await self._head_reader.lookup(group, refresh, self._translate)
             except Exception as exc:
                 if not self._transient(exc):
                     raise
@@ -351,50 +334,17 @@ class Committer:
             observed = max([head.lamport if p.expected_version is not None else 0])
             if self.clock.needs_reservation(p.size, observed):
                 await self._reserve(p.size, observed)
-            envelopes: list[Envelope] = []
-            bodies: list[bytes] = []
-            vc = self._vc.merge(context)
-            lamport = 0
-            version = head.version
-            now = utcnow()
             try:
-                for ev in p.events:
-                    lamport, counter = self.clock.tick(observed)
-                    if lamport > MAX_INT or counter > MAX_INT:
-                        raise InvalidEvent(
-                            f"producer {self.producer!r} cannot append: its Lamport time or "
-                            f"counter would pass 2**63-1 (an event it read carries Lamport time "
-                            f"{self.clock.lamport - 1}); no reader could decode such an event"
-                        )
-                    vc = vc.increment(self.producer, to=counter)
-                    version += 1
-                    env = Envelope(
-                        id=ev.id or "",
-                        type=ev.type,
-                        aggregate_type=p.agg_type,
-                        aggregate_id=p.agg_id,
-                        version=version,
-                        schema=ev.schema,
-                        occurred_at=now,
-                        producer=self.producer,
-                        lamport=lamport,
-                        vclock=vc.to_dict(),
-                        transition=ev.step,
-                        data=ev.data,
-                        causation_id=ev.causation_id,
-                        correlation_id=ev.correlation_id,
-                        metadata=ev.metadata,
-                    )
-                    body = encode_envelope(env)
-                    if len(body) > self._nc.max_payload:
-                        raise InvalidEvent(
-                            f"event {env.id} is {len(body)} bytes encoded; the server accepts "
-                            f"at most {self._nc.max_payload} bytes per event"
-                        )
-                    envelopes.append(env)
-                    bodies.append(body)
+                envelopes, bodies, vc, lamport = p.encode(
+                    producer=self.producer,
+                    clock=self.clock,
+                    vc=self._vc.merge(context),
+                    version=head.version,
+                    observed=observed,
+                    max_payload=self._nc.max_payload,
+                )
             except InvalidEvent as exc:
-                p.future.set_exception(exc)
+                p.fail(exc)
                 continue
             self._vc = vc
             base, before = bases.get(p.subject, (head.seq, 0))
@@ -402,7 +352,7 @@ class Committer:
             p.envelopes, p.bodies, p.base_seq, p.offset = envelopes, bodies, base, before
             p.state_after, p.states = state, states
             total_bytes += sum(len(b) for b in bodies)
-            work[p.subject] = Head(-1, version, vc.to_dict(), lamport, state)
+            work[p.subject] = Head(-1, envelopes[-1].version, vc.to_dict(), lamport, state)
             ready.append(p)
         if stale and not ready:
             return []

@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from eventstore import directget
 from eventstore.errors import (
@@ -39,7 +40,6 @@ from eventstore.jetstream import (
     parse_reply,
     recorded_at,
     stream_info,
-    subscribe_ordered,
     translate,
 )
 from eventstore.subjects import parse_subject
@@ -108,6 +108,38 @@ def decode_message(prefix: str, msg: StoredMessage) -> Event:
             f"but was stored on the subject of {agg_type}/{agg_id}"
         )
     return event
+
+
+async def subscribe_ordered(
+    js: JetStreamContext,
+    subject: str,
+    stream: str,
+    cb: Callable[[Msg], Awaitable[None]],
+    *,
+    start_seq: int | None,
+    start_time: datetime | None,
+    pending_msgs: int,
+    pending_bytes: int,
+) -> Any:
+    """An ordered push consumer on ``subject`` from ``start_seq`` (or ``start_time``)."""
+    if start_time is not None:
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start_time.astimezone(UTC)
+        )
+    else:
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq or 1)
+        )
+    return await js.subscribe(
+        subject,
+        stream=stream,
+        cb=cb,
+        ordered_consumer=True,
+        config=cfg,
+        idle_heartbeat=2.0,
+        pending_msgs_limit=pending_msgs,
+        pending_bytes_limit=pending_bytes,
+    )
 
 
 class _Feed:

@@ -8,9 +8,8 @@ reads to the log reader.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -21,33 +20,20 @@ from nats.js import JetStreamContext
 
 from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
-from eventstore.connecting import Callbacks, ConnectSettings, open_connection
+from eventstore.connecting import Callbacks, ConnectSettings, ensure_or_close, open_connection
 from eventstore.duplicates import find_ids
 from eventstore.errors import (
-    ConfigError,
     EventStoreError,
     InvalidEvent,
     NotConnected,
-    PermissionDenied,
-    RequestTimeout,
 )
-from eventstore.events import (
-    AppendResult,
-    Event,
-    NewEvent,
-    validate_producer,
-)
+from eventstore.events import AppendResult, Event, NewEvent, validate_producer
 from eventstore.failfast import refused_publish
-from eventstore.jetstream import stream_info, translate
 from eventstore.machines import Machines
 from eventstore.pending import AppendRequest, Pending, checked_events, merge_context
 from eventstore.producer import Committer
-from eventstore.reader import (
-    LogReader,
-    OnMalformed,
-    StoredMessage,
-)
-from eventstore.streams import StreamIdentity, StreamSettings, ensure_stream
+from eventstore.reader import LogReader, OnMalformed, StoredMessage
+from eventstore.streams import StreamIdentity, StreamSettings, ensure_stream, stream_identity
 from eventstore.subjects import aggregate_subject, filter_subject
 from eventstore.validate import check_int, check_optional_int
 
@@ -116,29 +102,12 @@ class EventStore:
             append_timeout=opts.append_timeout,
         )
         callbacks.attach(store._permission_violation, lambda: store._closing)
-        try:
-            if opts.ensure:
-                await store.ensure()
-        except RequestTimeout as exc:
-            await nc.close()
-            if callbacks.early_errors:
-                raise PermissionDenied("$JS.API.>", "publish", callbacks.early_errors[0]) from exc
-            raise NotConnected(url, "JetStream did not answer (is it enabled?)") from exc
-        except BaseException:
-            await nc.close()
-            raise
-        store._committer = Committer(
-            nc,
-            store._js,
-            reader=store.reader,
-            stream=settings_.name,
-            producer=producer,
-            clock=ProducerClock(store._js, settings_.name, producer, opts.clock_block),
-            machines=store.machines,
-            url=url,
-            prefix=settings_.prefix,
-            max_batch=opts.max_batch,
-        )
+        if opts.ensure:
+            await ensure_or_close(store.ensure, nc, url, callbacks)
+        clock = ProducerClock(store._js, settings_.name, producer, opts.clock_block)
+        store._committer = Committer(nc, store._js, reader=store.reader, producer=producer,
+                                     clock=clock, machines=store.machines, url=url,
+                                     max_batch=opts.max_batch)  # fmt: skip
         store._committer.start()
         return store
 
@@ -236,22 +205,18 @@ class EventStore:
         its place, in the order given.
         """
         committer = self._open_committer()
-        futs: list[asyncio.Future[AppendResult]] = []
+        slots: list[AppendResult | asyncio.Future[AppendResult]] = []
         for r in requests:
             pending = await self._pending(
                 r.aggregate_type, r.aggregate_id, r.events, r.expected_version, r.context, timeout
             )
-            if isinstance(pending, AppendResult):
-                done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-                done.set_result(pending)
-                futs.append(done)
-            else:
+            if isinstance(pending, Pending):
                 committer.submit(pending)
-                futs.append(pending.future)
+            slots.append(pending.future if isinstance(pending, Pending) else pending)
         out: list[AppendResult | EventStoreError] = []
-        for f in futs:
+        for slot in slots:
             try:
-                out.append(await f)
+                out.append(slot if isinstance(slot, AppendResult) else await slot)
             except EventStoreError as exc:
                 out.append(exc)
         return out
@@ -278,17 +243,8 @@ class EventStore:
             found = await find_ids(self.reader, subject, [e.id or "" for e in batch])
             if found is not None:
                 return found
-        return Pending(
-            agg_type=aggregate_type,
-            agg_id=aggregate_id,
-            subject=subject,
-            events=batch,
-            expected_version=expected_version,
-            context=merge_context(context),
-            future=asyncio.get_running_loop().create_future(),
-            deadline=time.monotonic() + wait,
-            timeout=wait,
-        )
+        return Pending.new(aggregate_type, aggregate_id, subject, batch, expected_version,
+                           merge_context(context), wait)  # fmt: skip
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -468,21 +424,7 @@ class EventStore:
 
     async def stream_identity(self) -> StreamIdentity:
         """The stream's name and creation time, from the server (see ``StreamIdentity``)."""
-        name = self.settings.name
-        try:
-            info = await stream_info(self._js, name)
-        except Exception as exc:
-            err = translate(exc, what=f"stream info of {name!r}", url=self.url, timeout=5.0)
-            if isinstance(err, RequestTimeout) or self._nc.is_closed:
-                err = NotConnected(self.url, str(exc) or type(exc).__name__)
-            raise err from exc
-        if info is None:
-            raise ConfigError(
-                f"stream {name!r} does not exist on {self.url}; check the stream name, or "
-                "create it with `eventstore server` (or a store connected with ensure=True)"
-            )
-        created = info.created.astimezone(UTC).isoformat() if info.created else ""
-        return StreamIdentity(name=name, created=created)
+        return await stream_identity(self._js, self.settings.name, url=self.url)
 
     async def version(self, aggregate_type: str, aggregate_id: str) -> int:
         """The aggregate's current version (0 if it has no events), from the server."""

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC
 from typing import Any
 
 import msgspec
 import structlog
+from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from eventstore.clockstore import bucket_name
@@ -37,6 +39,7 @@ __all__ = [
     "StreamIdentity",
     "StreamSettings",
     "ensure_stream",
+    "stream_identity",
     "validate_stream_name",
     "validate_stream_prefix",
 ]
@@ -199,3 +202,21 @@ class StreamIdentity(msgspec.Struct, frozen=True):
 
     name: str
     created: str
+
+
+async def stream_identity(js: JetStreamContext, name: str, *, url: str) -> StreamIdentity:
+    """The stream's name and creation time, from the server (see ``StreamIdentity``)."""
+    try:
+        info = await stream_info(js, name)
+    except Exception as exc:
+        err = translate(exc, what=f"stream info of {name!r}", url=url, timeout=5.0)
+        if isinstance(err, RequestTimeout):
+            err = NotConnected(url, str(exc) or type(exc).__name__)
+        raise err from exc
+    if info is None:
+        raise ConfigError(
+            f"stream {name!r} does not exist on {url}; check the stream name, or "
+            "create it with `eventstore server` (or a store connected with ensure=True)"
+        )
+    created = info.created.astimezone(UTC).isoformat() if info.created else ""
+    return StreamIdentity(name=name, created=created)
