@@ -1,6 +1,7 @@
 """eventstore: the event log on NATS JetStream (events, clocks, subjects, producer, reader)."""
 
 from eventstore.clocks import LamportClock, Order, VectorClock
+from eventstore.connecting import ConnectSettings
 from eventstore.errors import (
     AggregateNotFound,
     AppendTimeout,
@@ -38,6 +39,7 @@ __all__ = [
     "AppendTimeout",
     "CodeVersionChanged",
     "ConfigError",
+    "ConnectSettings",
     "DatabaseLocked",
     "EmbeddedServer",
     "Envelope",

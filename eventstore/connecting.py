@@ -10,7 +10,7 @@ import structlog
 from nats.aio.client import Client
 
 from eventstore.errors import NotConnected, PermissionDenied, RequestTimeout, ServerError
-from eventstore.jetstream import install_parsers, translate
+from eventstore.jetstream import close_connection, install_parsers, translate
 from eventstore.machines import Machines
 from eventstore.streams import StreamSettings
 
@@ -123,10 +123,10 @@ async def ensure_or_close(
     try:
         await ensure()
     except RequestTimeout as exc:
-        await nc.close()
+        await close_connection(nc)
         if callbacks.early_errors:
             raise PermissionDenied("$JS.API.>", "publish", callbacks.early_errors[0]) from exc
         raise NotConnected(url, "JetStream did not answer (is it enabled?)") from exc
     except BaseException:
-        await nc.close()
+        await close_connection(nc)
         raise

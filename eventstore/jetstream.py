@@ -176,7 +176,7 @@ def translate(
     if isinstance(exc, EventStoreError):
         return exc
     doing = what or (f"request to {subject}" if subject else "request")
-    detail = str(exc) or type(exc).__name__
+    detail = _describe(exc)
     if isinstance(exc, (nats.errors.AuthorizationError, nats.errors.InvalidUserCredentialsError)):
         return PermissionDenied(url, "connect", "authorization violation")
     if isinstance(exc, _TLS):
@@ -196,15 +196,24 @@ def translate(
     if isinstance(exc, _BAD_INPUT):
         return InvalidEvent(f"{doing}: {detail}")
     if isinstance(exc, nats.js.errors.ServiceUnavailableError):
-        return NotConnected(url, f"{doing}: JetStream is unavailable ({exc.description})")
-    if isinstance(exc, nats.js.errors.APIError):
-        code = exc.err_code or 0
+        return NotConnected(url, f"{doing}: JetStream is unavailable ({detail})")
+    if isinstance(exc, nats.js.errors.APIError):  # some subclasses set neither code nor text
+        code = getattr(exc, "err_code", None) or 0
+        why = getattr(exc, "description", None) or detail
         if code in (JETSTREAM_NOT_ENABLED, JETSTREAM_NOT_ENABLED_FOR_ACCOUNT):
-            return NotConnected(url, f"{doing}: JetStream is not enabled ({exc.description})")
-        return ServerError(f"{doing}: the server refused: {exc.description}{refusal_hint(code)}")
+            return NotConnected(url, f"{doing}: JetStream is not enabled ({why})")
+        return ServerError(f"{doing}: the server refused: {why}{refusal_hint(code)}")
     if isinstance(exc, msgspec.DecodeError):
         return ServerError(f"{doing}: unreadable answer from the server ({detail})")
     return ServerError(f"{doing} failed: {exc!r}")
+
+
+def _describe(exc: BaseException) -> str:
+    """The error's text, or its class name (nats-py's ``__str__`` may itself fail)."""
+    try:
+        return str(exc) or type(exc).__name__
+    except Exception:
+        return type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -269,6 +278,16 @@ def install_parsers(client: Client) -> bool:
     client._parse_header_lines = parse_header_lines  # type: ignore[method-assign]
     _guard_subjects(client)
     return True
+
+
+async def close_connection(nc: Client) -> None:
+    """Close the connection; a server already gone (the flush of a close fails) is no error."""
+    if nc.is_closed:
+        return
+    try:
+        await nc.close()
+    except (nats.errors.Error, OSError) as exc:
+        log.debug("connection closed uncleanly", error=_describe(exc))
 
 
 # -- requests whose outcome is a decision -----------------------------------------------------

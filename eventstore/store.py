@@ -29,6 +29,7 @@ from eventstore.errors import (
 )
 from eventstore.events import AppendResult, Event, NewEvent, validate_producer
 from eventstore.failfast import refused_publish
+from eventstore.jetstream import close_connection
 from eventstore.machines import Machines
 from eventstore.pending import AppendRequest, Pending, checked_events, merge_context
 from eventstore.producer import Committer
@@ -129,8 +130,7 @@ class EventStore:
         self._closing = True
         if self._committer is not None:
             await self._committer.close()
-        if not self._nc.is_closed:
-            await self._nc.close()
+        await close_connection(self._nc)
 
     async def __aenter__(self) -> EventStore:
         return self
