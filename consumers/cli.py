@@ -39,6 +39,7 @@ from consumers.cliutil import (
     stream_settings,
     url_port,
 )
+from consumers.demo import run_demo
 from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
 from eventstore import ROLES, Malformed, NewEvent, configure_logging, permissions
 
@@ -164,8 +165,6 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from consumers.demo import run_demo
-
     return run(run_demo(stream_settings(args), workdir=args.dir))
 
 

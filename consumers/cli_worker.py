@@ -3,8 +3,9 @@
 ``worker`` and ``up`` build the same ``consumers.Worker`` from the options and the config file
 (``[machines]``, ``[projections]``) and run it until SIGINT/SIGTERM; ``up`` runs the embedded
 nats-server beside it. ``worker --reset`` / ``up --reset`` start a refused database over on
-purpose. ``rebuild`` folds the whole log into a fresh file and swaps it in, printing one JSON
-object.
+purpose. ``python -m consumers.cli_worker`` runs a worker with explicit options only (what the
+crash tests start and kill). ``rebuild`` folds the whole log into a fresh file and swaps it
+in, printing one JSON object.
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ from consumers.cliutil import (
     emit,
     open_store,
     run,
+    run_command,
     shutdown_signals,
     stream_settings,
     url_port,
 )
+from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
 from consumers.worker import WORKER_PRODUCER, Worker
+from eventstore import DEFAULT_URL, configure_logging
 from projections import rebuild
 
-__all__ = ["cmd_rebuild", "cmd_up", "cmd_worker", "worker_of"]
+__all__ = ["cmd_rebuild", "cmd_up", "cmd_worker", "worker_main", "worker_of"]
 
 
 def worker_of(args: argparse.Namespace) -> Worker:
@@ -56,8 +60,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
-
     worker = worker_of(args)
     port = args.port if args.port is not None else url_port(args.url)
     store_dir = Path(args.store_dir or DEFAULT_STORE_DIR)
@@ -133,3 +135,32 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
     emit(run(go()))
     return EXIT_OK
+
+
+def _worker_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m consumers.cli_worker", description=__doc__)
+    p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument("--stream", default="EVENTS")
+    p.add_argument("--prefix", default="events")
+    p.add_argument("--db", default="./eventstore.db")
+    p.add_argument("--config", default=None)
+    p.add_argument("--projection", action="append", default=[], metavar="NAME|module:object")
+    p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        help="drop the database's projection data and fold the stream from seq 1",
+    )
+    return p
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """Run one worker with explicit options (no environment defaults but EVENTSTORE_CONFIG):
+    the same ``Worker``, signals and error lines as ``eventstore worker``."""
+    args = _worker_parser().parse_args(argv)
+    configure_logging(args.log_level, service=True)
+    return run_command(cmd_worker, args, prog="worker")
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

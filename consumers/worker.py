@@ -5,7 +5,7 @@ stop, built the same way by every entry point.
 everything a worker folds with from the config file (``[machines]``, the ``[projections]``
 load list and runner settings) plus the options given; ``await worker.run_until(stop)``
 connects, folds until ``stop`` is set and closes. ``eventstore worker``, ``eventstore up`` and
-``python -m consumers.worker`` (what the crash tests kill) all build one, so none of them can
+``python -m consumers.cli_worker`` (what the crash tests kill) all build one, so none of them can
 fold with other rules than the others.
 
 On SIGTERM or SIGINT it finishes the batch in hand, commits it with its checkpoint, and exits
@@ -20,10 +20,8 @@ SIGKILL included. A database folded from another stream is refused (``ForeignDat
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +35,6 @@ from eventstore import (
     EventStore,
     Machines,
     StreamSettings,
-    configure_logging,
     load_machines,
 )
 from projections import (
@@ -49,7 +46,7 @@ from projections import (
     load_projections,
 )
 
-__all__ = ["WORKER_PRODUCER", "Worker", "main"]
+__all__ = ["WORKER_PRODUCER", "Worker"]
 
 log = structlog.get_logger("consumers.worker")
 
@@ -178,35 +175,3 @@ class Worker:
                         await task
             self.log.info("worker stopped", checkpoint=checkpoint, applied=runner.events_applied)
             return checkpoint
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m consumers.worker", description=__doc__)
-    p.add_argument("--url", default=DEFAULT_URL)
-    p.add_argument("--stream", default="EVENTS")
-    p.add_argument("--prefix", default="events")
-    p.add_argument("--db", default="./eventstore.db")
-    p.add_argument("--config", default=None)
-    p.add_argument("--projection", action="append", default=[], metavar="NAME|module:object")
-    p.add_argument("--log-level", default="info")
-    p.add_argument(
-        "--reset",
-        action="store_true",
-        help="drop the database's projection data and fold the stream from seq 1",
-    )
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one worker with explicit options (no environment defaults but EVENTSTORE_CONFIG):
-    the same ``Worker``, signals and error lines as ``eventstore worker``."""
-    from consumers.cli_worker import cmd_worker
-    from consumers.cliutil import run_command
-
-    args = _parser().parse_args(argv)
-    configure_logging(args.log_level, service=True)
-    return run_command(cmd_worker, args, prog="worker")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from eventstore.clocks import LamportClock, Order, VectorClock
 from eventstore.config import read_config
+from eventstore.connecting import ConnectSettings
 from eventstore.errors import (
     AggregateNotFound,
     AppendTimeout,
@@ -59,6 +60,7 @@ __all__ = [
     "AppendTimeout",
     "CodeVersionChanged",
     "ConfigError",
+    "ConnectSettings",
     "DatabaseLocked",
     "EmbeddedServer",
     "Envelope",

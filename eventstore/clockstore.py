@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import nats.js.errors
 import structlog
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js import JetStreamContext
 
 from eventstore.clocks import OBSERVE_MAX
-from eventstore.errors import EventStoreError
+from eventstore.errors import ServerError
+from eventstore.jetstream import kv_get, kv_write, open_bucket, translating
 
 __all__ = ["ProducerClock"]
 
@@ -42,7 +42,7 @@ def bucket_name(stream: str) -> str:
 class ProducerClock:
     """The Lamport time and own vector entry of one producer, backed by reservations."""
 
-    def __init__(self, js: Any, stream: str, producer: str, block: int = 1000) -> None:
+    def __init__(self, js: JetStreamContext, stream: str, producer: str, block: int = 1000) -> None:
         self._js = js
         self.bucket = bucket_name(stream)
         self._kv: Any = None  # opened at the first reservation: readers never touch the bucket
@@ -55,28 +55,20 @@ class ProducerClock:
 
     async def _open(self) -> None:
         """Find (or create) the bucket and start above everything reserved before."""
-        try:
-            kv = await self._js.key_value(self.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            try:
-                kv = await self._js.create_key_value(
-                    KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE)
-                )
-            except nats.js.errors.BadRequestError:  # created concurrently
-                kv = await self._js.key_value(self.bucket)
-        self._kv = kv
+        with translating(what=f"opening clock bucket {self.bucket}", url="", timeout=5.0):
+            self._kv = await open_bucket(self._js, self.bucket)
         await self._load()
         self.lamport = max(self.lamport, self._reserved.lamport)
         self.counter = max(self.counter, self._reserved.counter)
 
     async def _load(self) -> None:
-        try:
-            entry = await self._kv.get(self.producer)
-        except nats.js.errors.KeyNotFoundError:
+        with translating(what=f"reading clock bucket {self.bucket}", url="", timeout=5.0):
+            entry = await kv_get(self._kv, self.producer)
+        if entry is None:
             self._reserved, self._revision = _Reserved(), None
             return
-        self._reserved = _dec.decode(entry.value) if entry.value else _Reserved()
-        self._revision = entry.revision
+        value, self._revision = entry
+        self._reserved = _dec.decode(value) if value else _Reserved()
 
     def observe(self, lamport: int) -> None:
         """Lamport receive rule: never fall behind a time seen on an event read (a time above
@@ -108,22 +100,17 @@ class ProducerClock:
             new = _Reserved(
                 max(want_l, self._reserved.lamport), max(want_c, self._reserved.counter)
             )
-            try:
-                if self._revision is None:
-                    self._revision = await self._kv.create(self.producer, _enc.encode(new))
-                else:
-                    self._revision = await self._kv.update(
-                        self.producer, _enc.encode(new), last=self._revision
-                    )
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+            with translating(what=f"reserving clock values in {self.bucket}", url="", timeout=5.0):
+                revision = await kv_write(self._kv, self.producer, _enc.encode(new), self._revision)
+            if revision is None:
                 # Another process of the same producer reserved meanwhile: start above it.
                 await self._load()
                 self.lamport = max(self.lamport, self._reserved.lamport)
                 self.counter = max(self.counter, self._reserved.counter)
                 continue
-            self._reserved = new
+            self._reserved, self._revision = new, revision
             return
-        raise EventStoreError(f"could not reserve clock values for producer {self.producer!r}")
+        raise ServerError(f"could not reserve clock values for producer {self.producer!r}")
 
     def tick(self, observed: int = 0) -> tuple[int, int]:
         """Next (Lamport time, own counter); the caller reserved them beforehand."""

@@ -8,8 +8,9 @@ catching up. Header names repeat from message to message, so this parser checks 
 distinct name once and remembers the verdict; it returns exactly what nats-py's
 ``Client._parse_header_lines`` returns for any input (a property test holds it to that).
 
-``install`` puts it on one client instance (the store's own connection), never on the class:
-other clients in the same process keep nats-py's behaviour. It also keeps that client alive
+``eventstore.jetstream.install_parsers`` puts it on one client instance (the store's own
+connection), never on the class: other clients in the same process keep nats-py's behaviour.
+It also keeps that client alive
 through a message whose subject is not UTF-8 (any client writing the NATS protocol by hand
 can publish one, and JetStream stores it): nats-py's own decoding raises inside its read
 loop, the message is never delivered and a reader stops at it for good; here its subject
@@ -19,13 +20,8 @@ arrives with the bytes escaped and `` (not UTF-8)`` appended, a string no NATS s
 
 from __future__ import annotations
 
-from typing import Any
+__all__ = ["parse_header_lines", "printable_subject"]
 
-import structlog
-
-__all__ = ["install", "parse_header_lines", "printable_subject"]
-
-log = structlog.get_logger("eventstore.headers")
 
 _CRLF = b"\r\n"
 _MAX_NAMES = 4096  # distinct names remembered; beyond that each is checked every time
@@ -74,33 +70,3 @@ def printable_subject(raw: bytes) -> bytes:
     except UnicodeDecodeError:
         return (raw.decode("utf-8", "backslashreplace") + " (not UTF-8)").encode()
     return raw
-
-
-def _guard_subjects(client: Any) -> None:
-    build = getattr(client, "_build_message", None)
-    if build is None or not callable(build):
-        log.debug("nats-py has no _build_message: subjects are decoded by nats-py alone")
-        return
-
-    def build_message(
-        sid: int, subject: bytes, reply: bytes, data: bytes, headers: dict[str, str] | None
-    ) -> Any:
-        try:
-            return build(sid, subject, reply, data, headers)
-        except UnicodeDecodeError:
-            return build(sid, printable_subject(subject), printable_subject(reply), data, headers)
-
-    client._build_message = build_message
-
-
-def install(client: Any) -> bool:
-    """Use ``parse_header_lines`` on this nats-py client; False if its nats-py has no such
-    hook (a newer release that parses differently keeps its own parser)."""
-    original = getattr(type(client), "_parse_header_lines", None)
-    if original is None or not callable(original):
-        log.debug("nats-py has no _parse_header_lines: keeping its header parser")
-        _guard_subjects(client)
-        return False
-    client._parse_header_lines = parse_header_lines
-    _guard_subjects(client)
-    return True

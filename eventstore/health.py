@@ -25,7 +25,15 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import nats.errors
+
+from eventstore.jetstream import (
+    JETSTREAM_NOT_ENABLED,
+    JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
+    STREAM_NOT_FOUND,
+    probe,
+    refusal_hint,
+    request_data,
+)
 
 __all__ = [
     "SERVER_HEALTH_SUBJECT",
@@ -41,10 +49,8 @@ SERVER_HEALTH_SUBJECT = "$EVENTSTORE.SERVER.HEALTH"
 # A stream name never has spaces: a publish expecting this stream is refused by the stream
 # before it stores anything, so the answer proves that the stream processes what it gets.
 _NO_SUCH_STREAM = "no stream has this name"
-_JS_NOT_ENABLED = (10039, 10076)  # not enabled for the account / not enabled
-_STREAM_NOT_FOUND = 10059
-_INSUFFICIENT_RESOURCES = 10023
-_STORE_FAILED = 10077
+_JS_NOT_ENABLED = (JETSTREAM_NOT_ENABLED_FOR_ACCOUNT, JETSTREAM_NOT_ENABLED)
+_STREAM_NOT_FOUND = STREAM_NOT_FOUND
 
 STORE_CANNOT_BE_WRITTEN = (
     "JetStream received it but neither stored nor refused it, as nats-server does when its "
@@ -94,24 +100,9 @@ def _error_code(reply: dict[str, Any]) -> int | None:
     return None
 
 
-async def _request(nc: Any, subject: str, timeout: float, **kw: Any) -> dict[str, Any] | None:
-    """A JSON reply, ``{}`` when nobody answers the subject, None on no answer in time."""
-    try:
-        msg = await nc.request(subject, b"", timeout=timeout, **kw)
-    except nats.errors.NoRespondersError:
-        return {}
-    except (nats.errors.Error, TimeoutError, OSError):
-        return None
-    try:
-        got = msgspec.json.decode(msg.data or b"{}")
-    except msgspec.DecodeError:
-        return None
-    return got if isinstance(got, dict) else None
-
-
 async def _stream_info(nc: Any, stream: str, timeout: float) -> tuple[str, dict[str, Any]]:
     """(JetStream state, the stream's info or {})."""
-    info = await _request(nc, f"$JS.API.STREAM.INFO.{stream}", timeout)
+    info = await probe(nc, f"$JS.API.STREAM.INFO.{stream}", timeout)
     if info is None:
         return "no answer", {}
     if not info or _error_code(info) in _JS_NOT_ENABLED:
@@ -130,25 +121,12 @@ async def unanswered_detail(nc: Any, stream: str, subject: str, timeout: float =
         return f"no answer: stream {stream!r} does not exist on the server"
     if state != "enabled":
         return "no answer: the server's JetStream does not answer either (overloaded or stuck?)"
-    probe = await _request(nc, subject, timeout, headers={"Nats-Expected-Stream": _NO_SUCH_STREAM})
-    if probe is None:
+    answer = await probe(nc, subject, timeout, headers={"Nats-Expected-Stream": _NO_SUCH_STREAM})
+    if answer is None:
         return "no answer: the stream does not answer either (overloaded or stuck?)"
-    if not probe:
+    if not answer:
         return f"no answer: no stream captures {subject!r}"
     return f"no answer: {STORE_CANNOT_BE_WRITTEN}"
-
-
-def refusal_hint(err_code: int) -> str:
-    """What to do about a refused append whose JetStream error is ``err_code`` ("" if nothing
-    more to say)."""
-    if err_code == _INSUFFICIENT_RESOURCES:
-        return (
-            "; the server's JetStream storage is full (its max_file_store limit or the disk): "
-            "free disk space or raise the limit in the server configuration, then restart it"
-        )
-    if err_code == _STORE_FAILED:
-        return "; the server's store failed (disk full?): free disk space, then restart it"
-    return ""
 
 
 async def server_health(nc: Any, stream: str, url: str, timeout: float = 1.0) -> ServerHealth:
@@ -165,10 +143,10 @@ async def server_health(nc: Any, stream: str, url: str, timeout: float = 1.0) ->
     else:
         st = info.get("state") or {}
         size = {k: st.get(k) for k in ("messages", "bytes", "last_seq")}
+    data = await request_data(nc, SERVER_HEALTH_SUBJECT, timeout)
     try:
-        msg = await nc.request(SERVER_HEALTH_SUBJECT, b"", timeout=timeout)
-        embedded: StoreHealth | None = _store_health.decode(msg.data)
-    except (nats.errors.Error, TimeoutError, OSError, msgspec.DecodeError):
+        embedded = _store_health.decode(data) if data is not None else None
+    except msgspec.DecodeError:
         embedded = None  # not an embedded server (or not allowed to ask): the store is unknown
     if embedded is None:
         return ServerHealth(

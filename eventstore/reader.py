@@ -15,19 +15,35 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-import msgspec
-import nats.errors
-import nats.js.errors
 import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from eventstore.errors import EventStoreError, InvalidEvent, NotConnected, PermissionDenied
+from eventstore import directget
+from eventstore.errors import (
+    InvalidEvent,
+    NotConnected,
+    PermissionDenied,
+    RequestTimeout,
+    Retryable,
+)
 from eventstore.events import Event, decode_event
+from eventstore.jetstream import (
+    StoredMessage,
+    last_msg,
+    parse_reply,
+    recorded_at,
+    stream_info,
+    translate,
+)
 from eventstore.subjects import parse_subject
+from eventstore.versions import misplaced, next_version
 
 __all__ = [
     "LogReader",
@@ -46,18 +62,6 @@ _BACKLOG_HIGH = 20_000  # messages buffered before the subscription callback wai
 # enough that a catch-up behind a slow projection does not hit it.
 _PENDING_MSGS = 500_000
 _PENDING_BYTES = 512 << 20
-_DIRECT_GET_TRIES = 6  # unanswered direct gets in a row (5 s each) before giving up
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class StoredMessage(NamedTuple):
-    """One raw message of the log, before decoding: what a quarantine records."""
-
-    seq: int
-    subject: str
-    data: bytes
-    recorded_at: datetime
-    headers: dict[str, str] | None
 
 
 class Malformed(NamedTuple):
@@ -106,18 +110,36 @@ def decode_message(prefix: str, msg: StoredMessage) -> Event:
     return event
 
 
-def _parse_time(text: str) -> datetime:
-    """RFC 3339 with nanoseconds (as JetStream writes it) to an aware datetime."""
-    head, _, frac = text.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
-
-
-def _parse_reply(reply: str) -> tuple[int, int]:
-    """(stream seq, timestamp in µs) from a JetStream ack subject (with or without domain)."""
-    t = reply.split(".")
-    if len(t) == 9:
-        return int(t[5]), int(t[7]) // 1000
-    return int(t[7]), int(t[9]) // 1000
+async def subscribe_ordered(
+    js: JetStreamContext,
+    subject: str,
+    stream: str,
+    cb: Callable[[Msg], Awaitable[None]],
+    *,
+    start_seq: int | None,
+    start_time: datetime | None,
+    pending_msgs: int,
+    pending_bytes: int,
+) -> Any:
+    """An ordered push consumer on ``subject`` from ``start_seq`` (or ``start_time``)."""
+    if start_time is not None:
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start_time.astimezone(UTC)
+        )
+    else:
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq or 1)
+        )
+    return await js.subscribe(
+        subject,
+        stream=stream,
+        cb=cb,
+        ordered_consumer=True,
+        config=cfg,
+        idle_heartbeat=2.0,
+        pending_msgs_limit=pending_msgs,
+        pending_bytes_limit=pending_bytes,
+    )
 
 
 class _Feed:
@@ -130,13 +152,10 @@ class _Feed:
         self.room.set()
         self.sub: Any = None
 
-    async def on_msg(self, msg: Any) -> None:
-        seq, us = _parse_reply(msg.reply)
-        # Integer microseconds (truncated), exactly as _parse_time reads a direct get: the
-        # same event must carry the same recorded_at whichever way it was read.
+    async def on_msg(self, msg: Msg) -> None:
+        seq, us = parse_reply(msg.reply)
         buf = self.buf
-        recorded = _EPOCH + timedelta(microseconds=us)
-        buf.append(StoredMessage(seq, msg.subject, msg.data, recorded, msg.headers))
+        buf.append(StoredMessage(seq, msg.subject, msg.data, recorded_at(us), msg.headers))
         self.ready.set()
         if len(buf) >= _BACKLOG_HIGH:
             self.room.clear()
@@ -161,53 +180,12 @@ class _Feed:
             self.sub = None
 
 
-class _Replies:
-    """The replies to one batched direct get at a time, on an inbox of their own.
-
-    Collected by a subscription callback until the server's end-of-batch status, so a batch
-    of replies costs one wait, not one timed wait per message.
-    """
-
-    def __init__(self, nc: Any) -> None:
-        self._nc = nc
-        self.msgs: list[Any] = []
-        self.done = asyncio.Event()
-        self.inbox = nc.new_inbox()
-        self.sub: Any = None
-
-    @classmethod
-    async def open(cls, nc: Any, batch: int) -> _Replies:
-        self = cls(nc)
-        self.sub = await nc.subscribe(self.inbox, cb=self._on_msg, pending_msgs_limit=4 * batch)
-        return self
-
-    async def _on_msg(self, msg: Any) -> None:
-        self.msgs.append(msg)
-        if msg.headers and msg.headers.get("Status"):
-            self.done.set()
-
-    async def ask(self, subject: str, payload: bytes, timeout: float) -> list[Any]:
-        """Send one request; the replies up to and including its end-of-batch status."""
-        self.msgs = []
-        self.done.clear()
-        await self._nc.publish(subject, payload, reply=self.inbox)
-        try:
-            await asyncio.wait_for(self.done.wait(), timeout)
-        except TimeoutError:
-            raise nats.errors.TimeoutError from None
-        return self.msgs
-
-    async def close(self) -> None:
-        if self.sub is not None:
-            with contextlib.suppress(Exception):
-                await self.sub.unsubscribe()
-            self.sub = None
-
-
 class LogReader:
     """Reads a stream with ordered consumers. Owned by an ``EventStore``; shares its connection."""
 
-    def __init__(self, nc: Any, js: Any, stream: str, prefix: str, url: str) -> None:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, stream: str, prefix: str, url: str
+    ) -> None:
         self._nc = nc
         self._js = js
         self.stream = stream
@@ -228,21 +206,20 @@ class LogReader:
 
     async def last_seq(self, subject: str | None = None) -> int:
         """The stream's last sequence, or the last sequence on one subject (0 if none)."""
+        what = f"last sequence of {subject or self.stream}"
         try:
             if subject is None:
-                info = await self._js.stream_info(self.stream)
-                return int(info.state.last_seq)
-            msg = await self._js.get_last_msg(self.stream, subject)
-            return int(msg.seq)
-        except nats.js.errors.NotFoundError:
-            return 0
-        except (nats.errors.ConnectionClosedError, nats.errors.NoRespondersError) as exc:
-            raise NotConnected(self.url, str(exc) or type(exc).__name__) from exc
-        except nats.errors.TimeoutError as exc:
-            api = "STREAM.INFO" if subject is None else "STREAM.MSG.GET"
-            if refused := self._refused(f"$JS.API.{api}.{self.stream}"):
-                raise refused from exc
-            raise
+                info = await stream_info(self._js, self.stream)
+                return int(info.state.last_seq) if info is not None else 0
+            msg = await last_msg(self._js, self.stream, subject)
+            return int(msg.seq or 0) if msg is not None else 0
+        except Exception as exc:
+            err = translate(exc, what=what, url=self.url, timeout=5.0, closed=self._nc.is_closed)
+            if isinstance(err, RequestTimeout):
+                api = "STREAM.INFO" if subject is None else "STREAM.MSG.GET"
+                if refused := self._refused(f"$JS.API.{api}.{self.stream}"):
+                    raise refused from exc
+            raise err from exc
 
     async def direct_batches(
         self,
@@ -260,101 +237,56 @@ class LogReader:
         where an ordered consumer would cost a consumer create and delete per read. Direct
         get may lag on replicated streams, so nothing that decides a write relies on it alone.
         """
-        replies = await _Replies.open(self._nc, batch)
-        api = f"$JS.API.DIRECT.GET.{self.stream}"
-        cursor = max(1, start_seq)
-        by_time = start_time
-        unanswered = 0
-        try:
-            while stop_seq is None or cursor <= stop_seq:
-                req: dict[str, Any] = {"next_by_subj": subject, "batch": batch}
-                if by_time is not None:
-                    req["start_time"] = by_time.astimezone(UTC).isoformat().replace("+00:00", "Z")
-                else:
-                    req["seq"] = cursor
-                try:
-                    got = await replies.ask(api, msgspec.json.encode(req), timeout)
-                    unanswered = 0
-                except nats.errors.TimeoutError:
-                    if self._nc.is_closed:
-                        raise NotConnected(self.url, "connection closed") from None
-                    if refused := self._refused(api):
-                        raise refused from None
-                    unanswered += 1
-                    if unanswered >= _DIRECT_GET_TRIES:
-                        raise NotConnected(
-                            self.url,
-                            f"direct get on {self.stream} went unanswered "
-                            f"{unanswered} times in a row",
-                        ) from None
-                    # Lost replies (a reconnect): ask again from where we are, on a fresh
-                    # inbox so that late replies to this request cannot mix in.
-                    await replies.close()
-                    replies = await _Replies.open(self._nc, batch)
-                    await asyncio.sleep(0.2)
-                    continue
-                except nats.errors.ConnectionClosedError as exc:
-                    raise NotConnected(self.url, "connection closed") from exc
-                out: list[StoredMessage] = []
-                done = False
-                for msg in got:
-                    hdr = msg.headers or {}
-                    status = hdr.get("Status")
-                    if status == "204":  # end of this batch
-                        done = hdr.get("Nats-Num-Pending", "1") == "0"
-                        break
-                    if status == "404":
-                        done = True
-                        break
-                    if status:
-                        raise EventStoreError(
-                            f"direct get on {self.stream} failed: {status} "
-                            f"{hdr.get('Description', '')}"
-                        )
-                    seq = int(hdr["Nats-Sequence"])
-                    if stop_seq is not None and seq > stop_seq:
-                        done = True
-                        continue
-                    out.append(
-                        StoredMessage(
-                            seq,
-                            hdr.get("Nats-Subject", subject),
-                            msg.data,
-                            _parse_time(hdr["Nats-Time-Stamp"]),
-                            hdr,
-                        )
-                    )
-                if out:
-                    by_time = None
-                    cursor = out[-1].seq + 1
-                    yield out
-                if done or not out:
-                    return
-        finally:
-            await replies.close()
-
-    async def _subscribe(
-        self, feed: _Feed, subject: str, start_seq: int | None, start_time: datetime | None
-    ) -> None:
-        if start_time is not None:
-            cfg = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_TIME,
-                opt_start_time=start_time.astimezone(UTC),
-            )
-        else:
-            cfg = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq or 1)
-            )
-        feed.sub = await self._js.subscribe(
+        async for got in directget.direct_batches(
+            self._nc,
+            self.stream,
             subject,
-            stream=self.stream,
-            cb=feed.on_msg,
-            ordered_consumer=True,
-            config=cfg,
-            idle_heartbeat=2.0,
-            pending_msgs_limit=_PENDING_MSGS,
-            pending_bytes_limit=_PENDING_BYTES,
-        )
+            url=self.url,
+            refused=self._refused,
+            start_seq=start_seq,
+            start_time=start_time,
+            stop_seq=stop_seq,
+            batch=batch,
+            timeout=timeout,
+        ):
+            yield got
+
+    async def history(
+        self,
+        subject: str,
+        agg: str,
+        from_version: int,
+        to_version: int | None,
+        on_malformed: OnMalformed | None,
+    ) -> AsyncIterator[Event]:
+        """One aggregate's events by version range, as projections fold them (see
+        ``EventStore.read``): what takes no place in the history is reported, not yielded."""
+        version = 0
+        async for batch in self.direct_batches(subject):
+            for m in batch:
+                try:
+                    ev: Event | None = decode_message(self.prefix, m)
+                    why = ""
+                except InvalidEvent as exc:
+                    ev, why = None, exc.reason
+                taken = next_version(version, m.data if ev is None else ev)
+                if ev is None or taken is None:
+                    if ev is None:
+                        kind = "undecodable"
+                        if taken is not None:
+                            why += f" (it still takes version {taken})"
+                    else:
+                        kind, why = misplaced(agg, version, ev.version)
+                    if version >= from_version - 1:
+                        report_malformed(on_malformed, Malformed(m.seq, m.subject, kind, why, m))
+                    if taken is not None:
+                        version = taken
+                else:
+                    version = taken
+                    if version >= from_version:
+                        yield ev
+                if to_version is not None and version >= to_version:
+                    return
 
     async def batches(
         self,
@@ -387,15 +319,21 @@ class LogReader:
         while True:
             feed = _Feed()
             try:
-                await self._subscribe(feed, subject, last + 1, use_time)
-            except (
-                nats.errors.ConnectionClosedError,
-                nats.errors.NoRespondersError,
-                nats.errors.TimeoutError,
-                nats.js.errors.ServiceUnavailableError,
-            ) as exc:
-                if self._nc.is_closed:
-                    raise NotConnected(self.url, "connection closed") from exc
+                feed.sub = await subscribe_ordered(
+                    self._js,
+                    subject,
+                    self.stream,
+                    feed.on_msg,
+                    start_seq=last + 1,
+                    start_time=use_time,
+                    pending_msgs=_PENDING_MSGS,
+                    pending_bytes=_PENDING_BYTES,
+                )
+            except Exception as exc:
+                err = translate(exc, what=f"subscribing to {subject}", url=self.url,
+                                closed=self._nc.is_closed)  # fmt: skip
+                if not isinstance(err, Retryable) or self._nc.is_closed:
+                    raise err from exc
                 if refused := self._refused(f"$JS.API.CONSUMER.CREATE.{self.stream}"):
                     raise refused from exc
                 await asyncio.sleep(0.25)
@@ -420,8 +358,8 @@ class LogReader:
                             if refused := self._refused(f"$JS.FC.{self.stream}"):
                                 raise refused from None  # the server waits for our reply
                             if not follow and idle >= idle_timeout:
-                                raise EventStoreError(
-                                    f"reading {subject} stalled after seq {last}"
+                                raise RequestTimeout(
+                                    f"reading {subject} after seq {last}", idle_timeout
                                 ) from None
                             continue
                     out: list[StoredMessage] = []

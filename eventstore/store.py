@@ -8,77 +8,41 @@ reads to the log reader.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 import msgspec
-import nats
-import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
-from eventstore.errors import EventStoreError, InvalidEvent, NotConnected, PermissionDenied
-from eventstore.events import (
-    AppendResult,
-    Event,
-    NewEvent,
-    validate_producer,
+from eventstore.connecting import Callbacks, ConnectSettings, ensure_or_close, open_connection
+from eventstore.duplicates import find_ids
+from eventstore.errors import (
+    EventStoreError,
+    InvalidEvent,
+    NotConnected,
 )
-from eventstore.headers import install as install_header_parser
+from eventstore.events import AppendResult, Event, NewEvent, validate_producer
+from eventstore.failfast import refused_publish
+from eventstore.jetstream import close_connection
 from eventstore.machines import Machines
-from eventstore.producer import (
-    MAX_EVENTS_PER_APPEND,
-    Committer,
-    Pending,
-    merge_context,
-    refused_publish,
-)
-from eventstore.reader import (
-    LogReader,
-    Malformed,
-    OnMalformed,
-    StoredMessage,
-    decode_message,
-    report_malformed,
-)
-from eventstore.streams import StreamSettings, ensure_stream
+from eventstore.pending import AppendRequest, Pending, checked_events, merge_context
+from eventstore.producer import Committer
+from eventstore.reader import LogReader, OnMalformed, StoredMessage
+from eventstore.streams import StreamIdentity, StreamSettings, ensure_stream, stream_identity
 from eventstore.subjects import aggregate_subject, filter_subject
 from eventstore.validate import check_int, check_optional_int
-from eventstore.versions import misplaced, next_version
 
 __all__ = ["DEFAULT_URL", "AppendRequest", "EventStore", "StreamIdentity"]
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 log = structlog.get_logger("eventstore.store")
-
-
-class AppendRequest(msgspec.Struct, frozen=True):
-    """One append of :meth:`EventStore.append_many`."""
-
-    aggregate_type: str
-    aggregate_id: str
-    events: list[NewEvent]
-    expected_version: int | None = None
-    context: dict[str, int] | None = None
-
-
-class StreamIdentity(msgspec.Struct, frozen=True):
-    """Which stream a log is: its name and when the server created it (RFC 3339, UTC).
-
-    A stream deleted and created again (a store reset) or the stream of the same name on
-    another server has another creation time; a projection database records this to refuse
-    folding another stream's log.
-    """
-
-    name: str
-    created: str
 
 
 class EventStore:
@@ -89,7 +53,7 @@ class EventStore:
 
     def __init__(
         self,
-        nc: Any,
+        nc: Client,
         *,
         url: str,
         producer: str,
@@ -112,111 +76,51 @@ class EventStore:
 
     @classmethod
     async def connect(
-        cls,
-        url: str = DEFAULT_URL,
-        *,
-        producer: str = "default",
-        stream: str | StreamSettings = "EVENTS",
-        machines: Machines | None = None,
-        ensure: bool = True,
-        append_timeout: float = 30.0,
-        connect_timeout: float = 3.0,
-        max_batch: int = 500,
-        clock_block: int = 1000,
-        user: str | None = None,
-        password: str | None = None,
+        cls, url: str = DEFAULT_URL, *, settings: ConnectSettings | None = None, **options: Any
     ) -> EventStore:
         """Connect and ensure the stream (the producer's clock values are reserved by its first
-        append)."""
+        append). ``settings`` (see ``ConnectSettings``) or its fields as keyword arguments;
+        keywords given override ``settings``."""
+        opts = msgspec.structs.replace(settings or ConnectSettings(), **options)
+        producer = opts.producer
         validate_producer(producer)
-        settings = stream if isinstance(stream, StreamSettings) else StreamSettings(name=stream)
-        holder: dict[str, EventStore] = {}
-        early_errors: list[str] = []
-
-        async def error_cb(exc: Exception) -> None:
-            text = str(exc)
-            store = holder.get("store")
-            if "permissions violation" in text.lower():
-                refused = refused_publish(text)
-                if store is not None and refused:
-                    store.reader.denied.add(refused.lower())
-                if store is not None and store._committer is not None:
-                    store._committer.permission_violation(text)
-                else:
-                    early_errors.append(text)
-                log.warning("permission violation", error=text)
-            elif not isinstance(exc, (nats.errors.ConnectionClosedError, OSError)):
-                log.debug("nats error", error=text or type(exc).__name__)
-
-        async def disconnected_cb() -> None:
-            store = holder.get("store")
-            if store is None or not store._closing:
-                log.info("disconnected from NATS, reconnecting", url=url)
-
-        async def reconnected_cb() -> None:
-            log.info("reconnected to NATS", url=url)
-
-        nc: Any = Client()  # nats.connect, with our header parser set before the first message
-        install_header_parser(nc)
-        try:
-            await nc.connect(
-                url,
-                name=f"eventstore:{producer}",
-                error_cb=error_cb,
-                disconnected_cb=disconnected_cb,
-                reconnected_cb=reconnected_cb,
-                connect_timeout=connect_timeout,
-                allow_reconnect=True,
-                # nats-py would retry a first connection forever with -1: try twice, then
-                # switch to reconnecting forever once connected.
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.25,
-                user=user,
-                password=password,
-            )
-        except nats.errors.NoServersError as exc:
-            raise NotConnected(url, "connection refused") from exc
-        except (OSError, TimeoutError, nats.errors.Error) as exc:
-            if "authorization" in str(exc).lower():
-                raise PermissionDenied(url, "connect", "authorization violation") from exc
-            raise NotConnected(url, str(exc) or type(exc).__name__) from exc
-        nc.options["max_reconnect_attempts"] = -1
+        stream = opts.stream
+        settings_ = stream if isinstance(stream, StreamSettings) else StreamSettings(name=stream)
+        callbacks = Callbacks(url)
+        nc = await open_connection(
+            url,
+            opts,
+            error_cb=callbacks.error,
+            disconnected_cb=callbacks.disconnected,
+            reconnected_cb=callbacks.reconnected,
+        )
         store = cls(
             nc,
             url=url,
             producer=producer,
-            settings=settings,
-            machines=machines or Machines(),
-            append_timeout=append_timeout,
+            settings=settings_,
+            machines=opts.machines or Machines(),
+            append_timeout=opts.append_timeout,
         )
-        holder["store"] = store
-        try:
-            if ensure:
-                await store.ensure()
-        except nats.errors.TimeoutError as exc:
-            await nc.close()
-            if early_errors:
-                raise PermissionDenied("$JS.API.>", "publish", early_errors[0]) from exc
-            raise NotConnected(url, "JetStream did not answer (is it enabled?)") from exc
-        except nats.js.errors.APIError as exc:
-            await nc.close()
-            raise EventStoreError(f"JetStream refused to set up: {exc.description}") from exc
-        except BaseException:
-            await nc.close()
-            raise
-        store._committer = Committer(
-            nc,
-            store._js,
-            stream=settings.name,
-            producer=producer,
-            clock=ProducerClock(store._js, settings.name, producer, clock_block),
-            machines=store.machines,
-            url=url,
-            prefix=settings.prefix,
-            max_batch=max_batch,
-        )
+        callbacks.attach(store._permission_violation, lambda: store._closing)
+        if opts.ensure:
+            await ensure_or_close(store.ensure, nc, url, callbacks)
+        clock = ProducerClock(store._js, settings_.name, producer, opts.clock_block)
+        store._committer = Committer(nc, store._js, reader=store.reader, producer=producer,
+                                     clock=clock, machines=store.machines, url=url,
+                                     max_batch=opts.max_batch)  # fmt: skip
         store._committer.start()
         return store
+
+    def _permission_violation(self, text: str) -> bool:
+        """A violation the server reported: reads of a refused subject fail fast from now on,
+        and the committer fails the request it refused (False: no committer yet)."""
+        if refused := refused_publish(text):
+            self.reader.denied.add(refused.lower())
+        if self._committer is None:
+            return False
+        self._committer.permission_violation(text)
+        return True
 
     async def ensure(self) -> Any:
         """Create the stream, or check that the existing one keeps the log immutable."""
@@ -226,8 +130,7 @@ class EventStore:
         self._closing = True
         if self._committer is not None:
             await self._committer.close()
-        if not self._nc.is_closed:
-            await self._nc.close()
+        await close_connection(self._nc)
 
     async def __aenter__(self) -> EventStore:
         return self
@@ -241,24 +144,29 @@ class EventStore:
         await self.close()
 
     @property
-    def nc(self) -> Any:
+    def nc(self) -> Client:
         """The underlying nats-py connection (for services built on the same connection)."""
         return self._nc
 
     @property
-    def js(self) -> Any:
+    def js(self) -> JetStreamContext:
         return self._js
+
+    def _open_committer(self) -> Committer:
+        """The committer of an open store; ``NotConnected`` once closed (or never connected)."""
+        if self._committer is None or self._closing:
+            detail = "the store is closed" if self._closing else "the store is not connected"
+            raise NotConnected(self.url, f"{detail}; use `await EventStore.connect(...)`")
+        return self._committer
 
     @property
     def vclock(self) -> VectorClock:
         """This producer's causal context: everything it has written or acted upon."""
-        assert self._committer is not None
-        return self._committer.vclock
+        return self._open_committer().vclock
 
     @property
     def lamport(self) -> int:
-        assert self._committer is not None
-        return self._committer.clock.lamport
+        return self._open_committer().clock.lamport
 
     def subject(self, aggregate_type: str, aggregate_id: str) -> str:
         return aggregate_subject(self.settings.prefix, aggregate_type, aggregate_id)
@@ -286,8 +194,7 @@ class EventStore:
         )
         if isinstance(pending, AppendResult):
             return pending
-        assert self._committer is not None
-        return await self._committer.append(pending)
+        return await self._open_committer().append(pending)
 
     async def append_many(
         self, requests: Iterable[AppendRequest], *, timeout: float | None = None
@@ -297,23 +204,19 @@ class EventStore:
         Each request succeeds or fails on its own; failures come back as the error object in
         its place, in the order given.
         """
-        assert self._committer is not None
-        futs: list[asyncio.Future[AppendResult]] = []
+        committer = self._open_committer()
+        slots: list[AppendResult | asyncio.Future[AppendResult]] = []
         for r in requests:
             pending = await self._pending(
                 r.aggregate_type, r.aggregate_id, r.events, r.expected_version, r.context, timeout
             )
-            if isinstance(pending, AppendResult):
-                done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-                done.set_result(pending)
-                futs.append(done)
-            else:
-                self._committer.submit(pending)
-                futs.append(pending.future)
+            if isinstance(pending, Pending):
+                committer.submit(pending)
+            slots.append(pending.future if isinstance(pending, Pending) else pending)
         out: list[AppendResult | EventStoreError] = []
-        for f in futs:
+        for slot in slots:
             try:
-                out.append(await f)
+                out.append(slot if isinstance(slot, AppendResult) else await slot)
             except EventStoreError as exc:
                 out.append(exc)
         return out
@@ -328,90 +231,20 @@ class EventStore:
         timeout: float | None,
     ) -> Pending | AppendResult:
         """Validate one append and build its request; an AppendResult if it is a known retry."""
-        if self._committer is None:
-            raise NotConnected(self.url, "not connected")
+        self._open_committer()
         if self._nc.is_closed:
             raise NotConnected(self.url, "connection closed")
         subject = self.subject(aggregate_type, aggregate_id)
-        batch = [events] if isinstance(events, NewEvent) else list(events)
-        if not batch:
-            raise InvalidEvent("an append needs at least one event")
-        if len(batch) > MAX_EVENTS_PER_APPEND:
-            raise InvalidEvent(
-                f"{len(batch)} events in one append; at most {MAX_EVENTS_PER_APPEND} "
-                "(the server's atomic batch limit)"
-            )
-        if not all(isinstance(e, NewEvent) for e in batch):
-            raise InvalidEvent("events must be NewEvent objects")
-        check_optional_int(expected_version, "expected_version")
-        user_ids = [e.id for e in batch if e.id is not None]
-        if len(set(user_ids)) != len(user_ids):
-            raise InvalidEvent("the same event id appears twice in one append")
-        batch = [e.with_id() for e in batch]
+        batch, chosen_ids = checked_events(events, expected_version)
         wait = self.append_timeout if timeout is None else timeout
-        if user_ids:
+        if chosen_ids:
             # Ids chosen by the caller may be a retry of an append stored long ago (after the
             # server's dedup window): look for them before writing anything.
-            found = await self._find_ids(subject, [e.id or "" for e in batch])
+            found = await find_ids(self.reader, subject, [e.id or "" for e in batch])
             if found is not None:
                 return found
-        return Pending(
-            agg_type=aggregate_type,
-            agg_id=aggregate_id,
-            subject=subject,
-            events=batch,
-            expected_version=expected_version,
-            context=merge_context(context),
-            future=asyncio.get_running_loop().create_future(),
-            deadline=time.monotonic() + wait,
-            timeout=wait,
-        )
-
-    async def _find_ids(self, subject: str, ids: list[str]) -> AppendResult | None:
-        """The stored copy of a retried append: its ids at their places in the history.
-
-        A copy of an id that takes no place (a raw client's stale or gap event, which the
-        projection quarantines) is no proof the append is stored: such an id is refused.
-        """
-        wanted = set(ids)
-        found: dict[str, Event] = {}
-        outside: dict[str, int] = {}  # id -> seq of a copy that takes no version
-        version = 0
-        async for batch in self.reader.direct_batches(subject):
-            for m in batch:
-                taken = next_version(version, m.data)
-                if taken is not None:
-                    version = taken
-                msg_id = (m.headers or {}).get("Nats-Msg-Id")
-                if msg_id is not None and msg_id not in wanted:
-                    continue
-                try:
-                    ev = decode_message(self.settings.prefix, m)
-                except InvalidEvent:
-                    continue
-                if ev.id not in wanted:
-                    continue
-                if taken is None:
-                    outside.setdefault(ev.id, m.seq)
-                else:
-                    found[ev.id] = ev
-        if lost := sorted(set(outside) - set(found)):
-            raise InvalidEvent(
-                f"event id {lost[0]} is already stored on {subject} at seq {outside[lost[0]]}, "
-                "but that message takes no place in the aggregate's history (a duplicate or "
-                "skipped version, quarantined by projections); give this append another id"
-            )
-        if not found:
-            return None
-        if len(found) != len(wanted):
-            missing = sorted(wanted - found.keys())
-            raise InvalidEvent(
-                f"events {sorted(found)} are already stored on {subject} but {missing} are "
-                "not: a retry must resend exactly the same events"
-            )
-        evs = [found[i] for i in ids]
-        last = evs[-1]
-        return AppendResult.of(evs[0].seq, last, last.seq, tuple(ids), duplicate=True)
+        return Pending.new(aggregate_type, aggregate_id, subject, batch, expected_version,
+                           merge_context(context), wait)  # fmt: skip
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -442,33 +275,10 @@ class EventStore:
         subject = self.subject(aggregate_type, aggregate_id)
         if to_version is not None and to_version < from_version:
             return
-        agg = f"{aggregate_type}/{aggregate_id}"
-        version = 0
-        async for batch in self.reader.direct_batches(subject):
-            for m in batch:
-                try:
-                    ev: Event | None = decode_message(self.settings.prefix, m)
-                    why = ""
-                except InvalidEvent as exc:
-                    ev, why = None, exc.reason
-                taken = next_version(version, m.data if ev is None else ev)
-                if ev is None or taken is None:
-                    if ev is None:
-                        kind = "undecodable"
-                        if taken is not None:
-                            why += f" (it still takes version {taken})"
-                    else:
-                        kind, why = misplaced(agg, version, ev.version)
-                    if version >= from_version - 1:
-                        report_malformed(on_malformed, Malformed(m.seq, m.subject, kind, why, m))
-                    if taken is not None:
-                        version = taken
-                else:
-                    version = taken
-                    if version >= from_version:
-                        yield self._observe(ev)
-                if to_version is not None and version >= to_version:
-                    return
+        async for ev in self.reader.history(
+            subject, f"{aggregate_type}/{aggregate_id}", from_version, to_version, on_malformed
+        ):
+            yield self._observe(ev)
 
     async def read_by_seq(
         self,
@@ -614,31 +424,16 @@ class EventStore:
 
     async def stream_identity(self) -> StreamIdentity:
         """The stream's name and creation time, from the server (see ``StreamIdentity``)."""
-        name = self.settings.name
-        try:
-            info = await self._js.stream_info(name)
-        except nats.js.errors.NotFoundError as exc:
-            raise EventStoreError(f"stream {name!r} does not exist on {self.url}") from exc
-        except (
-            nats.errors.ConnectionClosedError,
-            nats.errors.NoRespondersError,
-            nats.errors.TimeoutError,
-            nats.js.errors.ServiceUnavailableError,
-        ) as exc:
-            raise NotConnected(self.url, str(exc) or type(exc).__name__) from exc
-        except nats.js.errors.APIError as exc:
-            raise EventStoreError(f"stream info of {name!r} refused: {exc.description}") from exc
-        created = info.created.astimezone(UTC).isoformat() if info.created else ""
-        return StreamIdentity(name=name, created=created)
+        return await stream_identity(self._js, self.settings.name, url=self.url)
 
     async def version(self, aggregate_type: str, aggregate_id: str) -> int:
         """The aggregate's current version (0 if it has no events), from the server."""
-        assert self._committer is not None
-        head = await self._committer.fetch_head(
+        head = await self._open_committer().fetch_head(
             self.subject(aggregate_type, aggregate_id), aggregate_type
         )
         return head.version
 
     async def exists(self, aggregate_type: str, aggregate_id: str) -> bool:
-        """Whether the aggregate has any message in the stream, from the server."""
+        """Whether the aggregate's subject holds any message (valid event or not)."""
+        self._open_committer()
         return await self.reader.last_seq(self.subject(aggregate_type, aggregate_id)) > 0

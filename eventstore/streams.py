@@ -16,19 +16,33 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC
 from typing import Any
 
 import msgspec
-import nats.errors
-import nats.js.errors
 import structlog
+from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from eventstore.clockstore import bucket_name
-from eventstore.errors import ConfigError, EventStoreError, NotConnected, StreamMisconfigured
+from eventstore.errors import (
+    ConfigError,
+    EventStoreError,
+    NotConnected,
+    RequestTimeout,
+    StreamMisconfigured,
+)
+from eventstore.jetstream import add_stream, stream_info, translate, translating
 from eventstore.subjects import DEFAULT_PREFIX, validate_prefix
 
-__all__ = ["StreamSettings", "ensure_stream", "validate_stream_name", "validate_stream_prefix"]
+__all__ = [
+    "StreamIdentity",
+    "StreamSettings",
+    "ensure_stream",
+    "stream_identity",
+    "validate_stream_name",
+    "validate_stream_prefix",
+]
 
 log = structlog.get_logger("eventstore.streams")
 
@@ -155,19 +169,17 @@ async def ensure_stream(js: Any, settings: StreamSettings, *, url: str = "") -> 
     Returns the stream info. Raises ``StreamMisconfigured`` naming every weakening setting.
     """
     validate_prefix(settings.prefix)
+    what = f"setting up stream {settings.name!r}"
     try:
-        info = await js.stream_info(settings.name)
-    except nats.js.errors.NotFoundError:
-        info = None
-    except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
-        raise NotConnected(url, "JetStream is not enabled or not answering") from exc
+        info = await stream_info(js, settings.name)
+    except Exception as exc:
+        err = translate(exc, what=what, url=url, timeout=5.0)
+        if isinstance(err, (NotConnected, RequestTimeout)):
+            err = NotConnected(url, "JetStream is not enabled or not answering")
+        raise err from exc
     if info is None:
-        try:
-            info = await js.add_stream(settings.config())
-        except nats.js.errors.BadRequestError as exc:
-            raise EventStoreError(
-                f"cannot create stream {settings.name!r}: {exc.description}"
-            ) from exc
+        with translating(what=what, url=url, timeout=5.0):
+            info = await add_stream(js, settings.config())
         log.info("stream created", stream=settings.name, subjects=settings.subjects)
         return info
     problems = _problems(info.config, settings)
@@ -178,3 +190,33 @@ async def ensure_stream(js: Any, settings: StreamSettings, *, url: str = "") -> 
         log.info("stream duplicate window differs", stream=settings.name, configured=dup,
                  requested=settings.duplicate_window)  # fmt: skip
     return info
+
+
+class StreamIdentity(msgspec.Struct, frozen=True):
+    """Which stream a log is: its name and when the server created it (RFC 3339, UTC).
+
+    A stream deleted and created again (a store reset) or the stream of the same name on
+    another server has another creation time; a projection database records this to refuse
+    folding another stream's log.
+    """
+
+    name: str
+    created: str
+
+
+async def stream_identity(js: JetStreamContext, name: str, *, url: str) -> StreamIdentity:
+    """The stream's name and creation time, from the server (see ``StreamIdentity``)."""
+    try:
+        info = await stream_info(js, name)
+    except Exception as exc:
+        err = translate(exc, what=f"stream info of {name!r}", url=url, timeout=5.0)
+        if isinstance(err, RequestTimeout):
+            err = NotConnected(url, str(exc) or type(exc).__name__)
+        raise err from exc
+    if info is None:
+        raise ConfigError(
+            f"stream {name!r} does not exist on {url}; check the stream name, or "
+            "create it with `eventstore server` (or a store connected with ensure=True)"
+        )
+    created = info.created.astimezone(UTC).isoformat() if info.created else ""
+    return StreamIdentity(name=name, created=created)

@@ -10,7 +10,8 @@ from nats.aio.client import Client
 
 from eventstore import EventStore, NewEvent, StreamSettings
 from eventstore import headers as headers_module
-from eventstore.headers import install, parse_header_lines
+from eventstore.headers import parse_header_lines
+from eventstore.jetstream import install_parsers as install
 
 # Bytes that matter to the parsing: separators, every ASCII whitespace (str.isspace also
 # counts \x1c-\x1f), non-ASCII and invalid UTF-8, plus ordinary name characters.

@@ -433,7 +433,7 @@ def start_worker(
             [
                 sys.executable,
                 "-m",
-                "consumers.worker",
+                "consumers.cli_worker",
                 "--url",
                 url,
                 "--stream",

@@ -21,8 +21,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "projections": ("eventstore",),
     "consumers": ("eventstore", "projections"),
 }
-# The packages this test holds to the rule ("projections" joins once it imports eventstore
-# only through its __init__).
+# The packages this test holds to the facade rule (eventstore is the bottom layer).
 CHECKED = ["consumers", "projections"]
 
 
@@ -88,3 +87,63 @@ def test_the_check_catches_every_form_of_a_forbidden_import(tmp_path: Path) -> N
         "projections/m.py:9: eventstore.reader (use `from eventstore import`)",
         "projections/m.py:11: consumers.cli (not below projections)",
     ]
+
+
+def _module_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the modules of our packages it imports at module level (facades excluded:
+    ``from eventstore import X`` is the door, not a dependency on one module)."""
+    graph: dict[str, set[str]] = {}
+    for package in RULES:
+        for path in sorted((root / package).glob("*.py")):
+            if path.stem == "__init__":
+                continue
+            tree = ast.parse(path.read_text(), str(path))
+            deps: set[str] = set()
+            for node in tree.body:
+                if (
+                    isinstance(node, ast.ImportFrom)
+                    and node.module
+                    and not node.level
+                    and node.module.split(".")[0] in RULES
+                    and "." in node.module
+                ):
+                    deps.add(node.module)
+            graph[f"{package}.{path.stem}"] = deps
+    return graph
+
+
+def test_no_import_circle_between_modules() -> None:
+    """No module of ours imports, through others, back to itself."""
+    graph = _module_graph()
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            pytest.fail("import circle: " + " -> ".join([*path[path.index(module) :], module]))
+        if module in done:
+            return
+        for dep in sorted(graph.get(module, ())):
+            visit(dep, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_no_function_local_imports_of_our_packages() -> None:
+    """Imports of our packages sit at module level, where a circle would show, never inside a
+    function where one could hide."""
+    found = []
+    for package in RULES:
+        for path in sorted((ROOT / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                for inner in ast.walk(node):
+                    if (
+                        isinstance(inner, ast.ImportFrom)
+                        and inner.module
+                        and inner.module.split(".")[0] in RULES
+                    ):
+                        found.append(f"{package}/{path.name}:{inner.lineno}: {inner.module}")
+    assert found == []

@@ -1,5 +1,5 @@
 """Every way of starting a worker builds the same worker: ``eventstore worker``, ``eventstore
-up`` and ``python -m consumers.worker`` all fold with the config's ``[machines]``, its
+up`` and ``python -m consumers.cli_worker`` all fold with the config's ``[machines]``, its
 ``[projections]`` settings and the options given, through one ``consumers.Worker``."""
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def _env() -> dict[str, str]:
 def _command(entry: str, url: str, settings: StreamSettings, db: Path, tmp: Path) -> list[str]:
     where = ["--url", url, "--stream", settings.name, "--prefix", settings.prefix]
     where += ["--db", str(db), "--config", str(tmp / "es.toml")]
-    if entry == "python -m consumers.worker":
-        return [sys.executable, "-m", "consumers.worker", *where]
+    if entry == "python -m consumers.cli_worker":
+        return [sys.executable, "-m", "consumers.cli_worker", *where]
     if entry == "eventstore worker":
         return [sys.executable, "-m", "consumers.cli", "worker", *where]
     port = url.rsplit(":", 1)[1]
@@ -74,7 +74,7 @@ async def _connect(url: str, settings: StreamSettings, proc: subprocess.Popen[by
             await asyncio.sleep(0.1)
 
 
-ENTRIES = ["eventstore worker", "eventstore up", "python -m consumers.worker"]
+ENTRIES = ["eventstore worker", "eventstore up", "python -m consumers.cli_worker"]
 
 
 def _spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -1,0 +1,132 @@
+"""How ``EventStore.connect`` connects: its settings, and the one place a connection opens."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+
+from eventstore.errors import NotConnected, PermissionDenied, RequestTimeout, ServerError
+from eventstore.jetstream import close_connection, install_parsers, translate
+from eventstore.machines import Machines
+from eventstore.streams import StreamSettings
+
+__all__ = ["Callbacks", "ConnectSettings", "ensure_or_close", "open_connection"]
+
+log = structlog.get_logger("eventstore.store")
+
+
+class ConnectSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The options of ``EventStore.connect``, each also accepted as a keyword argument."""
+
+    producer: str = "default"
+    """Stable name of this writer, recorded in every event it appends (its clock's owner)."""
+    stream: str | StreamSettings = "EVENTS"
+    """The stream of the log: a name (default settings) or full ``StreamSettings``."""
+    machines: Machines | None = None
+    """State machines every append of this producer is checked against (none by default)."""
+    ensure: bool = True
+    """Create the stream if missing and check that it keeps the log immutable."""
+    append_timeout: float = 30.0
+    """Seconds an append may take, retries included, before ``AppendTimeout``."""
+    connect_timeout: float = 3.0
+    """Seconds to wait for the server when connecting."""
+    max_batch: int = 500
+    """Events the committer packs into one atomic batch at most."""
+    clock_block: int = 1000
+    """Clock values reserved at a time in the clock bucket (fewer writes, larger skips)."""
+    user: str | None = None
+    """User name for the server's authorization (with ``password``), if it requires one."""
+    password: str | None = None
+    """Password of ``user``."""
+
+
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+class Callbacks:
+    """The connection's callbacks, routed to the store once it exists (``attach``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.early_errors: list[str] = []  # violations before the store could take them
+        self._violation: Callable[[str], bool] | None = None
+        self._closing: Callable[[], bool] = lambda: False
+
+    def attach(self, violation: Callable[[str], bool], closing: Callable[[], bool]) -> None:
+        self._violation, self._closing = violation, closing
+
+    async def error(self, exc: Exception) -> None:
+        text = str(exc)
+        if "permissions violation" in text.lower():
+            if self._violation is None or not self._violation(text):
+                self.early_errors.append(text)
+            log.warning("permission violation", error=text)
+        elif not isinstance(translate(exc, url=self.url), NotConnected):
+            log.debug("nats error", error=text or type(exc).__name__)
+
+    async def disconnected(self) -> None:
+        if not self._closing():
+            log.info("disconnected from NATS, reconnecting", url=self.url)
+
+    async def reconnected(self) -> None:
+        log.info("reconnected to NATS", url=self.url)
+
+
+async def open_connection(
+    url: str,
+    settings: ConnectSettings,
+    *,
+    error_cb: ErrorCallback,
+    disconnected_cb: Callable[[], Awaitable[None]],
+    reconnected_cb: Callable[[], Awaitable[None]],
+) -> Client:
+    """A connected nats-py client with our header parser installed before the first message;
+    ``NotConnected`` or ``PermissionDenied`` when it cannot connect."""
+    nc = Client()
+    install_parsers(nc)
+    options: dict[str, Any] = {
+        "name": f"eventstore:{settings.producer}",
+        "error_cb": error_cb,
+        "disconnected_cb": disconnected_cb,
+        "reconnected_cb": reconnected_cb,
+        "connect_timeout": settings.connect_timeout,
+        "allow_reconnect": True,
+        # nats-py would retry a first connection forever with -1: try twice, then switch to
+        # reconnecting forever once connected.
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.25,
+        "user": settings.user,
+        "password": settings.password,
+    }
+    try:
+        await nc.connect(url, **options)
+    except Exception as exc:
+        if "authorization" in str(exc).lower():
+            raise PermissionDenied(url, "connect", "authorization violation") from exc
+        err = translate(exc, what=f"connecting to {url}", url=url, timeout=settings.connect_timeout)
+        if isinstance(err, (RequestTimeout, ServerError)):  # a server that does not answer
+            err = NotConnected(url, str(exc) or type(exc).__name__)
+        raise err from exc
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
+
+
+async def ensure_or_close(
+    ensure: Callable[[], Awaitable[object]], nc: Client, url: str, callbacks: Callbacks
+) -> None:
+    """Ensure the stream on a new connection; on any failure close it and raise: a JetStream
+    that does not answer is ``PermissionDenied`` if the server refused this client its API."""
+    try:
+        await ensure()
+    except RequestTimeout as exc:
+        await close_connection(nc)
+        if callbacks.early_errors:
+            raise PermissionDenied("$JS.API.>", "publish", callbacks.early_errors[0]) from exc
+        raise NotConnected(url, "JetStream did not answer (is it enabled?)") from exc
+    except BaseException:
+        await close_connection(nc)
+        raise

@@ -1,0 +1,231 @@
+"""The committer's cache of aggregate heads: what it knows of each aggregate's last event.
+
+An LRU of ``Head`` by subject, bounded in size, with "stale" marks: a head marked stale (after
+a refused or unconfirmed batch, a duplicate) is checked with the server before it decides a
+write. A head older than the log is still a correct place to count on from: each is exactly
+what the fold's version rule gives for the subject up to its ``seq``.
+
+``HeadReader`` asks the server for a head that decides a write: the subject's real last
+message from the leader, and the version counted by the fold's rule over the messages after
+the cached head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+
+from eventstore.clockstore import ProducerClock
+from eventstore.errors import EventStoreError, InvalidEvent, InvalidTransition
+from eventstore.events import Event, utcnow
+from eventstore.jetstream import StoredMessage, last_msg, next_msg, translating
+from eventstore.machines import Machines
+from eventstore.pending import Pending
+from eventstore.reader import LogReader, decode_message
+from eventstore.versions import next_version
+
+__all__ = ["Head", "HeadCache", "HeadReader"]
+
+log = structlog.get_logger("eventstore.heads")
+
+
+@dataclass(slots=True)
+class Head:
+    """What the committer knows of an aggregate's last stored event."""
+
+    seq: int
+    version: int
+    vclock: dict[str, int]
+    lamport: int
+    state: str | None
+
+
+NEW = Head(0, 0, {}, 0, None)  # an aggregate with no message yet (copied before use)
+
+
+class HeadCache:
+    """Heads by subject, least recently used evicted beyond ``size``."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._heads: OrderedDict[str, Head] = OrderedDict()
+        self._stale: set[str] = set()
+        self.size = size
+
+    def get(self, subject: str) -> Head | None:
+        return self._heads.get(subject)
+
+    def __contains__(self, subject: str) -> bool:
+        return subject in self._heads
+
+    def __getitem__(self, subject: str) -> Head:
+        return self._heads[subject]
+
+    def fresh(self, subject: str) -> bool:
+        """Cached and not marked stale: good enough to prepare a write (the server's
+        expected-sequence check catches the rest)."""
+        return subject in self._heads and subject not in self._stale
+
+    def remember(self, subject: str, head: Head) -> None:
+        self._heads[subject] = head
+        self._heads.move_to_end(subject)
+        self._stale.discard(subject)
+        if len(self._heads) > self.size:
+            evicted, _ = self._heads.popitem(last=False)
+            self._stale.discard(evicted)
+
+    def mark_stale(self, subject: str) -> None:
+        """Check this head with the server before it decides a write again."""
+        self._stale.add(subject)
+
+
+class HeadReader:
+    """Fetches heads from the server into a ``HeadCache``, counting versions as the fold does."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        reader: LogReader,
+        cache: HeadCache,
+        *,
+        machines: Machines,
+        clock: ProducerClock,
+    ) -> None:
+        self._js = js
+        self._reader = reader
+        self.cache = cache
+        self.machines = machines
+        self.clock = clock
+        self.stream = reader.stream
+        self.prefix = reader.prefix
+
+    async def lookup(
+        self,
+        pendings: list[Pending],
+        refresh: bool,
+        translate: Callable[[BaseException, str], EventStoreError],
+    ) -> dict[str, Head]:
+        """The heads of the requests' subjects: the cache's, or the server's for those not
+        cached, marked stale or all of them (``refresh``). A request whose head could not be
+        fetched fails with ``translate`` of the error."""
+        subjects = {p.subject: p.agg_type for p in pendings}
+        missing = [s for s in subjects if refresh or not self.cache.fresh(s)]
+        if missing:
+            got = await asyncio.gather(
+                *(self.fetch(s, subjects[s]) for s in missing), return_exceptions=True
+            )
+            for s, g in zip(missing, got, strict=True):
+                if isinstance(g, BaseException):
+                    for p in pendings:
+                        if p.subject == s:
+                            p.fail(translate(g, s))
+        return {s: self.cache[s] for s in subjects if s in self.cache}
+
+    async def fetch(self, subject: str, agg_type: str) -> Head:
+        """The aggregate's head from the server (not the cache's answer): it decides a write.
+
+        ``seq`` is the subject's real last message (what the append must expect) and
+        ``version`` the aggregate's version by the fold's rule (``eventstore.versions``): the
+        messages after the cached head (all of them, the first time) are counted, so a raw
+        stale, gap or malformed message never decides the next version. The clock is the last
+        valid event's that took a position, the machine state the fold's.
+        """
+        with translating(what=f"head of {subject}", url=self._reader.url, timeout=5.0):
+            msg = await last_msg(self._js, self.stream, subject)
+        if msg is None:
+            head = Head(0, 0, {}, 0, None)
+            self.cache.remember(subject, head)
+            return head
+        last_seq = int(msg.seq or 0)
+        known = self.cache.get(subject)
+        head = (
+            known if known is not None and 0 <= known.seq <= last_seq else Head(0, 0, {}, 0, None)
+        )
+        if head.seq != last_seq:
+            head = await self._count(subject, agg_type, head, msg)
+        self.cache.remember(subject, head)
+        return head
+
+    async def _count(self, subject: str, agg_type: str, base: Head, last: RawStreamMsg) -> Head:
+        """``base`` moved on over the subject's messages after it, up to its ``last`` message,
+        by the version rule; transitions checked by the aggregate's machine, as the fold does."""
+        last_seq = int(last.seq or 0)
+        machine = self.machines.get(agg_type)
+        version, state = base.version, base.state
+        valid: Event | None = None  # the last valid event that took a position
+        unchecked: list[StoredMessage] = []  # took a position since; validity not looked at
+        foreign = 0
+        async for batch in self._messages_after(subject, base.seq, last):
+            for m in batch:
+                taken = next_version(version, m.data)
+                if taken is None:
+                    foreign += 1
+                    continue
+                version = taken
+                if machine is None:
+                    unchecked.append(m)
+                    continue
+                ev = self._valid(m)
+                if ev is None:
+                    continue
+                if ev.transition is not None:
+                    try:
+                        state = machine.check(ev.aggregate_id, state, ev.transition)
+                    except InvalidTransition:
+                        continue  # quarantined by the fold: no new state, not its last event
+                valid = ev
+            # Only the last valid one matters: look from the end, usually one decode per batch.
+            for m in reversed(unchecked):
+                if (ev := self._valid(m)) is not None:
+                    valid = ev
+                    break
+            unchecked.clear()
+        if foreign:
+            log.warning(
+                "messages on the subject take no version (stale, gap or malformed); appends "
+                "continue after the aggregate's real version",
+                subject=subject, messages=foreign, version=version, seq=last_seq,
+            )  # fmt: skip
+        if valid is None:
+            return Head(last_seq, version, base.vclock, base.lamport, state)
+        self.clock.observe(valid.lamport)
+        lamport = max(base.lamport, valid.lamport)
+        return Head(last_seq, version, dict(valid.vclock), lamport, state)
+
+    def _valid(self, m: StoredMessage) -> Event | None:
+        try:
+            return decode_message(self.prefix, m)
+        except InvalidEvent:
+            return None
+
+    async def _messages_after(
+        self, subject: str, after: int, last: RawStreamMsg
+    ) -> AsyncIterator[list[StoredMessage]]:
+        """The subject's messages after seq ``after`` up to its ``last`` message (as the
+        leader returned it): batched direct gets, and the leader's get for any the direct read
+        did not reach yet (a lagging replica)."""
+        last_seq = int(last.seq or 0)
+        if last_seq == after + 1:  # nothing else was stored since, on any subject
+            at = last.time or utcnow()
+            yield [StoredMessage(last_seq, subject, last.data or b"", at, last.headers)]
+            return
+        seen = after
+        reader = self._reader
+        async for batch in reader.direct_batches(subject, start_seq=after + 1, stop_seq=last_seq):
+            seen = batch[-1].seq
+            yield batch
+        while seen < last_seq:
+            with translating(what=f"messages of {subject}", url=reader.url, timeout=5.0):
+                msg = await next_msg(self._js, self.stream, subject, seen + 1)
+            if msg is None:
+                return
+            seen = int(msg.seq or 0)
+            if seen > last_seq:
+                return
+            at = msg.time or utcnow()
+            yield [StoredMessage(seen, msg.subject or subject, msg.data or b"", at, msg.headers)]

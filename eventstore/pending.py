@@ -1,0 +1,187 @@
+"""One ``append`` call waiting for the committer, and the checks that build it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+
+from eventstore.clocks import VectorClock
+from eventstore.clockstore import ProducerClock
+from eventstore.errors import InvalidEvent
+from eventstore.events import MAX_INT, AppendResult, Envelope, NewEvent, encode_envelope, utcnow
+from eventstore.validate import check_optional_int
+
+__all__ = ["MAX_EVENTS_PER_APPEND", "AppendRequest", "Pending", "checked_events", "merge_context"]
+
+MAX_EVENTS_PER_APPEND = 1000  # the server's atomic batch limit
+
+
+class AppendRequest(msgspec.Struct, frozen=True):
+    """One append of :meth:`EventStore.append_many`."""
+
+    aggregate_type: str
+    aggregate_id: str
+    events: list[NewEvent]
+    expected_version: int | None = None
+    context: dict[str, int] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """One ``append`` call waiting for the committer."""
+
+    agg_type: str
+    agg_id: str
+    subject: str
+    events: list[NewEvent]
+    expected_version: int | None
+    context: dict[str, int]
+    future: asyncio.Future[AppendResult]
+    deadline: float
+    timeout: float
+    # assigned per attempt
+    envelopes: list[Envelope] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    base_seq: int = 0  # the head sequence this attempt expected
+    state_after: str | None = None
+    states: list[str] = field(default_factory=list)  # state after each event (machines only)
+    # Head sequences of attempts that may have been stored (sent, never confirmed): a stored
+    # copy of this append sits right after one of them.
+    tried: set[tuple[int, int]] = field(default_factory=set)  # (head seq, offset after it)
+    offset: int = 0  # events of earlier requests on the same subject in this attempt
+    rejections: int = 0
+
+    @classmethod
+    def new(
+        cls,
+        agg_type: str,
+        agg_id: str,
+        subject: str,
+        events: list[NewEvent],
+        expected_version: int | None,
+        context: dict[str, int],
+        timeout: float,
+    ) -> Pending:
+        """A request due within ``timeout`` seconds from now."""
+        future = asyncio.get_running_loop().create_future()
+        deadline = time.monotonic() + timeout
+        return cls(agg_type, agg_id, subject, events, expected_version, context, future,
+                   deadline, timeout)  # fmt: skip
+
+    @property
+    def size(self) -> int:
+        return len(self.events)
+
+    def encode(
+        self,
+        *,
+        producer: str,
+        clock: ProducerClock,
+        vc: VectorClock,
+        version: int,
+        observed: int,
+        max_payload: int,
+    ) -> tuple[list[Envelope], list[bytes], VectorClock, int]:
+        """The envelopes and bodies of this append's events after ``version``, ticking the
+        producer's clock (reserved beforehand); with the clock after them and the last Lamport
+        time. ``InvalidEvent`` if a clock would overflow or an event exceeds ``max_payload``."""
+        envelopes: list[Envelope] = []
+        bodies: list[bytes] = []
+        lamport = 0
+        now = utcnow()
+        for ev in self.events:
+            lamport, counter = clock.tick(observed)
+            if lamport > MAX_INT or counter > MAX_INT:
+                raise InvalidEvent(
+                    f"producer {producer!r} cannot append: its Lamport time or "
+                    f"counter would pass 2**63-1 (an event it read carries Lamport time "
+                    f"{clock.lamport - 1}); no reader could decode such an event"
+                )
+            vc = vc.increment(producer, to=counter)
+            version += 1
+            env = Envelope(
+                id=ev.id or "",
+                type=ev.type,
+                aggregate_type=self.agg_type,
+                aggregate_id=self.agg_id,
+                version=version,
+                schema=ev.schema,
+                occurred_at=now,
+                producer=producer,
+                lamport=lamport,
+                vclock=vc.to_dict(),
+                transition=ev.step,
+                data=ev.data,
+                causation_id=ev.causation_id,
+                correlation_id=ev.correlation_id,
+                metadata=ev.metadata,
+            )
+            body = encode_envelope(env)
+            if len(body) > max_payload:
+                raise InvalidEvent(
+                    f"event {env.id} is {len(body)} bytes encoded; the server accepts "
+                    f"at most {max_payload} bytes per event"
+                )
+            envelopes.append(env)
+            bodies.append(body)
+        return envelopes, bodies, vc, lamport
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the call unless it is settled already."""
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+def checked_events(
+    events: Sequence[NewEvent] | NewEvent, expected_version: int | None
+) -> tuple[list[NewEvent], bool]:
+    """The events of one append, each with its id, and whether the caller chose any id;
+    ``InvalidEvent`` for what cannot be appended."""
+    batch = [events] if isinstance(events, NewEvent) else list(events)
+    if not batch:
+        raise InvalidEvent("an append needs at least one event")
+    if len(batch) > MAX_EVENTS_PER_APPEND:
+        raise InvalidEvent(
+            f"{len(batch)} events in one append; at most {MAX_EVENTS_PER_APPEND} "
+            "(the server's atomic batch limit)"
+        )
+    if not all(isinstance(e, NewEvent) for e in batch):
+        raise InvalidEvent("events must be NewEvent objects")
+    check_optional_int(expected_version, "expected_version")
+    user_ids = [e.id for e in batch if e.id is not None]
+    if len(set(user_ids)) != len(user_ids):
+        raise InvalidEvent("the same event id appears twice in one append")
+    return [e.with_id() for e in batch], bool(user_ids)
+
+
+def merge_context(context: VectorClock | Mapping[str, int] | None) -> dict[str, int]:
+    """A causal context as a plain clock; ``InvalidEvent`` unless it is ``{producer: counter}``
+    with string names and counters from 0 to 2**63-1 (what every reader decodes)."""
+    if context is None:
+        return {}
+    if isinstance(context, VectorClock):
+        return context.to_dict()
+    if not isinstance(context, Mapping):
+        raise InvalidEvent(
+            f"context must be a vector clock {{producer: counter}}, got {type(context).__name__}"
+        )
+    for name, counter in context.items():
+        if type(name) is not str or not name or not _utf8(name):
+            raise InvalidEvent(f"context entry {name!r}: a producer name must be a string")
+        if type(counter) is not int or not 0 <= counter <= MAX_INT:
+            raise InvalidEvent(
+                f"context entry {name!r}: {counter!r} is not a counter from 0 to 2**63-1"
+            )
+    return VectorClock(context).to_dict()
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
