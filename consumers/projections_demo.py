@@ -15,7 +15,14 @@ from typing import TextIO
 import msgspec
 
 from eventstore import EventStore, NewEvent
-from projections import EntitiesProjection, ProjectionDB, Runner, TimeTravel, list_conflicts
+from projections import (
+    EntitiesProjection,
+    ProjectionDB,
+    Runner,
+    TimeTravel,
+    list_aggregates,
+    list_conflicts,
+)
 
 __all__ = ["CONFLICT_AGGREGATE", "demo_projections"]
 
@@ -46,12 +53,8 @@ async def demo_projections(
         checkpoint = await runner.catch_up()
         say(f"\nprojection worker folded the log into {db_path} (checkpoint seq {checkpoint})\n")
         tt = TimeTravel(store, projection, db)
-        first = await db.fetchone(
-            "SELECT aggregate_type, aggregate_id FROM states WHERE projection = ? "
-            "AND aggregate_type = 'agent' ORDER BY aggregate_id LIMIT 1",
-            (projection.name,),
-        )
-        shown = (str(first[0]), str(first[1])) if first else CONFLICT_AGGREGATE
+        first = await list_aggregates(db, projection.name, "agent", limit=1)
+        shown = first[0] if first else CONFLICT_AGGREGATE
         now = await tt.current(*shown)
         say(f"state now      {shown[0]}/{shown[1]} v{now.version}: {_show(now.state)}\n")
         past = await tt.state_at(*shown, version=max(1, now.version - 2))

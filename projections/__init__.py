@@ -26,7 +26,7 @@ from projections.lock import DatabaseLock
 from projections.mergepatch import merge_patch
 from projections.projection import Change, Projection, Statement
 from projections.rebuild import RebuildResult, rebuild
-from projections.recorder import list_conflicts, list_quarantine
+from projections.recorder import list_aggregates, list_conflicts, list_quarantine
 from projections.records import ConflictRecord, ProjectionInfo, QuarantineRecord
 from projections.runner import CommitInfo, Runner, RunnerSettings
 from projections.snapshots import SnapshotPolicy
@@ -75,6 +75,7 @@ __all__ = [
     "check_database",
     "check_stream_name",
     "current_state",
+    "list_aggregates",
     "list_conflicts",
     "list_quarantine",
     "load_config",

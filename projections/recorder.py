@@ -134,8 +134,6 @@ class Recorder:
     def __init__(self, db: ProjectionDB) -> None:
         self.db = db
 
-    # -- the registry ----------------------------------------------------------------
-
     async def projections(self) -> list[ProjectionInfo]:
         rows = await self.db.fetchall(
             "SELECT name, code_version, checkpoint, checkpoint_us, updated_us FROM projections "
@@ -440,3 +438,12 @@ async def list_quarantine(
 ) -> list[QuarantineRecord]:
     """Quarantined messages of a projection (optionally of one type or aggregate), by seq."""
     return await Recorder(db).quarantine(projection, aggregate_type, aggregate_id)
+
+
+async def list_aggregates(
+    db: ProjectionDB, projection: str, aggregate_type: str | None = None, limit: int = -1
+) -> list[tuple[str, str]]:
+    """``(aggregate_type, aggregate_id)`` of every state a projection holds, sorted."""
+    where, params = _filter(projection, aggregate_type, None)
+    sql = f"SELECT aggregate_type, aggregate_id FROM states WHERE {where} ORDER BY 1, 2 LIMIT ?"
+    return [(str(t), str(i)) for t, i in await db.fetchall(sql, (*params, limit))]

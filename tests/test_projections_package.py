@@ -48,6 +48,7 @@ EXPORTED = [
     "check_database",
     "check_stream_name",
     "current_state",
+    "list_aggregates",
     "list_conflicts",
     "list_quarantine",
     "load_config",
