@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from eventstore import ConfigError, Event
-from projections.objects import import_object
+from projections.objects import import_object, make_without_arguments
 
 __all__ = [
     "ConflictContext",
@@ -187,21 +187,7 @@ def _resolver_object(spec: str, obj: Any) -> Resolver:
             raise ConfigError(
                 f"resolver {spec!r} is a class without a resolve(ctx) method: not a resolver"
             )
-        try:
-            inspect.signature(obj).bind()
-        except TypeError as exc:
-            raise ConfigError(
-                f"resolver {spec!r} cannot be made without arguments ({exc}); name an "
-                "instance made in its module instead"
-            ) from exc
-        except ValueError:  # no signature to inspect: let the call tell
-            pass
-        try:
-            made = obj()
-        except Exception as exc:
-            raise ConfigError(
-                f"resolver {spec!r} failed when made: {type(exc).__name__}: {exc}"
-            ) from exc
+        made = make_without_arguments(obj, spec, "resolver")
         if not isinstance(made, Resolver):
             raise ConfigError(f"resolver {spec!r} lacks a name or needs_history attribute")
         return made

@@ -23,7 +23,6 @@ checked before anything is called. To configure an instance, make it a module at
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ import msgspec
 from eventstore import MAX_INT, ConfigError, read_config
 from projections.conflicts import resolver_from_spec
 from projections.entities import EntitiesProjection
-from projections.objects import import_object
+from projections.objects import import_object, make_without_arguments
 from projections.projection import Projection
 from projections.runner import RunnerSettings
 from projections.snapshots import SnapshotPolicy
@@ -130,23 +129,7 @@ def _projection_object(spec: str, obj: Any) -> Projection[Any]:
             f"projection {spec!r} is not a Projection: name a Projection instance or a "
             f"Projection subclass, not a {type(obj).__name__}"
         )
-    try:
-        inspect.signature(obj).bind()
-    except TypeError as exc:
-        raise ConfigError(
-            f"projection {spec!r} cannot be made without arguments ({exc}); name an instance "
-            "made in its module instead"
-        ) from exc
-    except ValueError:  # no signature to inspect: let the call tell
-        pass
-    try:
-        made = obj()
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(
-            f"projection {spec!r} failed when made: {type(exc).__name__}: {exc}"
-        ) from exc
+    made = make_without_arguments(obj, spec, "projection")
     if not isinstance(made, Projection):  # a __new__ returning something else
         raise ConfigError(f"projection {spec!r} did not make a Projection")
     return made

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from eventstore import ConfigError
 
-__all__ = ["import_object"]
+__all__ = ["import_object", "make_without_arguments"]
 
 
 def import_object(spec: str, what: str) -> Any:
@@ -27,3 +28,23 @@ def import_object(spec: str, what: str) -> Any:
             f"{type(exc).__name__}: {exc}"
         ) from exc
     return obj
+
+
+def make_without_arguments(cls: type, spec: str, what: str) -> Any:
+    """An instance of ``cls`` (a class already checked to be of the expected kind), made with
+    no arguments; ``ConfigError`` naming ``what`` if it needs some or fails when made."""
+    try:
+        inspect.signature(cls).bind()
+    except TypeError as exc:
+        raise ConfigError(
+            f"{what} {spec!r} cannot be made without arguments ({exc}); name an instance made "
+            "in its module instead"
+        ) from exc
+    except ValueError:  # no signature to inspect: let the call tell
+        pass
+    try:
+        return cls()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{what} {spec!r} failed when made: {type(exc).__name__}: {exc}") from exc
