@@ -12,6 +12,10 @@ On SIGTERM or SIGINT it finishes the batch in hand, commits it with its checkpoi
 0; a restart (or a SIGKILL and a restart) resumes from the checkpoint in SQLite, so every event
 takes effect exactly once.
 
+Under systemd (``$NOTIFY_SOCKET`` set) it speaks the notify protocol (``consumers.notify``):
+``READY=1`` once caught up with the log's head at start, ``STATUS=``, ``WATCHDOG=1`` while the
+fold loop is healthy, ``STOPPING=1`` on SIGTERM.
+
 One worker per database: it holds ``<db>.lock`` while it runs, so a second one on the same
 file exits 1 at once, naming the first (``DatabaseLocked``); the lock dies with the process,
 SIGKILL included. A database folded from another stream is refused (``ForeignDatabase``);
@@ -30,6 +34,7 @@ from typing import Any
 import structlog
 
 from consumers.connection import CONNECT_TIMEOUT, connect_store
+from consumers.notify import supervise
 from eventstore import (
     DEFAULT_URL,
     EventStore,
@@ -152,21 +157,24 @@ class Worker:
             )
             self.runner = runner
             await runner.open(reset=self.reset)
+            head = await store.head()
             self.log.info(
                 "worker ready",
                 projections=[p.name for p in self.projections],
                 checkpoint=runner.checkpoint,
-                head=await store.head(),
+                head=head,
             )
             if on_ready is not None:
                 on_ready(runner)
             task = asyncio.create_task(runner.run(follow=True))
             stopper = asyncio.create_task(stop.wait())
             try:
-                await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if not task.done():
-                    runner.stop()
-                checkpoint = await task
+                async with supervise(runner, head=head) as systemd:  # no-op without NOTIFY_SOCKET
+                    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if not task.done():
+                        systemd.stopping()
+                        runner.stop()
+                    checkpoint = await task
             finally:
                 stopper.cancel()
                 if not task.done():
