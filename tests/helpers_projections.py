@@ -7,11 +7,16 @@ shared code with ``projections``), so a bug in the library cannot hide in both.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from eventstore import Event, EventStore
+from eventstore import Event, EventStore, StreamSettings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def rfc7386(target: Any, patch: Any) -> Any:
@@ -124,3 +129,27 @@ async def log_events_and_garbage(store: EventStore) -> tuple[list[Event], list[i
 def tail(log: Path, size: int = 3000) -> str:
     """The end of a subprocess's log, for assertion messages."""
     return log.read_text(errors="replace")[-size:] if log.exists() else "(no log)"
+
+
+def start_worker(
+    url: str,
+    settings: StreamSettings,
+    db: Path,
+    log: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A real worker process (``python -m consumers.cli_worker``) on ``settings``' stream,
+    logging (on stdout, as a service does) into ``log``; the environment's EVENTSTORE_ and
+    systemd variables are left out, ``env`` added."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("EVENTSTORE_", "NOTIFY_", "WATCHDOG_"))
+    }
+    command = [sys.executable, "-m", "consumers.cli_worker", "--url", url, "--stream",
+               settings.name, "--prefix", settings.prefix, "--db", str(db), *extra]  # fmt: skip
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=base | (env or {}), stdout=out, stderr=subprocess.STDOUT
+        )

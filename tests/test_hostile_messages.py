@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from urllib.parse import urlparse
 
 import msgspec
 import pytest
-from helpers_projections import scalar, stored_states, tail
+from helpers_projections import scalar, start_worker, stored_states, tail
 
 from eventstore import Event, EventStore, NewEvent, StreamSettings
 from projections import (
@@ -43,7 +42,6 @@ from projections import (
     verify,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 BIG = 2**63  # one more than SQLite's largest INTEGER
 
 
@@ -422,32 +420,6 @@ async def test_a_failed_rebuild_leaves_no_file_behind(store: EventStore, tmp_pat
     with pytest.raises(ProjectionError, match="read model bug"):
         await rebuild(store, db, [BrokenReadModel()])
     assert leftovers(tmp_path) == []
-
-
-def start_worker(
-    url: str, settings: StreamSettings, db: Path, log: Path
-) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "consumers.cli_worker",
-                "--url",
-                url,
-                "--stream",
-                settings.name,
-                "--prefix",
-                settings.prefix,
-                "--db",
-                str(db),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def wait_for_checkpoint(

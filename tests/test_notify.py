@@ -12,18 +12,17 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from helpers_projections import start_worker
 from structlog.testing import capture_logs
 
 from consumers.notify import Notifier, watchdog_seconds
 from eventstore import AppendRequest, EventStore, NewEvent, StreamSettings
 
-ROOT = Path(__file__).resolve().parent.parent
 STATUS = re.compile(r"checkpoint (\d+), lag (\d+)")
 
 
@@ -88,36 +87,6 @@ class Listener:
         self.sock.close()
 
 
-def start_worker(
-    url: str, settings: StreamSettings, db: Path, log: Path, env: dict[str, str]
-) -> subprocess.Popen[bytes]:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("EVENTSTORE_", "NOTIFY_", "WATCHDOG_"))
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "consumers.cli_worker",
-                "--url",
-                url,
-                "--stream",
-                settings.name,
-                "--prefix",
-                settings.prefix,
-                "--db",
-                str(db),
-            ],
-            cwd=ROOT,
-            env=base | env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -148,7 +117,7 @@ async def test_ready_status_watchdog_stopping(
     db = tmp_path / "w.db"
     listener = Listener(str(tmp_path / "notify.sock"), db, lock_first=True)
     env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"}
-    proc = start_worker(nats_url, settings, db, tmp_path / "worker.log", env)
+    proc = start_worker(nats_url, settings, db, tmp_path / "worker.log", env=env)
     try:
         await until(lambda: listener.lock is not None, 30, "the first note")
         await asyncio.sleep(2.6)  # the catch-up is held up
@@ -205,7 +174,7 @@ async def test_wedged_commit_stops_the_pings(
     name = f"eventstore-test-{os.getpid()}-{settings.name}"
     listener = Listener(b"\0" + name.encode(), db)
     env = {"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "1000000"}
-    proc = start_worker(nats_url, settings, db, tmp_path / "worker.log", env)
+    proc = start_worker(nats_url, settings, db, tmp_path / "worker.log", env=env)
     lock = None
     try:
         await until(lambda: bool(listener.times("READY")), 30, "READY=1")
@@ -242,7 +211,7 @@ async def test_nothing_without_notify_socket(
     db = tmp_path / "w.db"
     listener = Listener(str(tmp_path / "notify.sock"), db)
     proc = start_worker(
-        nats_url, settings, db, tmp_path / "worker.log", {"WATCHDOG_USEC": "1000000"}
+        nats_url, settings, db, tmp_path / "worker.log", env={"WATCHDOG_USEC": "1000000"}
     )
     try:
         head = await append(store, 300, "d")

@@ -5,51 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_projections import brute_entities, log_events_and_garbage, scalar, stored_states
+from helpers_projections import (
+    brute_entities,
+    log_events_and_garbage,
+    scalar,
+    start_worker,
+    stored_states,
+)
 
 from eventstore import AppendRequest, EventStore, NewEvent, StreamSettings
 from projections import EntitiesProjection, ProjectionDB, verify
 
-ROOT = Path(__file__).resolve().parent.parent
 KILLS = 12
-
-
-def start_worker(
-    url: str, settings: StreamSettings, db: Path, log: Path
-) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
-    with log.open("ab") as out:  # a service logs on stdout
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "consumers.cli_worker",
-                "--url",
-                url,
-                "--stream",
-                settings.name,
-                "--prefix",
-                settings.prefix,
-                "--db",
-                str(db),
-                "--log-level",
-                "info",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def checkpoint(db: Path) -> int:
@@ -116,7 +91,7 @@ async def test_sigkill_at_any_moment_still_folds_every_event_exactly_once(
         proc: subprocess.Popen[bytes] | None = None
         try:
             for _ in range(KILLS):
-                proc = start_worker(nats_url, settings, db, log)
+                proc = start_worker(nats_url, settings, db, log, "--log-level", "info")
                 await asyncio.sleep(rng.uniform(0.3, 1.1))
                 assert proc.poll() is None, log.read_text()[-2000:]
                 assert not producer.done()  # every kill lands while the log is growing
@@ -135,7 +110,7 @@ async def test_sigkill_at_any_moment_still_folds_every_event_exactly_once(
         assert seen == sorted(seen) and len(set(seen)) >= 8, seen
 
         ready = log.read_text().count('"worker ready"')
-        proc = start_worker(nats_url, settings, db, log)
+        proc = start_worker(nats_url, settings, db, log, "--log-level", "info")
         deadline = time.monotonic() + 60
         while checkpoint(db) < head or log.read_text().count('"worker ready"') == ready:
             assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-2000:]
@@ -189,7 +164,7 @@ async def test_sigterm_commits_what_it_holds_and_exits_zero(
     db, log = tmp_path / "term.db", tmp_path / "term.log"
     for i in range(200):
         await store.append("agent", f"t{i % 9}", NewEvent("E", {"i": i}))
-    proc = start_worker(store.url, store.settings, db, log)
+    proc = start_worker(store.url, store.settings, db, log, "--log-level", "info")
     try:
         deadline = time.monotonic() + 20
         while checkpoint(db) < 200:
