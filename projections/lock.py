@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -80,6 +81,15 @@ class DatabaseLock:
             self._fd = fd
             return
         raise ProjectionError(f"cannot lock {self.path}: it keeps being replaced")
+
+    @contextlib.contextmanager
+    def holding(self, role: str) -> Iterator[None]:
+        """Hold the lock for a block (``acquire(role)``, then ``release`` whatever happens)."""
+        self.acquire(role)
+        try:
+            yield
+        finally:
+            self.release()
 
     def release(self) -> None:
         fd, self._fd = self._fd, None

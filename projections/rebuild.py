@@ -70,62 +70,41 @@ async def rebuild(
     throughout, so a second one is refused (``DatabaseLocked``) before it touches that file. A
     worker holding the live file's lock does not stop a rebuild: the swap takes SQLite's write
     lock and brings a new generation, which the worker notices at its next commit.
-    """
-    live = Path(db_path)
-    lock = DatabaseLock(live.with_name(live.name + ".rebuild"))
-    lock.acquire("rebuild")
-    try:
-        return await _rebuild_locked(
-            store, live, projections, machines=machines, settings=settings, progress=progress
-        )
-    finally:
-        lock.release()
-
-
-async def _rebuild_locked(
-    store: EventStore,
-    db_path: str | Path,
-    projections: Sequence[Projection[Any]],
-    *,
-    machines: Machines | None = None,
-    settings: RunnerSettings | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> RebuildResult:
-    """Rebuild every given projection from the log and swap the result into ``db_path``.
 
     ``progress(folded_seq, head)`` is called after every committed batch. The projections
     must include every projection the live file holds (or its data would be lost).
     """
     live = Path(db_path)
     fresh = live.with_name(live.name + ".rebuild")
-    started = time.perf_counter()
-    names = [p.name for p in projections]
-    if await asyncio.to_thread(live.exists):
-        async with await ProjectionDB.open(live) as current:
-            held = [i.name for i in await Recorder(current).projections()]
-        left_out = sorted(set(held) - set(names))
-        if left_out:
-            raise ProjectionError(
-                f"{live} also holds projections {left_out}, which this rebuild does not load; "
-                "load them too (--projection module:object or the config file)"
+    with DatabaseLock(fresh).holding("rebuild"):
+        started = time.perf_counter()
+        names = [p.name for p in projections]
+        if await asyncio.to_thread(live.exists):
+            async with await ProjectionDB.open(live) as current:
+                held = [i.name for i in await Recorder(current).projections()]
+            left_out = sorted(set(held) - set(names))
+            if left_out:
+                raise ProjectionError(
+                    f"{live} also holds projections {left_out}, which this rebuild does not load; "
+                    "load them too (--projection module:object or the config file)"
+                )
+        await asyncio.to_thread(_remove, fresh)
+        try:
+            checkpoint, messages = await _fold_fresh(
+                store, fresh, projections, machines, settings, progress
             )
-    await asyncio.to_thread(_remove, fresh)
-    try:
-        checkpoint, messages = await _fold_fresh(
-            store, fresh, projections, machines, settings, progress
-        )
-        try:
-            await asyncio.to_thread(copy_database, fresh, live)
-        except sqlite3.Error as exc:
-            raise ProjectionError(
-                f"could not swap the rebuilt database into {live}: {exc}"
-            ) from exc
-    finally:
-        # Whatever stopped the rebuild (an error, a cancellation), the fresh file goes.
-        try:
-            _remove(fresh)
-        except OSError as exc:
-            log.warning("could not remove the rebuild file", path=str(fresh), error=str(exc))
+            try:
+                await asyncio.to_thread(copy_database, fresh, live)
+            except sqlite3.Error as exc:
+                raise ProjectionError(
+                    f"could not swap the rebuilt database into {live}: {exc}"
+                ) from exc
+        finally:
+            # Whatever stopped the rebuild (an error, a cancellation), the fresh file goes.
+            try:
+                _remove(fresh)
+            except OSError as exc:
+                log.warning("could not remove the rebuild file", path=str(fresh), error=str(exc))
     seconds = time.perf_counter() - started
     log.info(
         "projections rebuilt",
