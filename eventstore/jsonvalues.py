@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from eventstore.errors import InvalidEvent
+from eventstore.validate import MAX_INT
 
 __all__ = [
     "MAX_INT",
@@ -26,8 +27,8 @@ __all__ = [
 # Wire limits: every integer of the envelope fits SQLite's INTEGER (and any 64-bit JSON
 # reader), and a body nests at most MAX_NESTING objects/arrays, decided before decoding (the
 # decoders' own recursion limit depends on the caller's stack depth, so it would not give
-# every reader the same answer). A body past either limit is not an event.
-MAX_INT = 2**63 - 1
+# every reader the same answer). A body past either limit is not an event. MAX_INT is
+# eventstore.validate's, the bound every layer holds integers to.
 MAX_NESTING = 256
 TOO_DEEP = f"nested deeper than {MAX_NESTING} levels of objects and arrays"
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.DOTALL)
