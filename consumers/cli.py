@@ -24,7 +24,6 @@ from consumers.cliutil import (
     aggregate_id,
     aggregate_type,
     command,
-    default_producer,
     directory,
     emit,
     json_object,
@@ -67,7 +66,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         # A one-shot process reserves few clock values, so its counters stay nearly dense.
-        async with open_store(args, producer=args.producer, clock_block=1) as store:
+        async with open_store(args, producer=args.producer, clock_block=1, presence=True) as store:
             res = await store.append(
                 args.aggregate_type, args.aggregate_id, [event],
                 expected_version=args.expect_version,
@@ -201,10 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail unless the aggregate is at version N (0: a new aggregate)",
     )  # fmt: skip
     p.add_argument("--id", help="event id; the same id again is stored once (default: UUIDv7)")
-    p.add_argument(
-        "--producer", default=default_producer(), metavar="NAME",
-        help="writer name (env EVENTSTORE_PRODUCER, default cli-<hostname>)",
-    )  # fmt: skip
     p.add_argument(
         "--transition", metavar="FROM:TO", help="state-machine step, e.g. Created:Starting"
     )

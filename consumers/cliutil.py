@@ -160,6 +160,13 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
         help="TOML config: [machines.*] state machines, [projections] (env EVENTSTORE_CONFIG)",
     )
     g.add_argument(
+        "--producer",
+        default=default(default_producer()),
+        metavar="NAME",
+        help="writer name of publish: one per process (env EVENTSTORE_PRODUCER, default "
+        "cli-<hostname>)",
+    )
+    g.add_argument(
         "--log-level",
         default=default(_env("EVENTSTORE_LOG_LEVEL", "warning")),
         choices=LOG_LEVELS,
@@ -214,11 +221,13 @@ async def open_store(
     *,
     producer: str | None = None,
     clock_block: int = 1000,
+    presence: bool = False,
 ) -> AsyncIterator[EventStore]:
     """Connect to the store the global options describe; close it on the way out.
 
     Fails with ``NotConnected`` (naming the URL and how to start a server) when nothing
-    answers within ``CONNECT_TIMEOUT`` seconds.
+    answers within ``CONNECT_TIMEOUT`` seconds. ``presence`` (for commands that append): warn,
+    on one stderr line, when another live connection uses the same producer name.
     """
     store = await connect_store(
         args.url,
@@ -227,6 +236,7 @@ async def open_store(
         stream=stream_settings(args),
         machines=load_machines(args.config),
         clock_block=clock_block,
+        presence=presence,
     )
     try:
         yield store

@@ -25,12 +25,21 @@ async def connect_store(
     machines: Machines | None = None,
     clock_block: int = 1000,
     timeout: float = CONNECT_TIMEOUT,
+    presence: bool = False,
 ) -> EventStore:
-    """Connect to ``url`` (ensuring ``stream``), or raise ``NotConnected`` after ``timeout``."""
+    """Connect to ``url`` (ensuring ``stream``), or raise ``NotConnected`` after ``timeout``.
+
+    ``presence``: hold the producer name and warn if another live connection does (see
+    ``eventstore.presence``); off by default, for workers and readers that never append."""
     try:
         return await asyncio.wait_for(
             EventStore.connect(
-                url, producer=producer, stream=stream, machines=machines, clock_block=clock_block
+                url,
+                producer=producer,
+                stream=stream,
+                machines=machines,
+                clock_block=clock_block,
+                presence=presence,
             ),
             timeout,
         )

@@ -44,7 +44,7 @@ from eventstore.server import EmbeddedServer, free_port
 from eventstore.store import DEFAULT_URL, AppendRequest, EventStore, StreamIdentity
 from eventstore.streams import StreamSettings, validate_stream_name, validate_stream_prefix
 from eventstore.subjects import decode_id, encode_id, parse_subject
-from eventstore.validate import MAX_INT, check_int, check_optional_int
+from eventstore.validate import MAX_INT, check_int, check_optional_int, check_time
 from eventstore.versions import next_version
 
 __all__ = [
@@ -92,6 +92,7 @@ __all__ = [
     "VersionConflict",
     "check_int",
     "check_optional_int",
+    "check_time",
     "configure_logging",
     "decode_id",
     "decode_message",

@@ -38,6 +38,10 @@ class ConnectSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Events the committer packs into one atomic batch at most."""
     clock_block: int = 1000
     """Clock values reserved at a time in the clock bucket (fewer writes, larger skips)."""
+    presence: bool = True
+    """Hold the producer name on ``_ES.PRODUCER.<stream>.<producer>`` and warn when another
+    live connection already does (``eventstore.presence``); off for connections that never
+    append (workers, read commands), which cannot hide a conflict."""
     user: str | None = None
     """User name for the server's authorization (with ``password``), if it requires one."""
     password: str | None = None

@@ -1,11 +1,13 @@
 """The least a client of one stream needs to be allowed, as nats-server permission blocks.
 
 Two roles. A **producer** appends (and reads heads and histories for it): it publishes events
-on the stream's subjects and keeps its clock reservations in the stream's clock bucket. A
+on the stream's subjects, keeps its clock reservations in the stream's clock bucket and holds
+its name on the presence subjects ``_ES.PRODUCER.<stream>.>`` (answering requests there). A
 **reader** (a projection worker, the query commands, ``tail``) creates ordered consumers and
-uses direct gets, and may publish nothing to the log. Neither may delete, purge or edit the
-stream, its messages or its consumers' configuration beyond its own ephemeral ones: nothing
-here grants ``$JS.API.STREAM.DELETE``, ``PURGE``, ``MSG.DELETE`` or ``UPDATE``.
+uses direct gets, and may publish nothing to the log (it connects with ``presence=False``).
+Neither may delete, purge or edit the stream, its messages or its consumers' configuration
+beyond its own ephemeral ones: nothing here grants ``$JS.API.STREAM.DELETE``, ``PURGE``,
+``MSG.DELETE`` or ``UPDATE``.
 
 The lists are what the test suite runs the library with (``tests/test_permissions.py``), not
 a guess: dropping any one subject from them fails that test (``$JS.FC`` is the flow-control
@@ -18,6 +20,7 @@ from typing import Any
 
 from eventstore.clockstore import bucket_name
 from eventstore.streams import StreamSettings
+from eventstore.subjects import RESERVED_TOKEN
 
 __all__ = ["ROLES", "permissions", "producer_permissions", "reader_permissions"]
 
@@ -36,6 +39,7 @@ def producer_permissions(settings: StreamSettings) -> dict[str, Any]:
     """A producer: append events, read what an append must know, reserve its clocks (in the
     stream's clock bucket, which the first producer creates)."""
     stream, kv = settings.name, bucket_name(settings.name)
+    presence = f"{RESERVED_TOKEN}.PRODUCER.{stream}.>"
     publish = [
         *_reading(stream),
         f"{settings.prefix}.>",
@@ -43,8 +47,14 @@ def producer_permissions(settings: StreamSettings) -> dict[str, Any]:
         f"$JS.API.STREAM.CREATE.KV_{kv}",
         f"$JS.API.STREAM.MSG.GET.KV_{kv}",
         f"$KV.{kv}.>",
+        presence,
     ]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": ["_INBOX.>"]}}
+    # Presence (eventstore.presence): ask for the name, hold it, answer whoever asks.
+    return {
+        "publish": {"allow": publish},
+        "subscribe": {"allow": ["_INBOX.>", presence]},
+        "allow_responses": True,
+    }
 
 
 def reader_permissions(settings: StreamSettings) -> dict[str, Any]:

@@ -22,21 +22,18 @@ from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
 from eventstore.connecting import Callbacks, ConnectSettings, ensure_or_close, open_connection
 from eventstore.duplicates import find_ids
-from eventstore.errors import (
-    EventStoreError,
-    InvalidEvent,
-    NotConnected,
-)
+from eventstore.errors import EventStoreError, InvalidEvent, NotConnected
 from eventstore.events import AppendResult, Event, NewEvent, validate_producer
 from eventstore.failfast import refused_publish
 from eventstore.jetstream import close_connection
 from eventstore.machines import Machines
 from eventstore.pending import AppendRequest, Pending, checked_events, merge_context
+from eventstore.presence import Presence
 from eventstore.producer import Committer
 from eventstore.reader import LogReader, OnMalformed, StoredMessage
 from eventstore.streams import StreamIdentity, StreamSettings, ensure_stream, stream_identity
 from eventstore.subjects import aggregate_subject, filter_subject
-from eventstore.validate import check_int, check_optional_int
+from eventstore.validate import check_int, check_optional_int, check_time
 
 __all__ = ["DEFAULT_URL", "AppendRequest", "EventStore", "StreamIdentity"]
 
@@ -71,6 +68,7 @@ class EventStore:
         self.reader = LogReader(nc, self._js, settings.name, settings.prefix, url)
         self._committer: Committer | None = None
         self._closing = False
+        self.presence: Presence | None = None  # this connection's claim on its producer name
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -103,6 +101,9 @@ class EventStore:
             append_timeout=opts.append_timeout,
         )
         callbacks.attach(store._permission_violation, lambda: store._closing)
+        if opts.presence:  # warns when another live connection uses this producer name
+            store.presence = Presence(nc, settings_.name, producer)
+            await store.presence.announce()
         if opts.ensure:
             await ensure_or_close(store.ensure, nc, url, callbacks)
         clock = ProducerClock(store._js, settings_.name, producer, opts.clock_block)
@@ -314,6 +315,8 @@ class EventStore:
         """One aggregate's events recorded (by the server) in ``[start, end]``; a message that
         is not a valid event is skipped and handed to ``on_malformed`` (as :meth:`read_by_seq`).
         """
+        check_time(start, "the start time")  # a naive time is refused, never guessed (validate.py)
+        end = None if end is None else check_time(end, "the end time")
         subject = self.subject(aggregate_type, aggregate_id)
         async for ev in self.reader.aggregate_events(
             subject, start_time=start, on_malformed=on_malformed

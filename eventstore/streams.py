@@ -33,7 +33,7 @@ from eventstore.errors import (
     StreamMisconfigured,
 )
 from eventstore.jetstream import add_stream, stream_info, translate, translating
-from eventstore.subjects import DEFAULT_PREFIX, validate_prefix
+from eventstore.subjects import DEFAULT_PREFIX, RESERVED_TOKEN, validate_prefix
 
 __all__ = [
     "StreamIdentity",
@@ -72,6 +72,8 @@ def validate_stream_prefix(prefix: str) -> str:
     try:
         validate_prefix(prefix)
     except EventStoreError as exc:
+        if prefix.split(".")[0] == RESERVED_TOKEN:  # well-formed, but reserved: say so
+            raise ConfigError(str(exc)) from exc
         raise ConfigError(
             f"subject prefix {shown} is invalid: use dot-separated tokens of letters, digits, "
             "_ and -, e.g. events"

@@ -4,6 +4,9 @@ A subject token cannot hold ``.`` (separator), ``*`` / ``>`` (wildcards), whites
 characters. Those bytes, and the escape character ``%`` itself, are written as ``%XX`` (upper
 case hex of each UTF-8 byte); everything else, non-ASCII letters included, stays readable.
 Decoding accepts only the canonical form, so two different tokens never decode to one id.
+
+A prefix is one or more such tokens, but never starting with ``_ES``: ``_ES.>`` carries what
+must stay outside every stream (producer presence, ``eventstore.presence``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from eventstore.events import validate_aggregate_type
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "RESERVED_TOKEN",
     "aggregate_subject",
     "decode_id",
     "encode_id",
@@ -24,6 +28,7 @@ __all__ = [
 ]
 
 DEFAULT_PREFIX = "events"
+RESERVED_TOKEN = "_ES"  # first token of the subjects kept outside every stream
 MAX_ID_BYTES = 256
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _ESCAPE_RE = re.compile(r"%([0-9A-F]{2})")
@@ -87,6 +92,11 @@ def validate_prefix(prefix: str) -> str:
         raise InvalidEvent(
             f"subject prefix {prefix!r} is invalid: use dot-separated tokens of "
             "letters, digits, _ and -"
+        )
+    if prefix.split(".")[0] == RESERVED_TOKEN:
+        raise InvalidEvent(
+            f"subject prefix {prefix!r} is reserved: {RESERVED_TOKEN}.> carries producer "
+            "presence, which a stream must never capture; choose another prefix, e.g. events"
         )
     return prefix
 

@@ -6,8 +6,8 @@ order; a resolver decides which of the two takes effect last:
 
 - ``LogOrder`` (default): the log's order stands, the later event wins.
 - ``LastWriterWins``: the larger (Lamport time, producer) wins.
-- ``SourcePriority``: the producer earlier in an ordered list wins (unlisted ones rank last;
-  a tie keeps log order).
+- ``SourcePriority``: the producer matching an earlier entry of an ordered list of names or
+  ``fnmatch`` patterns wins (unmatched ones rank last; a tie keeps log order).
 - ``FunctionResolver``: a user function, given a ``ConflictContext``, returns a ``Resolution``.
 
 When the previous event wins, the state is refolded as ``apply(apply(base, event), previous)``
@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from eventstore import ConfigError, Event
@@ -111,7 +112,9 @@ class LastWriterWins:
 
 
 class SourcePriority:
-    """Producers earlier in ``order`` win over later ones and over unlisted ones."""
+    """Producers matching an earlier entry of ``order`` win over later ones and over unmatched
+    ones. An entry is a producer name or an ``fnmatch`` pattern (``balancer-*``, ``agent-?``,
+    ``node-[ab]``, case-sensitive); a producer ranks at the first entry it matches."""
 
     needs_history = True
 
@@ -120,14 +123,25 @@ class SourcePriority:
             raise ConfigError("source priority needs at least one producer name")
         self.order = tuple(order)
         self.name = "priority:" + ",".join(self.order)
-        self._rank = {p: i for i, p in enumerate(self.order)}
+        self._rank: dict[str, int] = {}  # producer -> rank, filled as producers are met
+
+    def rank(self, producer: str) -> int:
+        """The index of the first entry ``producer`` matches (``len(order)`` if none)."""
+        found = self._rank.get(producer)
+        if found is None:
+            found = next(
+                (i for i, pattern in enumerate(self.order) if fnmatchcase(producer, pattern)),
+                len(self.order),
+            )
+            if len(self._rank) < 100_000:  # producers are few; a hostile log cannot grow it
+                self._rank[producer] = found
+        return found
 
     def resolve(self, ctx: ConflictContext) -> Resolution:
         prev = ctx.previous
         assert prev is not None
-        last = len(self.order)
-        mine = self._rank.get(ctx.event.producer, last)
-        theirs = self._rank.get(prev.producer, last)
+        mine = self.rank(ctx.event.producer)
+        theirs = self.rank(prev.producer)
         if theirs < mine:
             return ctx.prefer_previous()
         return ctx.prefer_event()
@@ -162,8 +176,9 @@ class FunctionResolver:
 
 
 def resolver_from_spec(spec: str) -> Resolver:
-    """``log-order``, ``lww``, ``priority:a,b,c`` or ``package.module:object``: a resolver
-    instance, a resolver class (made with no arguments) or a Python function ``fn(ctx)``."""
+    """``log-order``, ``lww``, ``priority:a,b-*,c`` (names or fnmatch patterns) or
+    ``package.module:object``: a resolver instance, a resolver class (made with no arguments)
+    or a Python function ``fn(ctx)``."""
     text = spec.strip()
     if text in ("", "log-order", "log"):
         return LogOrder()

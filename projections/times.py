@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from eventstore import check_time
+
 __all__ = ["EPOCH", "from_us", "parse_time", "to_us"]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -23,7 +25,8 @@ def from_us(us: int | None) -> datetime | None:
 
 
 def parse_time(text: str) -> datetime:
-    """An ISO 8601 time (``Z`` allowed); a time without zone is taken as UTC."""
+    """An ISO 8601 time with an offset (``Z`` allowed); ``ValueError`` if it is not one, and
+    ``InvalidPoint`` (``eventstore.check_time``) if it has no offset: never guessed."""
     value = text.strip()
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
@@ -31,4 +34,4 @@ def parse_time(text: str) -> datetime:
         dt = datetime.fromisoformat(value)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not an ISO 8601 time (like 2025-01-13T10:30:00Z)") from exc
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+    return check_time(dt, "the time")

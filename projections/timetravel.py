@@ -29,6 +29,7 @@ from eventstore import (
     ProjectionError,
     StoredMessage,
     check_optional_int,
+    check_time,
 )
 from projections.db import ProjectionDB
 from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
@@ -57,8 +58,8 @@ class Point(msgspec.Struct, frozen=True, kw_only=True):
         # fit in SQLite's INTEGER.
         check_optional_int(self.version, "a version", error=InvalidPoint)
         check_optional_int(self.seq, "a stream sequence", error=InvalidPoint)
-        if self.at is not None and self.at.tzinfo is None:
-            raise InvalidPoint("a time needs a time zone (use ...Z for UTC)")
+        if self.at is not None:
+            check_time(self.at, "the time")
 
     @property
     def latest(self) -> bool:

@@ -51,6 +51,7 @@ EXPORTED = [
     "VersionConflict",
     "check_int",
     "check_optional_int",
+    "check_time",
     "configure_logging",
     "decode_id",
     "decode_message",

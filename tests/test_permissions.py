@@ -89,6 +89,11 @@ async def test_producer_and_reader_do_their_jobs_and_nothing_more(
         server.url, producer="agent-1", user="agent", password="agent", stream=SETTINGS
     ) as agent:
         first = await agent.append("task", "t-1", NewEvent("Created", {"n": 1}))
+        # Presence works with the role: a second live "agent-1" is found (and answered).
+        async with await EventStore.connect(
+            server.url, producer="agent-1", user="agent", password="agent", stream=SETTINGS
+        ) as twin:
+            assert twin.presence is not None and len(twin.presence.shared_with) == 1
         await agent.append("task", "t-1", NewEvent("Moved", {"n": 2}), expected_version=1)
         # Enough bytes that the reader's ordered consumer needs flow control to read them.
         pad = "x" * 2000
@@ -118,6 +123,7 @@ async def test_producer_and_reader_do_their_jobs_and_nothing_more(
             password="worker",
             stream=SETTINGS,
             append_timeout=20,
+            presence=False,  # a reader never appends: no name to hold
         ) as reader,
         await ProjectionDB.open(tmp_path / "p.db") as db,
     ):
