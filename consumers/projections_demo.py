@@ -43,9 +43,10 @@ async def demo_projections(
     aggregate_type, aggregate_id = CONFLICT_AGGREGATE
     key = (aggregate_type, aggregate_id)
     await store.append(*key, NewEvent("ConfigSet", {"model": "gpt-4", "temp": 0.7}))
-    await store.append(*key, NewEvent("ConfigSet", {"temp": 0.2}))
+    await store.append(*key, NewEvent("ConfigSet", {"model": "gpt-4", "temp": 0.2}))
     async with await EventStore.connect(store.url, producer=RIVAL, stream=store.settings) as rival:
-        # The rival never read the config: its clock is concurrent with the last change.
+        # The rival never read the config: its clock is concurrent with the last change, and
+        # it writes a key that change wrote too (model): a conflict.
         await rival.append(*key, NewEvent("ConfigSet", {"model": "gpt-4o"}))
     projection = EntitiesProjection()
     async with await ProjectionDB.open(db_path) as db:

@@ -13,14 +13,19 @@ order; a resolver decides which of the two takes effect last:
 When the previous event wins, the state is refolded as ``apply(apply(base, event), previous)``
 where ``base`` is the state before the previous event: both events take effect, the winner's
 last. Resolvers see nothing but the two events and the states of the fold, so the result is the
-same on every replay. Every conflict is recorded (both event ids, both clocks, the resolution:
+same on every replay.
+
+Two concurrent events of a projection that says what each writes (``Projection.touches``, e.g.
+the merge-patch ``entities``) are a conflict only when they write overlapping paths
+(``touched_paths``, ``mergepatch.paths_overlap``): disjoint writes merge the same in either
+order. Every conflict is recorded (both event ids, both clocks, the resolution:
 ``projections.records.ConflictRecord``, stored by ``projections.recorder``).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
@@ -37,9 +42,11 @@ __all__ = [
     "Resolver",
     "SourcePriority",
     "resolver_from_spec",
+    "touched_paths",
 ]
 
 Winner = Literal["event", "previous", "merged"]
+Touches = Callable[[Event], Iterable[str | Sequence[str]] | None]
 
 
 class Resolution(NamedTuple):
@@ -220,3 +227,12 @@ def _resolver_object(spec: str, obj: Any) -> Resolver:
         f"resolver {spec!r} is not a resolver: name a Resolver instance, a resolver class "
         f"(made with no arguments) or a Python function fn(ctx), not a {type(obj).__name__}"
     )
+
+
+def touched_paths(touches: Touches, event: Event) -> list[list[str]] | None:
+    """What ``event`` writes, by a projection's ``touches``, as a list of key paths (a plain
+    key is a path of one); None: unknown, so it conflicts with every concurrent event."""
+    paths = touches(event)
+    if paths is None:
+        return None
+    return [[p] if isinstance(p, str) else list(p) for p in paths]

@@ -1,7 +1,8 @@
 """The built-in ``entities`` projection: every aggregate's state as a JSON object, no code needed.
 
 Each event's ``data`` is applied as a JSON Merge Patch (RFC 7386), then a transition sets
-``state["status"]`` to its ``to``. It follows every aggregate type, and it is what the CLI
+``state["status"]`` to its ``to``. Concurrent events are a conflict only when they write
+overlapping keys (``touches``). It follows every aggregate type, and it is what the CLI
 shows unless told otherwise.
 """
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from eventstore import Event
 from projections.conflicts import Resolver
-from projections.mergepatch import merge_patch
+from projections.mergepatch import merge_patch, patch_paths
 from projections.projection import Projection
 
 __all__ = ["EntitiesProjection"]
@@ -32,6 +33,17 @@ class EntitiesProjection(Projection[State]):
 
     def initial(self, aggregate_type: str, aggregate_id: str) -> State:
         return {}
+
+    def touches(self, event: Event) -> list[tuple[str, ...]] | None:
+        """The keys the patch writes, and ``status`` for a transition: concurrent events that
+        write disjoint keys merge the same in either order, so they are no conflict. (A
+        subclass with an ``apply`` of its own says so itself, or keeps the default rule.)"""
+        if type(self).apply is not EntitiesProjection.apply:
+            return None
+        paths = patch_paths(event.data) if event.data else []
+        if event.transition is not None:
+            paths.append(("status",))
+        return paths
 
     def apply(self, state: State, event: Event) -> State:
         out: State = merge_patch(state, event.data) if event.data else state

@@ -19,7 +19,9 @@ rules, per message of an aggregate at version N:
   stored: a state that does not encode as JSON, encodes to more than ``MAX_STATE_BYTES``,
   nests deeper than ``MAX_NESTING`` or does not decode back as the projection's state type.
 - otherwise it is applied. If its vector clock is concurrent with the clock of the aggregate's
-  previous applied event it is a conflict, resolved by the projection's resolver and recorded.
+  previous applied event, and the two write overlapping paths of the state (``touches``:
+  always, for projections that do not say), it is a conflict, resolved by the projection's
+  resolver and recorded.
   The state's vector clock becomes the merge of every applied event's clock, its Lamport time
   the largest seen.
 """
@@ -44,8 +46,15 @@ from eventstore import (
     next_version,
     parse_subject,
 )
-from projections.conflicts import ConflictContext, LastWriterWins, LogOrder, SourcePriority
+from projections.conflicts import (
+    ConflictContext,
+    LastWriterWins,
+    LogOrder,
+    SourcePriority,
+    touched_paths,
+)
 from projections.entities import EntitiesProjection
+from projections.mergepatch import paths_overlap
 from projections.projection import Projection
 from projections.records import ConflictRecord
 
@@ -82,6 +91,7 @@ class LastEvent(msgspec.Struct, frozen=True):
     vclock: dict[str, int]
     lamport: int
     producer: str
+    touched: list[list[str]] | None = None  # what it wrote (Projection.touches); None: unknown
 
 
 @dataclass(slots=True, eq=False)
@@ -313,7 +323,11 @@ class Folder:
         conflict: ConflictRecord | None = None
         ctx: ConflictContext | None = None
         try:
-            if last is not None and concurrent(event.vclock, last.vclock):
+            if (
+                last is not None
+                and concurrent(event.vclock, last.vclock)
+                and self.overlap(event, last)
+            ):
                 ctx = ConflictContext(
                     agg.aggregate_type,
                     agg.aggregate_id,
@@ -385,6 +399,18 @@ class Folder:
         agg.machine_state = machine_state
         agg.last = event
         return conflict
+
+    def overlap(self, event: Event, last: Event | LastEvent) -> bool:
+        """Whether two concurrent events conflict: they write overlapping paths, or either
+        one's paths are unknown (the rule for projections that do not say)."""
+        mine = touched_paths(self.projection.touches, event)
+        if mine is None:
+            return True
+        if isinstance(last, LastEvent):
+            theirs = last.touched
+        else:
+            theirs = touched_paths(self.projection.touches, last)
+        return theirs is None or paths_overlap(mine, theirs)
 
     def unstorable(self, state: Any) -> str | None:
         """Why ``state`` could not be stored and read back by every reader, or None."""

@@ -7,15 +7,21 @@ untouched. Only the dicts on the changed paths are copied, so a patch costs what
 
 ``diff`` goes the other way (the patch from one state to another), and ``changes`` lists the
 differences path by path for people reading a diff.
+
+``patch_paths`` names what a patch writes, for the conflict rule of merge-patch projections:
+two patches whose paths are disjoint (no path of one equal to or a prefix of a path of the
+other) give the same result in either order, so concurrent events that write them are no
+conflict (``paths_overlap``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 
-__all__ = ["PathChange", "changes", "diff", "merge_patch"]
+__all__ = ["PathChange", "changes", "diff", "merge_patch", "patch_paths", "paths_overlap"]
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -81,3 +87,31 @@ def changes(before: Any, after: Any, path: tuple[str, ...] = ()) -> list[PathCha
     if before != after or type(before) is not type(after):
         out.append(PathChange(list(path), "replace", old=before, new=after))
     return out
+
+
+def patch_paths(patch: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The paths a merge patch writes: each key whose value it sets or removes, and inside a
+    non-empty object value the paths it writes there (an empty object writes its key)."""
+    if not isinstance(patch, dict):
+        return [path]
+    out: list[tuple[str, ...]] = []
+    for key, value in patch.items():
+        sub = (*path, key)
+        if isinstance(value, dict) and value:
+            out.extend(patch_paths(value, sub))
+        else:
+            out.append(sub)
+    return out
+
+
+def paths_overlap(a: Iterable[Sequence[str]], b: Iterable[Sequence[str]]) -> bool:
+    """Whether a path of ``a`` equals or is a prefix of a path of ``b``, or the other way."""
+    mine = {tuple(p) for p in a}
+    if not mine:
+        return False
+    prefixes = {p[:i] for p in mine for i in range(len(p) + 1)}
+    for p in b:
+        q = tuple(p)
+        if q in prefixes or any(q[:i] in mine for i in range(len(q) + 1)):
+            return True
+    return False

@@ -90,6 +90,16 @@ class Projection(Generic[S]):
         """The state after ``event``; must not mutate ``state``. Raise to quarantine it."""
         raise NotImplementedError(f"projection {self.name} must implement apply(state, event)")
 
+    def touches(self, event: Event) -> Iterable[str | Sequence[str]] | None:
+        """What of the state ``event`` writes, for the conflict rule; ``None`` (the default):
+        unknown, so every concurrent pair of events is a conflict.
+
+        Return paths (a top-level key, or a tuple of keys into nested objects): two concurrent
+        events then conflict only if a path of one equals or is a prefix of a path of the
+        other. Say so only where disjoint writes give the same state in either order, and
+        decide from the event alone (it is asked again on every replay)."""
+        return None
+
     def write(self, changes: Sequence[Change[S]]) -> Iterable[Statement]:
         """SQL for the read models, given the aggregates a batch changed (final states)."""
         return ()

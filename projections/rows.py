@@ -15,7 +15,14 @@ from typing import Any
 import msgspec
 
 from eventstore import MAX_INT, Event, StoredMessage
-from projections.fold import AggregateState, LastEvent, Rejected, loose_body, safe_text
+from projections.conflicts import touched_paths
+from projections.fold import (
+    AggregateState,
+    LastEvent,
+    Rejected,
+    loose_body,
+    safe_text,
+)
 from projections.projection import Projection
 from projections.records import ConflictRecord, QuarantineRecord
 from projections.times import from_us, to_us
@@ -65,8 +72,9 @@ class StateCodec:
         last = agg.last
         if last is not None and not isinstance(last, LastEvent):
             last = LastEvent(
-                last.id, last.seq, last.version, dict(last.vclock), last.lamport, last.producer
-            )
+                last.id, last.seq, last.version, dict(last.vclock), last.lamport, last.producer,
+                touched_paths(self.projection.touches, last),
+            )  # fmt: skip
         resume = _Resume(agg.machine_state, last, agg.previous)
         return (
             self.name,

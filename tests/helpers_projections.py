@@ -39,8 +39,29 @@ def concurrent(a: dict[str, int], b: dict[str, int]) -> bool:
     )
 
 
+def written_keys(ev: Event) -> set[tuple[str, ...]]:
+    """The key paths an entities event writes: leaves of its data, ``status`` for a transition."""
+    out: set[tuple[str, ...]] = set()
+    stack: list[tuple[tuple[str, ...], Any]] = [((), ev.data or {})]
+    while stack:
+        path, value = stack.pop()
+        for k, v in value.items():
+            if isinstance(v, dict) and v:
+                stack.append(((*path, k), v))
+            else:
+                out.add((*path, k))
+    if ev.transition is not None:
+        out.add(("status",))
+    return out
+
+
+def keys_overlap(a: set[tuple[str, ...]], b: set[tuple[str, ...]]) -> bool:
+    return any(p[: len(q)] == q or q[: len(p)] == p for p in a for q in b)
+
+
 def brute_entities(events: list[Event]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The ``entities`` fold of a clean history (log-order resolution), aggregate by aggregate."""
+    """The ``entities`` fold of a clean history (log-order resolution), aggregate by aggregate;
+    a conflict is a concurrent pair that writes overlapping key paths."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for ev in events:
         key = (ev.aggregate_type, ev.aggregate_id)
@@ -54,10 +75,15 @@ def brute_entities(events: list[Event]) -> dict[tuple[str, str], dict[str, Any]]
                 "lamport": 0,
                 "conflicts": [],
                 "last_clock": None,
+                "last_keys": set(),
             },
         )
         assert ev.version == agg["version"] + 1, f"history of {key} is not contiguous"
-        if agg["last_clock"] is not None and concurrent(ev.vclock, agg["last_clock"]):
+        if (
+            agg["last_clock"] is not None
+            and concurrent(ev.vclock, agg["last_clock"])
+            and keys_overlap(written_keys(ev), agg["last_keys"])
+        ):
             agg["conflicts"].append(ev.seq)
         state = rfc7386(agg["state"], ev.data)
         if ev.transition is not None:
@@ -70,6 +96,7 @@ def brute_entities(events: list[Event]) -> dict[tuple[str, str], dict[str, Any]]
                 agg["vclock"][k] = v
         agg["lamport"] = max(agg["lamport"], ev.lamport)
         agg["last_clock"] = dict(ev.vclock)
+        agg["last_keys"] = written_keys(ev)
     return out
 
 

@@ -103,8 +103,11 @@ async def test_worker_then_every_query_command(
         await EventStore.connect(nats_url, producer="bob", stream=settings) as bob,
     ):
         await alice.append("agent", "asst_qa", NewEvent("Created", {"model": "gpt-4", "tmp": 1}))
+        # v2 writes model too: bob's blind write of model (v3) conflicts with it.
         await alice.append(
-            "agent", "asst_qa", NewEvent("Started", transition=("Created", "Running"))
+            "agent",
+            "asst_qa",
+            NewEvent("Started", {"model": "gpt-4"}, transition=("Created", "Running")),
         )
         await bob.append("agent", "asst_qa", NewEvent("Tuned", {"model": "gpt-4o", "tmp": None}))
         await alice.js.publish(f"{settings.prefix}.agent.asst_qa", b"oops")

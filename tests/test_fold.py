@@ -172,11 +172,12 @@ def test_apply_raising_quarantines_the_event_and_leaves_the_state() -> None:
 
 
 def _conflicting() -> list[StoredMessage]:
-    # v1 by alice; v2 by bob, who never saw v1 (concurrent); v3 by alice again, concurrent too.
+    # v1 by alice; v2 by bob, who never saw v1 (concurrent, both write owner); v3 by alice
+    # again, concurrent too (both write b).
     return [
         msg(1, body(1, "alice", {"alice": 1}, {"owner": "alice", "a": 1}, lamport=5)),
         msg(2, body(2, "bob", {"bob": 1}, {"owner": "bob", "b": 1}, lamport=2)),
-        msg(3, body(3, "alice", {"alice": 2}, {"c": 1}, lamport=6)),
+        msg(3, body(3, "alice", {"alice": 2}, {"b": 2, "c": 1}, lamport=6)),
     ]
 
 
@@ -190,7 +191,7 @@ def test_log_order_resolution_records_both_events_and_clocks() -> None:
     assert (first.event_vclock, first.previous_vclock) == ({"bob": 1}, {"alice": 1})
     assert (first.resolver, first.winner) == ("log-order", "event")
     assert isinstance(outs[2], ConflictRecord)
-    assert agg.state == {"owner": "bob", "a": 1, "b": 1, "c": 1}
+    assert agg.state == {"owner": "bob", "a": 1, "b": 2, "c": 1}
     assert agg.clock() == {"alice": 2, "bob": 1}
 
 
@@ -199,7 +200,7 @@ def test_last_writer_wins_by_lamport_then_producer() -> None:
     agg, outs = feed(Folder(EntitiesProjection(resolver=LastWriterWins())), _conflicting())
     assert [o.winner for o in outs[1:]] == ["previous", "event"]
     assert agg.state["owner"] == "alice"  # alice's Lamport 5 beats bob's 2
-    assert agg.state == {"owner": "alice", "a": 1, "b": 1, "c": 1}
+    assert agg.state == {"owner": "alice", "a": 1, "b": 2, "c": 1}
 
 
 def test_source_priority_prefers_the_listed_producer() -> None:
@@ -233,7 +234,7 @@ def test_a_failing_resolver_quarantines_the_event() -> None:
     assert "returned 'neither'" in outs[1].reason
     # bob's change never took effect, so alice's next one follows her own: no conflict.
     assert outs[2] is None
-    assert agg.version == 3 and agg.state == {"owner": "alice", "a": 1, "c": 1}
+    assert agg.version == 3 and agg.state == {"owner": "alice", "a": 1, "b": 2, "c": 1}
 
 
 def test_a_writer_that_read_the_previous_event_does_not_conflict() -> None:

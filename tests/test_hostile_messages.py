@@ -328,7 +328,7 @@ async def test_a_resolver_that_blows_up_is_quarantined_as_a_conflict(
         await EventStore.connect(nats_url, producer="bob", stream=settings) as bob,
     ):
         await alice.append("agent", "c", NewEvent("E", {"a": 1}))
-        clash = await bob.append("agent", "c", NewEvent("E", {"b": 2}))  # bob never read alice
+        clash = await bob.append("agent", "c", NewEvent("E", {"a": 2}))  # bob never read alice
         last = await alice.append("agent", "c", NewEvent("E", {"c": 3}), expected_version=2)
         await catch_up(alice, tmp_path / "c.db", projection)
     assert await quarantined(tmp_path / "c.db") == {clash.last_seq: "conflict"}

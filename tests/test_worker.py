@@ -61,7 +61,10 @@ async def produce(
             assert not isinstance(result, BaseException), result
         sent += len(requests)
         if r % 4 == 0:
-            await bob.append("agent", f"k{rng.randrange(40)}", NewEvent("Moved", {"by": "bob"}))
+            # "n" is a key every event of alice writes: a conflict both ways, also when the
+            # previous event's keys come from a row a killed worker committed.
+            moved = NewEvent("Moved", {"by": "bob", "n": -1})
+            await bob.append("agent", f"k{rng.randrange(40)}", moved)
             sent += 1
         if r % 40 == 0:
             await alice.js.publish(f"{alice.settings.prefix}.agent.broken{r}", b"\x00not json")
