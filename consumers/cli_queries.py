@@ -33,7 +33,9 @@ from projections import (
     load_config,
     load_projection,
     load_projections,
+    needs_origin,
     projection_status,
+    recorded_origin,
     resolver_from_spec,
     verify,
 )
@@ -60,13 +62,29 @@ def configured_projections(
 ) -> tuple[list[Projection[Any]], ProjectionsConfig]:
     """The projections the config's ``load`` and ``--projection`` name, and the config."""
     config = load_config(args.config)
-    return load_projections(getattr(args, "projection", None) or (), config), config
+    specs = getattr(args, "projection", None) or ()
+    wanted = [s.strip() for s in (*config.load, *specs) if needs_origin(s)]
+    origins = run(_origins(args, wanted)) if wanted else None
+    return load_projections(specs, config, origins), config
+
+
+async def _origins(args: argparse.Namespace, names: list[str]) -> dict[str, str]:
+    """Where the database (if there is one) says the projections ``names`` came from."""
+    path = Path(args.db)
+    if not await asyncio.to_thread(path.exists):
+        return {}
+    async with await ProjectionDB.open(path, readonly=True) as db:
+        found = {name: await recorded_origin(db, name) for name in names}
+    return {name: spec for name, spec in found.items() if spec is not None}
 
 
 def _one_projection(args: argparse.Namespace) -> Projection[Any]:
-    """The projection a query names (``--projection``, default ``entities``), as configured."""
+    """The projection a query names (``--projection``, default ``entities``), as configured;
+    a custom one by its name alone if the database recorded where it came from."""
     config = load_config(args.config)
-    projection = load_projection(args.projection or DEFAULT_PROJECTION)
+    name = (args.projection or DEFAULT_PROJECTION).strip()
+    origin = run(_origins(args, [name])).get(name) if needs_origin(name) else None
+    projection = load_projection(name, origin=origin)
     chosen = config.resolvers.get(projection.name)
     if chosen:
         projection.resolver = resolver_from_spec(chosen)

@@ -21,9 +21,11 @@ from projections.loading import (
     load_config,
     load_projection,
     load_projections,
+    needs_origin,
 )
 from projections.lock import DatabaseLock
 from projections.mergepatch import merge_patch
+from projections.origins import recorded_origin
 from projections.projection import Change, Projection, Statement
 from projections.rebuild import RebuildResult, rebuild
 from projections.recorder import list_aggregates, list_conflicts, list_quarantine
@@ -82,8 +84,10 @@ __all__ = [
     "load_projection",
     "load_projections",
     "merge_patch",
+    "needs_origin",
     "projection_status",
     "rebuild",
+    "recorded_origin",
     "resolver_from_spec",
     "verify",
 ]

@@ -14,7 +14,9 @@ same file that declares ``[machines]``)::
     [projections.resolvers]    # conflict resolver per projection (default: log-order)
     entities = "lww"           # log-order | lww | priority:agent-a,agent-b | module:function
 
-Names given with ``--projection`` are added to ``load``. A ``module:object`` names a
+Names given with ``--projection`` are added to ``load``. A worker records the ``module:object``
+of each custom projection in its database (``projections.origins``), so readers of that file
+name it by its projection name alone. A ``module:object`` names a
 ``Projection`` instance or a ``Projection`` subclass (instantiated without arguments), nothing
 else: a name is never a reason to call an arbitrary function (``os:system``), so the object is
 checked before anything is called. To configure an instance, make it a module attribute
@@ -24,7 +26,7 @@ checked before anything is called. To configure an instance, make it a module at
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from eventstore import MAX_INT, ConfigError, read_config
 from projections.conflicts import resolver_from_spec
 from projections.entities import EntitiesProjection
 from projections.objects import import_object, make_without_arguments
+from projections.origins import remember_origin
 from projections.projection import Projection
 from projections.runner import RunnerSettings
 from projections.snapshots import SnapshotPolicy
@@ -44,6 +47,7 @@ __all__ = [
     "load_config",
     "load_projection",
     "load_projections",
+    "needs_origin",
 ]
 
 BUILTIN_PROJECTIONS: dict[str, Callable[[], Projection[Any]]] = {
@@ -99,21 +103,55 @@ def load_config(path: str | Path | None = None) -> ProjectionsConfig:
     return config
 
 
-def load_projection(spec: str, resolver: str | None = None) -> Projection[Any]:
-    """A built-in projection by name, or the ``module:object`` it names."""
+def needs_origin(spec: str) -> bool:
+    """Whether ``spec`` is a plain name that is not built in: only a database that recorded
+    where that projection came from (``projections.origins``) can say what it is."""
+    name = spec.strip()
+    return name not in BUILTIN_PROJECTIONS and ":" not in name
+
+
+def load_projection(
+    spec: str, resolver: str | None = None, *, origin: str | None = None
+) -> Projection[Any]:
+    """A built-in projection by name, or the ``module:object`` it names; a plain name that is
+    neither, from ``origin``: the spec a database recorded for it (``recorded_origin``)."""
     name = spec.strip()
     if name in BUILTIN_PROJECTIONS:
         projection = BUILTIN_PROJECTIONS[name]()
     elif ":" in name:
         projection = _projection_object(spec, import_object(name, "projection"))
+        remember_origin(projection, name)
+    elif origin is not None:
+        projection = _from_origin(name, origin)
     else:
         raise ConfigError(
             f"unknown projection {spec!r}: built-in ones are {sorted(BUILTIN_PROJECTIONS)}, "
-            "others are given as package.module:object"
+            "others are given as package.module:object (or by the name a worker registered "
+            "them under in the database read)"
         )
     if resolver:
         projection.resolver = resolver_from_spec(resolver)
         projection.validate()
+    return projection
+
+
+def _from_origin(name: str, origin: str) -> Projection[Any]:
+    """The projection a database recorded as ``name``, loaded from its ``origin``."""
+    try:
+        projection = load_projection(origin)
+    except ConfigError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ImportError):
+            raise ConfigError(
+                f"projection {name} was registered from {origin}, which cannot be imported here "
+                f"({cause}): put it on PYTHONPATH"
+            ) from exc
+        raise ConfigError(f"projection {name} was registered from {origin}: {exc}") from exc
+    if projection.name != name:
+        raise ConfigError(
+            f"projection {name} was registered from {origin}, which now makes a projection "
+            f"named {projection.name!r}: run it by its module:object name"
+        )
     return projection
 
 
@@ -136,9 +174,12 @@ def _projection_object(spec: str, obj: Any) -> Projection[Any]:
 
 
 def load_projections(
-    specs: Sequence[str] = (), config: ProjectionsConfig | None = None
+    specs: Sequence[str] = (),
+    config: ProjectionsConfig | None = None,
+    origins: Mapping[str, str] | None = None,
 ) -> list[Projection[Any]]:
-    """The configured projections plus ``specs``, each once, with their configured resolvers."""
+    """The configured projections plus ``specs``, each once, with their configured resolvers;
+    ``origins``: the specs a database recorded for plain names (``load_projection``)."""
     cfg = config or ProjectionsConfig()
     out: list[Projection[Any]] = []
     seen: set[str] = set()
@@ -146,7 +187,7 @@ def load_projections(
         if spec in seen:
             continue
         seen.add(spec)
-        projection = load_projection(spec)
+        projection = load_projection(spec, origin=(origins or {}).get(spec.strip()))
         if projection.name in {p.name for p in out}:
             raise ConfigError(f"two projections are named {projection.name!r}")
         chosen = cfg.resolvers.get(projection.name)

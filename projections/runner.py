@@ -42,6 +42,7 @@ from projections import identity
 from projections.batches import Intake
 from projections.db import ProjectionDB
 from projections.fold import Folder, MessageDecoder
+from projections.origins import record_origin
 from projections.projection import Projection
 from projections.recorder import FileChanged, Recorder
 from projections.rows import StateCodec
@@ -175,6 +176,7 @@ class Runner:
                         code=p.version,
                     )
                     await self.recorder.reset(p, now)
+                await record_origin(self.db, p)  # readers then load it by name
         self._watch.confirmed(stream, time.monotonic(), reconnects)
         await self._load()
         self._opened = True

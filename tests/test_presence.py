@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -19,7 +20,7 @@ SCRIPT = Path(sys.executable).parent / "eventstore"
 BASE = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "consumers.cli"]
 
 
-def _shared(logs: list[dict[str, object]]) -> list[dict[str, object]]:
+def _shared(logs: list[Any]) -> list[Any]:
     return [e for e in logs if e.get("log_level") == "warning" and "producer name" in str(e)]
 
 

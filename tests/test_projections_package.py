@@ -55,8 +55,10 @@ EXPORTED = [
     "load_projection",
     "load_projections",
     "merge_patch",
+    "needs_origin",
     "projection_status",
     "rebuild",
+    "recorded_origin",
     "resolver_from_spec",
     "verify",
 ]
