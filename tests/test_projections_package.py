@@ -107,7 +107,7 @@ def test_projections_use_only_the_eventstore_facade() -> None:
 
     for name, text in _modules().items():
         assert not re.search(r"^\s*(from|import) eventstore\.", text, re.M), name
-        assert not re.search(r"^\s+(from projections|import projections)", text, re.M), name
+        assert not re.search(r"^[ \t]+(from projections|import projections)", text, re.M), name
 
 
 def test_every_statement_on_projection_rows_is_the_recorders() -> None:
