@@ -65,8 +65,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     )
 
     async def go() -> None:
-        # A one-shot process reserves few clock values, so its counters stay nearly dense.
-        async with open_store(args, producer=args.producer, clock_block=1, presence=True) as store:
+        # Its one reservation covers exactly this append: one-shot publishes stay dense.
+        async with open_store(args, producer=args.producer, presence=True) as store:
             res = await store.append(
                 args.aggregate_type, args.aggregate_id, [event],
                 expected_version=args.expect_version,

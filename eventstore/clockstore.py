@@ -7,6 +7,15 @@ on the revision); after a restart it starts above everything it had reserved. Un
 a block are skipped, which keeps the counters strictly increasing, only not dense. The bucket
 is first touched by the first append, so a client that only reads (a projection worker, the
 query commands) needs no access to it.
+
+Blocks start small and grow: a connection's first reservation covers exactly the events of
+its first append, each later one reserves twice the spare of the one before, up to ``block``.
+So a restart skips at most what the previous connection reserved and did not use: nothing for
+a process that appended once (``eventstore publish``), fewer values than it appended for any
+other, and never more than ``block`` (1000 by default). Deriving the start from the log
+instead (the producer's last event) would cost every append a round trip to find it; the
+gaps do not affect causality, only the numbers: Lamport times and counters compare, they do
+not count events.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ class ProducerClock:
         self.counter = 0  # last own vector entry used
         self._reserved = _Reserved()
         self._revision: int | None = None
+        self._spare = 0  # values reserved beyond the append at hand: 0, 1, 2, 4 ... block
 
     async def _open(self) -> None:
         """Find (or create) the bucket and start above everything reserved before."""
@@ -95,8 +105,8 @@ class ProducerClock:
         if self._kv is None:
             await self._open()
         for _ in range(20):
-            want_l = max(self.lamport, observed) + events + self.block
-            want_c = self.counter + events + self.block
+            want_l = max(self.lamport, observed) + events + self._spare
+            want_c = self.counter + events + self._spare
             new = _Reserved(
                 max(want_l, self._reserved.lamport), max(want_c, self._reserved.counter)
             )
@@ -109,6 +119,7 @@ class ProducerClock:
                 self.counter = max(self.counter, self._reserved.counter)
                 continue
             self._reserved, self._revision = new, revision
+            self._spare = min(self.block, max(1, 2 * self._spare))
             return
         raise ServerError(f"could not reserve clock values for producer {self.producer!r}")
 

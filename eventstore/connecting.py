@@ -37,7 +37,8 @@ class ConnectSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_batch: int = 500
     """Events the committer packs into one atomic batch at most."""
     clock_block: int = 1000
-    """Clock values reserved at a time in the clock bucket (fewer writes, larger skips)."""
+    """Spare clock values reserved at a time at most (blocks start at what one append needs
+    and double up to this: fewer bucket writes, larger skips after a restart)."""
     presence: bool = True
     """Hold the producer name on ``_ES.PRODUCER.<stream>.<producer>`` and warn when another
     live connection already does (``eventstore.presence``); off for connections that never
