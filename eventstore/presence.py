@@ -9,10 +9,11 @@ log can tell afterwards, so the check is made while both are alive.
 Each ``EventStore`` (unless connected with ``presence=False``) answers requests on
 ``_ES.PRODUCER.<stream>.<producer>`` (core NATS, outside every stream: a log's subjects are
 ``<prefix>.>`` and no prefix may start with ``_ES``). At connect it first sends one request
-there: when nobody else holds the name the server answers "no responders" at once, so the
-common case costs one round trip; an answer means another live connection uses the name, and
-both sides log a warning. The request is sent before this connection subscribes (it must not
-answer itself), so two connections that start within the same round trip may miss each other.
+there (who asks in a header): when nobody else holds the name the server answers "no
+responders" at once, so the common case costs one round trip; an answer means another live
+connection uses the name, and both sides log a warning. The request is sent before this
+connection subscribes (it must not answer itself), so two connections that start within the
+same round trip may miss each other.
 Presence never fails a connect: any error of its own is logged at debug level and ignored.
 """
 
@@ -27,10 +28,9 @@ import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from eventstore.ids import uuid7
+from eventstore.jetstream import probe
 from eventstore.subjects import RESERVED_TOKEN, encode_id
 
 __all__ = ["PRESENCE_TIMEOUT", "Presence", "presence_subject"]
@@ -52,7 +52,7 @@ class Holder(msgspec.Struct, frozen=True):
 
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(Holder).decode
+HOLDER_HEADER = "Eventstore-Holder"  # the asker's Holder, as JSON
 
 
 def presence_subject(stream: str, producer: str) -> str:
@@ -79,22 +79,23 @@ class Presence:
     async def announce(self, *, timeout: float = PRESENCE_TIMEOUT) -> None:
         """Ask whether another live connection holds the name (warn if so), then hold it."""
         try:
-            reply = await self._nc.request(self.subject, _encode(self.me), timeout=timeout)
-        except NoRespondersError:
-            pass  # nobody else: the common case, answered at once
-        except NatsTimeout:
-            log.debug("presence request not answered", subject=self.subject, timeout=timeout)
+            reply = await probe(
+                self._nc, self.subject, timeout, headers={HOLDER_HEADER: _encode(self.me).decode()}
+            )
         except Exception as exc:  # presence must never fail a connect
             log.debug("presence request failed", subject=self.subject, error=repr(exc))
-        else:
-            self._shared(_holder(reply.data), at_connect=True)
+            reply = {}
+        if reply is None:  # someone subscribed but did not answer in time, or not as we do
+            log.debug("presence request not answered", subject=self.subject, timeout=timeout)
+        elif reply:
+            self._shared(_holder(reply), at_connect=True)
         try:
             self._sub = await self._nc.subscribe(self.subject, cb=self._answer)
         except Exception as exc:
             log.debug("presence subscription failed", subject=self.subject, error=repr(exc))
 
     async def _answer(self, msg: Msg) -> None:
-        other = _holder(msg.data)
+        other = _holder((msg.headers or {}).get(HOLDER_HEADER, ""))
         if not msg.reply or other.token == self.me.token:
             return
         self._shared(other, at_connect=False)
@@ -118,8 +119,11 @@ class Presence:
         )
 
 
-def _holder(data: bytes) -> Holder:
+def _holder(value: str | dict[str, Any]) -> Holder:
+    """Who answered or asked; an empty ``Holder`` for a foreign client (still someone)."""
     try:
-        return _decode(data)
-    except (msgspec.DecodeError, RecursionError):
-        return Holder()  # a foreign client answered: still someone holding the name
+        if isinstance(value, str):
+            return msgspec.json.decode(value or "{}", type=Holder)
+        return msgspec.convert(value, Holder)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return Holder()
