@@ -34,7 +34,6 @@ from projections import (
     load_projection,
     load_projections,
     projection_status,
-    resolver_from_spec,
     verify,
 )
 
@@ -64,14 +63,10 @@ def configured_projections(
 
 
 def _one_projection(args: argparse.Namespace) -> Projection[Any]:
-    """The projection a query names (``--projection``, default ``entities``), as configured."""
-    config = load_config(args.config)
-    projection = load_projection(args.projection or DEFAULT_PROJECTION)
-    chosen = config.resolvers.get(projection.name)
-    if chosen:
-        projection.resolver = resolver_from_spec(chosen)
-        projection.validate()
-    return projection
+    """The projection a query names (``--projection``, default ``entities``); the config file
+    is checked like every command's (the rules stored with the log give the resolvers)."""
+    load_config(args.config)
+    return load_projection(args.projection or DEFAULT_PROJECTION)
 
 
 async def _open_db(

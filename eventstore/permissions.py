@@ -18,6 +18,7 @@ from typing import Any
 
 from eventstore.clockstore import bucket_name
 from eventstore.streams import StreamSettings
+from eventstore.subjects import rules_subject
 
 __all__ = ["ROLES", "permissions", "producer_permissions", "reader_permissions"]
 
@@ -44,7 +45,12 @@ def producer_permissions(settings: StreamSettings) -> dict[str, Any]:
         f"$JS.API.STREAM.MSG.GET.KV_{kv}",
         f"$KV.{kv}.>",
     ]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": ["_INBOX.>"]}}
+    return {"publish": {"allow": publish}, "subscribe": _subscribe(settings)}
+
+
+def _subscribe(settings: StreamSettings) -> dict[str, list[str]]:
+    """Replies, and the rules subject: every store follows the rules stored with the log."""
+    return {"allow": ["_INBOX.>", rules_subject(settings.prefix)]}
 
 
 def reader_permissions(settings: StreamSettings) -> dict[str, Any]:
@@ -55,7 +61,7 @@ def reader_permissions(settings: StreamSettings) -> dict[str, Any]:
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.FC.{stream}.>",  # flow-control replies of the ordered consumers
     ]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": ["_INBOX.>"]}}
+    return {"publish": {"allow": publish}, "subscribe": _subscribe(settings)}
 
 
 def permissions(role: str, settings: StreamSettings) -> dict[str, Any]:
