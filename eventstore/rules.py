@@ -32,7 +32,7 @@ import msgspec
 import structlog
 
 from eventstore.config import read_config
-from eventstore.errors import ConfigError, InvalidEvent
+from eventstore.errors import ConfigError, EventStoreError, InvalidEvent
 from eventstore.events import RULES_ID, RULES_TYPE, STATE_RE, decode_event, validate_aggregate_type
 from eventstore.jetstream import StoredMessage
 from eventstore.machines import Machines, MachineTable, StateMachine, machine_tables
@@ -216,6 +216,9 @@ class RuleBook:
         self.changes = 0  # bumped by every new version: folds notice it
         self._machines: dict[int, Machines] = {}
         self._listeners: list[Callable[[RuleVersion], None]] = []
+        # Why the rules could not be read (the server refused this client): raised by every
+        # question about them, never answered with "no rules".
+        self.unreadable: EventStoreError | None = None
 
     @classmethod
     def fixed(cls, machines: Machines | None = None) -> RuleBook:
@@ -230,11 +233,15 @@ class RuleBook:
 
     def at(self, seq: int) -> RuleVersion | None:
         """The version in force at stream sequence ``seq`` (None: no rules then)."""
+        if self.unreadable is not None:
+            raise self.unreadable
         i = bisect.bisect_right(self._seqs, seq)
         return self._versions[i - 1] if i else None
 
     def span(self, seq: int) -> tuple[RuleVersion | None, int, int]:
         """The version in force at ``seq`` and the sequences ``[lo, hi)`` it is in force for."""
+        if self.unreadable is not None:
+            raise self.unreadable
         i = bisect.bisect_right(self._seqs, seq)
         lo = self._seqs[i - 1] if i else -1
         hi = self._seqs[i] if i < len(self._seqs) else 1 << 64

@@ -23,14 +23,14 @@ from typing import Any
 import structlog
 from nats.aio.client import Client
 
-from eventstore.errors import EventStoreError
+from eventstore.errors import EventStoreError, InvalidEvent, PermissionDenied, RequestTimeout
 from eventstore.events import RULES_ID, RULES_TYPE, NewEvent, utcnow
 from eventstore.jetstream import StoredMessage, next_msg, translating
 from eventstore.machines import Machines
 from eventstore.pending import Pending, checked_events
 from eventstore.producer import Committer
 from eventstore.reader import LogReader
-from eventstore.rules import RULES_EVENT, RuleBook, Rules, RuleVersion
+from eventstore.rules import RESERVED_HINT, RULES_EVENT, RuleBook, Rules, RuleVersion
 from eventstore.subjects import rules_subject
 
 __all__ = ["RulesWatch"]
@@ -55,9 +55,22 @@ class RulesWatch:
         self._closed = False
 
     async def start(self) -> None:
-        """Subscribe, then read every rules version stored so far."""
+        """Subscribe, then read every rules version stored so far. A client the server refuses
+        that read still connects (it may read raw events), but the book is ``unreadable``:
+        every fold or append that would need the rules raises that refusal."""
         self._sub = await self._nc.subscribe(self.subject, cb=self._arrived)
-        await self.refresh()
+        try:
+            await self.refresh()
+        except PermissionDenied as exc:
+            self.book.unreadable = exc
+            log.warning("the rules stored with the log cannot be read", error=str(exc))
+
+    def refusal(self, aggregate_type: str) -> EventStoreError | None:
+        """Why an append to ``aggregate_type`` is refused before anything else: the reserved
+        rules aggregate, or rules this store could not read (None: neither)."""
+        if aggregate_type == RULES_TYPE:
+            return InvalidEvent(f"aggregate type {RULES_TYPE} is reserved: {RESERVED_HINT}")
+        return self.book.unreadable
 
     async def _arrived(self, _msg: Any) -> None:
         self.poke()
@@ -83,13 +96,19 @@ class RulesWatch:
         async with self._lock:
             if until is not None and self.book.last_seq >= until:
                 return
-            reader = self._reader
+            reader, api = self._reader, f"$JS.API.STREAM.MSG.GET.{self._reader.stream}"
             while True:
-                with translating(what=f"the rules on {self.subject}", url=reader.url, timeout=5.0):
-                    got = await next_msg(
-                        self._js, reader.stream, self.subject, self.book.last_seq + 1
-                    )
+                try:
+                    with translating(what=f"the rules on {self.subject}", url=reader.url,
+                                     timeout=5.0):  # fmt: skip
+                        got = await next_msg(self._js, reader.stream, self.subject,
+                                             self.book.last_seq + 1)  # fmt: skip
+                except RequestTimeout as exc:  # unanswered: refused by the server's permissions?
+                    if refused := reader._refused(api):
+                        raise refused from exc
+                    raise
                 if got is None:
+                    self.book.unreadable = None
                     return
                 seq, at = int(got.seq or 0), got.time or utcnow()
                 self.book.learn(StoredMessage(seq, self.subject, got.data or b"", at, got.headers))

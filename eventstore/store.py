@@ -28,14 +28,14 @@ from eventstore.errors import (
     InvalidEvent,
     NotConnected,
 )
-from eventstore.events import RULES_TYPE, AppendResult, Event, NewEvent, validate_producer
+from eventstore.events import AppendResult, Event, NewEvent, validate_producer
 from eventstore.failfast import refused_publish
 from eventstore.jetstream import close_connection
 from eventstore.machines import Machines
 from eventstore.pending import AppendRequest, Pending, checked_events, merge_context
 from eventstore.producer import Committer
 from eventstore.reader import LogReader, OnMalformed, StoredMessage
-from eventstore.rules import RESERVED_HINT, RuleBook, Rules, RuleVersion
+from eventstore.rules import RuleBook, Rules, RuleVersion
 from eventstore.rulewatch import RulesWatch
 from eventstore.streams import StreamIdentity, StreamSettings, ensure_stream, stream_identity
 from eventstore.subjects import aggregate_subject, filter_subject
@@ -245,8 +245,8 @@ class EventStore:
         self._open_committer()
         if self._nc.is_closed:
             raise NotConnected(self.url, "connection closed")
-        if aggregate_type == RULES_TYPE:
-            raise InvalidEvent(f"aggregate type {RULES_TYPE} is reserved: {RESERVED_HINT}")
+        if (refusal := self._rules.refusal(aggregate_type)) is not None:
+            raise refusal  # the reserved type, or rules this store was refused to read
         subject = self.subject(aggregate_type, aggregate_id)
         batch, chosen_ids = checked_events(events, expected_version)
         wait = self.append_timeout if timeout is None else timeout
