@@ -215,6 +215,7 @@ class RuleBook:
         self.last_seq = self._seqs[-1] if self._seqs else 0
         self.changes = 0  # bumped by every new version: folds notice it
         self._machines: dict[int, Machines] = {}
+        self._digests: dict[int, str] = {}
         self._listeners: list[Callable[[RuleVersion], None]] = []
         # Why the rules could not be read (the server refused this client): raised by every
         # question about them, never answered with "no rules".
@@ -264,7 +265,11 @@ class RuleBook:
     def digest_at(self, seq: int) -> str:
         """The digest of the rules in force at ``seq`` (``none``: no rules then)."""
         version = self.at(seq)
-        return _NO_DIGEST if version is None else version.digest
+        if version is None:
+            return _NO_DIGEST
+        if (digest := self._digests.get(version.version)) is None:  # asked once per batch
+            digest = self._digests[version.version] = version.digest
+        return digest
 
     def describe_at(self, seq: int) -> str:
         """``rules version N (digest ..., seq S)`` in force at ``seq``, or "no rules"."""
