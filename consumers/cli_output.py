@@ -16,8 +16,8 @@ __all__ = ["diff_output", "state_output"]
 
 
 def state_output(state: PastState, *, past: bool = True) -> dict[str, Any]:
-    """``eventstore state``'s JSON object (``snapshot_version`` and ``replayed`` only for a past
-    point)."""
+    """``eventstore state``'s JSON object (``snapshot_version``, ``replayed`` and
+    ``rules_version`` only for a past point)."""
     out: dict[str, Any] = {
         "aggregate_type": state.aggregate_type,
         "aggregate_id": state.aggregate_id,
@@ -30,6 +30,7 @@ def state_output(state: PastState, *, past: bool = True) -> dict[str, Any]:
     if past:
         out["snapshot_version"] = state.snapshot_version
         out["replayed"] = state.replayed
+        out["rules_version"] = state.rules_version  # the rules in force at its seq
     return out
 
 
@@ -38,6 +39,7 @@ def _point(p: PastState) -> dict[str, Any]:
         "version": p.version,
         "seq": p.seq,
         "recorded_at": p.recorded_at.isoformat() if p.recorded_at else None,
+        "rules_version": p.rules_version,
         "state": msgspec.to_builtins(p.state),
     }
 

@@ -36,7 +36,6 @@ from projections import (
     needs_origin,
     projection_status,
     recorded_origin,
-    resolver_from_spec,
     verify,
 )
 
@@ -79,17 +78,13 @@ async def _origins(args: argparse.Namespace, names: list[str]) -> dict[str, str]
 
 
 def _one_projection(args: argparse.Namespace) -> Projection[Any]:
-    """The projection a query names (``--projection``, default ``entities``), as configured;
-    a custom one by its name alone if the database recorded where it came from."""
-    config = load_config(args.config)
+    """The projection a query names (``--projection``, default ``entities``); a custom one
+    by its name alone if the database recorded where it came from. The config file is checked
+    like every command's (the rules stored with the log give the resolvers)."""
+    load_config(args.config)
     name = (args.projection or DEFAULT_PROJECTION).strip()
     origin = run(_origins(args, [name])).get(name) if needs_origin(name) else None
-    projection = load_projection(name, origin=origin)
-    chosen = config.resolvers.get(projection.name)
-    if chosen:
-        projection.resolver = resolver_from_spec(chosen)
-        projection.validate()
-    return projection
+    return load_projection(name, origin=origin)
 
 
 async def _open_db(

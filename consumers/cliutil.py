@@ -45,7 +45,7 @@ from eventstore import (
     EventStoreError,
     StreamSettings,
     encode_id,
-    load_machines,
+    read_local_rules,
     validate_aggregate_type,
     validate_stream_name,
     validate_stream_prefix,
@@ -157,7 +157,8 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
         "--config",
         default=default(_env("EVENTSTORE_CONFIG", None)),
         type=non_empty,
-        help="TOML config: [machines.*] state machines, [projections] (env EVENTSTORE_CONFIG)",
+        help="TOML config: [projections] to run and tuning (env EVENTSTORE_CONFIG); the state "
+        "machines and resolvers are the rules stored with the log (`eventstore rules`)",
     )
     g.add_argument(
         "--producer",
@@ -222,23 +223,28 @@ async def open_store(
     producer: str | None = None,
     clock_block: int = 1000,
     presence: bool = False,
+    local_rules: bool = True,
 ) -> AsyncIterator[EventStore]:
     """Connect to the store the global options describe; close it on the way out.
 
     Fails with ``NotConnected`` (naming the URL and how to start a server) when nothing
-    answers within ``CONNECT_TIMEOUT`` seconds. ``presence`` (for commands that append): warn,
-    on one stderr line, when another live connection uses the same producer name.
+    answers within ``CONNECT_TIMEOUT`` seconds, and with ``ConfigError`` when the config file
+    declares ``[machines]`` or resolvers other than the rules stored with the log (unless
+    ``local_rules`` is False: the ``rules`` commands). ``presence`` (for commands that append):
+    warn, on one stderr line, when another live connection uses the same producer name.
     """
+    local = read_local_rules(args.config) if local_rules else None  # broken: before connecting
     store = await connect_store(
         args.url,
         # An empty --producer is an invalid name, not a reason to pick another one.
         producer=producer if producer is not None else default_producer(),
         stream=stream_settings(args),
-        machines=load_machines(args.config),
         clock_block=clock_block,
         presence=presence,
     )
     try:
+        if local is not None:
+            local.check(store.rules)
         yield store
     finally:
         await store.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from eventstore import EventStore, Machines, NotConnected, StreamSettings
+from eventstore import EventStore, NotConnected, StreamSettings
 
 __all__ = ["CONNECT_TIMEOUT", "connect_store"]
 
@@ -22,7 +22,6 @@ async def connect_store(
     *,
     producer: str,
     stream: StreamSettings,
-    machines: Machines | None = None,
     clock_block: int = 1000,
     timeout: float = CONNECT_TIMEOUT,
     presence: bool = False,
@@ -34,12 +33,7 @@ async def connect_store(
     try:
         return await asyncio.wait_for(
             EventStore.connect(
-                url,
-                producer=producer,
-                stream=stream,
-                machines=machines,
-                clock_block=clock_block,
-                presence=presence,
+                url, producer=producer, stream=stream, clock_block=clock_block, presence=presence
             ),
             timeout,
         )

@@ -33,8 +33,9 @@ from eventstore import (
     Event,
     EventStore,
     InvalidTransition,
-    Machines,
+    MachineTable,
     NewEvent,
+    Rules,
     StreamSettings,
     VersionConflict,
     free_port,
@@ -44,7 +45,7 @@ __all__ = [
     "AGENTS",
     "AGGREGATE_TYPE",
     "Demo",
-    "agent_machines",
+    "agent_rules",
     "demo_environment",
     "publish_lifecycles",
     "render_table",
@@ -68,13 +69,12 @@ RIVAL = "scheduler"
 DEMO_TIMEOUT = 20.0  # seconds; the demo takes about one
 
 
-def agent_machines() -> Machines:
-    """The lifecycle of an ``agent``: Created → Starting → Running ⇄ Processing → Terminated."""
-    machines = Machines()
-    machines.declare(
-        AGGREGATE_TYPE,
-        initial="Created",
-        transitions=[
+def agent_rules() -> Rules:
+    """The rules of the demo, stored with its log: the lifecycle of an ``agent``, Created →
+    Starting → Running ⇄ Processing → Terminated."""
+    lifecycle = MachineTable(
+        "Created",
+        [
             ("Created", "Starting"),
             ("Starting", "Running"),
             ("Starting", "Terminated"),
@@ -84,7 +84,7 @@ def agent_machines() -> Machines:
             ("Running", "Terminated"),
         ],
     )
-    return machines
+    return Rules(machines={AGGREGATE_TYPE: lifecycle})
 
 
 @dataclass
@@ -121,10 +121,11 @@ async def demo_environment(
     try:
         async with (
             embedded_server(base / "nats", free_port(), settings) as server,
-            await EventStore.connect(
-                server.url, producer=OPERATOR, stream=settings, machines=agent_machines()
-            ) as store,
+            await EventStore.connect(server.url, producer=OPERATOR, stream=settings) as store,
         ):
+            current = store.rules.current
+            if current is None or current.rules != agent_rules():  # a kept --dir has them
+                await store.set_rules(agent_rules(), comment="the demo's agent lifecycle")
             demo = Demo(server, store, settings, base, out or sys.stdout)
             demo.say(f"embedded nats-server on {server.url} (store {server.store_dir})")
             yield demo
@@ -142,7 +143,7 @@ async def _agent(
 ) -> None:
     """One agent: its own connection and producer name; pauses in Processing until told."""
     async with await EventStore.connect(
-        demo.server.url, producer=name, stream=demo.settings, machines=agent_machines()
+        demo.server.url, producer=name, stream=demo.settings
     ) as store:
         await store.append(AGGREGATE_TYPE, name, NewEvent("AgentCreated", data=profile))
         for event_type, step in LIFECYCLE:
@@ -161,7 +162,7 @@ async def _version_conflict(demo: Demo, target: str) -> None:
     """Two writers both append to ``target`` expecting the same version: exactly one wins."""
     version = await demo.store.version(AGGREGATE_TYPE, target)
     async with await EventStore.connect(
-        demo.server.url, producer=RIVAL, stream=demo.settings, machines=agent_machines()
+        demo.server.url, producer=RIVAL, stream=demo.settings
     ) as rival:
         writers = {OPERATOR: demo.store, RIVAL: rival}
         results = await asyncio.gather(

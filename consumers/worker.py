@@ -1,12 +1,13 @@
 """The projection worker: one library object that runs projections over the log until told to
 stop, built the same way by every entry point.
 
-``Worker.from_config(url=..., stream=..., db=..., config=..., projections=[...])`` reads
-everything a worker folds with from the config file (``[machines]``, the ``[projections]``
-load list and runner settings) plus the options given; ``await worker.run_until(stop)``
-connects, folds until ``stop`` is set and closes. ``eventstore worker``, ``eventstore up`` and
-``python -m consumers.cli_worker`` (what the crash tests kill) all build one, so none of them can
-fold with other rules than the others.
+``Worker.from_config(url=..., stream=..., db=..., config=..., projections=[...])`` reads the
+``[projections]`` load list and runner settings of the config file plus the options given;
+``await worker.run_until(stop)`` connects, folds until ``stop`` is set and closes. The state
+machines and resolvers it folds with are the rules stored with the log (``store.rules``), the
+same for every process; a config file whose ``[machines]`` or ``[projections.resolvers]``
+differ from them is refused at connect. ``eventstore worker``, ``eventstore up`` and ``python
+-m consumers.cli_worker`` (what the crash tests kill) all build one.
 
 On SIGTERM or SIGINT it finishes the batch in hand, commits it with its checkpoint, and exits
 0; a restart (or a SIGKILL and a restart) resumes from the checkpoint in SQLite, so every event
@@ -38,9 +39,8 @@ from consumers.notify import supervise
 from eventstore import (
     DEFAULT_URL,
     EventStore,
-    Machines,
     StreamSettings,
-    load_machines,
+    read_local_rules,
 )
 from projections import (
     Projection,
@@ -60,7 +60,7 @@ WORKER_PRODUCER = "projections-worker"
 
 class Worker:
     """A projection worker: where the log is, which database it folds into, with which
-    projections, state machines and runner settings.
+    projections and runner settings (``config``: the file checked against the log's rules).
 
     ``run_until(stop)`` is the one way to run it. ``async with worker:`` connects it first
     (``worker.store`` is then open) and closes it on the way out; ``run_until`` outside one
@@ -74,7 +74,7 @@ class Worker:
         stream: StreamSettings | None = None,
         db: str | Path = "./eventstore.db",
         projections: Sequence[Projection[Any]],
-        machines: Machines | None = None,
+        config: str | Path | None = None,
         settings: RunnerSettings | None = None,
         reset: bool = False,
         producer: str = WORKER_PRODUCER,
@@ -84,7 +84,8 @@ class Worker:
         self.stream = stream or StreamSettings()
         self.db = Path(db)
         self.projections = list(projections)
-        self.machines = machines if machines is not None else Machines()
+        self.config = config
+        self._local_rules = read_local_rules(config)  # a broken file: before connecting
         self.settings = settings
         self.reset = reset
         self.producer = producer
@@ -105,7 +106,7 @@ class Worker:
         reset: bool = False,
     ) -> Worker:
         """The worker a config file (``config``, else ``EVENTSTORE_CONFIG``, else none) and
-        these options describe: its ``[machines]``, its ``[projections]`` load list plus
+        these options describe: its ``[projections]`` load list plus
         ``projections`` (names or ``module:object``), its runner settings.
 
         A broken config or an unknown projection is a ``ConfigError`` here, before anything
@@ -116,7 +117,7 @@ class Worker:
             stream=stream,
             db=db,
             projections=load_projections(projections, tables),
-            machines=load_machines(config),
+            config=config,
             settings=tables.runner_settings(),
             reset=reset,
         )
@@ -126,9 +127,15 @@ class Worker:
             self.url,
             producer=self.producer,
             stream=self.stream,
-            machines=self.machines,
             timeout=self.connect_timeout,
         )
+        try:
+            if self._local_rules is not None:
+                self._local_rules.check(self.store.rules)
+        except BaseException:
+            await self.store.close()
+            self.store = None
+            raise
         return self
 
     async def __aexit__(
@@ -152,9 +159,7 @@ class Worker:
                 return await self.run_until(stop, on_ready=on_ready)
         store = self.store
         async with await ProjectionDB.open(self.db, lock=True) as db:
-            runner = Runner(
-                store, db, self.projections, machines=self.machines, settings=self.settings
-            )
+            runner = Runner(store, db, self.projections, settings=self.settings)
             self.runner = runner
             await runner.open(reset=self.reset)
             head = await store.head()

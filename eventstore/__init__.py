@@ -19,12 +19,15 @@ from eventstore.errors import (
     ProjectionError,
     RequestTimeout,
     Retryable,
+    RulesMismatch,
     ServerError,
     StreamMisconfigured,
     VersionConflict,
 )
 from eventstore.events import (
     MAX_NESTING,
+    RULES_ID,
+    RULES_TYPE,
     TOO_DEEP,
     AppendResult,
     Envelope,
@@ -37,13 +40,23 @@ from eventstore.events import (
 from eventstore.health import SERVER_HEALTH_SUBJECT, server_health
 from eventstore.ids import uuid7
 from eventstore.logging import configure_logging
-from eventstore.machines import Machines, StateMachine, load_machines
+from eventstore.machines import Machines, MachineTable, StateMachine
 from eventstore.permissions import ROLES, permissions
 from eventstore.reader import Malformed, StoredMessage, decode_message
+from eventstore.rules import (
+    RULES_EVENT,
+    LocalRules,
+    RuleBook,
+    Rules,
+    RuleVersion,
+    check_local_config,
+    read_local_rules,
+    resolver_spec_problem,
+)
 from eventstore.server import EmbeddedServer, free_port
 from eventstore.store import DEFAULT_URL, AppendRequest, EventStore, StreamIdentity
 from eventstore.streams import StreamSettings, validate_stream_name, validate_stream_prefix
-from eventstore.subjects import decode_id, encode_id, parse_subject
+from eventstore.subjects import decode_id, encode_id, parse_subject, rules_subject
 from eventstore.validate import MAX_INT, check_int, check_optional_int, check_time
 from eventstore.versions import next_version
 
@@ -52,6 +65,9 @@ __all__ = [
     "MAX_INT",
     "MAX_NESTING",
     "ROLES",
+    "RULES_EVENT",
+    "RULES_ID",
+    "RULES_TYPE",
     "SERVER_HEALTH_SUBJECT",
     "TOO_DEEP",
     "AggregateNotFound",
@@ -72,6 +88,8 @@ __all__ = [
     "InvalidPoint",
     "InvalidTransition",
     "LamportClock",
+    "LocalRules",
+    "MachineTable",
     "Machines",
     "Malformed",
     "NewEvent",
@@ -81,6 +99,10 @@ __all__ = [
     "ProjectionError",
     "RequestTimeout",
     "Retryable",
+    "RuleBook",
+    "RuleVersion",
+    "Rules",
+    "RulesMismatch",
     "ServerError",
     "StateMachine",
     "StoredMessage",
@@ -91,6 +113,7 @@ __all__ = [
     "VectorClock",
     "VersionConflict",
     "check_int",
+    "check_local_config",
     "check_optional_int",
     "check_time",
     "configure_logging",
@@ -98,12 +121,14 @@ __all__ = [
     "decode_message",
     "encode_id",
     "free_port",
-    "load_machines",
     "nesting_exceeds",
     "next_version",
     "parse_subject",
     "permissions",
     "read_config",
+    "read_local_rules",
+    "resolver_spec_problem",
+    "rules_subject",
     "server_health",
     "uuid7",
     "validate_aggregate_type",

@@ -11,7 +11,6 @@ from nats.aio.client import Client
 
 from eventstore.errors import NotConnected, PermissionDenied, RequestTimeout, ServerError
 from eventstore.jetstream import close_connection, install_parsers, translate
-from eventstore.machines import Machines
 from eventstore.streams import StreamSettings
 
 __all__ = ["Callbacks", "ConnectSettings", "ensure_or_close", "open_connection"]
@@ -26,8 +25,6 @@ class ConnectSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Stable name of this writer, recorded in every event it appends (its clock's owner)."""
     stream: str | StreamSettings = "EVENTS"
     """The stream of the log: a name (default settings) or full ``StreamSettings``."""
-    machines: Machines | None = None
-    """State machines every append of this producer is checked against (none by default)."""
     ensure: bool = True
     """Create the stream if missing and check that it keeps the log immutable."""
     append_timeout: float = 30.0
@@ -60,6 +57,7 @@ class Callbacks:
         self.early_errors: list[str] = []  # violations before the store could take them
         self._violation: Callable[[str], bool] | None = None
         self._closing: Callable[[], bool] = lambda: False
+        self.on_reconnect: Callable[[], None] | None = None  # the store's rules re-read
 
     def attach(self, violation: Callable[[str], bool], closing: Callable[[], bool]) -> None:
         self._violation, self._closing = violation, closing
@@ -79,6 +77,8 @@ class Callbacks:
 
     async def reconnected(self) -> None:
         log.info("reconnected to NATS", url=self.url)
+        if self.on_reconnect is not None:
+            self.on_reconnect()
 
 
 async def open_connection(

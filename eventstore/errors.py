@@ -24,7 +24,8 @@ Grouped by how a caller reacts::
         ├── InvalidPoint      a time-travel point that is malformed or not in the history
         ├── CodeVersionChanged the database holds the projection at another code version
         ├── ForeignDatabase   the projection database was folded from another stream
-        └── DatabaseLocked    another worker (or rebuild) holds the projection database
+        ├── DatabaseLocked    another worker (or rebuild) holds the projection database
+        └── RulesMismatch     the database was folded with other rules than the log's
 
 Errors of nats-py are translated in one table (``eventstore.jetstream``'s ``translate``);
 ``sqlite3`` errors at the projections boundary (``projections.db``).
@@ -48,6 +49,7 @@ __all__ = [
     "ProjectionError",
     "RequestTimeout",
     "Retryable",
+    "RulesMismatch",
     "ServerError",
     "StreamMisconfigured",
     "VersionConflict",
@@ -245,3 +247,25 @@ class DatabaseLocked(ProjectionError):
         )
         self.path = path
         self.holder = holder
+
+
+class RulesMismatch(ProjectionError):
+    """The projection database was folded with other rules (state machines, resolvers) than
+    the ones the log says were in force at its checkpoint: a database folded by an older
+    release with a local ``[machines]`` config, or with rules that were changed since.
+
+    Nothing is folded into it or answered from it: ``eventstore rebuild`` folds it again with
+    the log's rules (``--reset`` on the worker starts it over from seq 1).
+    """
+
+    def __init__(self, path: str, recorded: str, expected: str, checkpoint: int) -> None:
+        super().__init__(
+            f"projection database {path} was folded with {recorded}, but the rules stored with "
+            f"the log in force at its checkpoint (seq {checkpoint}) are {expected}: its states "
+            "may mean something else. Run `eventstore rebuild` to fold it again with the log's "
+            "rules (or start the worker with --reset)"
+        )
+        self.path = path
+        self.recorded = recorded
+        self.expected = expected
+        self.checkpoint = checkpoint

@@ -31,6 +31,8 @@ __all__ = [
     "MAX_INT",
     "MAX_NESTING",
     "PRODUCER_RE",
+    "RULES_ID",
+    "RULES_TYPE",
     "TOO_DEEP",
     "AppendResult",
     "Envelope",
@@ -50,6 +52,11 @@ AGGREGATE_TYPE_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 EVENT_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,127}")
 PRODUCER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 STATE_RE = re.compile(r"[^\x00-\x1f]{1,128}")
+# The one reserved aggregate: the rules stored with the log (``eventstore.rules``). Users'
+# types match ``AGGREGATE_TYPE_RE``, so a leading ``_`` can never clash; decoding accepts it,
+# appends refuse it (only ``EventStore.set_rules`` writes it).
+RULES_TYPE = "_rules"
+RULES_ID = "current"
 
 # Names checked against the patterns above in ``Envelope.__post_init__``, once per distinct
 # (type, aggregate type, producer): msgspec's own pattern constraint cost half of decoding.
@@ -125,7 +132,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
             (self.aggregate_type, AGGREGATE_TYPE_RE, "aggregate_type"),
             (self.producer, PRODUCER_RE, "producer"),
         ):
-            if not pattern.fullmatch(value):
+            if not pattern.fullmatch(value) and (what, value) != ("aggregate_type", RULES_TYPE):
                 raise msgspec.ValidationError(
                     f"Expected `str` matching regex '^{pattern.pattern}$' - at `$.{what}`"
                 )

@@ -6,26 +6,28 @@ the pair is declared. Events without a transition leave the state as it is. The 
 before publishing, and the publish carries the expected last sequence, so no concurrent
 writer can slip a state change in between the check and the write.
 
-Declared in code (``Machines.declare``) or in TOML::
+The machines in force are part of the rules stored with the log (``eventstore.rules``): set
+from the ``[machines]`` tables of a TOML file with ``eventstore rules set FILE``::
 
     [machines.request]
     initial = "Queued"
     transitions = [["Queued", "Routed"], ["Routed", "Processing"]]
+
+``Machines`` is the registry a producer checks appends against (``EventStore.machines``, kept
+equal to the stored rules in force) and a fold checks events against.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
-from eventstore.config import read_config
 from eventstore.errors import ConfigError, InvalidTransition
 from eventstore.events import Transition, validate_aggregate_type
 
-__all__ = ["MachineTable", "Machines", "StateMachine", "load_machines"]
+__all__ = ["MachineTable", "Machines", "StateMachine", "machine_tables"]
 
 
 class StateMachine(msgspec.Struct, frozen=True):
@@ -80,20 +82,20 @@ class Machines:
     def __iter__(self) -> Any:
         return iter(self._by_type.values())
 
+    def replace(self, other: Machines) -> None:
+        """Hold exactly ``other``'s machines from now on: the store's registry, shared with its
+        committer, follows the rules stored with the log this way."""
+        self._by_type = dict(other._by_type)
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "config") -> Machines:
         """The ``[machines.*]`` tables of a parsed config file (``source`` names it in errors)."""
         out = cls()
-        machines = data.get("machines", {})
-        if not isinstance(machines, dict):
-            raise ConfigError(f"{source}: [machines] must be a table")
-        for name, spec in machines.items():
-            where = f"{source}: [machines.{name}]"
-            table = _machine_table(spec, where)
+        for name, table in machine_tables(data, source).items():
             try:
                 out.declare(name, table.initial, table.transitions)
             except Exception as exc:
-                raise ConfigError(f"{where}: {exc}") from exc
+                raise ConfigError(f"{source}: [machines.{name}]: {exc}") from exc
         return out
 
 
@@ -121,10 +123,13 @@ def _machine_table(spec: object, where: str) -> MachineTable:
         raise ConfigError(f'{where} transitions must be a list of ["From", "To"] pairs') from exc
 
 
-def load_machines(path: str | Path | None = None) -> Machines:
-    """Machines from ``path``, else ``EVENTSTORE_CONFIG``, else none."""
-    found = read_config(path)
-    if found is None:
-        return Machines()
-    data, source = found
-    return Machines.from_mapping(data, source)
+def machine_tables(data: Mapping[str, Any], source: str = "config") -> dict[str, MachineTable]:
+    """The ``[machines.*]`` tables of a parsed TOML file, each checked (``ConfigError`` naming
+    ``source`` and the table, saying what to write)."""
+    machines = data.get("machines", {})
+    if not isinstance(machines, dict):
+        raise ConfigError(f"{source}: [machines] must be a table")
+    return {
+        name: _machine_table(spec, f"{source}: [machines.{name}]")
+        for name, spec in machines.items()
+    }

@@ -20,7 +20,7 @@ from typing import Any
 
 from eventstore.clockstore import bucket_name
 from eventstore.streams import StreamSettings
-from eventstore.subjects import RESERVED_TOKEN
+from eventstore.subjects import RESERVED_TOKEN, rules_subject
 
 __all__ = ["ROLES", "permissions", "producer_permissions", "reader_permissions"]
 
@@ -52,9 +52,14 @@ def producer_permissions(settings: StreamSettings) -> dict[str, Any]:
     # Presence (eventstore.presence): ask for the name, hold it, answer whoever asks.
     return {
         "publish": {"allow": publish},
-        "subscribe": {"allow": ["_INBOX.>", presence]},
+        "subscribe": _subscribe(settings, presence),
         "allow_responses": True,
     }
+
+
+def _subscribe(settings: StreamSettings, *extra: str) -> dict[str, list[str]]:
+    """Replies, and the rules subject: every store follows the rules stored with the log."""
+    return {"allow": ["_INBOX.>", rules_subject(settings.prefix), *extra]}
 
 
 def reader_permissions(settings: StreamSettings) -> dict[str, Any]:
@@ -65,7 +70,7 @@ def reader_permissions(settings: StreamSettings) -> dict[str, Any]:
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.FC.{stream}.>",  # flow-control replies of the ordered consumers
     ]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": ["_INBOX.>"]}}
+    return {"publish": {"allow": publish}, "subscribe": _subscribe(settings)}
 
 
 def permissions(role: str, settings: StreamSettings) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """``EventStore``: the one object an agent holds to append to and read from the log.
 
 It opens the connection (and is the only thing that does), makes sure the stream exists and is
-immutable, reserves the producer's clock values, and hands appends to the group committer and
-reads to the log reader.
+immutable, reserves the producer's clock values, keeps the rules stored with the log current
+(``eventstore.rulewatch``: its appends are checked against the machines in force), and hands
+appends to the group committer and reads to the log reader.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from eventstore.pending import AppendRequest, Pending, checked_events, merge_con
 from eventstore.presence import Presence
 from eventstore.producer import Committer
 from eventstore.reader import LogReader, OnMalformed, StoredMessage
+from eventstore.rules import RuleBook, Rules, RuleVersion
+from eventstore.rulewatch import RulesWatch
 from eventstore.streams import StreamIdentity, StreamSettings, ensure_stream, stream_identity
 from eventstore.subjects import aggregate_subject, filter_subject
 from eventstore.validate import check_int, check_optional_int, check_time
@@ -55,7 +58,6 @@ class EventStore:
         url: str,
         producer: str,
         settings: StreamSettings,
-        machines: Machines,
         append_timeout: float,
     ) -> None:
         self._nc = nc
@@ -63,9 +65,13 @@ class EventStore:
         self.url = url
         self.producer = producer
         self.settings = settings
-        self.machines = machines
         self.append_timeout = append_timeout
         self.reader = LogReader(nc, self._js, settings.name, settings.prefix, url)
+        # ``machines``: in force now, what appends are checked against; ``rules``: every
+        # version of the rules stored with the log. The watch keeps both current.
+        self.machines = Machines()
+        self._rules = RulesWatch(nc, self.reader, settings.prefix, self.machines)
+        self.rules: RuleBook = self._rules.book
         self._committer: Committer | None = None
         self._closing = False
         self.presence: Presence | None = None  # this connection's claim on its producer name
@@ -78,34 +84,26 @@ class EventStore:
     ) -> EventStore:
         """Connect and ensure the stream (the producer's clock values are reserved by its first
         append). ``settings`` (see ``ConnectSettings``) or its fields as keyword arguments;
-        keywords given override ``settings``."""
+        keywords given override ``settings``. The rules stored with the log are read too."""
         opts = msgspec.structs.replace(settings or ConnectSettings(), **options)
         producer = opts.producer
         validate_producer(producer)
         stream = opts.stream
         settings_ = stream if isinstance(stream, StreamSettings) else StreamSettings(name=stream)
         callbacks = Callbacks(url)
-        nc = await open_connection(
-            url,
-            opts,
-            error_cb=callbacks.error,
-            disconnected_cb=callbacks.disconnected,
-            reconnected_cb=callbacks.reconnected,
-        )
-        store = cls(
-            nc,
-            url=url,
-            producer=producer,
-            settings=settings_,
-            machines=opts.machines or Machines(),
-            append_timeout=opts.append_timeout,
-        )
+        nc = await open_connection(url, opts, error_cb=callbacks.error,
+                                   disconnected_cb=callbacks.disconnected,
+                                   reconnected_cb=callbacks.reconnected)  # fmt: skip
+        store = cls(nc, url=url, producer=producer, settings=settings_,
+                    append_timeout=opts.append_timeout)  # fmt: skip
         callbacks.attach(store._permission_violation, lambda: store._closing)
+        callbacks.on_reconnect = store._rules.poke
         if opts.presence:  # warns when another live connection uses this producer name
             store.presence = Presence(nc, settings_.name, producer)
             await store.presence.announce()
         if opts.ensure:
             await ensure_or_close(store.ensure, nc, url, callbacks)
+        await ensure_or_close(store._rules.start, nc, url, callbacks)
         clock = ProducerClock(store._js, settings_.name, producer, opts.clock_block)
         store._committer = Committer(nc, store._js, reader=store.reader, producer=producer,
                                      clock=clock, machines=store.machines, url=url,
@@ -129,6 +127,7 @@ class EventStore:
 
     async def close(self) -> None:
         self._closing = True
+        await self._rules.close()
         if self._committer is not None:
             await self._committer.close()
         await close_connection(self._nc)
@@ -171,6 +170,18 @@ class EventStore:
 
     def subject(self, aggregate_type: str, aggregate_id: str) -> str:
         return aggregate_subject(self.settings.prefix, aggregate_type, aggregate_id)
+
+    # -- the rules -------------------------------------------------------------------------
+
+    async def set_rules(
+        self, rules: Rules, *, comment: str | None = None, expected_version: int | None = None
+    ) -> RuleVersion:
+        """Store ``rules`` (the whole set) as the next rules version, in force from its stream
+        sequence on. It expects ``expected_version`` (default: the version this store has seen):
+        of two concurrent setters one gets ``VersionConflict``, none overwrites silently."""
+        return await self._rules.store(
+            self._open_committer(), rules, comment, expected_version, self.append_timeout
+        )
 
     # -- appending -------------------------------------------------------------------------
 
@@ -235,12 +246,12 @@ class EventStore:
         self._open_committer()
         if self._nc.is_closed:
             raise NotConnected(self.url, "connection closed")
+        if (refusal := self._rules.refusal(aggregate_type)) is not None:
+            raise refusal  # the reserved type, or rules this store was refused to read
         subject = self.subject(aggregate_type, aggregate_id)
         batch, chosen_ids = checked_events(events, expected_version)
         wait = self.append_timeout if timeout is None else timeout
-        if chosen_ids:
-            # Ids chosen by the caller may be a retry of an append stored long ago (after the
-            # server's dedup window): look for them before writing anything.
+        if chosen_ids:  # a retry of an append stored after the dedup window? Look first.
             found = await find_ids(self.reader, subject, [e.id or "" for e in batch])
             if found is not None:
                 return found

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from eventstore.errors import InvalidEvent
-from eventstore.events import validate_aggregate_type
+from eventstore.events import RULES_ID, RULES_TYPE, validate_aggregate_type
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -24,6 +24,7 @@ __all__ = [
     "encode_id",
     "filter_subject",
     "parse_subject",
+    "rules_subject",
     "validate_prefix",
 ]
 
@@ -102,7 +103,10 @@ def validate_prefix(prefix: str) -> str:
 
 
 def aggregate_subject(prefix: str, aggregate_type: str, aggregate_id: str) -> str:
-    """``<prefix>.<aggregate_type>.<encoded id>``."""
+    """``<prefix>.<aggregate_type>.<encoded id>`` (the reserved rules aggregate included:
+    reading it is allowed, appending to it is refused by the store)."""
+    if aggregate_type == RULES_TYPE and aggregate_id == RULES_ID:
+        return rules_subject(prefix)
     validate_aggregate_type(aggregate_type)
     return f"{prefix}.{aggregate_type}.{encode_id(aggregate_id)}"
 
@@ -123,4 +127,11 @@ def parse_subject(prefix: str, subject: str) -> tuple[str, str]:
     rest = subject[len(head) :].split(".")
     if len(rest) != 2:
         raise InvalidEvent(f"subject {subject!r} is not <prefix>.<type>.<id>")
+    if rest == [RULES_TYPE, RULES_ID]:
+        return RULES_TYPE, RULES_ID
     return validate_aggregate_type(rest[0]), decode_id(rest[1])
+
+
+def rules_subject(prefix: str) -> str:
+    """``<prefix>._rules.current``: the subject of the rules stored with the log."""
+    return f"{prefix}.{RULES_TYPE}.{RULES_ID}"

@@ -24,6 +24,10 @@ rules, per message of an aggregate at version N:
   resolver and recorded.
   The state's vector clock becomes the merge of every applied event's clock, its Lamport time
   the largest seen.
+
+Machines and resolvers are the rules in force at each event's stream sequence
+(``projections.rules``), so every reader folds alike. The built-in ``entities`` state of a type
+with a machine starts with ``status`` = the machine's ``initial``.
 """
 
 from __future__ import annotations
@@ -41,22 +45,19 @@ from eventstore import (
     InvalidEvent,
     InvalidTransition,
     Machines,
+    RuleBook,
     StoredMessage,
     nesting_exceeds,
     next_version,
     parse_subject,
+    rules_subject,
 )
-from projections.conflicts import (
-    ConflictContext,
-    LastWriterWins,
-    LogOrder,
-    SourcePriority,
-    touched_paths,
-)
+from projections.conflicts import ConflictContext, LogOrder, touched_paths
 from projections.entities import EntitiesProjection
 from projections.mergepatch import paths_overlap
 from projections.projection import Projection
 from projections.records import ConflictRecord
+from projections.rules import InForce
 
 __all__ = [
     "MAX_STATE_BYTES",
@@ -142,6 +143,7 @@ class MessageDecoder:
 
     def __init__(self, prefix: str, cache_size: int = 100_000) -> None:
         self.prefix = prefix
+        self.rules_subject = rules_subject(prefix)  # names no aggregate: the rules change there
         self._keys: dict[str, Key | None] = {}
         self._cache_size = cache_size
 
@@ -152,7 +154,9 @@ class MessageDecoder:
         except KeyError:
             pass
         try:
-            key: Key | None = parse_subject(self.prefix, subject)
+            key: Key | None = None
+            if subject != self.rules_subject:
+                key = parse_subject(self.prefix, subject)
         except Exception:  # InvalidEvent, or anything else a hostile subject provokes
             key = None
         if len(self._keys) >= self._cache_size:
@@ -213,6 +217,7 @@ def merge_clock(a: dict[str, int] | None, b: dict[str, int]) -> dict[str, int]:
     return a if out is None else out
 
 
+_LOG_ORDER = LogOrder()
 _MAY_NEST = 2 * MAX_NESTING  # a shorter body is never too deep (see nesting_exceeds)
 _loose = msgspec.json.Decoder()
 _event_decoder = msgspec.json.Decoder(Event)
@@ -255,11 +260,12 @@ def describe_error(exc: BaseException) -> str:
 class Folder:
     """Folds messages into ``AggregateState`` for one projection (see the module rules)."""
 
-    def __init__(self, projection: Projection[Any], machines: Machines | None = None) -> None:
+    def __init__(
+        self, projection: Projection[Any], rules: RuleBook | Machines | None = None
+    ) -> None:
         self.projection = projection
-        self.machines = machines if machines is not None and any(True for _ in machines) else None
-        self.resolver = projection.resolver
-        self.history = bool(projection.resolver.needs_history)
+        self.book = rules if isinstance(rules, RuleBook) else RuleBook.fixed(rules)
+        self.rules = InForce(self.book, projection)  # the machines and resolver in force
         self._apply = projection.apply
         self._state = msgspec.json.Decoder(projection.state_type)
         # The built-in entities fold merges decoded event data (nested less than MAX_NESTING)
@@ -267,8 +273,7 @@ class Folder:
         self._json_fold = type(projection).apply is EntitiesProjection.apply and (
             projection.state_type == dict[str, Any]
         )
-        # Built-in resolvers only order the two events' patches; a function may return anything.
-        self._plain_resolver = type(self.resolver) in (LogOrder, LastWriterWins, SourcePriority)
+        self.rules.switch(0)
 
     def new(self, key: Key) -> AggregateState:
         return AggregateState(key[0], key[1], self.projection.initial(key[0], key[1]))
@@ -296,6 +301,9 @@ class Folder:
         self, agg: AggregateState, event: Event, size: int = -1
     ) -> Rejected | ConflictRecord | None:
         """Fold one decoded event of ``agg`` (``size``: its body's length, if known)."""
+        rules = self.rules
+        if not rules.lo <= event.seq < rules.hi or rules.changes != self.book.changes:
+            rules.switch(event.seq)
         version = event.version
         if next_version(agg.version, event) is None:
             if version <= agg.version:
@@ -311,14 +319,16 @@ class Folder:
                 f"{agg.version + 1}..{version - 1} are missing",
             )
         machine_state = agg.machine_state
-        if event.transition is not None and self.machines is not None:
-            machine = self.machines.get(agg.aggregate_type)
-            if machine is not None:
-                try:
-                    machine_state = machine.check(agg.aggregate_id, machine_state, event.transition)
-                except InvalidTransition as exc:
-                    self._advance(agg, event)
-                    return Rejected("transition", exc.reason)
+        machine = rules.machines.get(agg.aggregate_type) if rules.machines is not None else None
+        if event.transition is not None and machine is not None:
+            try:
+                machine_state = machine.check(agg.aggregate_id, machine_state, event.transition)
+            except InvalidTransition as exc:
+                self._advance(agg, event)
+                return Rejected("transition", exc.reason)
+        before = agg.state
+        if machine is not None and agg.last is None and self._json_fold and "status" not in before:
+            before = {**before, "status": machine.initial}  # a new entity starts in `initial`
         last = agg.last
         conflict: ConflictRecord | None = None
         ctx: ConflictContext | None = None
@@ -337,7 +347,10 @@ class Folder:
                     agg.state,
                     self._apply,
                 )
-                resolution = self.resolver.resolve(ctx)
+                resolver = rules.resolver
+                if resolver.needs_history and agg.previous is None:
+                    resolver = _LOG_ORDER  # its previous event was folded keeping no history
+                resolution = resolver.resolve(ctx)
                 state = resolution.state
                 conflict = ConflictRecord(
                     projection=self.projection.name,
@@ -354,17 +367,17 @@ class Folder:
                     previous_producer=last.producer,
                     previous_lamport=last.lamport,
                     previous_vclock=dict(last.vclock),
-                    resolver=self.resolver.name,
+                    resolver=resolver.name,
                     winner=resolution.winner,
                     recorded_at=event.recorded_at,
                 )
             else:
-                state = self._apply(agg.state, event)
+                state = self._apply(before, event)
         except Exception as exc:  # RecursionError and MemoryError included
             self._advance(agg, event)
             kind = "apply" if conflict is None and ctx is None else "conflict"
             return Rejected(kind, f"{kind} failed: {describe_error(exc)}")
-        if self._json_fold and (ctx is None or self._plain_resolver):
+        if self._json_fold and (ctx is None or rules.plain_resolver):
             # Entities states are JSON objects of decoded data: only their size can be wrong,
             # and a bound grown by the body's length saves encoding the state every event. The
             # state is encoded when the bound passes the limit, so the decision is exactly
@@ -386,9 +399,11 @@ class Folder:
             kind = "apply" if ctx is None else "conflict"
             return Rejected(kind, f"the state after this event cannot be stored: {problem}")
         agg.size = bound
-        if self.history:
-            agg.base = agg.state
+        if rules.history:
+            agg.base = before
             agg.previous = event
+        elif agg.previous is not None:
+            agg.base = agg.previous = None
         agg.state = state
         agg.version = version
         agg.seq = event.seq

@@ -11,8 +11,9 @@ same file that declares ``[machines]``)::
     batch_size = 20000         # messages per transaction at most
     batch_delay = 0.0          # seconds a batch waits for more messages at most
 
-    [projections.resolvers]    # conflict resolver per projection (default: log-order)
-    entities = "lww"           # log-order | lww | priority:agent-a,agent-b | module:function
+Conflict resolvers are not configured here: they are part of the rules stored with the log
+(``eventstore rules set FILE`` takes a file's ``[projections.resolvers]`` table). A local
+``[projections.resolvers]`` table is only accepted when it equals the stored one.
 
 Names given with ``--projection`` are added to ``load``. A worker records the ``module:object``
 of each custom projection in its database (``projections.origins``), so readers of that file
@@ -178,7 +179,8 @@ def load_projections(
     config: ProjectionsConfig | None = None,
     origins: Mapping[str, str] | None = None,
 ) -> list[Projection[Any]]:
-    """The configured projections plus ``specs``, each once, with their configured resolvers;
+    """The configured projections plus ``specs``, each once (with the resolvers of their code:
+    the rules stored with the log may give them others, from the rules' sequence on);
     ``origins``: the specs a database recorded for plain names (``load_projection``)."""
     cfg = config or ProjectionsConfig()
     out: list[Projection[Any]] = []
@@ -190,16 +192,7 @@ def load_projections(
         projection = load_projection(spec, origin=(origins or {}).get(spec.strip()))
         if projection.name in {p.name for p in out}:
             raise ConfigError(f"two projections are named {projection.name!r}")
-        chosen = cfg.resolvers.get(projection.name)
-        if chosen:
-            projection.resolver = resolver_from_spec(chosen)
-            projection.validate()
         out.append(projection)
     if not out:
         raise ConfigError("no projection to run: [projections] load is empty and none was given")
-    unknown = set(cfg.resolvers) - {p.name for p in out}
-    if unknown:
-        raise ConfigError(
-            f"[projections.resolvers] names projections not loaded: {sorted(unknown)}"
-        )
     return out

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from eventstore import EventStore, Machines, ProjectionError
+from eventstore import EventStore, ProjectionError
 from projections.db import ProjectionDB, copy_database
 from projections.lock import DatabaseLock
 from projections.projection import Projection
@@ -60,7 +60,6 @@ async def rebuild(
     db_path: str | Path,
     projections: Sequence[Projection[Any]],
     *,
-    machines: Machines | None = None,
     settings: RunnerSettings | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RebuildResult:
@@ -72,7 +71,9 @@ async def rebuild(
     lock and brings a new generation, which the worker notices at its next commit.
 
     ``progress(folded_seq, head)`` is called after every committed batch. The projections
-    must include every projection the live file holds (or its data would be lost).
+    must include every projection the live file holds (or its data would be lost). It folds
+    with the rules stored with the log (``store.rules``), whatever the live file was folded
+    with.
     """
     live = Path(db_path)
     fresh = live.with_name(live.name + ".rebuild")
@@ -90,9 +91,7 @@ async def rebuild(
                 )
         await asyncio.to_thread(_remove, fresh)
         try:
-            checkpoint, messages = await _fold_fresh(
-                store, fresh, projections, machines, settings, progress
-            )
+            checkpoint, messages = await _fold_fresh(store, fresh, projections, settings, progress)
             try:
                 await asyncio.to_thread(copy_database, fresh, live)
             except sqlite3.Error as exc:
@@ -123,7 +122,6 @@ async def _fold_fresh(
     store: EventStore,
     fresh: Path,
     projections: Sequence[Projection[Any]],
-    machines: Machines | None,
     settings: RunnerSettings | None,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[int, int]:
@@ -131,7 +129,7 @@ async def _fold_fresh(
     head = await store.head()
     db = await ProjectionDB.open(fresh)
     try:
-        runner = Runner(store, db, projections, machines=machines, settings=settings)
+        runner = Runner(store, db, projections, settings=settings)
 
         def report(info: CommitInfo) -> None:
             if progress is not None:

@@ -339,14 +339,13 @@ class Recorder:
         recorded_us: int | None,
         now_us: int,
         keep: int,
+        meta: Mapping[str, str] | None = None,
     ) -> None:
-        """Commit one batch in ONE transaction: the guard, then for every projection in
-        ``slots`` its states, snapshots (pruned to ``keep``), conflicts, quarantined messages,
-        read models and periodic snapshot, and its checkpoint ``seq``.
-
-        ``generation`` and ``checkpoints`` (of every projection of the runner) are what the
-        caller read: a file that says otherwise raises ``FileChanged`` and nothing is written.
-        """
+        """Commit one batch in ONE transaction: the guard, then for every projection in ``slots``
+        its states, snapshots (pruned to ``keep``), conflicts, quarantined messages, read models,
+        periodic snapshot and checkpoint ``seq``; and the ``meta`` rows given. ``generation`` and
+        ``checkpoints`` (of every projection of the runner) are what the caller read: a file that
+        says otherwise raises ``FileChanged`` and nothing is written."""
         db = self.db
         state_rows = [s.codec.row(a) for s in slots for a in s.changed.values()]
         async with db.transaction():
@@ -374,6 +373,8 @@ class Recorder:
             await db.executemany(
                 CHECKPOINT_SQL, [(seq, recorded_us, now_us, s.projection.name) for s in slots]
             )
+            if meta:  # the rules in force at the checkpoint (projections.rulecheck)
+                await db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [*meta.items()])
 
     async def _guard(self, generation: str, checkpoints: Mapping[str, int]) -> None:
         """Refuse to commit onto a file that changed since the runner read it."""

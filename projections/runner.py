@@ -16,6 +16,11 @@ checkpoints): if ``rebuild`` swapped it or another worker wrote to it, the runne
 caches and resumes from what the file says. The file belongs to one stream
 (``projections.identity``): opening refuses another stream's file, and after a reconnect the
 stream is confirmed again before the next batch is folded.
+
+Every event is folded with the rules stored with the log in force at its sequence
+(``store.rules``); a rules event is no aggregate's: the fold switches rules there, and the
+checkpoint moves past it. The file records the rules in force at its checkpoint, and opening
+refuses a file folded with other rules (``projections.rulecheck``).
 """
 
 from __future__ import annotations
@@ -33,12 +38,11 @@ from eventstore import (
     CodeVersionChanged,
     Event,
     EventStore,
-    Machines,
     ProjectionError,
     StoredMessage,
     check_int,
 )
-from projections import identity
+from projections import identity, rulecheck
 from projections.batches import Intake
 from projections.db import ProjectionDB
 from projections.fold import Folder, MessageDecoder
@@ -94,7 +98,6 @@ class Runner:
         db: ProjectionDB,
         projections: Sequence[Projection[Any]],
         *,
-        machines: Machines | None = None,
         settings: RunnerSettings | None = None,
     ) -> None:
         if not projections:
@@ -106,13 +109,12 @@ class Runner:
         self.db = db
         self.recorder = Recorder(db)
         self.settings = settings or RunnerSettings()
-        self.machines = machines if machines is not None else store.machines
         self.decoder = MessageDecoder(store.settings.prefix)
         self._slots = [
             Slot(
                 p,
                 StateCodec(p),
-                folder=Folder(p, self.machines),
+                folder=Folder(p, store.rules),
                 writes=getattr(type(p), "write", None) is not Projection.write,
             )
             for p in projections
@@ -126,6 +128,7 @@ class Runner:
         self.events_applied = 0
         self.resyncs = 0  # times the runner reloaded (file swapped, another writer, bad read)
         self._expect = 1  # the stream sequence the next batch must start with
+        self._rules_meta: dict[str, str] = {}  # the rules record the file has
         self._watch = identity.StreamWatch(store, db)  # the stream the file folds (open)
 
     @property
@@ -177,6 +180,11 @@ class Runner:
                     )
                     await self.recorder.reset(p, now)
                 await record_origin(self.db, p)  # readers then load it by name
+            await rulecheck.check_rules(self.db, self.store.rules)
+            top = await self.recorder.max_checkpoint()
+            self._rules_meta = rulecheck.rules_meta(self.store.rules, top)
+            for key, value in self._rules_meta.items():
+                await self.db.set_meta(key, value)
         self._watch.confirmed(stream, time.monotonic(), reconnects)
         await self._load()
         self._opened = True
@@ -309,6 +317,8 @@ class Runner:
         moving = [s for s in self._slots if last.seq > s.checkpoint]
         for slot in moving:
             slot.periodic = bool(interval_us) and now_us - slot.snapshot_us >= interval_us
+        top = max(last.seq, *(s.checkpoint for s in self._slots))
+        meta = rulecheck.rules_meta(self.store.rules, top)
         try:
             await self.recorder.commit_batch(
                 moving,
@@ -318,9 +328,11 @@ class Runner:
                 recorded_us=to_us(last.recorded_at),
                 now_us=now_us,
                 keep=self.settings.snapshots.keep,
+                meta=meta if meta != self._rules_meta else None,
             )
         except FileChanged:
             raise _Resync() from None
+        self._rules_meta = meta
         self.events_applied += len(batch)
         changed: dict[str, list[Key]] = {}
         for slot in moving:

@@ -67,6 +67,9 @@ class Slot(SlotBatch):
                 continue
             key = key_of(msg.subject)
             if key is None:
+                if msg.subject == decoder.rules_subject:  # the rules change from here on
+                    folder.book.learn(msg)
+                    continue
                 why = Rejected("undecodable", f"subject {msg.subject!r} names no aggregate")
                 slot.quarantine.append(quarantine_row(name, msg, None, why))
                 log.warning(

@@ -9,6 +9,10 @@ history is. The result says which snapshot was used and how many messages were r
 one time that is monotonic along the log. History lists an aggregate's messages between two
 points with what the fold made of each (applied, conflict, quarantined); diff compares two
 points.
+
+Each event is folded with the rules stored with the log in force at its sequence, the same in
+every process; a result's ``rules_version`` is the version in force at its last event. A
+database folded with other rules than the log's is refused (``RulesMismatch``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from eventstore import (
     EventStore,
     InvalidEvent,
     InvalidPoint,
-    Machines,
     ProjectionError,
     StoredMessage,
     check_optional_int,
@@ -38,6 +41,7 @@ from projections.projection import Projection
 from projections.recorder import Recorder
 from projections.records import ConflictRecord
 from projections.rows import StateCodec
+from projections.rulecheck import check_rules
 from projections.times import parse_time
 
 __all__ = ["Diff", "HistoryEntry", "PastState", "Point", "TimeTravel", "current_state"]
@@ -112,6 +116,7 @@ class PastState(msgspec.Struct, kw_only=True):
     snapshot_version: int | None = None
     snapshot_seq: int | None = None
     replayed: int = 0
+    rules_version: int | None = None  # in force at ``seq`` (None: not known, state now)
 
 
 class HistoryEntry(msgspec.Struct, kw_only=True):
@@ -160,7 +165,9 @@ async def current_state(
     return _past_state(agg, None, 0)
 
 
-def _past_state(agg: AggregateState, snapshot: tuple[int, int] | None, replayed: int) -> PastState:
+def _past_state(
+    agg: AggregateState, snapshot: tuple[int, int] | None, replayed: int, rules: int | None = None
+) -> PastState:
     return PastState(
         aggregate_type=agg.aggregate_type,
         aggregate_id=agg.aggregate_id,
@@ -173,6 +180,7 @@ def _past_state(agg: AggregateState, snapshot: tuple[int, int] | None, replayed:
         snapshot_version=snapshot[0] if snapshot else None,
         snapshot_seq=snapshot[1] if snapshot else None,
         replayed=replayed,
+        rules_version=rules,
     )
 
 
@@ -187,16 +195,15 @@ class TimeTravel:
         store: EventStore,
         projection: Projection[Any],
         db: ProjectionDB | None = None,
-        *,
-        machines: Machines | None = None,
     ) -> None:
         self.store = store
         self.projection = projection
         self.db = db
         self.recorder = Recorder(db) if db is not None else None
         self.codec = StateCodec(projection)
-        self.folder = Folder(projection, machines if machines is not None else store.machines)
+        self.folder = Folder(projection, store.rules)
         self.decoder = MessageDecoder(store.settings.prefix)
+        self._rules_checked = db is None
 
     async def current(self, aggregate_type: str, aggregate_id: str) -> PastState:
         """The state the projection holds now (what the worker committed last)."""
@@ -278,6 +285,9 @@ class TimeTravel:
         seq read)."""
         key = (aggregate_type, aggregate_id)
         snapshot: AggregateState | None = None
+        if not self._rules_checked and self.db is not None:
+            await check_rules(self.db, self.store.rules)  # its snapshots are the log's meaning
+            self._rules_checked = True
         if self.recorder is not None:
             snapshot = await self.recorder.nearest_snapshot(
                 self.codec,
@@ -396,4 +406,5 @@ class TimeTravel:
     def _result(
         self, agg: AggregateState, snapshot: tuple[int, int] | None, replayed: int
     ) -> PastState:
-        return _past_state(agg, snapshot, replayed)
+        version = self.store.rules.at(agg.seq)
+        return _past_state(agg, snapshot, replayed, version.version if version else 0)

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from eventstore import EventStore, Machines, StoredMessage
+from eventstore import EventStore, RuleBook, StoredMessage
 from projections.db import ProjectionDB
 from projections.fold import (
     AggregateState,
@@ -40,6 +40,7 @@ from projections.fold import (
 from projections.projection import Projection
 from projections.recorder import Recorder
 from projections.rows import StateCodec
+from projections.rulecheck import rules_problem
 
 __all__ = ["Mismatch", "VerifyReport", "verify"]
 
@@ -147,10 +148,10 @@ def _compare(
 class _Check:
     """One projection being verified: the independent fold and the stored rows to meet."""
 
-    def __init__(self, projection: Projection[Any], machines: Machines | None) -> None:
+    def __init__(self, projection: Projection[Any], rules: RuleBook) -> None:
         self.projection = projection
         self.codec = StateCodec(projection)
-        self.folder = Folder(projection, machines)
+        self.folder = Folder(projection, rules)
         self.checkpoint = 0
         self.aggs: dict[Key, AggregateState] = {}
         self.snapshots: dict[tuple[str, str, int], AggregateState] = {}
@@ -166,16 +167,20 @@ async def verify(
     store: EventStore,
     db: ProjectionDB,
     projections: Sequence[Projection[Any]],
-    *,
-    machines: Machines | None = None,
 ) -> VerifyReport:
-    """Compare each projection in ``db`` with an independent fold of the log."""
-    machines = machines if machines is not None else store.machines
+    """Compare each projection in ``db`` with an independent fold of the log, folded with
+    the rules stored with the log (a file folded with other rules is a mismatch too)."""
     mismatches: list[Mismatch] = []
     checks: list[_Check] = []
     stored: dict[str, dict[Key, AggregateState]] = {}
     recorder = Recorder(db)
     async with db.snapshot():
+        if (problem := await rules_problem(db, store.rules)) is not None:
+            recorded, expected, checkpoint = problem
+            mismatches.append(
+                Mismatch(projection="*", what="folded with other rules", expected=expected,
+                         actual=recorded, detail=f"at seq {checkpoint}: rebuild")
+            )  # fmt: skip
         infos = {i.name: i for i in await recorder.projections()}
         for p in projections:
             info = infos.get(p.name)
@@ -199,7 +204,7 @@ async def verify(
                     )
                 )
                 continue
-            check = _Check(p, machines)
+            check = _Check(p, store.rules)
             check.checkpoint = info.checkpoint
             checks.append(check)
             stored[p.name] = {}
@@ -353,6 +358,9 @@ async def _fold_log(
         for msg in batch:
             report.messages += 1
             key = decoder.key(msg.subject)
+            if key is None and msg.subject == decoder.rules_subject:
+                store.rules.learn(msg)  # no aggregate's: the rules change here
+                continue
             for check in checks:
                 if msg.seq > check.checkpoint:
                     continue

@@ -217,27 +217,37 @@ def test_bad_data_json_is_a_usage_error(nats_url: str, settings: StreamSettings)
     assert cli(nats_url, settings, "history", "agent", "a3").stdout == ""
 
 
-def test_invalid_transition_from_config_machine(
+def test_invalid_transition_from_the_stored_machine(
     nats_url: str, settings: StreamSettings, tmp_path: Path
 ) -> None:
-    """A transition that the --config TOML machine forbids exits 1 with InvalidTransition."""
+    """A transition that the machine set with `rules set` forbids exits 1 with
+    InvalidTransition, with no config at all; a config declaring the same [machines] is
+    accepted, one declaring others is refused before anything is written."""
     config = tmp_path / "machines.toml"
     config.write_text(
         '[machines.request]\ninitial = "Queued"\n'
         'transitions = [["Queued", "Routed"], ["Routed", "Processing"]]\n'
     )
+    assert cli(nats_url, settings, "rules", "set", str(config)).returncode == 0
     ok = cli(nats_url, settings, "--config", str(config), "publish", "request", "r1", "Routed",
              "--transition", "Queued:Routed")  # fmt: skip
     assert ok.returncode == 0, ok.stderr
-    bad = cli(nats_url, settings, "--config", str(config), "publish", "request", "r1", "Done",
+    bad = cli(nats_url, settings, "publish", "request", "r1", "Done",
               "--transition", "Routed:Done")  # fmt: skip
     assert bad.returncode == 1
     line = assert_one_error_line(bad)
     assert "InvalidTransition" in line and "Routed -> Done" in line
-    # The same machine from EVENTSTORE_CONFIG.
+    # The same machine from EVENTSTORE_CONFIG is accepted, and held to.
     env_bad = cli(nats_url, settings, "publish", "request", "r1", "Back",
                   "--transition", "Routed:Queued", EVENTSTORE_CONFIG=str(config))  # fmt: skip
     assert env_bad.returncode == 1 and "InvalidTransition" in env_bad.stderr
+    other = tmp_path / "other.toml"
+    other.write_text('[machines.request]\ninitial = "Queued"\n')
+    refused = cli(nats_url, settings, "--config", str(other), "publish", "request", "r1", "X")
+    assert refused.returncode == 1
+    line = assert_one_error_line(refused)
+    assert "ConfigError" in line and "differ from the rules stored with the log (version 1)" in line
+    assert f"eventstore rules set {other}" in line
     assert len(lines(cli(nats_url, settings, "history", "request", "r1").stdout)) == 1
 
 
@@ -338,7 +348,8 @@ def test_demo_runs_and_prints_the_log(tmp_path: Path) -> None:
     assert header.split() == ["seq", "aggregate", "ver", "type", "transition", "producer",
                               "lamport"]  # fmt: skip
     rows = [line for line in out.splitlines() if re.match(r"\s*\d+\s+agent/", line)]
-    assert [int(r.split()[0]) for r in rows] == list(range(1, 17))  # 3 agents x 5 + 1 task
+    # seq 1 holds the demo's rules (the agent lifecycle); then 3 agents x 5 + 1 task
+    assert [int(r.split()[0]) for r in rows] == list(range(2, 18))
     for agent in ("asst_qa", "asst_ops", "ocr_pipeline"):
         mine = [r for r in rows if f" agent/{agent} " in r]
         assert [r.split()[3] for r in mine if r.split()[3] != "TaskAssigned"] == [

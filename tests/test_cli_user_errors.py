@@ -396,7 +396,7 @@ def test_config_values_are_refused_before_connecting(tmp_path: Path) -> None:
             ("snapshot_interval = inf", "snapshot_interval"),
             ("snapshot_every = 99999999999999999999", "snapshot_every"),
             ('load = ["os:system"]', "not a Projection"),
-            ('resolvers = {entities = "builtins:print"}', "not a resolver"),
+            ('resolvers = {entities = "builtins print"}', "unknown resolver"),
         )
     ):
         (tmp_path / f"c{i}.toml").write_text(f"[projections]\n{body}\n")
@@ -477,8 +477,8 @@ def test_projection_names_never_call_arbitrary_objects(tmp_path: Path, plugin_di
         Case(dead("worker", "--projection", "evilplug:touch"), 1, "not a Projection", env=env),
         Case(dead("verify", "--projection", "evilplug:Touch"), 1, "not a Projection", env=env),
         Case(dead("rebuild", "--projection", "os:system"), 1, "not a Projection", env=env),
-        Case(dead("--config", str(conf), "state", "agent", "a"), 1, "resolver", env=env),
-        Case(dead("--config", str(osconf), "worker"), 1, "resolver", env=env),
+        Case(dead("rules", "set", str(conf)), 1, "not a resolver", env=env),
+        Case(dead("rules", "set", str(osconf)), 1, "not a resolver", env=env),
     ]
     run_cases(cases, tmp_path)
     assert not (plugin_dir / "called").exists()

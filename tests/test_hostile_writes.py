@@ -23,8 +23,9 @@ from eventstore import (
     EventStore,
     InvalidEvent,
     InvalidTransition,
-    Machines,
+    MachineTable,
     NewEvent,
+    Rules,
     StreamSettings,
     Transition,
 )
@@ -158,19 +159,15 @@ async def test_a_stale_raw_transition_does_not_move_the_state_machine(
 ) -> None:
     """A raw duplicate version carrying a transition is not part of the history: the producer
     checks the next transition against the state the fold knows."""
-    machines = Machines()
-    machines.declare("request", "Queued", [("Queued", "Routed"), ("Routed", "Done")])
-    async with await EventStore.connect(
-        nats_url, producer="p1", stream=settings, machines=machines
-    ) as store:
+    machine = MachineTable("Queued", [("Queued", "Routed"), ("Routed", "Done")])
+    async with await EventStore.connect(nats_url, producer="p1", stream=settings) as store:
+        await store.set_rules(Rules(machines={"request": machine}))
         first = await store.append("request", "r", NewEvent("Routed", transition="Queued:Routed"))
         await raw_publish(
             store, "request", "r",
             raw_envelope("request", "r", 1, transition=Transition("Routed", "Done")),
         )  # fmt: skip
-        async with await EventStore.connect(
-            nats_url, producer="p2", stream=settings, machines=machines
-        ) as fresh:
+        async with await EventStore.connect(nats_url, producer="p2", stream=settings) as fresh:
             done = await fresh.append("request", "r", NewEvent("Done", transition="Routed:Done"))
             assert done.version == 2
             with pytest.raises(InvalidTransition):

@@ -74,10 +74,9 @@ def test_unloadable_projections_are_config_errors(plugin: str) -> None:
         load_projection(f"{plugin}:not_a_projection")
 
 
-def test_the_config_table_chooses_projections_resolvers_and_batching(
-    plugin: str, tmp_path: Path
-) -> None:
-    """``[projections]`` names what to load and how; ``--projection`` adds to it."""
+def test_the_config_table_chooses_projections_and_batching(plugin: str, tmp_path: Path) -> None:
+    """``[projections]`` names what to load and how; ``--projection`` adds to it. Its
+    ``[projections.resolvers]`` give nothing: resolvers are the rules stored with the log."""
     config = tmp_path / "eventstore.toml"
     config.write_text(
         '[machines.agent]\ninitial = "Created"\ntransitions = [["Created", "Running"]]\n\n'
@@ -90,14 +89,11 @@ def test_the_config_table_chooses_projections_resolvers_and_batching(
     cfg = load_config(config)
     loaded = load_projections([f"{plugin}:orders", "entities"], cfg)
     assert [p.name for p in loaded] == ["entities", "orders"]
-    assert isinstance(loaded[0].resolver, SourcePriority)
-    assert loaded[0].resolver.order == ("ops", "qa")
-    assert isinstance(loaded[1].resolver, FunctionResolver)
+    assert not isinstance(loaded[0].resolver, SourcePriority)
+    assert not isinstance(loaded[1].resolver, FunctionResolver)
     settings = cfg.runner_settings()
     assert (settings.batch_size, settings.snapshots.every, settings.snapshots.keep) == (100, 10, 2)
     assert settings.snapshots.interval == 0
-    with pytest.raises(ConfigError, match="not loaded"):
-        load_projections([], cfg)  # a resolver for orders, which is not loaded
     config.write_text("[projections]\nsnapshot_evry = 3\n")
     with pytest.raises(ConfigError, match="snapshot_evry"):
         load_config(config)

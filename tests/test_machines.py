@@ -10,11 +10,12 @@ from eventstore import (
     ConfigError,
     EventStore,
     InvalidTransition,
-    Machines,
     NewEvent,
+    RuleBook,
+    Rules,
     StreamSettings,
     Transition,
-    load_machines,
+    check_local_config,
 )
 
 CONFIG = """
@@ -29,7 +30,7 @@ def test_toml_config_declares_machines(tmp_path: Path) -> None:
     """A [machines.X] table becomes a machine with its initial state and transitions."""
     path = tmp_path / "es.toml"
     path.write_text(CONFIG)
-    machine = load_machines(path).get("request")
+    machine = Rules.from_toml(path).machines_registry().get("request")
     assert machine is not None
     assert machine.initial == "Queued"
     assert ("Routed", "Processing") in machine.transitions
@@ -37,11 +38,13 @@ def test_toml_config_declares_machines(tmp_path: Path) -> None:
 
 
 def test_config_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """EVENTSTORE_CONFIG names the config file when no path is given."""
+    """EVENTSTORE_CONFIG names the local config checked against the stored rules when no
+    path is given: its [machines] differ from "no rules", so it is refused."""
     path = tmp_path / "es.toml"
     path.write_text(CONFIG)
     monkeypatch.setenv("EVENTSTORE_CONFIG", str(path))
-    assert "request" in load_machines()
+    with pytest.raises(ConfigError, match=r"declares \[machines\] that differ"):
+        check_local_config(None, RuleBook())
 
 
 @pytest.mark.parametrize(
@@ -64,21 +67,20 @@ def test_invalid_config_is_a_clear_error(tmp_path: Path, text: str, fragment: st
     path = tmp_path / "es.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=fragment):
-        load_machines(path)
+        Rules.from_toml(path)
 
 
 def test_missing_config_file() -> None:
     """A config path that does not exist is a ConfigError."""
     with pytest.raises(ConfigError, match="not found"):
-        load_machines("/nonexistent/es.toml")
+        Rules.from_toml("/nonexistent/es.toml")
 
 
 async def test_append_enforces_transitions(nats_url: str, settings: StreamSettings) -> None:
     """Allowed steps are stored; a step from the wrong state or an undeclared one is refused."""
-    machines = Machines.from_mapping(__import__("tomllib").loads(CONFIG))
-    async with await EventStore.connect(
-        nats_url, producer="router", stream=settings, machines=machines
-    ) as store:
+    rules = Rules.from_mapping(__import__("tomllib").loads(CONFIG))
+    async with await EventStore.connect(nats_url, producer="router", stream=settings) as store:
+        await store.set_rules(rules)
         await store.append("request", "r1", NewEvent("Queued", {"prompt": "hi"}))
         await store.append("request", "r1", NewEvent("Routed", transition="Queued:Routed"))
         with pytest.raises(InvalidTransition, match="current state is Routed") as err:
@@ -99,10 +101,9 @@ async def test_append_enforces_transitions(nats_url: str, settings: StreamSettin
         assert [e.type async for e in store.read("request", "r1")] == ["Queued", "Routed"]
         await store.append("request", "r1", NewEvent("Started", transition="Routed:Processing"))
 
-    # A new process (no cache) learns the current state from the log and keeps enforcing.
-    async with await EventStore.connect(
-        nats_url, producer="router2", stream=settings, machines=machines
-    ) as store:
+    # A new process (no cache, no config) learns the machines and the current state from the
+    # log and keeps enforcing.
+    async with await EventStore.connect(nats_url, producer="router2", stream=settings) as store:
         with pytest.raises(InvalidTransition, match="current state is Processing"):
             await store.append("request", "r1", NewEvent("Again", transition="Queued:Routed"))
         done = await store.append(

@@ -177,6 +177,7 @@ async def test_the_result_names_the_snapshot_and_the_replay(
             "lamport",
             "snapshot_version",
             "replayed",
+            "rules_version",
         }
 
 

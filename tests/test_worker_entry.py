@@ -1,6 +1,6 @@
 """Every way of starting a worker builds the same worker: ``eventstore worker``, ``eventstore
-up`` and ``python -m consumers.cli_worker`` all fold with the config's ``[machines]``, its
-``[projections]`` settings and the options given, through one ``consumers.Worker``."""
+up`` and ``python -m consumers.cli_worker`` all fold with the rules stored with the log, the
+config's ``[projections]`` settings and the options given, through one ``consumers.Worker``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import pytest
 from helpers_projections import scalar, tail
 
 from consumers import Worker
-from eventstore import EventStore, NewEvent, StreamSettings
+from eventstore import ConfigError, EventStore, NewEvent, Rules, StreamSettings, Transition
+from eventstore.events import Envelope, encode_envelope, utcnow
 from eventstore.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,7 @@ async def _wait_checkpoint(db: Path, seq: int, proc: subprocess.Popen[bytes], lo
 
 async def _connect(url: str, settings: StreamSettings, proc: subprocess.Popen[bytes],
                    log: Path) -> EventStore:  # fmt: skip
-    """A producer without machines: it stores whatever transition it is given."""
+    """A producer of the log (it is held to the rules stored with it)."""
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -82,26 +83,36 @@ def _spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT)
 
 
+def _raw_transition(agg_id: str, step: Transition) -> bytes:
+    """A valid event body as a plain NATS client publishes it: no producer checks it."""
+    return encode_envelope(
+        Envelope(id=f"raw-{agg_id}", type="Stopped", aggregate_type="agent", aggregate_id=agg_id,
+                 version=1, occurred_at=utcnow(), producer="raw", vclock={"raw": 1},
+                 transition=step)
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("entry", ENTRIES)
-async def test_every_entry_point_folds_with_the_configured_machines(
+async def test_every_entry_point_folds_with_the_rules_stored_with_the_log(
     entry: str, nats_url: str, settings: StreamSettings, tmp_path: Path
 ) -> None:
-    """A transition the config's ``[machines]`` forbid, stored by a producer without machines,
-    is quarantined (kind ``transition``) by the worker of every entry point, and the allowed
-    one is applied."""
-    (tmp_path / "es.toml").write_text(MACHINES)
+    """Rules set while the worker of each entry point runs (its config names no machines):
+    a transition they forbid, published raw, is quarantined (kind ``transition``), the
+    allowed one is applied."""
+    (tmp_path / "es.toml").write_text('[projections]\nload = ["entities"]\n')
     url = nats_url if entry != "eventstore up" else f"nats://127.0.0.1:{free_port()}"
     db, log = tmp_path / "w.db", tmp_path / "w.log"
     proc = _spawn(_command(entry, url, settings, db, tmp_path), log)
     try:
         store = await _connect(url, settings, proc, log)
         async with store:
+            (tmp_path / "rules.toml").write_text(MACHINES)
+            await store.set_rules(Rules.from_toml(tmp_path / "rules.toml"))
             step = NewEvent("Started", transition=("Created", "Running"))
             await store.append("agent", "ok", step)
-            bad = await store.append(
-                "agent", "bad", NewEvent("Stopped", transition=("Created", "Stopped"))
-            )
-        await _wait_checkpoint(db, bad.last_seq, proc, log)
+            body = _raw_transition("bad", Transition("Created", "Stopped"))
+            ack = await store.js.publish(store.subject("agent", "bad"), body)
+        await _wait_checkpoint(db, ack.seq, proc, log)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0, tail(log)
     finally:
@@ -114,13 +125,32 @@ async def test_every_entry_point_folds_with_the_configured_machines(
     assert ok == "Running"
 
 
-def test_from_config_reads_machines_projections_and_settings(tmp_path: Path) -> None:
-    """``Worker.from_config`` takes the config's machines, its load list plus the projections
-    given, and its runner settings, before anything connects."""
+async def test_a_worker_whose_config_declares_other_machines_is_refused(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """A config whose ``[machines]`` differ from the rules stored with the log is refused at
+    connect, naming the file and the remedy; the same tables as the stored ones are accepted."""
+    config = tmp_path / "es.toml"
+    config.write_text(MACHINES)
+    worker = Worker.from_config(
+        url=store.url, stream=store.settings, db=tmp_path / "w.db", config=config
+    )
+    with pytest.raises(ConfigError, match=r"es.toml declares \[machines\] that differ.*version 0"):
+        async with worker:
+            pass
+    assert worker.store is None
+    await store.set_rules(Rules.from_toml(config))
+    async with worker:
+        assert worker.store is not None and worker.store.rules.version == 1
+
+
+def test_from_config_reads_projections_and_settings(tmp_path: Path) -> None:
+    """``Worker.from_config`` takes the config's load list plus the projections given, and
+    its runner settings, before anything connects."""
     config = tmp_path / "es.toml"
     config.write_text(MACHINES + '\n[projections]\nload = ["entities"]\nbatch_size = 7\n')
     worker = Worker.from_config(db=tmp_path / "x.db", config=config)
-    assert "agent" in worker.machines
+    assert worker.config == config
     assert [p.name for p in worker.projections] == ["entities"]
     assert worker.settings is not None and worker.settings.batch_size == 7
     assert worker.store is None  # nothing connected yet
