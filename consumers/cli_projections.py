@@ -41,6 +41,7 @@ from consumers.cliutil import (
     non_empty,
     non_negative_int,
     port_number,
+    positive_int,
     run_command,
 )
 from eventstore import configure_logging
@@ -164,7 +165,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = command(
         subparsers,
         "status",
-        help="per projection: checkpoint, stream head, lag, snapshot/conflict/quarantine counts",
+        help="one JSON document: the stream (messages, bytes, first/last seq and time), per "
+        "projection checkpoint, lag, snapshot/conflict/quarantine counts, the server",
+    )
+    p.add_argument(
+        "--watch", type=positive_int, metavar="N", help="refresh every N seconds until Ctrl-C"
     )
     p.set_defaults(func=cmd_status)
 

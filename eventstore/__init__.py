@@ -34,13 +34,13 @@ from eventstore.events import (
     nesting_exceeds,
     validate_aggregate_type,
 )
-from eventstore.health import SERVER_HEALTH_SUBJECT, server_health
+from eventstore.health import SERVER_HEALTH_SUBJECT, ServerHealth, server_health
 from eventstore.ids import uuid7
 from eventstore.logging import configure_logging
 from eventstore.machines import Machines, StateMachine, load_machines
 from eventstore.permissions import ROLES, permissions
 from eventstore.reader import Malformed, StoredMessage, decode_message
-from eventstore.server import EmbeddedServer, free_port
+from eventstore.server import EmbeddedServer, default_config_path, find_nats_server, free_port
 from eventstore.store import DEFAULT_URL, AppendRequest, EventStore, StreamIdentity
 from eventstore.streams import StreamSettings, validate_stream_name, validate_stream_prefix
 from eventstore.subjects import decode_id, encode_id, parse_subject
@@ -82,6 +82,7 @@ __all__ = [
     "RequestTimeout",
     "Retryable",
     "ServerError",
+    "ServerHealth",
     "StateMachine",
     "StoredMessage",
     "StreamIdentity",
@@ -95,7 +96,9 @@ __all__ = [
     "configure_logging",
     "decode_id",
     "decode_message",
+    "default_config_path",
     "encode_id",
+    "find_nats_server",
     "free_port",
     "load_machines",
     "nesting_exceeds",

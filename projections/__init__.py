@@ -30,7 +30,7 @@ from projections.recorder import list_aggregates, list_conflicts, list_quarantin
 from projections.records import ConflictRecord, ProjectionInfo, QuarantineRecord
 from projections.runner import CommitInfo, Runner, RunnerSettings
 from projections.snapshots import SnapshotPolicy
-from projections.status import ProjectionStatus, projection_status
+from projections.status import ProjectionStatus, StatusReport, projection_status, status_report
 from projections.timetravel import Diff, HistoryEntry, PastState, Point, TimeTravel, current_state
 from projections.verify import Mismatch, VerifyReport, verify
 
@@ -70,6 +70,7 @@ __all__ = [
     "SnapshotPolicy",
     "SourcePriority",
     "Statement",
+    "StatusReport",
     "TimeTravel",
     "VerifyReport",
     "check_database",
@@ -85,5 +86,6 @@ __all__ = [
     "projection_status",
     "rebuild",
     "resolver_from_spec",
+    "status_report",
     "verify",
 ]

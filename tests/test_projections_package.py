@@ -43,6 +43,7 @@ EXPORTED = [
     "SnapshotPolicy",
     "SourcePriority",
     "Statement",
+    "StatusReport",
     "TimeTravel",
     "VerifyReport",
     "check_database",
@@ -58,6 +59,7 @@ EXPORTED = [
     "projection_status",
     "rebuild",
     "resolver_from_spec",
+    "status_report",
     "verify",
 ]
 
