@@ -1,5 +1,6 @@
 """eventstore: the event log on NATS JetStream (events, clocks, subjects, producer, reader)."""
 
+from eventstore.audit import ExportReport, ImportReport, export_events, import_events
 from eventstore.clocks import LamportClock, Order, VectorClock
 from eventstore.config import read_config
 from eventstore.connecting import ConnectSettings
@@ -67,7 +68,9 @@ __all__ = [
     "Event",
     "EventStore",
     "EventStoreError",
+    "ExportReport",
     "ForeignDatabase",
+    "ImportReport",
     "InvalidEvent",
     "InvalidPoint",
     "InvalidTransition",
@@ -98,8 +101,10 @@ __all__ = [
     "decode_message",
     "default_config_path",
     "encode_id",
+    "export_events",
     "find_nats_server",
     "free_port",
+    "import_events",
     "load_machines",
     "nesting_exceeds",
     "next_version",
