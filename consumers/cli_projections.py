@@ -22,6 +22,7 @@ import argparse
 import sys
 from typing import Any
 
+from consumers.cli_ops import metrics_options
 from consumers.cli_queries import (
     DEFAULT_PROJECTION,
     cmd_conflicts,
@@ -92,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     _projection_option(p, many=True)
     _reset_option(p)
+    metrics_options(p)
     p.set_defaults(func=cmd_worker, service=True)
 
     p = command(
@@ -189,6 +191,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     _projection_option(p, many=True)
     _reset_option(p)
+    metrics_options(p)
     p.set_defaults(func=cmd_up, service=True)
 
 
