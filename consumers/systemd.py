@@ -34,6 +34,7 @@ __all__ = [
     "NATS_UNIT",
     "WORKER_UNIT",
     "UnitOptions",
+    "protect_home",
     "render_units",
     "write_units",
 ]
