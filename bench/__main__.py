@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from bench import catchup, compare_eventsourcing, live, publish, timetravel
+from bench import audit, catchup, compare_eventsourcing, live, publish, timetravel
 from eventstore.logging import configure_logging
 
 
@@ -19,6 +19,7 @@ async def run_all(quick: bool) -> dict[str, Any]:
         ("live", live),
         ("timetravel", timetravel),
         ("compare_eventsourcing", compare_eventsourcing),
+        ("audit", audit),
     ):
         results[name] = await module.run(quick=quick)
     return results

@@ -22,6 +22,7 @@ import argparse
 import sys
 from typing import Any
 
+from consumers.cli_ops import metrics_options
 from consumers.cli_queries import (
     DEFAULT_PROJECTION,
     cmd_conflicts,
@@ -41,6 +42,7 @@ from consumers.cliutil import (
     non_empty,
     non_negative_int,
     port_number,
+    positive_int,
     run_command,
 )
 from eventstore import configure_logging
@@ -91,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     _projection_option(p, many=True)
     _reset_option(p)
+    metrics_options(p)
     p.set_defaults(func=cmd_worker, service=True)
 
     p = command(
@@ -164,7 +167,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = command(
         subparsers,
         "status",
-        help="per projection: checkpoint, stream head, lag, snapshot/conflict/quarantine counts",
+        help="one JSON document: the stream (messages, bytes, first/last seq and time), per "
+        "projection checkpoint, lag, snapshot/conflict/quarantine counts, the server",
+    )
+    p.add_argument(
+        "--watch", type=positive_int, metavar="N", help="refresh every N seconds until Ctrl-C"
     )
     p.set_defaults(func=cmd_status)
 
@@ -184,6 +191,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     _projection_option(p, many=True)
     _reset_option(p)
+    metrics_options(p)
     p.set_defaults(func=cmd_up, service=True)
 
 

@@ -10,20 +10,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from consumers.cli_output import diff_output, state_output
-from consumers.cliutil import EXIT_ERROR, EXIT_OK, CliError, emit, open_store, run
-from eventstore import EventStore, ForeignDatabase, ProjectionError, server_health
+from consumers.cliutil import (
+    EXIT_ERROR,
+    EXIT_OK,
+    CliError,
+    emit,
+    open_store,
+    run,
+    shutdown_signals,
+)
+from eventstore import EventStore, ForeignDatabase, ProjectionError
 from projections import (
     Point,
     Projection,
     ProjectionDB,
     ProjectionsConfig,
-    ProjectionStatus,
+    StatusReport,
     TimeTravel,
     check_database,
     check_stream_name,
@@ -36,6 +47,7 @@ from projections import (
     needs_origin,
     projection_status,
     recorded_origin,
+    status_report,
     verify,
 )
 
@@ -213,28 +225,54 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    async def go() -> tuple[list[ProjectionStatus], Any]:
-        async with open_store(args) as store:
-            db = await _open_db(args, required=True)
-            assert db is not None
-            async with db:
-                statuses = await projection_status(store, db)
-            if not statuses:
-                raise ProjectionError(
-                    f"no projection in {args.db} yet: start `eventstore worker` (or `eventstore "
-                    "up`) to fold the log into it"
-                )
-            # The last line: the server's JetStream and its store (a full disk shows here).
-            return statuses, await server_health(store.nc, store.settings.name, store.url)
+    """One JSON document: the stream, every projection's progress and lag, the server; with
+    ``--watch N`` a new one every N seconds until Ctrl-C/SIGTERM (exit 0)."""
 
-    statuses, health = run(go())
-    for item in (*statuses, health):
-        emit(item)
-    problem = next((s.problem for s in statuses if s.problem), None)
+    async def report(store: EventStore) -> StatusReport:
+        db = await _open_db(args, required=True)
+        assert db is not None
+        async with db:
+            got = await status_report(store, db)
+        if not got.projections:
+            raise ProjectionError(
+                f"no projection in {args.db} yet: start `eventstore worker` (or `eventstore "
+                "up`) to fold the log into it"
+            )
+        return got
+
+    async def watch(store: EventStore) -> None:
+        with shutdown_signals() as stop:
+            while not stop.is_set():
+                show_refreshed(await report(store))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), args.watch)
+
+    async def go() -> StatusReport | None:
+        async with open_store(args) as store:
+            if args.watch:
+                await watch(store)
+                return None
+            return await report(store)
+
+    got = run(go())
+    if got is None:
+        return EXIT_OK
+    emit(got)
+    problem = next((s.problem for s in got.projections if s.problem), None)
     if problem is not None:
         sys.stderr.write(f"eventstore status: {ForeignDatabase(args.db, problem)}\n")
         return EXIT_ERROR
     return EXIT_OK
+
+
+def show_refreshed(report: StatusReport) -> None:
+    """A refresh of ``status --watch``: the screen redrawn on a terminal, else one more line."""
+    if not sys.stdout.isatty():
+        emit(report)
+        return
+    text = msgspec.json.format(msgspec.json.encode(report), indent=2).decode()
+    sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
+    sys.stdout.flush()
 
 
 # -- verify --------------------------------------------------------------------------------

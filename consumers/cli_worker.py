@@ -28,6 +28,7 @@ from consumers.cliutil import (
     stream_settings,
     url_port,
 )
+from consumers.metrics import DEFAULT_METRICS_HOST
 from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
 from consumers.worker import WORKER_PRODUCER, Worker
 from eventstore import DEFAULT_URL, configure_logging
@@ -45,6 +46,8 @@ def worker_of(args: argparse.Namespace) -> Worker:
         config=args.config,
         projections=getattr(args, "projection", None) or (),
         reset=args.reset,
+        metrics_port=getattr(args, "metrics_port", None),
+        metrics_host=getattr(args, "metrics_host", DEFAULT_METRICS_HOST),
     )
 
 
@@ -146,6 +149,7 @@ def _worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None)
     p.add_argument("--projection", action="append", default=[], metavar="NAME|module:object")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument(
         "--reset",
         action="store_true",

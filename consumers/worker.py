@@ -35,6 +35,7 @@ from typing import Any
 import structlog
 
 from consumers.connection import CONNECT_TIMEOUT, connect_store
+from consumers.metrics import DEFAULT_METRICS_HOST, worker_metrics
 from consumers.notify import supervise
 from eventstore import (
     DEFAULT_URL,
@@ -79,6 +80,8 @@ class Worker:
         reset: bool = False,
         producer: str = WORKER_PRODUCER,
         connect_timeout: float = CONNECT_TIMEOUT,
+        metrics_port: int | None = None,
+        metrics_host: str = DEFAULT_METRICS_HOST,
     ) -> None:
         self.url = url
         self.stream = stream or StreamSettings()
@@ -90,6 +93,7 @@ class Worker:
         self.reset = reset
         self.producer = producer
         self.connect_timeout = connect_timeout
+        self.metrics_port, self.metrics_host = metrics_port, metrics_host  # None: no metrics
         self.store: EventStore | None = None
         self.runner: Runner | None = None
         self.log = log.bind(db=str(self.db), stream=self.stream.name)
@@ -104,6 +108,8 @@ class Worker:
         config: str | Path | None = None,
         projections: Sequence[str] = (),
         reset: bool = False,
+        metrics_port: int | None = None,
+        metrics_host: str = DEFAULT_METRICS_HOST,
     ) -> Worker:
         """The worker a config file (``config``, else ``EVENTSTORE_CONFIG``, else none) and
         these options describe: its ``[projections]`` load list plus
@@ -120,6 +126,8 @@ class Worker:
             config=config,
             settings=tables.runner_settings(),
             reset=reset,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
 
     async def __aenter__(self) -> Worker:
@@ -174,7 +182,10 @@ class Worker:
             task = asyncio.create_task(runner.run(follow=True))
             stopper = asyncio.create_task(stop.wait())
             try:
-                async with supervise(runner, head=head) as systemd:  # no-op without NOTIFY_SOCKET
+                async with (
+                    supervise(runner, head=head) as systemd,  # no-op without NOTIFY_SOCKET
+                    worker_metrics(runner, self.db, self.metrics_port, self.metrics_host),
+                ):
                     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
                     if not task.done():
                         systemd.stopping()

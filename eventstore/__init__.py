@@ -1,5 +1,6 @@
 """eventstore: the event log on NATS JetStream (events, clocks, subjects, producer, reader)."""
 
+from eventstore.audit import ExportReport, ImportReport, export_events, import_events
 from eventstore.clocks import LamportClock, Order, VectorClock
 from eventstore.config import read_config
 from eventstore.connecting import ConnectSettings
@@ -37,7 +38,7 @@ from eventstore.events import (
     nesting_exceeds,
     validate_aggregate_type,
 )
-from eventstore.health import SERVER_HEALTH_SUBJECT, server_health
+from eventstore.health import SERVER_HEALTH_SUBJECT, ServerHealth, server_health
 from eventstore.ids import uuid7
 from eventstore.logging import configure_logging
 from eventstore.machines import Machines, MachineTable, StateMachine
@@ -53,7 +54,7 @@ from eventstore.rules import (
     read_local_rules,
     resolver_spec_problem,
 )
-from eventstore.server import EmbeddedServer, free_port
+from eventstore.server import EmbeddedServer, default_config_path, find_nats_server, free_port
 from eventstore.store import DEFAULT_URL, AppendRequest, EventStore, StreamIdentity
 from eventstore.streams import StreamSettings, validate_stream_name, validate_stream_prefix
 from eventstore.subjects import decode_id, encode_id, parse_subject, rules_subject
@@ -83,7 +84,9 @@ __all__ = [
     "Event",
     "EventStore",
     "EventStoreError",
+    "ExportReport",
     "ForeignDatabase",
+    "ImportReport",
     "InvalidEvent",
     "InvalidPoint",
     "InvalidTransition",
@@ -104,6 +107,7 @@ __all__ = [
     "Rules",
     "RulesMismatch",
     "ServerError",
+    "ServerHealth",
     "StateMachine",
     "StoredMessage",
     "StreamIdentity",
@@ -119,8 +123,12 @@ __all__ = [
     "configure_logging",
     "decode_id",
     "decode_message",
+    "default_config_path",
     "encode_id",
+    "export_events",
+    "find_nats_server",
     "free_port",
+    "import_events",
     "nesting_exceeds",
     "next_version",
     "parse_subject",

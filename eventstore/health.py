@@ -87,6 +87,9 @@ class ServerHealth(msgspec.Struct, frozen=True, kw_only=True):
     last_seq: int | None = None
     store_dir: str | None = None
     free_bytes: int | None = None
+    first_seq: int | None = None
+    first_time: str | None = None  # RFC 3339, as JetStream reports it
+    last_time: str | None = None
 
 
 _store_health = msgspec.json.Decoder(StoreHealth)
@@ -142,7 +145,9 @@ async def server_health(nc: Any, stream: str, url: str, timeout: float = 1.0) ->
         detail = f"stream {stream!r} does not exist on the server"
     else:
         st = info.get("state") or {}
-        size = {k: st.get(k) for k in ("messages", "bytes", "last_seq")}
+        size = {k: st.get(k) for k in ("messages", "bytes", "last_seq", "first_seq")}
+        if st.get("messages"):  # an empty stream reports year 1
+            size |= {"first_time": st.get("first_ts"), "last_time": st.get("last_ts")}
     data = await request_data(nc, SERVER_HEALTH_SUBJECT, timeout)
     try:
         embedded = _store_health.decode(data) if data is not None else None

@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 
 from eventstore.clocks import VectorClock, observable
 from eventstore.clockstore import ProducerClock
+from eventstore.counters import AppendCounters
 from eventstore.duplicates import Reconciler
 from eventstore.errors import (
     AppendTimeout,
@@ -96,6 +97,7 @@ class Committer:
         self._head_reader = HeadReader(js, reader, self._heads, machines=machines, clock=clock)
         self._reconciler = Reconciler(js, stream, self._heads, url=url, transient=self._transient)
         self.fail_fast = FailFast()
+        self.counters = AppendCounters()
         self._vc = VectorClock()
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -210,8 +212,7 @@ class Committer:
             except Exception as exc:
                 if not self._transient(exc):
                     raise
-                await self._sleep_backoff(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = await self._sleep_backoff(backoff)
                 continue
             group = [p for p in group if not p.future.done()]
             try:
@@ -219,8 +220,7 @@ class Committer:
             except Exception as exc:  # reserving clock values met a restart: try again
                 if not self._transient(exc):
                     raise
-                await self._sleep_backoff(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = await self._sleep_backoff(backoff)
                 continue
             if not ready:
                 if any(not p.future.done() for p in group):
@@ -228,6 +228,7 @@ class Committer:
                     continue
                 return
             for p in ready:
+                self.counters.retries += bool(p.tried)  # sent before: this is a retry
                 p.tried.add((p.base_seq, p.offset))
             try:
                 answer = await self._send(ready)
@@ -243,8 +244,7 @@ class Committer:
                     continue
                 log.info("append not confirmed, retrying with the same ids", error=str(exc) or
                          type(exc).__name__, events=sum(p.size for p in ready))  # fmt: skip
-                await self._sleep_backoff(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = await self._sleep_backoff(backoff)
                 # The batch may have been stored: next round checks heads with the server and
                 # recognises our own ids after the expected sequence.
                 refresh = True
@@ -261,8 +261,8 @@ class Committer:
             group = [p for p in group if not p.future.done()]
             refresh = False
 
-    async def _sleep_backoff(self, base: float) -> None:
-        await asyncio.sleep(base * (0.5 + random.random()))
+    async def _sleep_backoff(self, base: float) -> float:
+        return await asyncio.sleep(base * (0.5 + random.random()), min(base * 2, 2.0))  # next
 
     def _transient(self, exc: BaseException) -> bool:
         """Whether a failure may pass by itself (retry with the same ids, after a backoff)."""
@@ -302,6 +302,7 @@ class Committer:
                 continue
             if p.expected_version is not None and head.version != p.expected_version:
                 if p.subject in work or fresh:
+                    self.counters.conflicts += 1
                     p.future.set_exception(
                         VersionConflict(p.agg_type, p.agg_id, p.expected_version, head.version)
                     )

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
 from eventstore.connecting import Callbacks, ConnectSettings, ensure_or_close, open_connection
+from eventstore.counters import AppendCounters
 from eventstore.duplicates import find_ids
 from eventstore.errors import EventStoreError, InvalidEvent, NotConnected
 from eventstore.events import AppendResult, Event, NewEvent, validate_producer
@@ -167,6 +168,11 @@ class EventStore:
     @property
     def lamport(self) -> int:
         return self._open_committer().clock.lamport
+
+    @property
+    def counters(self) -> AppendCounters:
+        """This store's append retries and version conflicts so far (read by metrics)."""
+        return self._open_committer().counters
 
     def subject(self, aggregate_type: str, aggregate_id: str) -> str:
         return aggregate_subject(self.settings.prefix, aggregate_type, aggregate_id)

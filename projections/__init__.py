@@ -32,7 +32,7 @@ from projections.recorder import list_aggregates, list_conflicts, list_quarantin
 from projections.records import ConflictRecord, ProjectionInfo, QuarantineRecord
 from projections.runner import CommitInfo, Runner, RunnerSettings
 from projections.snapshots import SnapshotPolicy
-from projections.status import ProjectionStatus, projection_status
+from projections.status import ProjectionStatus, StatusReport, projection_status, status_report
 from projections.timetravel import Diff, HistoryEntry, PastState, Point, TimeTravel, current_state
 from projections.verify import Mismatch, VerifyReport, verify
 
@@ -72,6 +72,7 @@ __all__ = [
     "SnapshotPolicy",
     "SourcePriority",
     "Statement",
+    "StatusReport",
     "TimeTravel",
     "VerifyReport",
     "check_database",
@@ -89,5 +90,6 @@ __all__ = [
     "rebuild",
     "recorded_origin",
     "resolver_from_spec",
+    "status_report",
     "verify",
 ]

@@ -17,13 +17,13 @@ from typing import cast
 
 import msgspec
 
-from eventstore import EventStore, StoredMessage
+from eventstore import EventStore, ServerHealth, StoredMessage, server_health
 from projections.db import ProjectionDB
 from projections.identity import identity_problem, max_checkpoint, recorded_stream
 from projections.recorder import Recorder
 from projections.schema import TABLES
 
-__all__ = ["ProjectionStatus", "projection_status"]
+__all__ = ["ProjectionStatus", "StatusReport", "projection_status", "status_report"]
 
 
 class ProjectionStatus(msgspec.Struct, kw_only=True):
@@ -98,3 +98,28 @@ async def projection_status(store: EventStore, db: ProjectionDB) -> list[Project
             )
         )
     return out
+
+
+class StatusReport(msgspec.Struct, kw_only=True):
+    """``eventstore status`` in one JSON document: the stream (size, first and last sequence
+    and time), every projection's progress and lag, and the server's JetStream and store."""
+
+    stream: dict[str, object]
+    projections: list[ProjectionStatus]
+    server: ServerHealth
+
+
+async def status_report(store: EventStore, db: ProjectionDB) -> StatusReport:
+    """The stream, the projections of ``db`` and the server, as seen now (reads only)."""
+    statuses = await projection_status(store, db)
+    health = await server_health(store.nc, store.settings.name, store.url)
+    stream: dict[str, object] = {
+        "name": health.stream,
+        "messages": health.messages,
+        "bytes": health.bytes,
+        "first_seq": health.first_seq,
+        "first_time": health.first_time,
+        "last_seq": health.last_seq,
+        "last_time": health.last_time,
+    }
+    return StatusReport(stream=stream, projections=statuses, server=health)

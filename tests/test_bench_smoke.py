@@ -13,7 +13,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:  # bench/ is not an installed package; run from the checkout
     sys.path.insert(0, ROOT)
 
-from bench import catchup, compare_eventsourcing, live, timetravel  # noqa: E402
+from bench import audit, catchup, compare_eventsourcing, live, timetravel  # noqa: E402
 
 
 def assert_positive(figures: dict[str, Any], keys: list[str]) -> None:
@@ -103,3 +103,15 @@ async def test_live_quick_reports_latencies(capsys: pytest.CaptureFixture[str]) 
     )  # fmt: skip
     assert figures["live_p99_ms"] >= figures["live_median_ms"]
     assert '"live_median_ms"' in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+async def test_audit_quick_measures_both_sizes_in_child_processes() -> None:
+    """The audit benchmark exports and imports both sizes (counts checked) and reports rates,
+    ratios against raw nats-py and the peak-RSS growth from the small size to the big one."""
+    figures = await audit.run(quick=True)
+    assert_positive(
+        figures,
+        ["export_5000_per_s", "export_5000_ratio", "import_5000_per_s", "import_5000_ratio",
+         "export_5000_rss_kb", "export_rss_growth", "import_rss_growth"],
+    )  # fmt: skip

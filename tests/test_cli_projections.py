@@ -180,7 +180,7 @@ async def test_worker_then_every_query_command(
     quarantined = lines((await cli(nats_url, settings, db, "quarantine")).stdout)
     assert [(q["seq"], q["kind"], q["data"]) for q in quarantined] == [(4, "undecodable", "oops")]
 
-    status = lines((await cli(nats_url, settings, db, "status")).stdout)
+    (status,) = lines((await cli(nats_url, settings, db, "status")).stdout)
     assert [
         (
             s["projection"],
@@ -190,10 +190,14 @@ async def test_worker_then_every_query_command(
             s["conflicts"],
             s["quarantined"],
         )
-        for s in status[:-1]
+        for s in status["projections"]
     ] == [("entities", 4, 4, 0, 1, 1)]
-    assert status[-1]["server"] == nats_url and status[-1]["jetstream"] == "enabled"
-    assert (status[-1]["stream"], status[-1]["last_seq"]) == (settings.name, 4)
+    assert status["server"]["server"] == nats_url and status["server"]["jetstream"] == "enabled"
+    stream = status["stream"]
+    assert (stream["name"], stream["messages"], stream["first_seq"], stream["last_seq"]) == (
+        settings.name, 4, 1, 4,
+    )  # fmt: skip
+    assert stream["bytes"] > 0 and stream["first_time"] <= stream["last_time"]
 
     ok = await cli(nats_url, settings, db, "verify")
     assert ok.returncode == 0, ok.stdout + ok.stderr

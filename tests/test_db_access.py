@@ -313,7 +313,8 @@ async def test_a_reader_who_cannot_write_runs_every_read_command(
             [json.loads(x) for x in r.stdout.splitlines()] for r in runs
         )
         assert (state[0]["version"], state[0]["state"]) == (2, {"x": 2})
-        assert (status[0]["checkpoint"], status[0]["lag_events"]) == (3, 0)
+        projection = status[0]["projections"][0]
+        assert (projection["checkpoint"], projection["lag_events"]) == (3, 0)
         assert [q["seq"] for q in quarantine] == [3]
         assert verify[-1]["ok"] is True
         assert past[0]["state"] == {"x": 1}
@@ -344,7 +345,7 @@ async def test_a_reader_who_cannot_write_reads_beside_a_running_worker(
             assert state.returncode == 0, state.stderr
             assert json.loads(state.stdout)["state"] == {"n": 2}
             assert status.returncode == 0, status.stderr
-            assert json.loads(status.stdout.splitlines()[0])["checkpoint"] == 2
+            assert json.loads(status.stdout)["projections"][0]["checkpoint"] == 2
         finally:
             where.chmod(0o755)
             worker.send_signal(signal.SIGTERM)

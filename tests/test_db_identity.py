@@ -65,8 +65,9 @@ def one_line(text: str) -> str:
 
 
 def statuses(out: str) -> list[dict[str, Any]]:
-    """The projections' lines of ``status`` (a last line describes the server)."""
-    return [x for x in map(json.loads, out.splitlines()) if "projection" in x]
+    """The projections of ``status`` (one JSON document, which also describes the server)."""
+    projections: list[dict[str, Any]] = json.loads(out)["projections"]
+    return projections
 
 
 def query(db: Path, sql: str) -> list[Any]:

@@ -43,6 +43,7 @@ EXPORTED = [
     "SnapshotPolicy",
     "SourcePriority",
     "Statement",
+    "StatusReport",
     "TimeTravel",
     "VerifyReport",
     "check_database",
@@ -60,6 +61,7 @@ EXPORTED = [
     "rebuild",
     "recorded_origin",
     "resolver_from_spec",
+    "status_report",
     "verify",
 ]
 

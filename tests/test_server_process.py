@@ -440,8 +440,7 @@ async def test_a_full_disk_is_named_and_recovered_by_a_restart(tmp_path: Path) -
                 capture_output=True, text=True, timeout=30, env=_env(),
             )  # fmt: skip
             assert status.returncode == 0, status.stderr
-            server = [json.loads(x) for x in status.stdout.splitlines() if '"server"' in x]
-            assert len(server) == 1, status.stdout
+            server = [json.loads(status.stdout)["server"]]
             assert server[0]["server"] == up.url and server[0]["store"] == "write error"
             assert "no space left on device" in server[0]["detail"], server[0]
             up.proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,194 @@
+"""Audit export/import benchmark: time and peak memory at two sizes, against raw nats-py.
+
+- fill: ``--small`` (default 10k) and ``--events`` (default 100k) events into two streams of
+  one server, agent-style ~200-byte ``data``, 1,000 aggregates.
+- each measurement runs in a child process of its own (``python -m bench.audit --child ...``),
+  which reports its seconds and its peak RSS (``VmHWM`` of ``/proc/self/status``; see
+  ``peak_rss_kb`` for why not ``getrusage``), so one run's memory never hides in another's:
+  - ``export``: ``eventstore.export_events`` of the whole stream into a file;
+  - ``raw-export`` (baseline): a raw nats-py ordered push consumer writing each message's
+    body as a line, nothing decoded;
+  - ``import``: ``eventstore.import_events`` of that file into a fresh stream of a second
+    server (ids, versions, clocks kept; heads checked; atomic batches);
+  - ``raw-import`` (baseline): the same lines published raw with ``js.publish_async``, 500
+    in flight, nothing checked.
+- figures: rates and ratios (ours / raw) per size, and the peak RSS of the big size over the
+  small one (the claim: it does not grow with the number of events, ratio near 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from bench.common import bench_server, connect, fill, main_for, report
+from eventstore import EventStore, StreamSettings, export_events, import_events
+
+AGGREGATES = 1000
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- the children ------------------------------------------------------------------------------
+
+
+async def _export(url: str, stream: str, file: Path) -> int:
+    settings = StreamSettings(name=stream, prefix=stream.lower())
+    async with await EventStore.connect(url, producer="bench-export", stream=settings) as store:
+        with file.open("wb") as out:
+            return (await export_events(store, out)).events
+
+
+async def _import(url: str, stream: str, file: Path) -> int:
+    settings = StreamSettings(name=stream, prefix=stream.lower())
+    async with await EventStore.connect(url, producer="bench-import", stream=settings) as store:
+        with file.open("rb") as source:
+            return (await import_events(store, source)).imported
+
+
+async def _raw_export(url: str, stream: str, file: Path) -> int:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        head = (await js.stream_info(stream)).state.last_seq
+        done, count = asyncio.Event(), 0
+        with file.open("wb") as out:
+
+            async def on_msg(msg: Any) -> None:
+                nonlocal count
+                out.write(msg.data + b"\n")
+                count += 1
+                if count >= head:
+                    done.set()
+
+            sub = await js.subscribe(
+                f"{stream.lower()}.>", cb=on_msg, ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+            )  # fmt: skip
+            await asyncio.wait_for(done.wait(), 600)
+            await sub.unsubscribe()
+        return count
+    finally:
+        await nc.close()
+
+
+async def _raw_import(url: str, stream: str, file: Path) -> int:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name=stream, subjects=[f"{stream.lower()}.>"])
+        count, pending = 0, []
+        with file.open("rb") as source:
+            for line in source:
+                body = json.loads(line)
+                subject = f"{stream.lower()}.{body['aggregate_type']}.{body['aggregate_id']}"
+                pending.append(await js.publish_async(subject, line.rstrip(b"\n")))
+                count += 1
+                if len(pending) >= 500:
+                    await asyncio.wait_for(asyncio.gather(*pending), 60)
+                    pending.clear()
+        await asyncio.wait_for(asyncio.gather(*pending), 60)
+        return count
+    finally:
+        await nc.close()
+
+
+CHILDREN = {"export": _export, "import": _import, "raw-export": _raw_export,
+            "raw-import": _raw_import}  # fmt: skip
+
+
+def peak_rss_kb() -> int:
+    """This process's peak resident set in kB: ``VmHWM``, which starts afresh at exec.
+
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` does not: Linux carries the high-water mark of the
+    process image an ``exec`` replaced (here the parent at fork time, which grew with the
+    fill) into the child's, so it would measure the parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: the best we have
+
+
+def child_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("what", choices=sorted(CHILDREN))
+    p.add_argument("url")
+    p.add_argument("stream")
+    p.add_argument("file", type=Path)
+    a = p.parse_args(argv)
+    started = time.perf_counter()
+    events = asyncio.run(CHILDREN[a.what](a.url, a.stream, a.file))
+    seconds = time.perf_counter() - started
+    rss_kb = peak_rss_kb()
+    print(json.dumps({"events": events, "seconds": seconds, "rss_kb": rss_kb}))
+
+
+async def child(what: str, url: str, stream: str, file: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.audit", "--child", what, url, stream, str(file)]
+    done = await asyncio.to_thread(
+        subprocess.run, cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+
+async def run(quick: bool = False, events: int = 100_000, small: int = 10_000) -> dict[str, Any]:
+    if quick:
+        events, small = 5_000, 1_000
+    figures: dict[str, Any] = {"events": events, "small": small}
+    rows: list[list[Any]] = [["events", "step", "eventstore /s", "raw /s", "ratio",
+                              "peak RSS MB", "raw RSS MB"]]  # fmt: skip
+    with bench_server() as (source, tmp), bench_server() as (target, _):
+        for n, stream in ((small, "SMALL"), (events, "LARGE")):
+            store = await connect(source, stream, stream.lower())
+            try:
+                await fill(store, "task", AGGREGATES, n)
+            finally:
+                await store.close()
+            file, raw_file = tmp / f"{stream}.jsonl", tmp / f"{stream}.raw"
+            steps = {
+                "export": (await child("export", source.url, stream, file),
+                           await child("raw-export", source.url, stream, raw_file)),
+                "import": (await child("import", target.url, f"{stream}IMP", file),
+                           await child("raw-import", target.url, f"{stream}RAW", file)),
+            }  # fmt: skip
+            for step, (ours, raw) in steps.items():
+                assert ours["events"] == raw["events"] == n, (step, ours, raw)
+                rate, raw_rate = n / ours["seconds"], n / raw["seconds"]
+                key = f"{step}_{n}"
+                figures[f"{key}_per_s"] = round(rate)
+                figures[f"{key}_ratio"] = round(rate / raw_rate, 3)
+                figures[f"{key}_rss_kb"] = ours["rss_kb"]
+                figures[f"{key}_raw_rss_kb"] = raw["rss_kb"]
+                rows.append([f"{n:,}", step, f"{rate:,.0f}", f"{raw_rate:,.0f}",
+                             f"{rate / raw_rate:.2f}", f"{ours['rss_kb'] / 1024:.1f}",
+                             f"{raw['rss_kb'] / 1024:.1f}"])  # fmt: skip
+    for step in ("export", "import"):
+        growth = figures[f"{step}_{events}_rss_kb"] / figures[f"{step}_{small}_rss_kb"]
+        figures[f"{step}_rss_growth"] = round(growth, 3)
+        rows.append([f"{small:,} -> {events:,}", f"{step} peak RSS", "", "", "", f"x{growth:.2f}",
+                     ""])  # fmt: skip
+    report("Audit export / import (child processes; ratio = ours / raw nats-py)", rows, figures)
+    return figures
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_main(sys.argv[2:])
+    else:
+        main_for("audit", run, __doc__, {"events": "events in the big stream",
+                                         "small": "events in the small stream"})  # fmt: skip
