@@ -45,7 +45,6 @@ from projections import (
     load_projection,
     load_projections,
     needs_origin,
-    projection_status,
     recorded_origin,
     status_report,
     verify,

@@ -38,7 +38,7 @@ async def test_a_worker_serves_applied_lag_batches_conflicts_and_quarantine(
     for i in range(38):
         await store.append("agent", f"m{i % 4}", NewEvent("E", {"i": i}))
     async with await EventStore.connect(nats_url, producer="bob", stream=settings) as bob:
-        await bob.append("agent", "m0", NewEvent("Blind"))  # never read m0: a conflict
+        await bob.append("agent", "m0", NewEvent("Blind", {"i": -1}))  # never read m0: a conflict
     await store.js.publish(f"{settings.prefix}.agent.junk", b"not an event")
     await store.append("agent", "m1", NewEvent("Last"))
     count_query("entities", "state", 200)
