@@ -14,8 +14,6 @@ import contextlib
 import sys
 from pathlib import Path
 
-import structlog
-
 from consumers import cli_projections
 from consumers.cliutil import (
     EXIT_OK,
@@ -41,11 +39,11 @@ from consumers.cliutil import (
 )
 from consumers.demo import run_demo
 from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
-from eventstore import ROLES, Malformed, NewEvent, configure_logging, permissions
+from eventstore import ROLES, Malformed, NewEvent, configure_logging, get_logger, permissions
 
 __all__ = ["build_parser", "main"]
 
-log = structlog.get_logger("consumers.cli")
+log = get_logger("consumers.cli")
 
 EPILOG = """\
 exit codes: 0 ok; 1 the command failed (one line on stderr says why); 2 bad arguments;

@@ -29,13 +29,12 @@ import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 
-import structlog
-
+from eventstore import get_logger
 from projections import CommitInfo, Runner
 
 __all__ = ["Notifier", "Supervision", "supervise", "watchdog_seconds"]
 
-log = structlog.get_logger("consumers.notify")
+log = get_logger("consumers.notify")
 
 STATUS_EVERY = 2.0  # seconds between STATUS= lines
 EXTEND = 30.0  # seconds each EXTEND_TIMEOUT_USEC= grants; sent while a commit is this recent

@@ -31,8 +31,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import structlog
-
 from consumers.connection import CONNECT_TIMEOUT, connect_store
 from consumers.notify import supervise
 from eventstore import (
@@ -40,6 +38,7 @@ from eventstore import (
     EventStore,
     Machines,
     StreamSettings,
+    get_logger,
     load_machines,
 )
 from projections import (
@@ -53,7 +52,7 @@ from projections import (
 
 __all__ = ["WORKER_PRODUCER", "Worker"]
 
-log = structlog.get_logger("consumers.worker")
+log = get_logger("consumers.worker")
 
 WORKER_PRODUCER = "projections-worker"
 

@@ -36,7 +36,7 @@ from eventstore.events import (
 )
 from eventstore.health import SERVER_HEALTH_SUBJECT, server_health
 from eventstore.ids import uuid7
-from eventstore.logging import configure_logging
+from eventstore.logging import configure_logging, get_logger
 from eventstore.machines import Machines, StateMachine, load_machines
 from eventstore.permissions import ROLES, permissions
 from eventstore.reader import Malformed, StoredMessage, decode_message
@@ -97,6 +97,7 @@ __all__ = [
     "decode_message",
     "encode_id",
     "free_port",
+    "get_logger",
     "load_machines",
     "nesting_exceeds",
     "next_version",

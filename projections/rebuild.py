@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import structlog
 
-from eventstore import EventStore, Machines, ProjectionError
+from eventstore import EventStore, Machines, ProjectionError, get_logger
 from projections.db import ProjectionDB, copy_database
 from projections.lock import DatabaseLock
 from projections.projection import Projection
@@ -31,7 +30,7 @@ from projections.runner import CommitInfo, Runner, RunnerSettings
 
 __all__ = ["RebuildResult", "rebuild"]
 
-log = structlog.get_logger("projections.rebuild")
+log = get_logger("projections.rebuild")
 
 
 class RebuildResult(msgspec.Struct, frozen=True, kw_only=True):

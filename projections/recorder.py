@@ -19,9 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import structlog
-
-from eventstore import ProjectionError
+from eventstore import ProjectionError, get_logger
 from projections.db import ProjectionDB
 from projections.fold import AggregateState, describe_error
 from projections.projection import Change, Projection
@@ -32,7 +30,7 @@ from projections.times import from_us, to_us
 
 __all__ = ["FileChanged", "Recorder", "list_conflicts", "list_quarantine"]
 
-log = structlog.get_logger("projections.runner")
+log = get_logger("projections.runner")
 
 Key = tuple[str, str]
 

@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import msgspec
-import structlog
 
 from eventstore import (
     CodeVersionChanged,
@@ -37,6 +36,7 @@ from eventstore import (
     ProjectionError,
     StoredMessage,
     check_int,
+    get_logger,
 )
 from projections import identity
 from projections.batches import Intake
@@ -51,7 +51,7 @@ from projections.times import to_us
 
 __all__ = ["CommitInfo", "Runner", "RunnerSettings"]
 
-log = structlog.get_logger("projections.runner")
+log = get_logger("projections.runner")
 
 Key = tuple[str, str]
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
-from eventstore import Event, InvalidEvent, StoredMessage
+from eventstore import Event, InvalidEvent, StoredMessage, get_logger
 from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
 from projections.rows import SlotBatch, conflict_row, quarantine_row, snapshot_row
 
 __all__ = ["Slot"]
 
-log = structlog.get_logger("projections.runner")
+log = get_logger("projections.runner")
 
 Key = tuple[str, str]
 

@@ -56,6 +56,7 @@ EXPORTED = [
     "decode_message",
     "encode_id",
     "free_port",
+    "get_logger",
     "load_machines",
     "nesting_exceeds",
     "next_version",
