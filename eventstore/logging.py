@@ -84,10 +84,18 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, service: bool) -> None:
         super().__init__(log_stream(service=service))
         self.service = service
+        self.gone = False  # the stream's reader went away (`eventstore worker | head`)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = log_stream(service=self.service)
-        super().emit(record)
+        if not self.gone:
+            self.stream = log_stream(service=self.service)
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            self.gone = True  # nobody reads these logs any more: no traceback per record
+            return
+        super().handleError(record)
 
 
 class _Formatter(logging.Formatter):
