@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from consumers.cli_output import diff_output, state_output
+from consumers.cli_output import diff_output, failed_line, state_output
 from consumers.cliutil import EXIT_ERROR, EXIT_OK, CliError, emit, open_store, run
 from eventstore import EventStore, ForeignDatabase, ProjectionError, server_health
 from projections import (
@@ -217,9 +217,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     statuses, health = run(go())
     for item in (*statuses, health):
         emit(item)
+    for failed in (s.failed for s in statuses if s.failed is not None):
+        sys.stderr.write(f"eventstore status: {failed_line(failed)}\n")
     problem = next((s.problem for s in statuses if s.problem), None)
     if problem is not None:
         sys.stderr.write(f"eventstore status: {ForeignDatabase(args.db, problem)}\n")
+    if problem is not None or any(s.failed for s in statuses):
         return EXIT_ERROR
     return EXIT_OK
 

@@ -388,6 +388,17 @@ class ProjectionDB:
         """Set a value of the ``meta`` table (inside the caller's transaction)."""
         await self.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    async def meta_prefixed(self, prefix: str) -> dict[str, str]:
+        """The ``meta`` values whose key starts with ``prefix`` (failure marks), by key."""
+        rows = await self.fetchall(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return {str(k): str(v) for k, v in rows}
+
+    async def delete_meta(self, key: str) -> None:
+        """Delete a value of the ``meta`` table (inside the caller's transaction)."""
+        await self.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     async def truncate_wal(self) -> None:
         """Write the write-ahead log into the file and empty it (before a copy)."""
         await self.execute("PRAGMA wal_checkpoint(TRUNCATE)")

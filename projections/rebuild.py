@@ -146,6 +146,8 @@ async def _fold_fresh(
             if head - runner.checkpoint <= batch:
                 break
         await runner.run(follow=False, until=head)
+        if runner.failures:  # never swap in a file where a projection stopped half way
+            raise ProjectionError("; ".join(f.error for f in runner.failures.values()))
         await db.truncate_wal()
         return runner.checkpoint, runner.events_applied
     finally:
