@@ -303,7 +303,13 @@ class Runner:
                 and slot.projection.follows(k[0])
             }
             if keys:
-                cache.update(await self.recorder.load_states(slot.codec, keys))
+                try:
+                    cache.update(await self.recorder.load_states(slot.codec, keys))
+                except msgspec.DecodeError as exc:  # its state type changed, not its version
+                    name, seq = slot.projection.name, batch[0].seq
+                    why = f"projection {name}: its stored states do not decode as its state type "
+                    why += f"({exc}); bump its version to refold it"
+                    self._fail(slot, Failed(name, why, exc, max(seq, slot.checkpoint + 1)))
 
     def _fold(self, batch: list[StoredMessage]) -> None:
         # Several projections decode each message once (memo); one needs no memo.

@@ -4,8 +4,9 @@ built-in ``entities`` and a custom projection (a module in a temp dir on PYTHONP
 after batch; the custom one is marked failed in the file (status shows its error and seq) and
 keeps its checkpoint, its failing batch dropped whole; after the module is fixed and the worker
 restarted, it resumes from there and the mark clears. Every projection failing stops the
-worker with one line. In process: a batch whose read-model statements fail half way leaves
-none of that projection's rows.
+worker with one line; systemd's STATUS= names the failed one. In process: a batch whose
+read-model statements fail half way leaves none of that projection's rows; stored states that
+no longer decode fail their projection only.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from helpers_projections import (
     tail,
 )
 from test_cli import cli, lines
+from test_notify import Listener
 
 from eventstore import AppendRequest, EventStore, NewEvent, StreamSettings
 from projections import (
@@ -257,3 +259,65 @@ async def test_a_batch_failing_half_way_leaves_none_of_its_rows(
         alone = Runner(store, db, [HalfWritten()])
         with pytest.raises(ProjectionError, match="projection half: write"):
             await alone.catch_up()
+
+
+class Typed(Projection[Any]):
+    """A projection whose state type changes below (its version does not: a user's mistake)."""
+
+    name = "typed"
+    version = "1"
+
+    def initial(self, aggregate_type: str, aggregate_id: str) -> Any:
+        return {"n": 0}
+
+    def apply(self, state: Any, event: Any) -> Any:
+        return {"n": state["n"] + 1}
+
+
+class Retyped(Typed):
+    state_type = list[int]
+
+
+async def test_stored_states_that_no_longer_decode_fail_that_projection_only(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """A projection whose stored states do not decode as its state type any more is marked
+    failed (with what to do); entities folds on."""
+    await store.append("agent", "t", NewEvent("E"))
+    async with await ProjectionDB.open(tmp_path / "t.db") as db:
+        await Runner(store, db, [EntitiesProjection(), Typed()]).catch_up()
+        last = (await store.append("agent", "t", NewEvent("E"))).last_seq
+        runner = Runner(store, db, [EntitiesProjection(), Retyped()])
+        await runner.catch_up()
+        assert runner.checkpoints() == {"entities": last, "typed": last - 1}
+        failure = runner.failures["typed"]
+        assert "bump its version" in failure.error and failure.seq == last
+
+
+async def test_the_systemd_status_line_names_a_failed_projection(
+    store: EventStore, nats_url: str, settings: StreamSettings, tmp_path: Path
+) -> None:
+    """Under systemd (a real datagram socket as NOTIFY_SOCKET), STATUS= ends with the failed
+    projection and its seq, while READY still comes: entities caught up."""
+    write_module(tmp_path, "write")
+    poison = (await store.append("agent", "poison", NewEvent("Bad", {"poison": True}))).last_seq
+    db, log = tmp_path / "w.db", tmp_path / "worker.log"
+    listener = Listener(str(tmp_path / "notify.sock"), db)
+    env = {
+        "PYTHONPATH": str(tmp_path),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+    }
+    proc = start_worker(
+        nats_url, settings, db, log, "--projection", "isolated_custom:Custom", env=env
+    )
+    try:
+        want = f"FAILED: custom at seq {poison}"
+        await wait_until(
+            lambda: any(want in s for s in listener.statuses()), proc, log, "a FAILED status"
+        )
+        assert listener.times("READY")
+    finally:
+        if proc.poll() is None:
+            stop(proc, log)
+        listener.close()
