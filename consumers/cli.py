@@ -14,8 +14,6 @@ import contextlib
 import sys
 from pathlib import Path
 
-import structlog
-
 from consumers import cli_ops, cli_projections, cli_rules
 from consumers.cliutil import (
     EXIT_OK,
@@ -39,12 +37,13 @@ from consumers.cliutil import (
     url_port,
 )
 from consumers.demo import run_demo
+from consumers.pipes import reader_gone
 from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
-from eventstore import ROLES, Malformed, NewEvent, configure_logging, permissions
+from eventstore import ROLES, Malformed, NewEvent, configure_logging, get_logger, permissions
 
 __all__ = ["build_parser", "main"]
 
-log = structlog.get_logger("consumers.cli")
+log = get_logger("consumers.cli")
 
 EPILOG = """\
 exit codes: 0 ok; 1 the command failed (one line on stderr says why); 2 bad arguments;
@@ -111,7 +110,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     async def go() -> None:
-        with shutdown_signals() as stop:
+        with shutdown_signals() as stop, reader_gone(stop):  # `tail | head -1` ends
             async with open_store(args) as store:
                 start = args.from_seq if args.from_seq is not None else await store.head() + 1
                 log.info("tail following", from_seq=start, stream=store.settings.name)

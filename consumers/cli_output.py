@@ -1,7 +1,8 @@
-"""The JSON shapes the CLI prints for the library's typed time-travel results.
+"""The shapes the CLI prints for the library's typed results (time travel, failures).
 
-The library returns typed results (``PastState``, ``Diff``); what a command prints is decided
-here, beside the commands, so that a change of output is a change of the CLI alone.
+The library returns typed results (``PastState``, ``Diff``, ``ProjectionFailure``); what a
+command prints is decided here, beside the commands, so that a change of output is a change of
+the CLI alone.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from typing import Any
 
 import msgspec
 
-from projections import Diff, PastState
+from projections import Diff, PastState, ProjectionFailure
 
-__all__ = ["diff_output", "state_output"]
+__all__ = ["diff_output", "failed_line", "state_output"]
 
 
 def state_output(state: PastState, *, past: bool = True) -> dict[str, Any]:
@@ -55,3 +56,12 @@ def diff_output(d: Diff) -> dict[str, Any]:
         "patch": msgspec.to_builtins(d.patch),
         "events": msgspec.to_builtins(d.events),
     }
+
+
+def failed_line(f: ProjectionFailure) -> str:
+    """``eventstore status``'s stderr line for a projection that stopped folding."""
+    return (
+        f"projection {f.projection} FAILED at seq {f.seq} ({f.at.isoformat(timespec='seconds')}, "
+        f"{f.type}): {' '.join(f.error.split())}; it folds nothing until the worker is "
+        "restarted with the cause fixed (it then resumes from its checkpoint)"
+    )

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from consumers.cli_output import diff_output, state_output
+from consumers.cli_output import diff_output, failed_line, state_output
 from consumers.cliutil import (
     EXIT_ERROR,
     EXIT_OK,
@@ -257,9 +257,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if got is None:
         return EXIT_OK
     emit(got)
+    for failed in (s.failed for s in got.projections if s.failed is not None):
+        sys.stderr.write(f"eventstore status: {failed_line(failed)}\n")
     problem = next((s.problem for s in got.projections if s.problem), None)
     if problem is not None:
         sys.stderr.write(f"eventstore status: {ForeignDatabase(args.db, problem)}\n")
+    if problem is not None or any(s.failed for s in got.projections):
         return EXIT_ERROR
     return EXIT_OK
 

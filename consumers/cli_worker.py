@@ -148,7 +148,7 @@ def _worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="./eventstore.db")
     p.add_argument("--config", default=None)
     p.add_argument("--projection", action="append", default=[], metavar="NAME|module:object")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default=None, help="else EVENTSTORE_LOG_LEVEL, else info")
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument(
         "--reset",

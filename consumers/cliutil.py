@@ -35,7 +35,6 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
-import structlog
 
 from consumers.connection import CONNECT_TIMEOUT, connect_store
 from eventstore import (
@@ -45,6 +44,7 @@ from eventstore import (
     EventStoreError,
     StreamSettings,
     encode_id,
+    get_logger,
     read_local_rules,
     validate_aggregate_type,
     validate_stream_name,
@@ -99,7 +99,7 @@ _encoder = msgspec.json.Encoder()
 _URL_SCHEMES = ("nats", "tls", "ws", "wss")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-log = structlog.get_logger("consumers.cli")
+log = get_logger("consumers.cli")
 
 
 class CliError(EventStoreError):

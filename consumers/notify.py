@@ -10,7 +10,8 @@ A failed send is logged once and never raised: the worker folds on whatever syst
   committing stops extending, so the start timeout still catches a wedged start);
 * ``READY=1`` once every projection has folded up to ``head``, the log's head when the worker
   started;
-* ``STATUS=`` every few seconds: checkpoint, lag (head - checkpoint) and rate (events/s);
+* ``STATUS=`` every few seconds: checkpoint, lag (head - checkpoint) and rate (events/s),
+  and the projections that failed (``FAILED: name at seq N``);
 * ``WATCHDOG=1`` every half of ``$WATCHDOG_USEC`` (only if set, and ``$WATCHDOG_PID`` is unset
   or this process), but only while the fold loop is healthy: a heartbeat is taken on every
   commit and on every tick at which the worker is idle (checkpoint == head); when the last one
@@ -29,13 +30,12 @@ import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 
-import structlog
-
+from eventstore import get_logger
 from projections import CommitInfo, Runner
 
 __all__ = ["Notifier", "Supervision", "supervise", "watchdog_seconds"]
 
-log = structlog.get_logger("consumers.notify")
+log = get_logger("consumers.notify")
 
 STATUS_EVERY = 2.0  # seconds between STATUS= lines
 EXTEND = 30.0  # seconds each EXTEND_TIMEOUT_USEC= grants; sent while a commit is this recent
@@ -210,6 +210,8 @@ class Supervision:
         lag = "unknown (log unreachable)" if head is None else str(max(0, head - checkpoint))
         state = "following the log" if self.ready else f"catching up to {self.start_head}"
         text = f"{state}: checkpoint {checkpoint}, lag {lag}, {rate:.0f} events/s"
+        if failed := self.runner.failures:
+            text += f"; FAILED: {', '.join(f'{n} at seq {f.seq}' for n, f in failed.items())}"
         if extend:
             self.notifier.send(EXTEND_TIMEOUT_USEC=int(EXTEND * 1_000_000), STATUS=text)
         else:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import structlog
 
 from eventstore import (
     SERVER_HEALTH_SUBJECT,
@@ -26,13 +25,14 @@ from eventstore import (
     EventStore,
     EventStoreError,
     StreamSettings,
+    get_logger,
 )
 
 __all__ = ["DEFAULT_STORE_DIR", "embedded_server", "serve_until"]
 
 DEFAULT_STORE_DIR = Path("data/nats")
 
-log = structlog.get_logger("consumers.serve")
+log = get_logger("consumers.serve")
 _encoder = msgspec.json.Encoder()
 
 

@@ -32,8 +32,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import structlog
-
 from consumers.connection import CONNECT_TIMEOUT, connect_store
 from consumers.metrics import DEFAULT_METRICS_HOST, worker_metrics
 from consumers.notify import supervise
@@ -41,6 +39,7 @@ from eventstore import (
     DEFAULT_URL,
     EventStore,
     StreamSettings,
+    get_logger,
     read_local_rules,
 )
 from projections import (
@@ -54,7 +53,7 @@ from projections import (
 
 __all__ = ["WORKER_PRODUCER", "Worker"]
 
-log = structlog.get_logger("consumers.worker")
+log = get_logger("consumers.worker")
 
 WORKER_PRODUCER = "projections-worker"
 

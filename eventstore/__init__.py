@@ -40,7 +40,7 @@ from eventstore.events import (
 )
 from eventstore.health import SERVER_HEALTH_SUBJECT, ServerHealth, server_health
 from eventstore.ids import uuid7
-from eventstore.logging import configure_logging
+from eventstore.logging import configure_logging, get_logger
 from eventstore.machines import Machines, MachineTable, StateMachine
 from eventstore.permissions import ROLES, permissions
 from eventstore.reader import Malformed, StoredMessage, decode_message
@@ -128,6 +128,7 @@ __all__ = [
     "export_events",
     "find_nats_server",
     "free_port",
+    "get_logger",
     "import_events",
     "nesting_exceeds",
     "next_version",

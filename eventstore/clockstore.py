@@ -23,16 +23,16 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import structlog
 from nats.js import JetStreamContext
 
 from eventstore.clocks import OBSERVE_MAX
 from eventstore.errors import ServerError
 from eventstore.jetstream import kv_get, kv_write, open_bucket, translating
+from eventstore.logging import get_logger
 
 __all__ = ["ProducerClock"]
 
-log = structlog.get_logger("eventstore.clockstore")
+log = get_logger("eventstore.clockstore")
 
 
 class _Reserved(msgspec.Struct):

@@ -6,16 +6,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-import structlog
 from nats.aio.client import Client
 
 from eventstore.errors import NotConnected, PermissionDenied, RequestTimeout, ServerError
 from eventstore.jetstream import close_connection, install_parsers, translate
+from eventstore.logging import get_logger
 from eventstore.streams import StreamSettings
 
 __all__ = ["Callbacks", "ConnectSettings", "ensure_or_close", "open_connection"]
 
-log = structlog.get_logger("eventstore.store")
+log = get_logger("eventstore.store")
 
 
 class ConnectSettings(msgspec.Struct, frozen=True, kw_only=True):

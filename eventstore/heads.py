@@ -17,7 +17,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import structlog
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
@@ -25,6 +24,7 @@ from eventstore.clockstore import ProducerClock
 from eventstore.errors import EventStoreError, InvalidEvent, InvalidTransition
 from eventstore.events import Event, utcnow
 from eventstore.jetstream import StoredMessage, last_msg, next_msg, translating
+from eventstore.logging import get_logger
 from eventstore.machines import Machines
 from eventstore.pending import Pending
 from eventstore.reader import LogReader, decode_message
@@ -32,7 +32,7 @@ from eventstore.versions import next_version
 
 __all__ = ["Head", "HeadCache", "HeadReader"]
 
-log = structlog.get_logger("eventstore.heads")
+log = get_logger("eventstore.heads")
 
 
 @dataclass(slots=True)

@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 import msgspec
 import nats.errors
 import nats.js.errors
-import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RawStreamMsg, StorageType
@@ -34,6 +33,7 @@ from eventstore.errors import (
     ServerError,
 )
 from eventstore.headers import parse_header_lines, printable_subject
+from eventstore.logging import get_logger
 
 __all__ = [
     "DUPLICATE_ID",
@@ -51,7 +51,7 @@ __all__ = [
     "translating",
 ]
 
-log = structlog.get_logger("eventstore.jetstream")
+log = get_logger("eventstore.jetstream")
 
 # JetStream error codes (nats-server's errors.json) the code decides on.
 INSUFFICIENT_RESOURCES = 10023

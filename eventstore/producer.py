@@ -22,7 +22,6 @@ import contextlib
 import random
 import time
 
-import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -57,13 +56,14 @@ from eventstore.jetstream import (
     request,
     translate,
 )
+from eventstore.logging import get_logger
 from eventstore.machines import Machines
 from eventstore.pending import MAX_EVENTS_PER_APPEND, Pending
 from eventstore.reader import LogReader
 
 __all__ = ["MAX_EVENTS_PER_APPEND", "Committer", "refused_publish"]
 
-log = structlog.get_logger("eventstore.producer")
+log = get_logger("eventstore.producer")
 
 STATE_HEADER = "Eventstore-State"
 _BATCH_BYTES = 4 << 20

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -42,6 +41,7 @@ from eventstore.jetstream import (
     stream_info,
     translate,
 )
+from eventstore.logging import get_logger
 from eventstore.subjects import parse_subject
 from eventstore.versions import misplaced, next_version
 
@@ -54,7 +54,7 @@ __all__ = [
     "report_malformed",
 ]
 
-log = structlog.get_logger("eventstore.reader")
+log = get_logger("eventstore.reader")
 
 _BACKLOG_HIGH = 20_000  # messages buffered before the subscription callback waits
 # While the callback waits, nats-py keeps queueing what the server pushes, and silently drops

@@ -38,10 +38,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import structlog
-
 from eventstore.errors import ConfigError, ServerError
 from eventstore.health import StoreHealth
+from eventstore.logging import get_logger
 from eventstore.serverlock import LOCK_NAME, StoreLock, death_signal, spawner
 
 __all__ = [
@@ -54,7 +53,7 @@ __all__ = [
 ]
 
 
-log = structlog.get_logger("eventstore.server")
+log = get_logger("eventstore.server")
 
 
 def find_nats_server() -> str:

@@ -15,7 +15,6 @@ from types import TracebackType
 from typing import Any
 
 import msgspec
-import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -28,6 +27,7 @@ from eventstore.errors import EventStoreError, InvalidEvent, NotConnected
 from eventstore.events import AppendResult, Event, NewEvent, validate_producer
 from eventstore.failfast import refused_publish
 from eventstore.jetstream import close_connection
+from eventstore.logging import get_logger
 from eventstore.machines import Machines
 from eventstore.pending import AppendRequest, Pending, checked_events, merge_context
 from eventstore.presence import Presence
@@ -43,7 +43,7 @@ __all__ = ["DEFAULT_URL", "AppendRequest", "EventStore", "StreamIdentity"]
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
-log = structlog.get_logger("eventstore.store")
+log = get_logger("eventstore.store")
 
 
 class EventStore:

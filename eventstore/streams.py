@@ -20,7 +20,6 @@ from datetime import UTC
 from typing import Any
 
 import msgspec
-import structlog
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
@@ -33,6 +32,7 @@ from eventstore.errors import (
     StreamMisconfigured,
 )
 from eventstore.jetstream import add_stream, stream_info, translate, translating
+from eventstore.logging import get_logger
 from eventstore.subjects import DEFAULT_PREFIX, RESERVED_TOKEN, validate_prefix
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     "validate_stream_prefix",
 ]
 
-log = structlog.get_logger("eventstore.streams")
+log = get_logger("eventstore.streams")
 
 MAX_STREAM_NAME = 255 - len("KV_" + bucket_name(""))  # the clock bucket's stream name fits too
 MAX_PREFIX = 128

@@ -13,6 +13,7 @@ from projections.conflicts import (
 )
 from projections.db import SCHEMA_VERSION, ProjectionDB
 from projections.entities import EntitiesProjection
+from projections.failures import ProjectionFailure
 from projections.fold import AggregateState, Folder
 from projections.identity import check_database, check_stream_name
 from projections.loading import (
@@ -60,6 +61,7 @@ __all__ = [
     "Projection",
     "ProjectionDB",
     "ProjectionError",
+    "ProjectionFailure",
     "ProjectionInfo",
     "ProjectionStatus",
     "ProjectionsConfig",

@@ -37,20 +37,30 @@ from typing import Any
 from urllib.parse import quote
 
 import aiosqlite
-import structlog
 
-from eventstore import ProjectionError
+from eventstore import ProjectionError, get_logger
 from projections.lock import DatabaseLock
 from projections.schema import MIGRATIONS, SCHEMA_VERSION
 from projections.times import to_us
 
 __all__ = ["SCHEMA_VERSION", "DatabaseLock", "ProjectionDB", "copy_database"]
 
-log = structlog.get_logger("projections.db")
+log = get_logger("projections.db")
 
 
 def _exists(path: Path) -> bool:
     return path.exists()
+
+
+async def _connect(database: str | Path, **kwargs: Any) -> aiosqlite.Connection:
+    """``aiosqlite.connect`` with a daemon worker thread. aiosqlite's thread is not a daemon,
+    so one connection nobody closed (an exception before ``close``, a forgotten
+    ``ProjectionDB``) would keep the process alive forever after its last line; a daemon
+    thread ends with the process, and SQLite's transactions make that safe: what was not
+    committed is rolled back when the file is next opened."""
+    conn = aiosqlite.connect(database, **kwargs)
+    conn._thread.daemon = True  # before awaiting it: awaiting starts the thread
+    return await conn
 
 
 def _translate(path: Path, exc: sqlite3.Error) -> ProjectionError:
@@ -162,7 +172,7 @@ class ProjectionDB:
         try:
             await asyncio.to_thread(_check_file, p, must_exist=False)
             try:
-                conn = await aiosqlite.connect(p, isolation_level=None, timeout=30.0)
+                conn = await _connect(p, isolation_level=None, timeout=30.0)
             except sqlite3.Error as exc:
                 raise _translate(p, exc) from exc
             db = cls(conn, p, lock=held)
@@ -184,7 +194,7 @@ class ProjectionDB:
         immutable = False
         while True:
             try:
-                conn = await aiosqlite.connect(
+                conn = await _connect(
                     _read_only_uri(p, immutable=immutable), uri=True, isolation_level=None
                 )
             except sqlite3.Error as exc:
@@ -377,6 +387,17 @@ class ProjectionDB:
     async def set_meta(self, key: str, value: str) -> None:
         """Set a value of the ``meta`` table (inside the caller's transaction)."""
         await self.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    async def meta_prefixed(self, prefix: str) -> dict[str, str]:
+        """The ``meta`` values whose key starts with ``prefix`` (failure marks), by key."""
+        rows = await self.fetchall(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return {str(k): str(v) for k, v in rows}
+
+    async def delete_meta(self, key: str) -> None:
+        """Delete a value of the ``meta`` table (inside the caller's transaction)."""
+        await self.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     async def truncate_wal(self) -> None:
         """Write the write-ahead log into the file and empty it (before a copy)."""

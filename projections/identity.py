@@ -21,9 +21,8 @@ import time
 from collections.abc import Callable
 
 import msgspec
-import structlog
 
-from eventstore import EventStore, ForeignDatabase, NotConnected, StreamIdentity
+from eventstore import EventStore, ForeignDatabase, NotConnected, StreamIdentity, get_logger
 from projections.db import ProjectionDB
 from projections.recorder import Recorder
 
@@ -37,7 +36,7 @@ __all__ = [
     "recorded_stream",
 ]
 
-log = structlog.get_logger("projections.runner")
+log = get_logger("projections.runner")
 
 STREAM_CHECK_INTERVAL = 5.0  # seconds between checks that the log is still the file's stream
 NAME_KEY = "stream"

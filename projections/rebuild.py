@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import structlog
 
-from eventstore import EventStore, ProjectionError
+from eventstore import EventStore, ProjectionError, get_logger
 from projections.db import ProjectionDB, copy_database
 from projections.lock import DatabaseLock
 from projections.projection import Projection
@@ -31,7 +30,7 @@ from projections.runner import CommitInfo, Runner, RunnerSettings
 
 __all__ = ["RebuildResult", "rebuild"]
 
-log = structlog.get_logger("projections.rebuild")
+log = get_logger("projections.rebuild")
 
 
 class RebuildResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,6 +144,8 @@ async def _fold_fresh(
             if head - runner.checkpoint <= batch:
                 break
         await runner.run(follow=False, until=head)
+        if runner.failures:  # never swap in a file where a projection stopped half way
+            raise ProjectionError("; ".join(f.error for f in runner.failures.values()))
         await db.truncate_wal()
         return runner.checkpoint, runner.events_applied
     finally:

@@ -3,8 +3,9 @@
 ``projections.db`` opens the file (pragmas, migrations, the lock, the open modes); the recorder
 owns what is read and written in it: the registry of projections and their checkpoints, states,
 snapshots, conflicts, quarantined messages, and the read models a projection keeps (its
-``schema`` DDL and the ``Statement``\\ s its ``write`` returns). The ``meta`` table (the file's
-generation, written by its migrations, and its stream) is ``ProjectionDB.meta``'s.
+``schema`` DDL; the ``Statement``\\ s its ``write`` returns are run by
+``projections.readmodels``). The ``meta`` table (the file's generation, written by its
+migrations, its stream, failure marks) is ``ProjectionDB.meta``'s.
 
 ``Recorder.commit_batch`` writes what one batch of the log produced for every projection of a
 runner (states, snapshots and their pruning, conflicts, quarantined messages, read models,
@@ -19,12 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import structlog
-
-from eventstore import ProjectionError
+from eventstore import get_logger
 from projections.db import ProjectionDB
-from projections.fold import AggregateState, describe_error
-from projections.projection import Change, Projection
+from projections.failures import ProjectionFailure, record_failures
+from projections.fold import AggregateState
+from projections.projection import Projection
+from projections.readmodels import write_read_models
 from projections.records import ConflictRecord, Position, ProjectionInfo, QuarantineRecord
 from projections.rows import SlotBatch, StateCodec, conflict_record, quarantine_record
 from projections.schema import TABLES
@@ -32,7 +33,7 @@ from projections.times import from_us, to_us
 
 __all__ = ["FileChanged", "Recorder", "list_conflicts", "list_quarantine"]
 
-log = structlog.get_logger("projections.runner")
+log = get_logger("projections.runner")
 
 Key = tuple[str, str]
 
@@ -340,16 +341,24 @@ class Recorder:
         now_us: int,
         keep: int,
         meta: Mapping[str, str] | None = None,
+        failed: Sequence[ProjectionFailure] = (),
+        cleared: Sequence[str] = (),
     ) -> None:
-        """Commit one batch in ONE transaction: the guard, then for every projection in ``slots``
-        its states, snapshots (pruned to ``keep``), conflicts, quarantined messages, read models,
-        periodic snapshot and checkpoint ``seq``; and the ``meta`` rows given. ``generation`` and
-        ``checkpoints`` (of every projection of the runner) are what the caller read: a file that
-        says otherwise raises ``FileChanged`` and nothing is written."""
+        """Commit one batch in ONE transaction: the guard, then for every projection in
+        ``slots`` its states, snapshots (pruned to ``keep``), conflicts, quarantined messages,
+        read models and periodic snapshot, and its checkpoint ``seq``; the ``meta`` rows given;
+        the ``failed`` marks and the deletion of the ``cleared`` ones (``projections.failures``).
+
+        ``generation`` and ``checkpoints`` (of every projection of the runner) are what the
+        caller read: a file that says otherwise raises ``FileChanged`` and nothing is written.
+        A projection's ``write`` (or its statements) failing raises ``failures.Failed``
+        (``projections.readmodels``) and nothing is written.
+        """
         db = self.db
         state_rows = [s.codec.row(a) for s in slots for a in s.changed.values()]
         async with db.transaction():
             await self._guard(generation, checkpoints)
+            await record_failures(db, failed, cleared)
             if state_rows:
                 await db.executemany(UPSERT_STATE_SQL, state_rows)
             for slot in slots:
@@ -363,7 +372,7 @@ class Recorder:
                 if slot.quarantine:
                     await db.executemany(QUARANTINE_SQL, slot.quarantine)
                 if slot.changed and slot.writes:
-                    await self._write_read_models(slot)
+                    await write_read_models(db, slot)
                 if slot.periodic:
                     version = slot.projection.version
                     await db.execute(PERIODIC_SQL, (name, version, now_us))
@@ -397,28 +406,6 @@ class Recorder:
                     theirs=stored.get(name),
                 )
                 raise FileChanged()
-
-    async def _write_read_models(self, slot: SlotBatch) -> None:
-        changes = [
-            Change(a.aggregate_type, a.aggregate_id, a.version, a.seq, a.state)
-            for a in slot.changed.values()
-        ]
-        name = slot.projection.name
-        try:
-            statements = list(slot.projection.write(changes))
-        except Exception as exc:
-            raise ProjectionError(
-                f"projection {name}: write() failed for a batch: {describe_error(exc)}"
-            ) from exc
-        for statement in statements:
-            try:
-                await self.db.executemany(statement.sql, statement.rows)
-            except (OverflowError, ValueError, TypeError) as exc:  # a value SQLite cannot bind
-                raise ProjectionError(
-                    f"projection {name}: write() returned read-model rows SQLite cannot store "
-                    f"({describe_error(exc)}); make write() check the values it takes from "
-                    "states"
-                ) from exc
 
 
 async def list_conflicts(

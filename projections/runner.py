@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import msgspec
-import structlog
 
 from eventstore import (
     CodeVersionChanged,
@@ -41,10 +40,12 @@ from eventstore import (
     ProjectionError,
     StoredMessage,
     check_int,
+    get_logger,
 )
 from projections import identity, rulecheck
 from projections.batches import Intake
 from projections.db import ProjectionDB
+from projections.failures import Failed, ProjectionFailure, stored_failures
 from projections.fold import Folder, MessageDecoder
 from projections.origins import record_origin
 from projections.projection import Projection
@@ -56,7 +57,7 @@ from projections.times import to_us
 
 __all__ = ["CommitInfo", "Runner", "RunnerSettings"]
 
-log = structlog.get_logger("projections.runner")
+log = get_logger("projections.runner")
 
 Key = tuple[str, str]
 
@@ -137,8 +138,17 @@ class Runner:
 
     @property
     def checkpoint(self) -> int:
-        """The stream sequence every projection of this runner has folded up to."""
-        return min(s.checkpoint for s in self._slots)
+        """The stream sequence every projection of this runner has folded up to (but those
+        that failed: they stay at theirs, see ``failures``)."""
+        return min(s.checkpoint for s in self._active() or self._slots)
+
+    @property
+    def failures(self) -> dict[str, ProjectionFailure]:
+        """The projections that failed in this run, and why (``projections.failures``)."""
+        return {s.projection.name: s.failure for s in self._slots if s.failure is not None}
+
+    def _active(self) -> list[Slot]:
+        return [s for s in self._slots if s.failure is None]
 
     def checkpoints(self) -> dict[str, int]:
         return {s.projection.name: s.checkpoint for s in self._slots}
@@ -194,6 +204,7 @@ class Runner:
         await self._watch.check_file()  # after a swap (rebuild): still this stream's fold?
         self._generation = await self.db.meta("generation") or ""
         positions = await self.recorder.positions()
+        marks = await stored_failures(self.db)
         for slot in self._slots:
             p = slot.projection
             at = positions.get(p.name)
@@ -210,6 +221,7 @@ class Runner:
                 slot.checkpoint == 0 and await self.recorder.count("states", p.name) == 0
             )
             slot.clear_batch()
+            slot.marked = p.name in marks
 
     # -- running ---------------------------------------------------------------------------
 
@@ -288,7 +300,7 @@ class Runner:
     async def _preload(self, batch: list[StoredMessage]) -> None:
         """Load from the file the states of aggregates this batch touches and the cache lacks."""
         key_of = self.decoder.key
-        for slot in self._slots:
+        for slot in self._active():
             if slot.complete:
                 continue
             cache = slot.cache
@@ -301,41 +313,65 @@ class Runner:
                 and slot.projection.follows(k[0])
             }
             if keys:
-                cache.update(await self.recorder.load_states(slot.codec, keys))
+                try:
+                    cache.update(await self.recorder.load_states(slot.codec, keys))
+                except msgspec.DecodeError as exc:  # its state type changed, not its version
+                    name, seq = slot.projection.name, batch[0].seq
+                    why = f"projection {name}: its stored states do not decode as its state type "
+                    why += f"({exc}); bump its version to refold it"
+                    self._fail(slot, Failed(name, why, exc, max(seq, slot.checkpoint + 1)))
 
     def _fold(self, batch: list[StoredMessage]) -> None:
         # Several projections decode each message once (memo); one needs no memo.
         memo: dict[int, Event | str] | None = {} if len(self._slots) > 1 else None
         taken_us = to_us(datetime.now(UTC)) or 0
-        for slot in self._slots:
-            slot.fold(batch, self.decoder, memo, taken_us, self.settings.snapshots.every)
+        for slot in self._active():
+            try:
+                slot.fold(batch, self.decoder, memo, taken_us, self.settings.snapshots.every)
+            except Failed as failed:
+                self._fail(slot, failed)
 
     async def _commit(self, batch: list[StoredMessage], started: float) -> None:
         last = batch[-1]
         now_us = to_us(datetime.now(UTC)) or 0
         interval_us = int(self.settings.snapshots.interval * 1_000_000)
-        moving = [s for s in self._slots if last.seq > s.checkpoint]
+        moving = [s for s in self._active() if last.seq > s.checkpoint]
         for slot in moving:
             slot.periodic = bool(interval_us) and now_us - slot.snapshot_us >= interval_us
         top = max(last.seq, *(s.checkpoint for s in self._slots))
         meta = rulecheck.rules_meta(self.store.rules, top)
-        try:
-            await self.recorder.commit_batch(
-                moving,
-                generation=self._generation,
-                checkpoints=self.checkpoints(),
-                seq=last.seq,
-                recorded_us=to_us(last.recorded_at),
-                now_us=now_us,
-                keep=self.settings.snapshots.keep,
-                meta=meta if meta != self._rules_meta else None,
-            )
-        except FileChanged:
-            raise _Resync() from None
+        while True:  # again without a projection whose write() failed: its batch is dropped
+            marks = [s for s in self._slots if s.failure is not None and not s.recorded]
+            try:
+                await self.recorder.commit_batch(
+                    moving,
+                    generation=self._generation,
+                    checkpoints=self.checkpoints(),
+                    seq=last.seq,
+                    recorded_us=to_us(last.recorded_at),
+                    now_us=now_us,
+                    keep=self.settings.snapshots.keep,
+                    failed=[s.failure for s in marks if s.failure is not None],
+                    cleared=[s.projection.name for s in moving if s.marked],
+                    meta=meta if meta != self._rules_meta else None,
+                )
+            except FileChanged:
+                raise _Resync() from None
+            except Failed as failed:
+                slot = next(s for s in moving if s.projection.name == failed.projection)
+                moving.remove(slot)
+                self._fail(slot, failed)
+                continue
+            break
         self._rules_meta = meta
+        for slot in marks:
+            slot.recorded = slot.marked = True
+        if not self._active():
+            raise ProjectionError("; ".join(f.error for f in self.failures.values()))
         self.events_applied += len(batch)
         changed: dict[str, list[Key]] = {}
         for slot in moving:
+            slot.marked = False
             if slot.periodic:
                 slot.snapshot_us = now_us
                 for agg in slot.cache.values():
@@ -365,6 +401,19 @@ class Runner:
                     await result
             except Exception:
                 log.exception("on_commit callback failed")
+
+    def _fail(self, slot: Slot, failed: Failed) -> None:
+        """Mark a projection failed (its code raised): the others go on folding."""
+        slot.fail(failed.failure(datetime.now(UTC)))
+        log.error(
+            "projection failed: it folds no more until restarted, the others go on",
+            projection=failed.projection,
+            seq=failed.seq,
+            aggregate=failed.aggregate,
+            error=failed.message,
+            checkpoint=slot.checkpoint,
+            exc_info=failed.exc,
+        )
 
     def _evict(self, slot: Slot) -> None:
         """Drop the older half of a cache that grew too big (they are all committed)."""

@@ -10,15 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
-from eventstore import Event, InvalidEvent, StoredMessage
-from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
+from eventstore import Event, InvalidEvent, StoredMessage, get_logger
+from projections.failures import Failed, ProjectionFailure
+from projections.fold import AggregateState, Folder, MessageDecoder, Rejected, describe_error
 from projections.rows import SlotBatch, conflict_row, quarantine_row, snapshot_row
 
 __all__ = ["Slot"]
 
-log = structlog.get_logger("projections.runner")
+log = get_logger("projections.runner")
 
 Key = tuple[str, str]
 
@@ -35,6 +34,17 @@ class Slot(SlotBatch):
     cache: dict[Key, AggregateState] = field(default_factory=dict)
     complete: bool = False  # the cache holds every aggregate the file has
     changed: dict[Key, AggregateState] = field(default_factory=dict)
+    failure: ProjectionFailure | None = None  # it failed in this run: it folds no more
+    recorded: bool = False  # ``failure`` is written in the file
+    marked: bool = False  # the file holds a failure mark of it (cleared by its next commit)
+
+    def fail(self, failure: ProjectionFailure) -> None:
+        """Stop folding: forget what the failed batch left in the cache (nothing of it is
+        committed) and keep the checkpoint."""
+        self.failure, self.recorded = failure, False
+        self.cache = {}
+        self.complete = False
+        self.clear_batch()
 
     def clear_batch(self) -> None:
         self.changed = {}
@@ -62,66 +72,77 @@ class Slot(SlotBatch):
         assert folder is not None
         new, step, reject = folder.new, folder.step, folder.reject
         key_of, decode = decoder.key, decoder.event
-        for msg in batch:
-            if msg.seq <= checkpoint:
-                continue
-            key = key_of(msg.subject)
-            if key is None:
-                if msg.subject == decoder.rules_subject:  # the rules change from here on
-                    folder.book.learn(msg)
+        msg: StoredMessage | None = None
+        key: Key | None = None
+        try:
+            for msg in batch:
+                if msg.seq <= checkpoint:
                     continue
-                why = Rejected("undecodable", f"subject {msg.subject!r} names no aggregate")
-                slot.quarantine.append(quarantine_row(name, msg, None, why))
-                log.warning(
-                    "message quarantined",
-                    projection=name,
-                    seq=msg.seq,
-                    subject=msg.subject,
-                    kind=why.kind,
-                    reason=why.reason,
-                )
-                continue
-            if types and key[0] not in types:
-                continue
-            agg = cache.get(key)
-            if agg is None:
-                agg = cache[key] = new(key)
-            before = agg.version
-            out: Any
-            if memo is None:
-                try:
-                    event = decode(msg, key)
-                except InvalidEvent as exc:
-                    out = reject(agg, msg, exc.reason)
-                else:
-                    out = step(agg, event, len(msg.data))
-            else:
-                known = memo.get(msg.seq)
-                if known is None:
-                    try:
-                        known = decode(msg, key)
-                    except InvalidEvent as exc:
-                        known = exc.reason
-                    memo[msg.seq] = known
-                if isinstance(known, str):
-                    out = reject(agg, msg, known)
-                else:
-                    out = step(agg, known, len(msg.data))
-            if out is not None:
-                if type(out) is Rejected:
-                    slot.quarantine.append(quarantine_row(name, msg, key, out))
+                key = key_of(msg.subject)
+                if key is None:
+                    if msg.subject == decoder.rules_subject:  # the rules change from here on
+                        folder.book.learn(msg)
+                        continue
+                    why = Rejected("undecodable", f"subject {msg.subject!r} names no aggregate")
+                    slot.quarantine.append(quarantine_row(name, msg, None, why))
                     log.warning(
                         "message quarantined",
                         projection=name,
                         seq=msg.seq,
-                        aggregate=f"{key[0]}/{key[1]}",
-                        kind=out.kind,
-                        reason=out.reason,
+                        subject=msg.subject,
+                        kind=why.kind,
+                        reason=why.reason,
                     )
+                    continue
+                if types and key[0] not in types:
+                    continue
+                agg = cache.get(key)
+                if agg is None:
+                    agg = cache[key] = new(key)
+                before = agg.version
+                out: Any
+                if memo is None:
+                    try:
+                        event = decode(msg, key)
+                    except InvalidEvent as exc:
+                        out = reject(agg, msg, exc.reason)
+                    else:
+                        out = step(agg, event, len(msg.data))
                 else:
-                    slot.conflicts.append(conflict_row(out))
-            if agg.version != before:
-                changed[key] = agg
-                if agg.version % every == 0:
-                    agg.snapshot_version = agg.version
-                    slot.snapshots.append(snapshot_row(slot.codec, agg, code_version, taken_us))
+                    known = memo.get(msg.seq)
+                    if known is None:
+                        try:
+                            known = decode(msg, key)
+                        except InvalidEvent as exc:
+                            known = exc.reason
+                        memo[msg.seq] = known
+                    if isinstance(known, str):
+                        out = reject(agg, msg, known)
+                    else:
+                        out = step(agg, known, len(msg.data))
+                if out is not None:
+                    if type(out) is Rejected:
+                        slot.quarantine.append(quarantine_row(name, msg, key, out))
+                        log.warning(
+                            "message quarantined",
+                            projection=name,
+                            seq=msg.seq,
+                            aggregate=f"{key[0]}/{key[1]}",
+                            kind=out.kind,
+                            reason=out.reason,
+                        )
+                    else:
+                        slot.conflicts.append(conflict_row(out))
+                if agg.version != before:
+                    changed[key] = agg
+                    if agg.version % every == 0:
+                        agg.snapshot_version = agg.version
+                        slot.snapshots.append(snapshot_row(slot.codec, agg, code_version, taken_us))
+        except Exception as exc:  # initial(), or a fold step failing outside quarantine
+            seq = msg.seq if msg is not None else batch[0].seq
+            where = f"{key[0]}/{key[1]}" if key is not None else None
+            message = (
+                f"projection {name}: folding failed at seq {seq}"
+                f"{f' ({where})' if where else ''}: {describe_error(exc)}"
+            )
+            raise Failed(name, message, exc, seq, where) from exc

@@ -5,7 +5,8 @@ yet applied (0 when caught up), which is what an operator's alert wants to know.
 
 A database that is not a fold of the connected stream (``projections.identity``: another
 stream's file, a store reset under it, a checkpoint past the head) is flagged on every line
-(``stream_mismatch``, ``problem``): its lag would mean nothing.
+(``stream_mismatch``, ``problem``): its lag would mean nothing. A projection whose code failed
+(``projections.failures``) carries its ``failed`` record until it commits again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import msgspec
 
 from eventstore import EventStore, ServerHealth, StoredMessage, server_health
 from projections.db import ProjectionDB
+from projections.failures import ProjectionFailure, stored_failures
 from projections.identity import identity_problem, max_checkpoint, recorded_stream
 from projections.recorder import Recorder
 from projections.schema import TABLES
@@ -44,6 +46,7 @@ class ProjectionStatus(msgspec.Struct, kw_only=True):
     stream: str | None = None  # the stream the database records it folds
     stream_mismatch: bool = False  # the database is not a fold of the connected stream
     problem: str | None = None  # why, and what to do
+    failed: ProjectionFailure | None = None  # it stopped folding: why, at which seq, when
 
 
 async def _recorded_at(store: EventStore, seq: int) -> datetime | None:
@@ -62,6 +65,7 @@ async def projection_status(store: EventStore, db: ProjectionDB) -> list[Project
         infos = await recorder.projections()
         recorded = await recorded_stream(db)
         top = await max_checkpoint(db)
+        failures = await stored_failures(db)
         counts = {
             info.name: [await recorder.count(table, info.name) for table in TABLES]
             for info in infos
@@ -95,6 +99,7 @@ async def projection_status(store: EventStore, db: ProjectionDB) -> list[Project
                 stream=recorded.name,
                 stream_mismatch=problem is not None,
                 problem=problem,
+                failed=failures.get(info.name),
             )
         )
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import re
 import signal
@@ -17,8 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers_projections import start_worker
-from structlog.testing import capture_logs
 
 from consumers.notify import Notifier, watchdog_seconds
 from eventstore import AppendRequest, EventStore, NewEvent, StreamSettings
@@ -225,14 +226,14 @@ async def test_nothing_without_notify_socket(
         listener.close()
 
 
-def test_send_errors_logged_once(tmp_path: Path) -> None:
+def test_send_errors_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A socket nobody listens on: sends return False, never raise, and log one warning."""
     notifier = Notifier(str(tmp_path / "nobody.sock"))
-    with capture_logs() as logs:
+    with caplog.at_level(logging.WARNING, logger="consumers"):
         assert notifier.send(READY=1) is False
         assert notifier.send(WATCHDOG=1) is False
     notifier.close()
-    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+    assert [vars(r)["event_dict"]["event"] for r in caplog.records] == [
         "systemd notify failed, the worker goes on without it (logged once)"
     ]
     assert Notifier(None).send(READY=1) is False and not Notifier(None).enabled

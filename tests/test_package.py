@@ -73,6 +73,7 @@ EXPORTED = [
     "export_events",
     "find_nats_server",
     "free_port",
+    "get_logger",
     "import_events",
     "nesting_exceeds",
     "next_version",

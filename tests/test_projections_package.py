@@ -31,6 +31,7 @@ EXPORTED = [
     "Projection",
     "ProjectionDB",
     "ProjectionError",
+    "ProjectionFailure",
     "ProjectionInfo",
     "ProjectionStatus",
     "ProjectionsConfig",

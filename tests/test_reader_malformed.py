@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from typing import Any
 
 import pytest
-import structlog
 from test_cli import LineReader, _globals, cli, lines, spawn
 from test_hostile_writes import raw_envelope
 
@@ -47,14 +47,16 @@ async def test_read_skips_malformed_messages_and_reports_each(store: EventStore)
 
 
 async def test_without_a_callback_each_skipped_message_is_a_logged_warning(
-    store: EventStore,
+    store: EventStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """No malformed message is dropped silently: the library logs a warning naming its seq."""
     good, bad = await _fill(store)
-    with structlog.testing.capture_logs() as logs:
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="eventstore"):
         evs = [e async for e in store.read_all()]
     assert [e.seq for e in evs] == good
-    warned = [r for r in logs if r["log_level"] == "warning" and "seq" in r]
+    logs = [vars(r)["event_dict"] for r in caplog.records if r.levelname == "WARNING"]
+    warned = [r for r in logs if "seq" in r]
     assert [r["seq"] for r in warned] == bad
 
 
