@@ -163,7 +163,7 @@ async def test_the_result_names_the_snapshot_and_the_replay(
         got = await tt.state_at("agent", "long", version=99)
         assert (got.snapshot_version, got.replayed, got.state) == (None, 99, {"i": 98})
         newer_code = EntitiesProjection()
-        newer_code.version = "2"
+        newer_code.version = EntitiesProjection.version + "-next"
         got = await TimeTravel(store, newer_code, db).state_at("agent", "long", version=230)
         assert (got.snapshot_version, got.replayed, got.state) == (None, 230, {"i": 229})
         assert state_output(got)["snapshot_version"] is None

@@ -70,7 +70,7 @@ async def test_a_projection_folded_by_other_code_is_reported(
     async with await ProjectionDB.open(tmp_path / "c.db") as db:
         await Runner(store, db, [EntitiesProjection()]).catch_up()
         newer = EntitiesProjection()
-        newer.version = "2"
+        newer.version = EntitiesProjection.version + "-next"
         report = await verify(store, db, [newer, EntitiesProjection(name="other")])
     assert [(m.projection, m.what) for m in report.mismatches] == [
         ("entities", "code version differs"),
