@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -47,7 +48,10 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _checkpoint(db: Path) -> int:
-    return int((scalar(db, "SELECT min(checkpoint) FROM projections") if db.exists() else 0) or 0)
+    try:  # the file exists a moment before its schema does
+        return int(scalar(db, "SELECT min(checkpoint) FROM projections") or 0)
+    except sqlite3.OperationalError:
+        return 0
 
 
 def _cli(
