@@ -79,14 +79,21 @@ class Upcasters:
         _check_schema(schema, "an upcaster's schema")
         if not callable(upcast):
             raise ConfigError(f"the upcaster of {event_type} schema {schema} is not callable")
-        steps = self._steps.setdefault(event_type, {})
+        steps = self._steps.get(event_type, {})
         old = steps.get(schema)
         if old is not None and _name(old) != _name(upcast):  # importing a module again is fine
             raise ConfigError(
                 f"two upcasters for {event_type} schema {schema}: {_name(old)} and "
                 f"{_name(upcast)}; register one per step"
             )
-        steps[schema] = upcast
+        struct = self._structs.get(event_type)
+        if struct is not None and schema + 1 > struct[1]:
+            raise ConfigError(
+                f"{event_type}'s typed data {_name(struct[0])} is schema {struct[1]}, but this "
+                f"upcaster makes schema {schema + 1}: register the upcasters first, or give "
+                "typed_event the schema its Struct describes"
+            )
+        self._steps[event_type] = {**steps, schema: upcast}
         self._update(event_type)
 
     def upcaster(self, event_type: str, schema: int) -> Callable[[F], F]:

@@ -119,6 +119,9 @@ def test_registering_two_upcasters_for_one_step_is_refused() -> None:
     with pytest.raises(ConfigError, match="not a valid event type"):
         UPCASTERS.register("no spaces", 1, lambda d: d)
     UPCASTERS.register("UpTitled", 1, titled_v1)  # the same one again (a re-import): fine
+    with pytest.raises(ConfigError, match="register the upcasters first"):
+        UPCASTERS.register("UpTyped", 1, lambda d: d)  # Typed describes schema 1
+    assert NewEvent("UpTyped", {"name": "x"}).schema == 1
 
 
 async def test_a_mixed_schema_log_reads_and_folds_like_an_all_current_one(
