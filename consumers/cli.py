@@ -39,7 +39,15 @@ from consumers.cliutil import (
 from consumers.demo import run_demo
 from consumers.pipes import reader_gone
 from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
-from eventstore import ROLES, Malformed, NewEvent, configure_logging, get_logger, permissions
+from eventstore import (
+    ROLES,
+    Malformed,
+    NewEvent,
+    configure_logging,
+    get_logger,
+    load_upcasters,
+    permissions,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -55,12 +63,14 @@ exit codes: 0 ok; 1 the command failed (one line on stderr says why); 2 bad argu
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    load_upcasters(args.config)  # the current schema of the type, unless --schema says
     event = NewEvent(
         args.event_type,
         data=args.data or {},
         transition=args.transition,
         metadata=args.metadata or {},
         id=args.id,
+        schema=args.schema or 0,
     )
 
     async def go() -> None:
@@ -199,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail unless the aggregate is at version N (0: a new aggregate)",
     )  # fmt: skip
     p.add_argument("--id", help="event id; the same id again is stored once (default: UUIDv7)")
+    p.add_argument(
+        "--schema", type=positive_int, metavar="N",
+        help="schema number of --data (default: the type's current schema, see [upcasters])",
+    )  # fmt: skip
     p.add_argument(
         "--transition", metavar="FROM:TO", help="state-machine step, e.g. Created:Starting"
     )

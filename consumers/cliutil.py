@@ -45,6 +45,7 @@ from eventstore import (
     StreamSettings,
     encode_id,
     get_logger,
+    load_upcasters,
     read_local_rules,
     validate_aggregate_type,
     validate_stream_name,
@@ -234,6 +235,7 @@ async def open_store(
     warn, on one stderr line, when another live connection uses the same producer name.
     """
     local = read_local_rules(args.config) if local_rules else None  # broken: before connecting
+    load_upcasters(args.config)  # [upcasters] modules: every read here sees current schemas
     store = await connect_store(
         args.url,
         # An empty --producer is an invalid name, not a reason to pick another one.

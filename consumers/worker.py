@@ -40,6 +40,7 @@ from eventstore import (
     EventStore,
     StreamSettings,
     get_logger,
+    load_upcasters,
     read_local_rules,
 )
 from projections import (
@@ -88,6 +89,7 @@ class Worker:
         self.projections = list(projections)
         self.config = config
         self._local_rules = read_local_rules(config)  # a broken file: before connecting
+        self.upcasters = load_upcasters(config)  # [upcasters] modules, imported before folding
         self.settings = settings
         self.reset = reset
         self.producer = producer

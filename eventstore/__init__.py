@@ -23,6 +23,7 @@ from eventstore.errors import (
     RulesMismatch,
     ServerError,
     StreamMisconfigured,
+    UpcastFailed,
     VersionConflict,
 )
 from eventstore.events import (
@@ -58,6 +59,14 @@ from eventstore.server import EmbeddedServer, default_config_path, find_nats_ser
 from eventstore.store import DEFAULT_URL, AppendRequest, EventStore, StreamIdentity
 from eventstore.streams import StreamSettings, validate_stream_name, validate_stream_prefix
 from eventstore.subjects import decode_id, encode_id, parse_subject, rules_subject
+from eventstore.upcasting import (
+    UPCASTERS,
+    Upcaster,
+    Upcasters,
+    load_upcasters,
+    typed_event,
+    upcaster,
+)
 from eventstore.validate import MAX_INT, check_int, check_optional_int, check_time
 from eventstore.versions import next_version
 
@@ -71,6 +80,7 @@ __all__ = [
     "RULES_TYPE",
     "SERVER_HEALTH_SUBJECT",
     "TOO_DEEP",
+    "UPCASTERS",
     "AggregateNotFound",
     "AppendRequest",
     "AppendResult",
@@ -114,6 +124,9 @@ __all__ = [
     "StreamMisconfigured",
     "StreamSettings",
     "Transition",
+    "UpcastFailed",
+    "Upcaster",
+    "Upcasters",
     "VectorClock",
     "VersionConflict",
     "check_int",
@@ -130,6 +143,7 @@ __all__ = [
     "free_port",
     "get_logger",
     "import_events",
+    "load_upcasters",
     "nesting_exceeds",
     "next_version",
     "parse_subject",
@@ -139,6 +153,8 @@ __all__ = [
     "resolver_spec_problem",
     "rules_subject",
     "server_health",
+    "typed_event",
+    "upcaster",
     "uuid7",
     "validate_aggregate_type",
     "validate_stream_name",

@@ -12,7 +12,8 @@ Grouped by how a caller reacts::
     │   ├── AppendTimeout     an append could not be confirmed before its deadline
     │   └── RequestTimeout    a read, head or stream request got no answer in time
     ├── InvalidEvent          fix the input: malformed event, bad id/type/subject, too large
-    │   └── InvalidTransition state-machine transition not allowed from the current state
+    │   ├── InvalidTransition state-machine transition not allowed from the current state
+    │   └── UpcastFailed      an event's data cannot be brought to its type's current schema
     ├── VersionConflict       read the aggregate again and decide anew
     ├── AggregateNotFound     the aggregate has no events (or no state in the projection)
     ├── PermissionDenied      fix the user's permissions: the server refused a subject
@@ -52,6 +53,7 @@ __all__ = [
     "RulesMismatch",
     "ServerError",
     "StreamMisconfigured",
+    "UpcastFailed",
     "VersionConflict",
 ]
 
@@ -269,3 +271,22 @@ class RulesMismatch(ProjectionError):
         self.recorded = recorded
         self.expected = expected
         self.checkpoint = checkpoint
+
+
+# --- upcasting (eventstore.upcasting) -------------------------------------------------------
+class UpcastFailed(InvalidEvent):
+    """An event's ``data`` cannot be brought to its type's current schema: an upcaster raised
+    or returned something that is not a JSON object, a step of the chain is not registered, the
+    event is newer than the latest schema this process knows (``kind`` ``upcast``), or the
+    current data does not match the type's registered Struct (``kind`` ``typed``).
+
+    Readers skip such an event through ``on_malformed`` and projections quarantine it with this
+    ``kind``; register the missing upcaster (import its module in every reading process) or
+    fix it, then ``eventstore rebuild``.
+    """
+
+    def __init__(self, event_type: str, schema: int, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.event_type = event_type
+        self.schema = schema
+        self.kind = kind

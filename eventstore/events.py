@@ -24,6 +24,7 @@ from eventstore.jsonvalues import (
     nesting_exceeds,
     show,
 )
+from eventstore.upcasting import UPCASTERS
 
 __all__ = [
     "AGGREGATE_TYPE_RE",
@@ -151,6 +152,22 @@ class Event(Envelope, frozen=True, kw_only=True):
         out: dict[str, Any] = msgspec.to_builtins(self)
         return out
 
+    def current(self) -> Event:
+        """This event with ``data`` brought to its type's current schema by the registered
+        upcasters (``eventstore.upcasting``): itself when there is nothing to do.
+        ``UpcastFailed`` (an ``InvalidEvent``) when a step fails or is missing."""
+        if self.type not in UPCASTERS.latest:
+            return self
+        schema, data = UPCASTERS.current(self.type, self.schema, self.data)
+        if schema == self.schema and data is self.data:
+            return self
+        return msgspec.structs.replace(self, schema=schema, data=data)
+
+    def typed(self) -> Any:
+        """``data`` (upcast) as the msgspec Struct registered for this type
+        (``eventstore.typed_event``); ``InvalidEvent`` if none is or the data does not match."""
+        return UPCASTERS.decode(self.type, self.schema, self.data)
+
 
 class NewEvent(msgspec.Struct, frozen=True):
     """What a producer asks to append; the store fills in version, clocks and times.
@@ -166,6 +183,12 @@ class NewEvent(msgspec.Struct, frozen=True):
     tuples, non-string keys, strings that are not valid UTF-8, other objects) raises
     ``InvalidEvent`` naming where it is (``data.score: NaN is not JSON ...``), as does an
     argument of the wrong type. Convert such values yourself, e.g. ``dt.isoformat()``.
+
+    ``data`` may also be a msgspec Struct (a typed event, ``eventstore.typed_event``): it is
+    stored as its fields' JSON object. ``schema`` left at 0 is the type's current schema as
+    the registered upcasters know it (``eventstore.upcasting``), else 1; data of a typed type
+    written at its current schema must match its Struct. ``NewEvent.of(struct)`` names the
+    type from the registration.
     """
 
     type: str
@@ -173,12 +196,16 @@ class NewEvent(msgspec.Struct, frozen=True):
     transition: Transition | tuple[str, str] | str | None = msgspec.field(default=None)
     metadata: dict[str, Any] = {}
     id: str | None = None
-    schema: int = 1
+    schema: int = 0
     causation_id: str | None = None
     correlation_id: str | None = None
 
     def __post_init__(self) -> None:
         validate_event_type(self.type)
+        if isinstance(self.data, msgspec.Struct):
+            msgspec.structs.force_setattr(self, "data", UPCASTERS.encode(self.data))
+        if self.schema == 0 and type(self.schema) is int:
+            msgspec.structs.force_setattr(self, "schema", UPCASTERS.latest.get(self.type, 1))
         if self.data or type(self.data) is not dict:
             check_json(self.data, "data")
         if self.metadata or type(self.metadata) is not dict:
@@ -199,6 +226,8 @@ class NewEvent(msgspec.Struct, frozen=True):
             raise InvalidEvent(
                 f"schema must be an integer from 1 to 2**63-1, got {show(self.schema)}"
             )
+        if self.type in UPCASTERS.latest and self.schema == UPCASTERS.latest[self.type]:
+            UPCASTERS.current(self.type, self.schema, self.data)  # a typed type: data must fit
         if self.causation_id is not None or self.correlation_id is not None:
             for name, value in (
                 ("causation_id", self.causation_id),
@@ -208,6 +237,17 @@ class NewEvent(msgspec.Struct, frozen=True):
                     raise InvalidEvent(f"{name} must be a UTF-8 string or None, got {show(value)}")
         if self.transition is not None:
             msgspec.structs.force_setattr(self, "transition", Transition.parse(self.transition))
+
+    @classmethod
+    def of(cls, data: msgspec.Struct, **fields: Any) -> NewEvent:
+        """A typed event: ``data``'s registered event type, its fields as ``data`` (the other
+        ``NewEvent`` fields as keywords)."""
+        event_type = UPCASTERS.type_of(type(data))
+        if event_type is None:
+            raise InvalidEvent(
+                f"{type(data).__name__} is not registered as a typed event (eventstore.typed_event)"
+            )
+        return cls(event_type, UPCASTERS.encode(data), **fields)
 
     @property
     def step(self) -> Transition | None:

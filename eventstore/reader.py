@@ -5,9 +5,11 @@ sequence it handed out and, after any interruption (reconnect, gap, stall), subs
 from the next one. It never yields a sequence twice and, on the unfiltered log (which has no
 holes because deletes are denied), checks that sequences are contiguous.
 
-Anyone may publish on the events subjects, so decoded reads never stop at a message that is
-not a valid event: it is skipped and handed to the caller's ``on_malformed`` as a ``Malformed``
-(without a callback, a logged warning), and the read goes on.
+Decoded reads hand out ``data`` at its type's current schema (``Event.current``: the
+registered upcasters). Anyone may publish on the events subjects, so decoded reads never stop
+at a message that is not a valid event (or whose data cannot be upcast): it is skipped and
+handed to the caller's ``on_malformed`` as a ``Malformed`` (without a callback, a logged
+warning), and the read goes on.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from eventstore.errors import (
     PermissionDenied,
     RequestTimeout,
     Retryable,
+    UpcastFailed,
 )
 from eventstore.events import Event, decode_event
 from eventstore.jetstream import (
@@ -65,9 +68,10 @@ _PENDING_BYTES = 512 << 20
 
 
 class Malformed(NamedTuple):
-    """A message a reader skipped: not a valid event (``kind`` ``undecodable``) or, reading
-    one aggregate by version, a valid event whose version takes no place in its history
-    (``duplicate`` or ``gap``: projections quarantine it the same way)."""
+    """A message a reader skipped: not a valid event (``kind`` ``undecodable``), a valid
+    event whose data cannot be brought to its type's current schema (``upcast``, ``typed``:
+    ``eventstore.upcasting``) or, reading one aggregate by version, a valid event whose version
+    takes no place in its history (``duplicate`` or ``gap``); projections quarantine the same."""
 
     seq: int
     subject: str
@@ -270,8 +274,16 @@ class LogReader:
                 except InvalidEvent as exc:
                     ev, why = None, exc.reason
                 taken = next_version(version, m.data if ev is None else ev)
-                if ev is None or taken is None:
-                    if ev is None:
+                failed: UpcastFailed | None = None
+                if ev is not None and taken is not None:
+                    try:
+                        ev = ev.current()  # data at its type's current schema
+                    except UpcastFailed as exc:
+                        failed = exc  # it still takes its version, as in the fold
+                if ev is None or taken is None or failed is not None:
+                    if failed is not None:
+                        kind, why = failed.kind, failed.reason
+                    elif ev is None:
                         kind = "undecodable"
                         if taken is not None:
                             why += f" (it still takes version {taken})"
@@ -404,8 +416,9 @@ class LogReader:
 
     def _decode(self, m: StoredMessage, on_malformed: OnMalformed | None) -> Event | None:
         try:
-            return decode_message(self.prefix, m)
+            return decode_message(self.prefix, m).current()
         except InvalidEvent as exc:
-            skipped = Malformed(m.seq, m.subject, "undecodable", exc.reason, m)
+            kind = exc.kind if isinstance(exc, UpcastFailed) else "undecodable"
+            skipped = Malformed(m.seq, m.subject, kind, exc.reason, m)
             report_malformed(on_malformed, skipped)
             return None

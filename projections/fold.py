@@ -12,12 +12,14 @@ rules, per message of an aggregate at version N:
   undecodable too.
 - its version is not N+1: quarantined (``duplicate`` or ``gap``), never applied; the aggregate
   stays at N, so a hole in the history stops it until the history is repaired.
-- its transition is refused by the aggregate's state machine (``transition``), ``apply``
-  raises (``apply``) or the conflict resolver fails (``conflict``): quarantined; the aggregate
-  moves to N+1 with its state, clocks and machine state unchanged. Any exception counts
-  (``RecursionError`` and ``MemoryError`` included), and so does a result that could not be
-  stored: a state that does not encode as JSON, encodes to more than ``MAX_STATE_BYTES``,
-  nests deeper than ``MAX_NESTING`` or does not decode back as the projection's state type.
+- its data cannot be brought to its type's current schema (``upcast``, ``typed``:
+  ``eventstore.upcasting``), its transition is refused by the state machine (``transition``),
+  ``apply`` raises (``apply``) or the conflict resolver fails (``conflict``): quarantined;
+  the aggregate moves to N+1 with its state, clocks and machine state unchanged. Any
+  exception counts (``RecursionError`` and ``MemoryError`` included), and so does a result
+  that could not be stored: a state that does not encode as JSON, encodes to more than
+  ``MAX_STATE_BYTES``, nests deeper than ``MAX_NESTING`` or does not decode back as the
+  projection's state type.
 - otherwise it is applied. If its vector clock is concurrent with the clock of the aggregate's
   previous applied event, and the two write overlapping paths of the state (``touches``:
   always, for projections that do not say), it is a conflict, resolved by the projection's
@@ -41,17 +43,20 @@ import msgspec
 from eventstore import (
     MAX_NESTING,
     TOO_DEEP,
+    UPCASTERS,
     Event,
     InvalidEvent,
     InvalidTransition,
     Machines,
     RuleBook,
     StoredMessage,
+    UpcastFailed,
     nesting_exceeds,
     next_version,
     parse_subject,
     rules_subject,
 )
+from projections.clockmerge import concurrent, merge_clock
 from projections.conflicts import ConflictContext, LogOrder, touched_paths
 from projections.entities import EntitiesProjection
 from projections.mergepatch import paths_overlap
@@ -187,36 +192,6 @@ class MessageDecoder:
         return event
 
 
-def concurrent(a: dict[str, int], b: dict[str, int]) -> bool:
-    """Whether two vector clocks are concurrent (neither saw everything the other did)."""
-    less = greater = False
-    for k, v in a.items():
-        w = b.get(k, 0)
-        if v < w:
-            less = True
-        elif v > w:
-            greater = True
-    if not less:
-        for k, w in b.items():
-            if w > 0 and k not in a:
-                less = True
-                break
-    return less and greater
-
-
-def merge_clock(a: dict[str, int] | None, b: dict[str, int]) -> dict[str, int]:
-    """Entry-wise max; returns ``a`` itself when ``b`` adds nothing (clocks are never mutated)."""
-    if not a:
-        return {k: v for k, v in b.items() if v > 0}
-    out: dict[str, int] | None = None
-    for k, v in b.items():
-        if v > a.get(k, 0):
-            if out is None:
-                out = dict(a)
-            out[k] = v
-    return a if out is None else out
-
-
 _LOG_ORDER = LogOrder()
 _MAY_NEST = 2 * MAX_NESTING  # a shorter body is never too deep (see nesting_exceeds)
 _loose = msgspec.json.Decoder()
@@ -318,6 +293,12 @@ class Folder:
                 f"{agg.version}, this event is version {version}; versions "
                 f"{agg.version + 1}..{version - 1} are missing",
             )
+        if event.type in UPCASTERS.latest:  # data at its type's current schema (upcasting.py)
+            try:
+                event = event.current()
+            except UpcastFailed as exc:
+                self._advance(agg, event)
+                return Rejected(exc.kind, exc.reason)
         machine_state = agg.machine_state
         machine = rules.machines.get(agg.aggregate_type) if rules.machines is not None else None
         if event.transition is not None and machine is not None:

@@ -376,6 +376,8 @@ class TimeTravel:
             ev = self.decoder.event(msg, key)
         except InvalidEvent:
             ev = None
+        with contextlib.suppress(InvalidEvent):  # data at its current schema, else as stored
+            ev = ev.current() if ev is not None else None
         outcome, detail = "applied", None
         if isinstance(out, Rejected):
             outcome, detail = "quarantined", f"{out.kind}: {out.reason}"
