@@ -7,6 +7,7 @@ from eventstore.connecting import ConnectSettings
 from eventstore.errors import (
     AggregateNotFound,
     AppendTimeout,
+    BoundaryConflict,
     CodeVersionChanged,
     ConfigError,
     DatabaseLocked,
@@ -58,11 +59,13 @@ from eventstore.server import EmbeddedServer, default_config_path, find_nats_ser
 from eventstore.store import DEFAULT_URL, AppendRequest, EventStore, StreamIdentity
 from eventstore.streams import StreamSettings, validate_stream_name, validate_stream_prefix
 from eventstore.subjects import decode_id, encode_id, parse_subject, rules_subject
+from eventstore.transaction import MAX_EVENTS_PER_TRANSACTION, Transaction
 from eventstore.validate import MAX_INT, check_int, check_optional_int, check_time
 from eventstore.versions import next_version
 
 __all__ = [
     "DEFAULT_URL",
+    "MAX_EVENTS_PER_TRANSACTION",
     "MAX_INT",
     "MAX_NESTING",
     "ROLES",
@@ -75,6 +78,7 @@ __all__ = [
     "AppendRequest",
     "AppendResult",
     "AppendTimeout",
+    "BoundaryConflict",
     "CodeVersionChanged",
     "ConfigError",
     "ConnectSettings",
@@ -113,6 +117,7 @@ __all__ = [
     "StreamIdentity",
     "StreamMisconfigured",
     "StreamSettings",
+    "Transaction",
     "Transition",
     "VectorClock",
     "VersionConflict",

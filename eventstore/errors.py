@@ -14,6 +14,7 @@ Grouped by how a caller reacts::
     ├── InvalidEvent          fix the input: malformed event, bad id/type/subject, too large
     │   └── InvalidTransition state-machine transition not allowed from the current state
     ├── VersionConflict       read the aggregate again and decide anew
+    │   └── BoundaryConflict  something new on a consistency boundary (a subject filter)
     ├── AggregateNotFound     the aggregate has no events (or no state in the projection)
     ├── PermissionDenied      fix the user's permissions: the server refused a subject
     ├── ConfigError           fix a configuration file or option
@@ -36,6 +37,7 @@ from __future__ import annotations
 __all__ = [
     "AggregateNotFound",
     "AppendTimeout",
+    "BoundaryConflict",
     "CodeVersionChanged",
     "ConfigError",
     "DatabaseLocked",
@@ -269,3 +271,27 @@ class RulesMismatch(ProjectionError):
         self.recorded = recorded
         self.expected = expected
         self.checkpoint = checkpoint
+
+
+# -- the write model ----------------------------------------------------------------------------
+
+
+class BoundaryConflict(VersionConflict):
+    """Something new appeared on a consistency boundary (a set of aggregates, as a subject
+    filter) after the sequence the caller decided on: nothing of the transaction was stored.
+
+    Read the aggregates under ``subject`` again (the newest is at stream sequence ``actual``)
+    and decide anew. A ``VersionConflict``, so code that retries conflicts retries this too.
+    """
+
+    def __init__(self, subject: str, since_seq: int, actual: int) -> None:
+        EventStoreError.__init__(
+            self,
+            f"consistency conflict on {subject}: nothing new was expected after seq "
+            f"{since_seq}, but seq {actual} is newer; read those aggregates again and retry",
+        )
+        self.aggregate_type = ""
+        self.aggregate_id = ""
+        self.subject = subject
+        self.expected = since_seq
+        self.actual = actual

@@ -8,6 +8,7 @@ import eventstore
 
 EXPORTED = [
     "DEFAULT_URL",
+    "MAX_EVENTS_PER_TRANSACTION",
     "MAX_INT",
     "MAX_NESTING",
     "ROLES",
@@ -20,6 +21,7 @@ EXPORTED = [
     "AppendRequest",
     "AppendResult",
     "AppendTimeout",
+    "BoundaryConflict",
     "CodeVersionChanged",
     "ConfigError",
     "ConnectSettings",
@@ -58,6 +60,7 @@ EXPORTED = [
     "StreamIdentity",
     "StreamMisconfigured",
     "StreamSettings",
+    "Transaction",
     "Transition",
     "VectorClock",
     "VersionConflict",
