@@ -173,7 +173,10 @@ class Transaction:
         """Store every append as one atomic batch (``async with`` calls this on exit)."""
         self._open()
         self._done = True
-        if not self._appends:
+        if not self._appends:  # nothing to store: the boundaries are checked all the same
+            for b in self._boundaries:
+                if (last := await self._reader.last_seq(b.subject)) > b.since_seq:
+                    raise BoundaryConflict(b.subject, b.since_seq, last)
             return []
         slots: list[AppendResult | Pending] = []
         for a in self._appends:

@@ -177,3 +177,14 @@ async def test_boundary_arguments_are_checked(store: EventStore) -> None:
         tx.expect_nothing_new(aggregate_id="r1", since_seq=0)
     with pytest.raises(InvalidEvent, match="not both"):
         tx.expect_nothing_new("request", subject=f"{store.settings.prefix}.>", since_seq=0)
+
+
+async def test_a_transaction_of_boundaries_alone_checks_them(store: EventStore) -> None:
+    """No appends, only a boundary: it commits nothing, and fails once something is newer."""
+    await store.append("request", "r1", NewEvent("Asked"))
+    async with store.transaction() as tx:
+        tx.expect_nothing_new("request", since_seq=1)
+    assert tx.results == []
+    with pytest.raises(BoundaryConflict):
+        async with store.transaction() as tx:
+            tx.expect_nothing_new("request", "r1", since_seq=0)
