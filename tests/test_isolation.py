@@ -30,7 +30,7 @@ from helpers_projections import (
     stored_states,
     tail,
 )
-from test_cli import cli, lines
+from test_cli import cli
 from test_notify import Listener
 
 from eventstore import AppendRequest, EventStore, NewEvent, StreamSettings
@@ -160,7 +160,7 @@ async def test_a_failing_projection_leaves_the_others_folding(
 
         status = cli(nats_url, settings, "status", "--db", str(db))
         assert status.returncode == 1, status.stderr
-        by_name = {s["projection"]: s for s in lines(status.stdout) if "projection" in s}
+        by_name = {s["projection"]: s for s in json.loads(status.stdout)["projections"]}
         assert by_name["entities"]["failed"] is None
         failed = by_name["custom"]["failed"]
         assert (failed["seq"], failed["type"], failed["aggregate"]) == (
@@ -188,7 +188,7 @@ async def test_a_failing_projection_leaves_the_others_folding(
         assert custom_rows(db) == counts_up_to(await log_events(store), head)
         status = cli(nats_url, settings, "status", "--db", str(db))
         assert status.returncode == 0, status.stderr
-        assert all(s.get("failed") is None for s in lines(status.stdout))
+        assert all(s.get("failed") is None for s in json.loads(status.stdout)["projections"])
     finally:
         stop(proc, log)
 

@@ -204,9 +204,9 @@ async def test_snapshots_every_n_versions_keep_the_last_k(store: EventStore, db_
             "SELECT aggregate_id, version, seq, code_version, state FROM snapshots ORDER BY version"
         )
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
-        ("s", 30, 30, "1"),
-        ("s", 40, 40, "1"),
-        ("s", 50, 50, "1"),
+        ("s", 30, 30, "2"),
+        ("s", 40, 40, "2"),
+        ("s", 50, 50, "2"),
     ]
     assert json.loads(rows[-1][4]) == {"i": 49}
 
