@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from bench import audit, catchup, compare_eventsourcing, live, publish, timetravel
+from bench import audit, catchup, compare_eventsourcing, live, publish, timetravel, writemodel
 from eventstore.logging import configure_logging
 
 
@@ -20,6 +20,7 @@ async def run_all(quick: bool) -> dict[str, Any]:
         ("timetravel", timetravel),
         ("compare_eventsourcing", compare_eventsourcing),
         ("audit", audit),
+        ("writemodel", writemodel),
     ):
         results[name] = await module.run(quick=quick)
     return results

@@ -7,6 +7,7 @@ from eventstore.connecting import ConnectSettings
 from eventstore.errors import (
     AggregateNotFound,
     AppendTimeout,
+    BoundaryConflict,
     CodeVersionChanged,
     ConfigError,
     DatabaseLocked,
@@ -59,6 +60,7 @@ from eventstore.server import EmbeddedServer, default_config_path, find_nats_ser
 from eventstore.store import DEFAULT_URL, AppendRequest, EventStore, StreamIdentity
 from eventstore.streams import StreamSettings, validate_stream_name, validate_stream_prefix
 from eventstore.subjects import decode_id, encode_id, parse_subject, rules_subject
+from eventstore.transaction import MAX_EVENTS_PER_TRANSACTION, Transaction
 from eventstore.upcasting import (
     UPCASTERS,
     Upcaster,
@@ -72,6 +74,7 @@ from eventstore.versions import next_version
 
 __all__ = [
     "DEFAULT_URL",
+    "MAX_EVENTS_PER_TRANSACTION",
     "MAX_INT",
     "MAX_NESTING",
     "ROLES",
@@ -85,6 +88,7 @@ __all__ = [
     "AppendRequest",
     "AppendResult",
     "AppendTimeout",
+    "BoundaryConflict",
     "CodeVersionChanged",
     "ConfigError",
     "ConnectSettings",
@@ -123,6 +127,7 @@ __all__ = [
     "StreamIdentity",
     "StreamMisconfigured",
     "StreamSettings",
+    "Transaction",
     "Transition",
     "UpcastFailed",
     "Upcaster",

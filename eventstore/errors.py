@@ -15,6 +15,7 @@ Grouped by how a caller reacts::
     │   ├── InvalidTransition state-machine transition not allowed from the current state
     │   └── UpcastFailed      an event's data cannot be brought to its type's current schema
     ├── VersionConflict       read the aggregate again and decide anew
+    │   └── BoundaryConflict  something new on a consistency boundary (a subject filter)
     ├── AggregateNotFound     the aggregate has no events (or no state in the projection)
     ├── PermissionDenied      fix the user's permissions: the server refused a subject
     ├── ConfigError           fix a configuration file or option
@@ -37,6 +38,7 @@ from __future__ import annotations
 __all__ = [
     "AggregateNotFound",
     "AppendTimeout",
+    "BoundaryConflict",
     "CodeVersionChanged",
     "ConfigError",
     "DatabaseLocked",
@@ -290,3 +292,27 @@ class UpcastFailed(InvalidEvent):
         self.event_type = event_type
         self.schema = schema
         self.kind = kind
+
+
+# -- the write model ----------------------------------------------------------------------------
+
+
+class BoundaryConflict(VersionConflict):
+    """Something new appeared on a consistency boundary (a set of aggregates, as a subject
+    filter) after the sequence the caller decided on: nothing of the transaction was stored.
+
+    Read the aggregates under ``subject`` again (the newest is at stream sequence ``actual``)
+    and decide anew. A ``VersionConflict``, so code that retries conflicts retries this too.
+    """
+
+    def __init__(self, subject: str, since_seq: int, actual: int) -> None:
+        EventStoreError.__init__(
+            self,
+            f"consistency conflict on {subject}: nothing new was expected after seq "
+            f"{since_seq}, but seq {actual} is newer; read those aggregates again and retry",
+        )
+        self.aggregate_type = ""
+        self.aggregate_id = ""
+        self.subject = subject
+        self.expected = since_seq
+        self.actual = actual

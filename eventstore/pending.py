@@ -54,6 +54,7 @@ class Pending:
     tried: set[tuple[int, int]] = field(default_factory=set)  # (head seq, offset after it)
     offset: int = 0  # events of earlier requests on the same subject in this attempt
     rejections: int = 0
+    whole: bool = False  # a member of a transaction: never left for the next batch
 
     @classmethod
     def new(

@@ -325,7 +325,7 @@ class Committer:
                 else:
                     stale = True
                 continue
-            if len(ready) and total_bytes > _BATCH_BYTES:
+            if len(ready) and total_bytes > _BATCH_BYTES and not p.whole:
                 break  # the rest waits for the next round
             context = dict(p.context)
             if p.expected_version is not None:

@@ -36,6 +36,7 @@ from eventstore.reading import LogReading
 from eventstore.rules import RuleBook, Rules, RuleVersion
 from eventstore.rulewatch import RulesWatch
 from eventstore.streams import StreamIdentity, StreamSettings, ensure_stream, stream_identity
+from eventstore.transaction import Transaction
 
 __all__ = ["DEFAULT_URL", "AppendRequest", "EventStore", "StreamIdentity"]
 
@@ -233,6 +234,12 @@ class EventStore(LogReading):
             except EventStoreError as exc:
                 out.append(exc)
         return out
+
+    def transaction(self, *, timeout: float | None = None) -> Transaction:
+        """Appends to several aggregates stored together or not at all: ``async with
+        store.transaction() as tx: tx.append(...)`` (see ``eventstore.transaction``)."""
+        committer = self._open_committer()
+        return Transaction(committer, self.reader, self._pending, self.settings.prefix, timeout)
 
     async def _pending(
         self,

@@ -31,6 +31,7 @@ from projections.projection import Change, Projection, Statement
 from projections.rebuild import RebuildResult, rebuild
 from projections.recorder import list_aggregates, list_conflicts, list_quarantine
 from projections.records import ConflictRecord, ProjectionInfo, QuarantineRecord
+from projections.repository import Loaded, Repository, Updated
 from projections.runner import CommitInfo, Runner, RunnerSettings
 from projections.snapshots import SnapshotPolicy
 from projections.status import ProjectionStatus, StatusReport, projection_status, status_report
@@ -54,6 +55,7 @@ __all__ = [
     "FunctionResolver",
     "HistoryEntry",
     "LastWriterWins",
+    "Loaded",
     "LogOrder",
     "Mismatch",
     "PastState",
@@ -67,6 +69,7 @@ __all__ = [
     "ProjectionsConfig",
     "QuarantineRecord",
     "RebuildResult",
+    "Repository",
     "Resolution",
     "Resolver",
     "Runner",
@@ -76,6 +79,7 @@ __all__ = [
     "Statement",
     "StatusReport",
     "TimeTravel",
+    "Updated",
     "VerifyReport",
     "check_database",
     "check_stream_name",

@@ -13,7 +13,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:  # bench/ is not an installed package; run from the checkout
     sys.path.insert(0, ROOT)
 
-from bench import audit, catchup, compare_eventsourcing, live, timetravel  # noqa: E402
+from bench import audit, catchup, compare_eventsourcing, live, timetravel, writemodel  # noqa: E402
 
 
 def assert_positive(figures: dict[str, Any], keys: list[str]) -> None:
@@ -115,3 +115,19 @@ async def test_audit_quick_measures_both_sizes_in_child_processes() -> None:
         ["export_5000_per_s", "export_5000_ratio", "import_5000_per_s", "import_5000_ratio",
          "export_5000_rss_kb", "export_rss_growth", "import_rss_growth"],
     )  # fmt: skip
+
+
+@pytest.mark.slow
+async def test_writemodel_tiny_reports_updates_beside_appends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The write-model benchmark runs every cell (1, 4, 16 writers; one and distinct
+    aggregates) with updates and raw appends, and reports rates and ratios."""
+    figures = await writemodel.run(quick=True, n=16)
+    keys = []
+    for w in writemodel.WRITERS:
+        for where in ("one", "distinct"):
+            keys += [f"update_{w}_{where}_per_s", f"append_{w}_{where}_per_s", f"ratio_{w}_{where}"]
+    assert_positive(figures, keys)
+    assert figures["conflicts_1_one"] == 0
+    assert '"ratio_16_one"' in capsys.readouterr().out.strip().splitlines()[-1]

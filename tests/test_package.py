@@ -8,6 +8,7 @@ import eventstore
 
 EXPORTED = [
     "DEFAULT_URL",
+    "MAX_EVENTS_PER_TRANSACTION",
     "MAX_INT",
     "MAX_NESTING",
     "ROLES",
@@ -21,6 +22,7 @@ EXPORTED = [
     "AppendRequest",
     "AppendResult",
     "AppendTimeout",
+    "BoundaryConflict",
     "CodeVersionChanged",
     "ConfigError",
     "ConnectSettings",
@@ -59,6 +61,7 @@ EXPORTED = [
     "StreamIdentity",
     "StreamMisconfigured",
     "StreamSettings",
+    "Transaction",
     "Transition",
     "UpcastFailed",
     "Upcaster",
