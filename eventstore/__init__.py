@@ -13,6 +13,7 @@ from eventstore.errors import (
     ForeignDatabase,
     InvalidEvent,
     InvalidPoint,
+    InvalidRequest,
     InvalidTransition,
     NotConnected,
     PermissionDenied,
@@ -21,6 +22,7 @@ from eventstore.errors import (
     Retryable,
     ServerError,
     StreamMisconfigured,
+    UnknownProjection,
     VersionConflict,
 )
 from eventstore.events import (
@@ -70,6 +72,7 @@ __all__ = [
     "ForeignDatabase",
     "InvalidEvent",
     "InvalidPoint",
+    "InvalidRequest",
     "InvalidTransition",
     "LamportClock",
     "Machines",
@@ -88,6 +91,7 @@ __all__ = [
     "StreamMisconfigured",
     "StreamSettings",
     "Transition",
+    "UnknownProjection",
     "VectorClock",
     "VersionConflict",
     "check_int",

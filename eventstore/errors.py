@@ -24,7 +24,9 @@ Grouped by how a caller reacts::
         ├── InvalidPoint      a time-travel point that is malformed or not in the history
         ├── CodeVersionChanged the database holds the projection at another code version
         ├── ForeignDatabase   the projection database was folded from another stream
-        └── DatabaseLocked    another worker (or rebuild) holds the projection database
+        ├── DatabaseLocked    another worker (or rebuild) holds the projection database
+        ├── UnknownProjection no such projection in the database, or no worker serves it
+        └── InvalidRequest    a query (filter, limit, cursor, request body) is malformed
 
 Errors of nats-py are translated in one table (``eventstore.jetstream``'s ``translate``);
 ``sqlite3`` errors at the projections boundary (``projections.db``).
@@ -42,6 +44,7 @@ __all__ = [
     "ForeignDatabase",
     "InvalidEvent",
     "InvalidPoint",
+    "InvalidRequest",
     "InvalidTransition",
     "NotConnected",
     "PermissionDenied",
@@ -50,6 +53,7 @@ __all__ = [
     "Retryable",
     "ServerError",
     "StreamMisconfigured",
+    "UnknownProjection",
     "VersionConflict",
 ]
 
@@ -163,13 +167,27 @@ class AppendTimeout(Retryable):
 class RequestTimeout(Retryable):
     """A JetStream request (a read, the head, stream info) got no answer before its deadline."""
 
-    def __init__(self, what: str, timeout: float, detail: str = "") -> None:
-        msg = f"{what}: no answer from the server within {timeout:g}s"
-        if detail:
-            msg += f" ({detail})"
-        super().__init__(msg + "; retry, or check that the server and JetStream are up")
+    def __init__(
+        self,
+        what: str,
+        timeout: float,
+        detail: str = "",
+        *,
+        projection: str | None = None,
+        checkpoint: int | None = None,
+    ) -> None:
+        if projection is not None:  # the query service: a projection not there yet in time
+            msg = f"{what}: {detail}; retry later, or with a longer timeout"
+        else:
+            msg = f"{what}: no answer from the server within {timeout:g}s"
+            if detail:
+                msg += f" ({detail})"
+            msg += "; retry, or check that the server and JetStream are up"
+        super().__init__(msg)
         self.what = what
         self.timeout = timeout
+        self.projection = projection  # the query service's timeouts: which projection
+        self.checkpoint = checkpoint  # ... and the seq it had applied
 
 
 class AggregateNotFound(EventStoreError):
@@ -245,3 +263,24 @@ class DatabaseLocked(ProjectionError):
         )
         self.path = path
         self.holder = holder
+
+
+# -- serving projections (query service, listing) ---------------------------------------------
+
+
+class UnknownProjection(ProjectionError):
+    """The projection asked for is not in the database, or no worker serves it on the stream
+    (the query service's ``unknown_projection`` reply, or nobody answering at all)."""
+
+    def __init__(self, projection: str, message: str) -> None:
+        super().__init__(message)
+        self.projection = projection
+
+
+class InvalidRequest(ProjectionError):
+    """A query is malformed (a filter, a limit, a cursor, a request body the query service
+    refused as ``bad_request`` or ``too_large``): fix the request; retrying cannot help."""
+
+    def __init__(self, message: str, *, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,6 +1,12 @@
 """projections: folding the log into state in SQLite, now and at any point in the past."""
 
-from eventstore import DatabaseLocked, ForeignDatabase, ProjectionError
+from eventstore import (
+    DatabaseLocked,
+    ForeignDatabase,
+    InvalidRequest,
+    ProjectionError,
+    UnknownProjection,
+)
 from projections.conflicts import (
     ConflictContext,
     FunctionResolver,
@@ -15,6 +21,16 @@ from projections.db import SCHEMA_VERSION, ProjectionDB
 from projections.entities import EntitiesProjection
 from projections.fold import AggregateState, Folder
 from projections.identity import check_database, check_stream_name
+from projections.listing import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    Scalar,
+    StatePage,
+    StateRecord,
+    projection_checkpoint,
+    query_states,
+    read_state,
+)
 from projections.loading import (
     BUILTIN_PROJECTIONS,
     ProjectionsConfig,
@@ -36,6 +52,8 @@ from projections.verify import Mismatch, VerifyReport, verify
 
 __all__ = [
     "BUILTIN_PROJECTIONS",
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
     "SCHEMA_VERSION",
     "AggregateState",
     "Change",
@@ -50,6 +68,7 @@ __all__ = [
     "ForeignDatabase",
     "FunctionResolver",
     "HistoryEntry",
+    "InvalidRequest",
     "LastWriterWins",
     "LogOrder",
     "Mismatch",
@@ -67,10 +86,14 @@ __all__ = [
     "Resolver",
     "Runner",
     "RunnerSettings",
+    "Scalar",
     "SnapshotPolicy",
     "SourcePriority",
+    "StatePage",
+    "StateRecord",
     "Statement",
     "TimeTravel",
+    "UnknownProjection",
     "VerifyReport",
     "check_database",
     "check_stream_name",
@@ -82,7 +105,10 @@ __all__ = [
     "load_projection",
     "load_projections",
     "merge_patch",
+    "projection_checkpoint",
     "projection_status",
+    "query_states",
+    "read_state",
     "rebuild",
     "resolver_from_spec",
     "verify",

@@ -41,7 +41,7 @@ import structlog
 
 from eventstore import ProjectionError
 from projections.lock import DatabaseLock
-from projections.schema import MIGRATIONS, SCHEMA_VERSION
+from projections.schema import INDEXES, MIGRATIONS, SCHEMA_VERSION
 from projections.times import to_us
 
 __all__ = ["SCHEMA_VERSION", "DatabaseLock", "ProjectionDB", "copy_database"]
@@ -223,6 +223,36 @@ class ProjectionDB:
             raise
         return db
 
+    async def sibling(self, *, readonly: bool = False) -> ProjectionDB:
+        """Another connection to this open file, for the same process (the query service's
+        reads, the change feed's mark): same pragmas, no lock, no migration.
+
+        It skips the checks of ``open`` on purpose: they read the file's header through a file
+        descriptor of their own, and closing any descriptor of the file drops every POSIX lock
+        this process's SQLite connections hold on it (SQLite's documented caveat), which lets
+        another process's last connection checkpoint and truncate the write-ahead log under
+        the writer: a corrupt file."""
+        p = self.path
+        try:
+            if readonly:
+                conn = await aiosqlite.connect(_read_only_uri(p), uri=True, isolation_level=None)
+            else:
+                conn = await aiosqlite.connect(p, isolation_level=None, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise _translate(p, exc) from exc
+        db = type(self)(conn, p, readonly=readonly)
+        try:
+            await db.execute("PRAGMA busy_timeout=30000")
+            if readonly:
+                await db.execute("PRAGMA query_only=ON")
+            else:
+                await db.execute("PRAGMA synchronous=NORMAL")
+            db.generation = await db.meta("generation") or ""
+        except BaseException:
+            await conn.close()
+            raise
+        return db
+
     async def _check_schema(self) -> None:
         """Refuse (reading only) a file that is not a projection database of this schema."""
         current = await self.schema_version()
@@ -258,7 +288,15 @@ class ProjectionDB:
         await self.execute("PRAGMA temp_store=MEMORY")
         await self.execute("PRAGMA cache_size=-65536")
         await self.migrate()
+        await self._ensure_indexes()
         self.generation = await self.meta("generation") or ""
+
+    async def _ensure_indexes(self) -> None:
+        """Create the ``schema.INDEXES`` a file lacks (a file that has them is only read)."""
+        rows = await self.fetchall("SELECT name FROM sqlite_master WHERE type = 'index'")
+        missing = [ddl for name, ddl in INDEXES.items() if name not in {r[0] for r in rows}]
+        for ddl in missing:
+            await self.execute(ddl)
 
     async def migrate(self) -> None:
         """Apply pending migrations; an up-to-date file is only read (no write lock taken)."""
@@ -306,6 +344,7 @@ class ProjectionDB:
             await self.execute(f"DROP {str(kind).upper()} IF EXISTS {quoted}")
         await self.execute("PRAGMA user_version = 0")
         await self._apply_migrations(0)
+        await self._ensure_indexes()
 
     async def schema_version(self) -> int:
         row = await self.fetchone("PRAGMA user_version")

@@ -41,7 +41,7 @@ from eventstore import (
 from projections import identity
 from projections.batches import Intake
 from projections.db import ProjectionDB
-from projections.fold import Folder, MessageDecoder
+from projections.fold import AggregateState, Folder, MessageDecoder
 from projections.projection import Projection
 from projections.recorder import FileChanged, Recorder
 from projections.rows import StateCodec
@@ -67,13 +67,18 @@ class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CommitInfo(NamedTuple):
-    """What one committed batch did (handed to ``on_commit`` callbacks)."""
+    """What one committed batch did (handed to ``on_commit`` callbacks).
+
+    ``states``: per projection, each changed aggregate's state and the version it had before
+    the batch. The states are the runner's cached objects: read them inside the callback (the
+    next batch is folded only after every callback returned), never keep them."""
 
     first_seq: int
     last_seq: int
     messages: int
     changed: dict[str, list[Key]]
     seconds: float
+    states: dict[str, list[tuple[AggregateState, int]]]
 
 
 class _Resync(Exception):
@@ -321,6 +326,7 @@ class Runner:
             raise _Resync() from None
         self.events_applied += len(batch)
         changed: dict[str, list[Key]] = {}
+        states: dict[str, list[tuple[AggregateState, int]]] = {}
         for slot in moving:
             if slot.periodic:
                 slot.snapshot_us = now_us
@@ -329,11 +335,13 @@ class Runner:
             slot.checkpoint = last.seq
             slot.checkpoint_us = to_us(last.recorded_at)
             changed[slot.projection.name] = list(slot.changed)
+            previous = slot.previous
+            states[slot.projection.name] = [(a, previous[k]) for k, a in slot.changed.items()]
             slot.clear_batch()
             if len(slot.cache) > self.settings.cache_size:
                 self._evict(slot)
         info = CommitInfo(
-            batch[0].seq, last.seq, len(batch), changed, time.perf_counter() - started
+            batch[0].seq, last.seq, len(batch), changed, time.perf_counter() - started, states
         )
         log.debug(
             "batch committed",

@@ -35,9 +35,13 @@ class Slot(SlotBatch):
     cache: dict[Key, AggregateState] = field(default_factory=dict)
     complete: bool = False  # the cache holds every aggregate the file has
     changed: dict[Key, AggregateState] = field(default_factory=dict)
+    # The version each changed aggregate had before the batch (the change feed's
+    # ``previous_version``).
+    previous: dict[Key, int] = field(default_factory=dict)
 
     def clear_batch(self) -> None:
         self.changed = {}
+        self.previous = {}
         self.snapshots = []
         self.conflicts = []
         self.quarantine = []
@@ -57,7 +61,12 @@ class Slot(SlotBatch):
         slot = self
         p = slot.projection
         name, code_version, types = p.name, p.version, p.aggregate_types
-        checkpoint, cache, changed = slot.checkpoint, slot.cache, slot.changed
+        checkpoint, cache, changed, previous = (
+            slot.checkpoint,
+            slot.cache,
+            slot.changed,
+            slot.previous,
+        )
         folder = slot.folder
         assert folder is not None
         new, step, reject = folder.new, folder.step, folder.reject
@@ -118,6 +127,8 @@ class Slot(SlotBatch):
                 else:
                     slot.conflicts.append(conflict_row(out))
             if agg.version != before:
+                if key not in changed:
+                    previous[key] = before
                 changed[key] = agg
                 if agg.version % every == 0:
                     agg.snapshot_version = agg.version
