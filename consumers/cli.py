@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from consumers import cli_projections
+from consumers import cli_projections, cli_serving
 from consumers.cliutil import (
     EXIT_OK,
     CliParser,
@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_permissions)
 
     cli_projections.register(sub)  # issue 3: worker, state, diff, conflicts, ..., up
+    cli_serving.register(sub)  # issue 10: query
     return parser
 
 

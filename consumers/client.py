@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import msgspec
 import nats
 import nats.errors
+import structlog
 from nats.aio.client import Client
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
@@ -57,6 +58,17 @@ _MARGIN = 2.0
 R = TypeVar("R")
 _encode = msgspec.json.Encoder().encode
 _error_decoder = msgspec.json.Decoder(wire.ErrorReply)
+log = structlog.get_logger("consumers.client")
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py's default error callback prints a traceback; ours logs (errors that matter
+    reach the caller as exceptions)."""
+    log.debug("nats connection error", error=str(exc) or type(exc).__name__)
+
+
+async def _nothing() -> None:
+    return None
 
 
 class ProjectionClient:
@@ -96,6 +108,9 @@ class ProjectionClient:
             nc = await asyncio.wait_for(
                 nats.connect(
                     url,
+                    error_cb=_quiet,
+                    disconnected_cb=_nothing,
+                    reconnected_cb=_nothing,
                     connect_timeout=max(1, int(connect_timeout)),
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
