@@ -12,7 +12,9 @@ key ``feed.notified.<projection>``, on a connection of its own, at most every
 ``mark_interval`` seconds) the seq whose notifications the server has confirmed (a flush
 after publishing them); at start it re-publishes the current state of every aggregate whose
 state seq is above that mark before the runner folds anything new. A subscriber may thus see
-a version twice (it deduplicates by version), never miss the last one.
+a version twice (it deduplicates by version), never miss the last one. A batch whose
+notifications could not be handed to the connection (its buffer full during a long
+disconnect) holds the mark before it until the next start.
 
 Publishing happens inside the commit callback without waiting for the server (the flush and
 the mark are a background task's), so the fold waits only for encoding and buffering.
@@ -67,10 +69,12 @@ class ChangeFeed:
         self.published: dict[str, int] = {}  # seq whose notifications are handed to nats-py
         self.flushed: dict[str, int] = {}  # ... and confirmed by the server
         self.marked: dict[str, int] = {}  # ... and recorded in the database
+        self.hold: dict[str, int] = {}  # the mark may not pass this (a batch failed to publish)
         self.notifications = 0
         self.truncated = 0
         self._db: ProjectionDB | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._log = log.bind(stream=self.stream, db=str(self.db_path))
 
@@ -102,10 +106,14 @@ class ChangeFeed:
         with contextlib.suppress(ValueError):
             self.runner.on_commit.remove(self._on_commit)
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None:  # asked to finish, not cancelled: a cancel can be lost (3.11)
+            self._stopping = True
+            self._wake.set()
+            done, _ = await asyncio.wait({task}, timeout=_FLUSH_TIMEOUT + 5)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         try:
             if not self.nc.is_closed:
                 pending = dict(self.published)
@@ -136,11 +144,23 @@ class ChangeFeed:
 
     async def _on_commit(self, info: CommitInfo) -> None:
         for name, states in info.states.items():
-            if states:
-                await self._publish(
-                    name, ((a.aggregate_type, a.aggregate_id, a.version, a.seq, a.state, prev)
-                           for a, prev in states),
-                )  # fmt: skip
+            try:
+                if states:
+                    await self._publish(
+                        name, ((a.aggregate_type, a.aggregate_id, a.version, a.seq, a.state, prev)
+                               for a, prev in states),
+                    )  # fmt: skip
+            except Exception:  # the connection's buffer is full, or it is closed
+                # Never record a mark past this batch: the next start re-publishes it.
+                self.hold.setdefault(name, info.first_seq - 1)
+                self._log.warning(
+                    "change feed could not publish a batch's notifications; a restart "
+                    "re-publishes them",
+                    projection=name,
+                    first=info.first_seq,
+                    last=info.last_seq,
+                    exc_info=True,
+                )
             self.published[name] = info.last_seq
         self._wake.set()
 
@@ -169,10 +189,13 @@ class ChangeFeed:
 
     async def _background(self) -> None:
         last_mark = last_beat = time.monotonic()
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.beat_interval)
+                async with asyncio.timeout(self.beat_interval):
+                    await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 pending = dict(self.published)
                 await self.nc.flush(_FLUSH_TIMEOUT)
@@ -202,7 +225,8 @@ class ChangeFeed:
 
     async def _write_marks(self) -> None:
         db = self._db
-        changed = {n: s for n, s in self.flushed.items() if self.marked.get(n) != s}
+        marks = {n: min(s, self.hold.get(n, s)) for n, s in self.flushed.items()}
+        changed = {n: s for n, s in marks.items() if self.marked.get(n) != s}
         if db is None or not changed:
             return
         async with db.transaction():

@@ -159,6 +159,10 @@ async def test_min_seq_waits_for_the_fold_and_times_out_within_its_bound(
         assert caught.value.projection == "entities"
         assert caught.value.checkpoint == head + 1
         assert "up to seq" in str(caught.value)
+        on_store = ProjectionClient(store)  # the store's own connection and stream
+        assert (await on_store.status(min_seq=head + 1)).checkpoint == head + 1
+        await on_store.close()  # not its connection: the store stays usable
+        assert await store.head() == head + 1
 
 
 async def test_two_workers_answer_one_queue_group_and_either_may_die(
