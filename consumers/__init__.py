@@ -12,12 +12,28 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from consumers.cli import main
+    from consumers.client import ProjectionClient
     from consumers.demo import Demo, demo_environment, publish_lifecycles, run_demo
+    from consumers.protocol import (
+        Heartbeat,
+        HistoryReply,
+        Notification,
+        PageReply,
+        StateReply,
+        StatusReply,
+    )
     from consumers.serve import embedded_server, serve_until
     from consumers.worker import Worker
 
 __all__ = [
     "Demo",
+    "Heartbeat",
+    "HistoryReply",
+    "Notification",
+    "PageReply",
+    "ProjectionClient",
+    "StateReply",
+    "StatusReply",
     "Worker",
     "demo_environment",
     "embedded_server",
@@ -29,6 +45,13 @@ __all__ = [
 
 _WHERE = {
     "Demo": "consumers.demo",
+    "Heartbeat": "consumers.protocol",
+    "HistoryReply": "consumers.protocol",
+    "Notification": "consumers.protocol",
+    "PageReply": "consumers.protocol",
+    "ProjectionClient": "consumers.client",
+    "StateReply": "consumers.protocol",
+    "StatusReply": "consumers.protocol",
     "demo_environment": "consumers.demo",
     "embedded_server": "consumers.serve",
     "main": "consumers.cli",

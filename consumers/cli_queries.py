@@ -19,10 +19,12 @@ from typing import Any
 import msgspec
 
 from consumers.cli_output import diff_output, failed_line, state_output
+from consumers.cli_serving import remote_state
 from consumers.cliutil import (
     EXIT_ERROR,
     EXIT_OK,
     CliError,
+    db_given,
     emit,
     open_store,
     run,
@@ -30,6 +32,7 @@ from consumers.cliutil import (
 )
 from eventstore import EventStore, ForeignDatabase, ProjectionError
 from projections import (
+    BUILTIN_PROJECTIONS,
     Point,
     Projection,
     ProjectionDB,
@@ -141,8 +144,16 @@ def _point_args(args: argparse.Namespace) -> Point | None:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    projection = _one_projection(args)
     point = _point_args(args)
+    if not db_given(args):  # neither --db nor EVENTSTORE_DB: ask the query service
+        spec = args.projection or DEFAULT_PROJECTION
+        if ":" in spec or spec in BUILTIN_PROJECTIONS:
+            spec = _one_projection(args).name  # checked (and its config) before connecting
+        else:  # a name only the worker's code knows: the worker answers for it
+            load_config(args.config)
+        emit(remote_state(args, spec, point))
+        return EXIT_OK
+    projection = _one_projection(args)
 
     async def now() -> dict[str, Any]:
         # The state now is in the database: no server needed.

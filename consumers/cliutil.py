@@ -54,6 +54,7 @@ from eventstore import (
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "DEFAULT_DB",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -65,6 +66,7 @@ __all__ = [
     "aggregate_id",
     "aggregate_type",
     "command",
+    "db_given",
     "default_producer",
     "directory",
     "emit",
@@ -150,7 +152,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
     )
     g.add_argument(
         "--db",
-        default=default(_env("EVENTSTORE_DB", "./eventstore.db")),
+        default=default(_env("EVENTSTORE_DB", DEFAULT_DB)),
         type=non_empty,
         help="projection SQLite database (env EVENTSTORE_DB, default ./eventstore.db)",
     )
@@ -176,6 +178,21 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
         help="log level of the structured logs, on stderr (on stdout for the services: worker, "
         "up, server) (env EVENTSTORE_LOG_LEVEL, default warning)",
     )
+
+
+class _DefaultPath(str):
+    """The --db default, told apart from a --db or EVENTSTORE_DB naming the same file."""
+
+    __slots__ = ()
+
+
+DEFAULT_DB = _DefaultPath("./eventstore.db")
+
+
+def db_given(args: argparse.Namespace) -> bool:
+    """Whether --db or EVENTSTORE_DB named a database (else ``state`` and ``query`` ask the
+    query service)."""
+    return not isinstance(getattr(args, "db", DEFAULT_DB), _DefaultPath)
 
 
 def command(

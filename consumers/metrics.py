@@ -180,7 +180,7 @@ class WorkerMetrics:
             while True:
                 try:
                     if db is None:
-                        db = await ProjectionDB.open(self.db, readonly=True)
+                        db = await self.runner.db.sibling(readonly=True)  # never a second open()
                     self.statuses = await projection_status(self.runner.store, db)
                 except asyncio.CancelledError:
                     raise

@@ -180,7 +180,7 @@ class Supervision:
             self.notifier.send(
                 READY=1,
                 STATUS=f"caught up with the log at checkpoint {checkpoint}, following it; "
-                "queries are served by the query service (issue 10), not built yet",
+                "serving queries and the change feed",
             )
             log.info("told systemd: ready", checkpoint=checkpoint)
         return self.ready

@@ -13,9 +13,14 @@ On SIGTERM or SIGINT it finishes the batch in hand, commits it with its checkpoi
 0; a restart (or a SIGKILL and a restart) resumes from the checkpoint in SQLite, so every event
 takes effect exactly once.
 
+While it runs it serves its projections over NATS (``consumers.queryservice``) and publishes
+a notification per changed aggregate after every commit (``consumers.feed``); both start after
+the database is open and before the fold follows the log (so before ``READY=1``), and stop
+after the last batch is committed.
+
 Under systemd (``$NOTIFY_SOCKET`` set) it speaks the notify protocol (``consumers.notify``):
-``READY=1`` once caught up with the log's head at start, ``STATUS=``, ``WATCHDOG=1`` while the
-fold loop is healthy, ``STOPPING=1`` on SIGTERM.
+``READY=1`` once caught up with the log's head at start (and serving queries), ``STATUS=``,
+``WATCHDOG=1`` while the fold loop is healthy, ``STOPPING=1`` on SIGTERM.
 
 One worker per database: it holds ``<db>.lock`` while it runs, so a second one on the same
 file exits 1 at once, naming the first (``DatabaseLocked``); the lock dies with the process,
@@ -33,8 +38,10 @@ from types import TracebackType
 from typing import Any
 
 from consumers.connection import CONNECT_TIMEOUT, connect_store
+from consumers.feed import ChangeFeed
 from consumers.metrics import DEFAULT_METRICS_HOST, worker_metrics
 from consumers.notify import supervise
+from consumers.queryservice import QueryService
 from eventstore import (
     DEFAULT_URL,
     EventStore,
@@ -178,6 +185,15 @@ class Worker:
                 checkpoint=runner.checkpoint,
                 head=head,
             )
+            service = QueryService(store, runner)
+            feed = ChangeFeed(store, runner)
+            await service.start()
+            feed.worker = service.id
+            try:
+                await feed.start()  # re-publishes what a crash kept from subscribers
+            except BaseException:
+                await service.stop()
+                raise
             if on_ready is not None:
                 on_ready(runner)
             task = asyncio.create_task(runner.run(follow=True))
@@ -198,5 +214,7 @@ class Worker:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                await feed.stop()
+                await service.stop()
             self.log.info("worker stopped", checkpoint=checkpoint, applied=runner.events_applied)
             return checkpoint

@@ -27,7 +27,9 @@ Grouped by how a caller reacts::
         ├── CodeVersionChanged the database holds the projection at another code version
         ├── ForeignDatabase   the projection database was folded from another stream
         ├── DatabaseLocked    another worker (or rebuild) holds the projection database
-        └── RulesMismatch     the database was folded with other rules than the log's
+        ├── RulesMismatch     the database was folded with other rules than the log's
+        ├── UnknownProjection no such projection in the database, or no worker serves it
+        └── InvalidRequest    a query (filter, limit, cursor, request body) is malformed
 
 Errors of nats-py are translated in one table (``eventstore.jetstream``'s ``translate``);
 ``sqlite3`` errors at the projections boundary (``projections.db``).
@@ -46,6 +48,7 @@ __all__ = [
     "ForeignDatabase",
     "InvalidEvent",
     "InvalidPoint",
+    "InvalidRequest",
     "InvalidTransition",
     "NotConnected",
     "PermissionDenied",
@@ -55,6 +58,7 @@ __all__ = [
     "RulesMismatch",
     "ServerError",
     "StreamMisconfigured",
+    "UnknownProjection",
     "UpcastFailed",
     "VersionConflict",
 ]
@@ -169,13 +173,27 @@ class AppendTimeout(Retryable):
 class RequestTimeout(Retryable):
     """A JetStream request (a read, the head, stream info) got no answer before its deadline."""
 
-    def __init__(self, what: str, timeout: float, detail: str = "") -> None:
-        msg = f"{what}: no answer from the server within {timeout:g}s"
-        if detail:
-            msg += f" ({detail})"
-        super().__init__(msg + "; retry, or check that the server and JetStream are up")
+    def __init__(
+        self,
+        what: str,
+        timeout: float,
+        detail: str = "",
+        *,
+        projection: str | None = None,
+        checkpoint: int | None = None,
+    ) -> None:
+        if projection is not None:  # the query service: a projection not there yet in time
+            msg = f"{what}: {detail}; retry later, or with a longer timeout"
+        else:
+            msg = f"{what}: no answer from the server within {timeout:g}s"
+            if detail:
+                msg += f" ({detail})"
+            msg += "; retry, or check that the server and JetStream are up"
+        super().__init__(msg)
         self.what = what
         self.timeout = timeout
+        self.projection = projection  # the query service's timeouts: which projection
+        self.checkpoint = checkpoint  # ... and the seq it had applied
 
 
 class AggregateNotFound(EventStoreError):
@@ -316,3 +334,24 @@ class BoundaryConflict(VersionConflict):
         self.subject = subject
         self.expected = since_seq
         self.actual = actual
+
+
+# -- serving projections (query service, listing) ---------------------------------------------
+
+
+class UnknownProjection(ProjectionError):
+    """The projection asked for is not in the database, or no worker serves it on the stream
+    (the query service's ``unknown_projection`` reply, or nobody answering at all)."""
+
+    def __init__(self, projection: str, message: str) -> None:
+        super().__init__(message)
+        self.projection = projection
+
+
+class InvalidRequest(ProjectionError):
+    """A query is malformed (a filter, a limit, a cursor, a request body the query service
+    refused as ``bad_request`` or ``too_large``): fix the request; retrying cannot help."""
+
+    def __init__(self, message: str, *, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,6 +1,12 @@
 """projections: folding the log into state in SQLite, now and at any point in the past."""
 
-from eventstore import DatabaseLocked, ForeignDatabase, ProjectionError
+from eventstore import (
+    DatabaseLocked,
+    ForeignDatabase,
+    InvalidRequest,
+    ProjectionError,
+    UnknownProjection,
+)
 from projections.conflicts import (
     ConflictContext,
     FunctionResolver,
@@ -16,6 +22,16 @@ from projections.entities import EntitiesProjection
 from projections.failures import ProjectionFailure
 from projections.fold import AggregateState, Folder
 from projections.identity import check_database, check_stream_name
+from projections.listing import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    Scalar,
+    StatePage,
+    StateRecord,
+    projection_checkpoint,
+    query_states,
+    read_state,
+)
 from projections.loading import (
     BUILTIN_PROJECTIONS,
     ProjectionsConfig,
@@ -40,6 +56,8 @@ from projections.verify import Mismatch, VerifyReport, verify
 
 __all__ = [
     "BUILTIN_PROJECTIONS",
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
     "SCHEMA_VERSION",
     "AggregateState",
     "Change",
@@ -54,6 +72,7 @@ __all__ = [
     "ForeignDatabase",
     "FunctionResolver",
     "HistoryEntry",
+    "InvalidRequest",
     "LastWriterWins",
     "Loaded",
     "LogOrder",
@@ -74,11 +93,15 @@ __all__ = [
     "Resolver",
     "Runner",
     "RunnerSettings",
+    "Scalar",
     "SnapshotPolicy",
     "SourcePriority",
+    "StatePage",
+    "StateRecord",
     "Statement",
     "StatusReport",
     "TimeTravel",
+    "UnknownProjection",
     "Updated",
     "VerifyReport",
     "check_database",
@@ -92,7 +115,10 @@ __all__ = [
     "load_projections",
     "merge_patch",
     "needs_origin",
+    "projection_checkpoint",
     "projection_status",
+    "query_states",
+    "read_state",
     "rebuild",
     "recorded_origin",
     "resolver_from_spec",

@@ -34,13 +34,22 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiosqlite
 
 from eventstore import ProjectionError, get_logger
+from projections.dbfile import (
+    OPEN_HERE,
+    check_file,
+    connect,
+    file_key,
+    missing,
+    not_ours,
+    read_only_uri,
+    translate,
+)
 from projections.lock import DatabaseLock
-from projections.schema import MIGRATIONS, SCHEMA_VERSION
+from projections.schema import INDEXES, MIGRATIONS, SCHEMA_VERSION
 from projections.times import to_us
 
 __all__ = ["SCHEMA_VERSION", "DatabaseLock", "ProjectionDB", "copy_database"]
@@ -52,69 +61,9 @@ def _exists(path: Path) -> bool:
     return path.exists()
 
 
-async def _connect(database: str | Path, **kwargs: Any) -> aiosqlite.Connection:
-    """``aiosqlite.connect`` with a daemon worker thread. aiosqlite's thread is not a daemon,
-    so one connection nobody closed (an exception before ``close``, a forgotten
-    ``ProjectionDB``) would keep the process alive forever after its last line; a daemon
-    thread ends with the process, and SQLite's transactions make that safe: what was not
-    committed is rolled back when the file is next opened."""
-    conn = aiosqlite.connect(database, **kwargs)
-    conn._thread.daemon = True  # before awaiting it: awaiting starts the thread
-    return await conn
-
-
-def _translate(path: Path, exc: sqlite3.Error) -> ProjectionError:
-    return ProjectionError(f"projection database {path}: {exc}")
-
-
-SQLITE_HEADER = b"SQLite format 3\x00"
 OUR_TABLES = ("meta", "projections", "schema_migrations")
 # Errors of a read-only open in a directory the reader cannot write (no -shm can be made).
 READONLY_RETRY = ("SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN", "SQLITE_READONLY_CANTINIT")
-
-
-def _missing(path: Path) -> ProjectionError:
-    return ProjectionError(
-        f"no projection database at {path}: run `eventstore worker` (or `eventstore up`) "
-        "to build it, or point --db / EVENTSTORE_DB at it"
-    )
-
-
-def _not_ours(path: Path, what: str) -> ProjectionError:
-    return ProjectionError(
-        f"{path} {what}, so it is not a projection database; point --db / EVENTSTORE_DB at "
-        "the file a worker writes (`eventstore worker` builds one)"
-    )
-
-
-def _check_file(path: Path, *, must_exist: bool) -> bool:
-    """Refuse what is not a projection database before SQLite touches it: a directory, a file
-    that is not SQLite, and (``must_exist``: readers) a missing or empty file. Returns whether
-    the file has content."""
-    try:
-        with path.open("rb") as fh:
-            header = fh.read(len(SQLITE_HEADER))
-    except (FileNotFoundError, NotADirectoryError):  # (a parent that is a regular file)
-        if must_exist:
-            raise _missing(path) from None
-        return False
-    except IsADirectoryError:
-        raise _not_ours(path, "is a directory") from None
-    except OSError as exc:
-        raise ProjectionError(
-            f"cannot read projection database {path}: {exc.strerror or exc}"
-        ) from exc
-    if not header:
-        if must_exist:
-            raise _not_ours(path, "is empty (0 bytes)")
-        return False
-    if header != SQLITE_HEADER:
-        raise _not_ours(path, "is not an SQLite database")
-    return True
-
-
-def _read_only_uri(path: Path, *, immutable: bool = False) -> str:
-    return f"file:{quote(str(path.absolute()))}?mode=ro" + ("&immutable=1" if immutable else "")
 
 
 class ProjectionDB:
@@ -137,6 +86,9 @@ class ProjectionDB:
         self.readonly = readonly
         self.lock = lock
         self.generation = ""
+        self._key = file_key(path)
+        if self._key is not None:
+            OPEN_HERE[self._key] = OPEN_HERE.get(self._key, 0) + 1
 
     @classmethod
     async def open(
@@ -156,7 +108,7 @@ class ProjectionDB:
         if readonly:
             return await cls._open_readonly(p)
         if not create and not _exists(p):
-            raise _missing(p)
+            raise missing(p)
         if create:
             try:
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -170,11 +122,11 @@ class ProjectionDB:
             held = DatabaseLock(p)
             held.acquire("worker")
         try:
-            await asyncio.to_thread(_check_file, p, must_exist=False)
+            await asyncio.to_thread(check_file, p, must_exist=False)
             try:
-                conn = await _connect(p, isolation_level=None, timeout=30.0)
+                conn = await connect(p, isolation_level=None, timeout=30.0)
             except sqlite3.Error as exc:
-                raise _translate(p, exc) from exc
+                raise translate(p, exc) from exc
             db = cls(conn, p, lock=held)
             try:
                 await db._setup()
@@ -189,16 +141,16 @@ class ProjectionDB:
 
     @classmethod
     async def _open_readonly(cls, p: Path) -> ProjectionDB:
-        await asyncio.to_thread(_check_file, p, must_exist=True)
+        await asyncio.to_thread(check_file, p, must_exist=True)
         wal = p.with_name(p.name + "-wal")
         immutable = False
         while True:
             try:
-                conn = await _connect(
-                    _read_only_uri(p, immutable=immutable), uri=True, isolation_level=None
+                conn = await connect(
+                    read_only_uri(p, immutable=immutable), uri=True, isolation_level=None
                 )
             except sqlite3.Error as exc:
-                raise _translate(p, exc) from exc
+                raise translate(p, exc) from exc
             db = cls(conn, p, readonly=True)
             try:
                 await db.conn.execute("PRAGMA busy_timeout=30000")
@@ -223,10 +175,40 @@ class ProjectionDB:
                         f"and reading it then needs read access to {wal.name} and "
                         f"{p.name}-shm beside it"
                     ) from exc
-                raise _translate(p, exc) from exc
+                raise translate(p, exc) from exc
             break
         try:
             await db._check_schema()
+            db.generation = await db.meta("generation") or ""
+        except BaseException:
+            await conn.close()
+            raise
+        return db
+
+    async def sibling(self, *, readonly: bool = False) -> ProjectionDB:
+        """Another connection to this open file, for the same process (the query service's
+        reads, the change feed's mark): same pragmas, no lock, no migration.
+
+        It skips the checks of ``open`` on purpose: they read the file's header through a file
+        descriptor of their own, and closing any descriptor of the file drops every POSIX lock
+        this process's SQLite connections hold on it (SQLite's documented caveat), which lets
+        another process's last connection checkpoint and truncate the write-ahead log under
+        the writer: a corrupt file."""
+        p = self.path
+        try:
+            if readonly:
+                conn = await connect(read_only_uri(p), uri=True, isolation_level=None)
+            else:
+                conn = await connect(p, isolation_level=None, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise translate(p, exc) from exc
+        db = type(self)(conn, p, readonly=readonly)
+        try:
+            await db.execute("PRAGMA busy_timeout=30000")
+            if readonly:
+                await db.execute("PRAGMA query_only=ON")
+            else:
+                await db.execute("PRAGMA synchronous=NORMAL")
             db.generation = await db.meta("generation") or ""
         except BaseException:
             await conn.close()
@@ -241,11 +223,11 @@ class ProjectionDB:
         rows = await self.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
         tables = {r[0] for r in rows}
         if tables and not set(OUR_TABLES) <= tables:
-            raise _not_ours(self.path, "is an SQLite database without the eventstore projection "
+            raise not_ours(self.path, "is an SQLite database without the eventstore projection "
                             "schema")  # fmt: skip
         if self.readonly:
             if not tables:
-                raise _not_ours(self.path, "is an SQLite database without the eventstore "
+                raise not_ours(self.path, "is an SQLite database without the eventstore "
                                 "projection schema (no tables)")  # fmt: skip
             if current < SCHEMA_VERSION:
                 raise ProjectionError(
@@ -268,7 +250,15 @@ class ProjectionDB:
         await self.execute("PRAGMA temp_store=MEMORY")
         await self.execute("PRAGMA cache_size=-65536")
         await self.migrate()
+        await self._ensure_indexes()
         self.generation = await self.meta("generation") or ""
+
+    async def _ensure_indexes(self) -> None:
+        """Create the ``schema.INDEXES`` a file lacks (a file that has them is only read)."""
+        rows = await self.fetchall("SELECT name FROM sqlite_master WHERE type = 'index'")
+        missing = [ddl for name, ddl in INDEXES.items() if name not in {r[0] for r in rows}]
+        for ddl in missing:
+            await self.execute(ddl)
 
     async def migrate(self) -> None:
         """Apply pending migrations; an up-to-date file is only read (no write lock taken)."""
@@ -316,6 +306,7 @@ class ProjectionDB:
             await self.execute(f"DROP {str(kind).upper()} IF EXISTS {quoted}")
         await self.execute("PRAGMA user_version = 0")
         await self._apply_migrations(0)
+        await self._ensure_indexes()
 
     async def schema_version(self) -> int:
         row = await self.fetchone("PRAGMA user_version")
@@ -324,6 +315,9 @@ class ProjectionDB:
     async def close(self) -> None:
         with contextlib.suppress(sqlite3.Error, ValueError):
             await self.conn.close()
+        if self._key is not None and OPEN_HERE.get(self._key):
+            OPEN_HERE[self._key] -= 1
+            self._key = None
         if self.lock is not None:
             self.lock.release()
 
@@ -339,19 +333,19 @@ class ProjectionDB:
         try:
             await self.conn.execute(sql, params)
         except sqlite3.Error as exc:
-            raise _translate(self.path, exc) from exc
+            raise translate(self.path, exc) from exc
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         try:
             await self.conn.executemany(sql, rows)
         except sqlite3.Error as exc:
-            raise _translate(self.path, exc) from exc
+            raise translate(self.path, exc) from exc
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             return list(await self.conn.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
-            raise _translate(self.path, exc) from exc
+            raise translate(self.path, exc) from exc
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = await self.fetchall(sql, params)

@@ -46,7 +46,7 @@ from projections import identity, rulecheck
 from projections.batches import Intake
 from projections.db import ProjectionDB
 from projections.failures import Failed, ProjectionFailure, stored_failures
-from projections.fold import Folder, MessageDecoder
+from projections.fold import AggregateState, Folder, MessageDecoder
 from projections.origins import record_origin
 from projections.projection import Projection
 from projections.recorder import FileChanged, Recorder
@@ -73,13 +73,18 @@ class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CommitInfo(NamedTuple):
-    """What one committed batch did (handed to ``on_commit`` callbacks)."""
+    """What one committed batch did (handed to ``on_commit`` callbacks).
+
+    ``states``: per projection, each changed aggregate's state and the version it had before
+    the batch. The states are the runner's cached objects: read them inside the callback (the
+    next batch is folded only after every callback returned), never keep them."""
 
     first_seq: int
     last_seq: int
     messages: int
     changed: dict[str, list[Key]]
     seconds: float
+    states: dict[str, list[tuple[AggregateState, int]]]
 
 
 class _Resync(Exception):
@@ -370,6 +375,7 @@ class Runner:
             raise ProjectionError("; ".join(f.error for f in self.failures.values()))
         self.events_applied += len(batch)
         changed: dict[str, list[Key]] = {}
+        states: dict[str, list[tuple[AggregateState, int]]] = {}
         for slot in moving:
             slot.marked = False
             if slot.periodic:
@@ -379,11 +385,13 @@ class Runner:
             slot.checkpoint = last.seq
             slot.checkpoint_us = to_us(last.recorded_at)
             changed[slot.projection.name] = list(slot.changed)
+            previous = slot.previous
+            states[slot.projection.name] = [(a, previous[k]) for k, a in slot.changed.items()]
             slot.clear_batch()
             if len(slot.cache) > self.settings.cache_size:
                 self._evict(slot)
         info = CommitInfo(
-            batch[0].seq, last.seq, len(batch), changed, time.perf_counter() - started
+            batch[0].seq, last.seq, len(batch), changed, time.perf_counter() - started, states
         )
         log.debug(
             "batch committed",

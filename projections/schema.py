@@ -7,7 +7,7 @@ A migration is never changed once released: a new one is added.
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES"]
+__all__ = ["INDEXES", "MIGRATIONS", "SCHEMA_VERSION", "TABLES"]
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
@@ -108,3 +108,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 # The tables holding one projection's rows (all keyed by a ``projection`` column).
 TABLES = ("states", "snapshots", "conflicts", "quarantine")
+# Indexes a writer creates at open when missing, outside the numbered migrations (existing
+# files get them too, and readers work without them, only slower): name -> DDL.
+INDEXES = {
+    # ``query_states(since=...)``: the states changed after a seq, by seq (the change feed's
+    # resync and its re-publication at start).
+    "states_by_seq": "CREATE INDEX IF NOT EXISTS states_by_seq ON states (projection, seq)",
+}

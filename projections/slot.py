@@ -37,6 +37,9 @@ class Slot(SlotBatch):
     failure: ProjectionFailure | None = None  # it failed in this run: it folds no more
     recorded: bool = False  # ``failure`` is written in the file
     marked: bool = False  # the file holds a failure mark of it (cleared by its next commit)
+    # The version each changed aggregate had before the batch (the change feed's
+    # ``previous_version``).
+    previous: dict[Key, int] = field(default_factory=dict)
 
     def fail(self, failure: ProjectionFailure) -> None:
         """Stop folding: forget what the failed batch left in the cache (nothing of it is
@@ -48,6 +51,7 @@ class Slot(SlotBatch):
 
     def clear_batch(self) -> None:
         self.changed = {}
+        self.previous = {}
         self.snapshots = []
         self.conflicts = []
         self.quarantine = []
@@ -68,6 +72,7 @@ class Slot(SlotBatch):
         p = slot.projection
         name, code_version, types = p.name, p.version, p.aggregate_types
         checkpoint, cache, changed = slot.checkpoint, slot.cache, slot.changed
+        previous = slot.previous
         folder = slot.folder
         assert folder is not None
         new, step, reject = folder.new, folder.step, folder.reject
@@ -134,6 +139,8 @@ class Slot(SlotBatch):
                     else:
                         slot.conflicts.append(conflict_row(out))
                 if agg.version != before:
+                    if key not in changed:
+                        previous[key] = before
                     changed[key] = agg
                     if agg.version % every == 0:
                         agg.snapshot_version = agg.version

@@ -11,6 +11,13 @@ import consumers
 
 EXPORTED = [
     "Demo",
+    "Heartbeat",
+    "HistoryReply",
+    "Notification",
+    "PageReply",
+    "ProjectionClient",
+    "StateReply",
+    "StatusReply",
     "Worker",
     "demo_environment",
     "embedded_server",

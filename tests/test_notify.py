@@ -140,7 +140,7 @@ async def test_ready_status_watchdog_stopping(
         assert ready_at > released
         ready = next(f for _, f in listener.messages if "READY" in f)
         assert ready["READY"] == "1" and "caught up" in ready["STATUS"]
-        assert "query service" in ready["STATUS"] and "not built yet" in ready["STATUS"]
+        assert "serving queries and the change feed" in ready["STATUS"]
 
         more = await append(store, 200, "b")
         following = f"checkpoint {more}, lag 0"

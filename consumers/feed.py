@@ -1,0 +1,235 @@
+"""The change feed: after every commit, one JSON notification per changed aggregate.
+
+``ChangeFeed(store, runner)`` hooks ``Runner.on_commit``: for each aggregate a batch
+changed it publishes a ``consumers.protocol.Notification`` on
+``_ES.CHANGES.<stream>.<projection>.<aggregate_type>.<id token>`` (core NATS, outside every
+events stream), in commit order, and a ``Heartbeat`` on ``..._beat`` every ``beat_interval``
+seconds carrying the seq notified through, so a subscriber can tell it is behind.
+
+Crash safety. Core NATS keeps nothing, so a worker killed between its commit and its
+notifications would leave subscribers without them. The feed records in the database (meta
+key ``feed.notified.<projection>``, on a connection of its own, at most every
+``mark_interval`` seconds) the seq whose notifications the server has confirmed (a flush
+after publishing them); at start it re-publishes the current state of every aggregate whose
+state seq is above that mark before the runner folds anything new. A subscriber may thus see
+a version twice (it deduplicates by version), never miss the last one. A batch whose
+notifications could not be handed to the connection (its buffer full during a long
+disconnect) holds the mark before it until the next start.
+
+Publishing happens inside the commit callback without waiting for the server (the flush and
+the mark are a background task's), so the fold waits only for encoding and buffering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+import structlog
+
+from consumers.protocol import Heartbeat, Notification, beat_subject, feed_subject
+from eventstore import EventStore
+from projections import MAX_LIMIT, CommitInfo, ProjectionDB, Runner, query_states
+
+__all__ = ["MARK_KEY", "ChangeFeed"]
+
+log = structlog.get_logger("consumers.feed")
+
+MARK_KEY = "feed.notified."  # + projection name: the seq notified (and flushed) through
+_encode = msgspec.json.Encoder().encode
+_FLUSH_TIMEOUT = 10  # seconds (nats-py takes an int)
+
+
+class ChangeFeed:
+    """Publishes a worker's changes (see the module doc); ``start`` before the runner runs,
+    ``stop`` after it stopped."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        runner: Runner,
+        *,
+        worker: str = "",
+        beat_interval: float = 2.0,
+        mark_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.nc = store.nc
+        self.stream = store.settings.name
+        self.runner = runner
+        self.db_path = runner.db.path
+        self.worker = worker
+        self.beat_interval = beat_interval
+        self.mark_interval = mark_interval
+        self.names = [p.name for p in runner.projections]
+        self.published: dict[str, int] = {}  # seq whose notifications are handed to nats-py
+        self.flushed: dict[str, int] = {}  # ... and confirmed by the server
+        self.marked: dict[str, int] = {}  # ... and recorded in the database
+        self.hold: dict[str, int] = {}  # the mark may not pass this (a batch failed to publish)
+        self.notifications = 0
+        self.truncated = 0
+        self._db: ProjectionDB | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._log = log.bind(stream=self.stream, db=str(self.db_path))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Re-publish what a previous run may not have delivered, then follow the commits."""
+        self._db = db = await self.runner.db.sibling()
+        checkpoints = self.runner.checkpoints()
+        for name in self.names:
+            mark = int(await db.meta(MARK_KEY + name) or 0)
+            again = await self._republish(db, name, mark)
+            if again:
+                self._log.info(
+                    "change feed re-published states past its mark",
+                    projection=name,
+                    mark=mark,
+                    aggregates=again,
+                )
+            self.published[name] = checkpoints[name]
+        await self.nc.flush(_FLUSH_TIMEOUT)
+        self.flushed = dict(self.published)
+        await self._write_marks()
+        self.runner.on_commit.append(self._on_commit)
+        self._task = asyncio.create_task(self._background())
+
+    async def stop(self) -> None:
+        """Flush what is published, record the mark, close the feed's connection."""
+        with contextlib.suppress(ValueError):
+            self.runner.on_commit.remove(self._on_commit)
+        task, self._task = self._task, None
+        if task is not None:  # asked to finish, not cancelled: a cancel can be lost (3.11)
+            self._stopping = True
+            self._wake.set()
+            done, _ = await asyncio.wait({task}, timeout=_FLUSH_TIMEOUT + 5)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        try:
+            if not self.nc.is_closed:
+                pending = dict(self.published)
+                await self.nc.flush(_FLUSH_TIMEOUT)
+                self.flushed = pending
+                await self._write_marks()
+        except Exception:  # a lost server at shutdown: the next start re-publishes
+            self._log.warning("change feed could not record its last mark", exc_info=True)
+        finally:
+            db, self._db = self._db, None
+            if db is not None:
+                await db.close()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def _republish(self, db: ProjectionDB, name: str, mark: int) -> int:
+        count, cursor = 0, None
+        while True:
+            page = await query_states(db, name, since=mark, limit=MAX_LIMIT, cursor=cursor)
+            await self._publish(
+                name, ((r.aggregate_type, r.aggregate_id, r.version, r.seq, r.state, None)
+                       for r in page.items),
+            )  # fmt: skip
+            count += len(page.items)
+            if page.next_cursor is None:
+                return count
+            cursor = page.next_cursor
+
+    async def _on_commit(self, info: CommitInfo) -> None:
+        for name, states in info.states.items():
+            try:
+                if states:
+                    await self._publish(
+                        name, ((a.aggregate_type, a.aggregate_id, a.version, a.seq, a.state, prev)
+                               for a, prev in states),
+                    )  # fmt: skip
+            except Exception:  # the connection's buffer is full, or it is closed
+                # Never record a mark past this batch: the next start re-publishes it.
+                self.hold.setdefault(name, info.first_seq - 1)
+                self._log.warning(
+                    "change feed could not publish a batch's notifications; a restart "
+                    "re-publishes them",
+                    projection=name,
+                    first=info.first_seq,
+                    last=info.last_seq,
+                    exc_info=True,
+                )
+            self.published[name] = info.last_seq
+        self._wake.set()
+
+    async def _publish(
+        self, name: str, changes: Iterable[tuple[str, str, int, int, Any, int | None]]
+    ) -> None:
+        nc, stream, limit = self.nc, self.stream, self.nc.max_payload
+        for agg_type, agg_id, version, seq, state, previous in changes:
+            note = Notification(
+                projection=name,
+                aggregate_type=agg_type,
+                aggregate_id=agg_id,
+                version=version,
+                seq=seq,
+                state=state,
+                previous_version=previous,
+            )
+            payload = _encode(note)
+            if len(payload) > limit:
+                payload = _encode(msgspec.structs.replace(note, state=None, truncated=True))
+                self.truncated += 1
+            await nc.publish(feed_subject(stream, name, agg_type, agg_id), payload)
+            self.notifications += 1
+
+    # -- flush, mark, beat -----------------------------------------------------------------
+
+    async def _background(self) -> None:
+        last_mark = last_beat = time.monotonic()
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.beat_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                pending = dict(self.published)
+                await self.nc.flush(_FLUSH_TIMEOUT)
+                self.flushed = pending
+                now = time.monotonic()
+                if now - last_mark >= self.mark_interval:
+                    await self._write_marks()
+                    last_mark = now
+                if now - last_beat >= self.beat_interval:
+                    await self._beat()
+                    last_beat = now
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a reconnect in progress, a busy file: try again next round
+                self._log.warning("change feed flush or mark failed", exc_info=True)
+                await asyncio.sleep(min(1.0, self.beat_interval))
+
+    async def _beat(self) -> None:
+        for name in self.names:
+            beat = Heartbeat(
+                projection=name,
+                checkpoint=self.published.get(name, 0),
+                stream=self.stream,
+                worker=self.worker,
+            )
+            await self.nc.publish(beat_subject(self.stream, name), _encode(beat))
+
+    async def _write_marks(self) -> None:
+        db = self._db
+        marks = {n: min(s, self.hold.get(n, s)) for n, s in self.flushed.items()}
+        changed = {n: s for n, s in marks.items() if self.marked.get(n) != s}
+        if db is None or not changed:
+            return
+        async with db.transaction():
+            for name, seq in changed.items():
+                await db.set_meta(MARK_KEY + name, str(seq))
+        self.marked.update(changed)
