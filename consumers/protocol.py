@@ -166,6 +166,7 @@ class StateReply(msgspec.Struct, frozen=True, kw_only=True):
     recorded_at: datetime | None = None
     snapshot_version: int | None = None
     replayed: int = 0
+    rules_version: int | None = None  # past states: the rules version in force at its seq
     past: bool = False
 
 

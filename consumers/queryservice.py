@@ -283,6 +283,7 @@ class QueryService:
             recorded_at=state.recorded_at,
             snapshot_version=state.snapshot_version,
             replayed=state.replayed,
+            rules_version=state.rules_version,
             past=not point.latest,
         )
 
@@ -338,4 +339,5 @@ class QueryService:
             stream=self.stream,
             db=str(self.db_path),
             worker=self.id,
+            failed={n: f.error for n, f in self.runner.failures.items()},
         )
