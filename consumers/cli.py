@@ -263,7 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "permissions", help="print the nats-server permissions a producer or a reader "
         "of the stream needs (JSON: paste it as a user's `permissions` in the server config)",
     )  # fmt: skip
-    p.add_argument("role", choices=ROLES, help="producer: appends; reader: workers and queries")
+    p.add_argument(
+        "role",
+        choices=ROLES,
+        help="producer: appends; reader: queries, watch; worker: folds and serves",
+    )
     p.set_defaults(func=cmd_permissions)
 
     cli_projections.register(sub)  # issue 3: worker, state, diff, conflicts, ..., up

@@ -1,10 +1,14 @@
 """The least a client of one stream needs to be allowed, as nats-server permission blocks.
 
-Two roles. A **producer** appends (and reads heads and histories for it): it publishes events
+Three roles. A **producer** appends (and reads heads and histories for it): it publishes events
 on the stream's subjects, keeps its clock reservations in the stream's clock bucket and holds
 its name on the presence subjects ``_ES.PRODUCER.<stream>.>`` (answering requests there). A
 **reader** (a projection worker, the query commands, ``tail``) creates ordered consumers and
-uses direct gets, and may publish nothing to the log (it connects with ``presence=False``).
+uses direct gets, asks the query service (``_ES.Q.<stream>.>``, discovery on ``$SRV.>``) and
+follows the change feed (``_ES.CHANGES.<stream>.>``), and may publish nothing to the log (it
+connects with ``presence=False``). A **worker** is a reader that also serves: it answers the
+query service's requests and ``$SRV`` discovery and publishes the change feed, which a reader
+may not (so no reader can forge a notification).
 Neither may delete, purge or edit the stream, its messages or its consumers' configuration
 beyond its own ephemeral ones: nothing here grants ``$JS.API.STREAM.DELETE``, ``PURGE``,
 ``MSG.DELETE`` or ``UPDATE``.
@@ -22,9 +26,18 @@ from eventstore.clockstore import bucket_name
 from eventstore.streams import StreamSettings
 from eventstore.subjects import RESERVED_TOKEN, rules_subject
 
-__all__ = ["ROLES", "permissions", "producer_permissions", "reader_permissions"]
+__all__ = [
+    "ROLES",
+    "permissions",
+    "producer_permissions",
+    "reader_permissions",
+    "worker_permissions",
+]
 
-ROLES = ("producer", "reader")
+# The serving subjects (consumers.protocol): query endpoints and the change feed.
+_QUERY, _FEED = f"{RESERVED_TOKEN}.Q", f"{RESERVED_TOKEN}.CHANGES"
+
+ROLES = ("producer", "reader", "worker")
 
 
 def _reading(stream: str) -> list[str]:
@@ -69,8 +82,24 @@ def reader_permissions(settings: StreamSettings) -> dict[str, Any]:
         *_reading(stream),
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.FC.{stream}.>",  # flow-control replies of the ordered consumers
+        f"{_QUERY}.{stream}.>",  # requests to the query service
+        "$SRV.>",  # finding it (PING, INFO, STATS)
     ]
-    return {"publish": {"allow": publish}, "subscribe": _subscribe(settings)}
+    return {
+        "publish": {"allow": publish},
+        "subscribe": _subscribe(settings, f"{_FEED}.{stream}.>"),
+    }
+
+
+def worker_permissions(settings: StreamSettings) -> dict[str, Any]:
+    """A projection worker: a reader that serves its projections (answers the query service's
+    requests and discovery, publishes the change feed)."""
+    block = reader_permissions(settings)
+    stream = settings.name
+    block["publish"]["allow"].append(f"{_FEED}.{stream}.>")
+    block["subscribe"]["allow"] += [f"{_QUERY}.{stream}.>", "$SRV.>"]
+    block["allow_responses"] = True
+    return block
 
 
 def permissions(role: str, settings: StreamSettings) -> dict[str, Any]:
@@ -79,4 +108,6 @@ def permissions(role: str, settings: StreamSettings) -> dict[str, Any]:
         return producer_permissions(settings)
     if role == "reader":
         return reader_permissions(settings)
+    if role == "worker":
+        return worker_permissions(settings)
     raise ValueError(f"unknown role {role!r}: choose one of {', '.join(ROLES)}")

@@ -4,7 +4,9 @@ jobs with them, and each refused what its role does not allow."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -13,11 +15,15 @@ from typing import Any
 
 import nats.errors
 import pytest
+from helpers_projections import start_worker
 
+from consumers import ProjectionClient
+from consumers.protocol import feed_wildcard
 from eventstore import (
     AppendRequest,
     EmbeddedServer,
     EventStore,
+    EventStoreError,
     NewEvent,
     PermissionDenied,
     StreamSettings,
@@ -55,6 +61,7 @@ def _config(tmp_path: Path) -> Path:
         {"user": "admin", "password": "admin"},
         {"user": "agent", "password": "agent", "permissions": permissions("producer", SETTINGS)},
         {"user": "worker", "password": "worker", "permissions": permissions("reader", SETTINGS)},
+        {"user": "srv", "password": "srv", "permissions": permissions("worker", SETTINGS)},
         {"user": "no-kv", "password": "no-kv", "permissions": _producer_without_clocks()},
         *(
             {"user": name, "password": name, "permissions": _short_of(subject)}
@@ -186,7 +193,7 @@ async def test_a_reader_short_of_a_permission_is_told_which(
 
 def test_the_cli_prints_the_blocks_this_test_runs_with() -> None:
     """``eventstore permissions ROLE`` prints exactly the block the roles above were given."""
-    for role in ("producer", "reader"):
+    for role in ("producer", "reader", "worker"):
         out = subprocess.run(
             [sys.executable, "-m", "consumers.cli", "--stream", "ROLES", "--prefix", "roles",
              "permissions", role],
@@ -211,3 +218,62 @@ async def test_a_producer_refused_its_clock_bucket_is_told_at_once(
             await producer.append("task", "k-1", NewEvent("Created"))
         assert time.monotonic() - started < 4.0
     assert await _head(server) == 0
+
+
+async def test_a_worker_serves_and_a_reader_queries_and_follows_with_their_roles(
+    server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """A real worker process with the worker role serves the query service and the change
+    feed; a client with the reader role finds it, reads a state and receives the feed, and
+    cannot forge a notification (its publish on the feed is refused by the server)."""
+    await _fill_small(server)
+    host = server.url.removeprefix("nats://")
+    log = tmp_path / "worker.log"
+    proc = start_worker(f"nats://srv:srv@{host}", SETTINGS, tmp_path / "w.db", log)
+    try:
+        async with await EventStore.connect(
+            server.url, user="worker", password="worker", stream=SETTINGS, presence=False
+        ) as reader:
+            client = ProjectionClient(reader)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    status = await client.status()
+                    if status.checkpoint >= 3:
+                        break
+                except EventStoreError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                await asyncio.sleep(0.2)
+            got = await client.state("task", "t-1")
+            assert (got.version, got.state) == (2, {"n": 2})
+            feed: asyncio.Queue[bytes] = asyncio.Queue()
+
+            async def collect(msg: Any) -> None:
+                await feed.put(msg.data)
+
+            sub = await reader.nc.subscribe(feed_wildcard(SETTINGS.name, "entities"), cb=collect)
+            async with await EventStore.connect(
+                server.url, producer="agent-1", user="agent", password="agent", stream=SETTINGS
+            ) as agent:
+                await agent.append("task", "t-1", NewEvent("Moved", {"n": 3}))
+            note = json.loads(await asyncio.wait_for(feed.get(), 10))
+            assert (note["aggregate_id"], note["version"], note["state"]) == ("t-1", 3, {"n": 3})
+            forged = feed_wildcard(SETTINGS.name, "entities").replace(">", "task.t-1")
+            await reader.nc.publish(forged, b'{"version": 99}')
+            await reader.nc.flush()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(feed.get(), 1.0)
+            await sub.unsubscribe()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+
+
+async def _fill_small(server: EmbeddedServer) -> None:
+    async with await EventStore.connect(
+        server.url, user="admin", password="admin", stream=SETTINGS
+    ) as admin:
+        await admin.append("task", "t-1", NewEvent("Created", {"n": 1}))
+        await admin.append("task", "t-1", NewEvent("Moved", {"n": 2}))
+        await admin.append("task", "t-2", NewEvent("Created", {"n": 1}))
