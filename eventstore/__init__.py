@@ -15,6 +15,8 @@ from eventstore.errors import (
     InvalidEvent,
     InvalidPoint,
     InvalidTransition,
+    LeaseLost,
+    LeaseUnavailable,
     NotConnected,
     PermissionDenied,
     ProjectionError,
@@ -40,6 +42,14 @@ from eventstore.events import (
 )
 from eventstore.health import SERVER_HEALTH_SUBJECT, ServerHealth, server_health
 from eventstore.ids import uuid7
+from eventstore.leases import (
+    DEFAULT_LEASE_TTL,
+    DEFAULT_MAX_HOLD,
+    Lease,
+    LeaseInfo,
+    Leases,
+    fenced_events,
+)
 from eventstore.logging import configure_logging, get_logger
 from eventstore.machines import Machines, MachineTable, StateMachine
 from eventstore.permissions import ROLES, permissions
@@ -62,6 +72,8 @@ from eventstore.validate import MAX_INT, check_int, check_optional_int, check_ti
 from eventstore.versions import next_version
 
 __all__ = [
+    "DEFAULT_LEASE_TTL",
+    "DEFAULT_MAX_HOLD",
     "DEFAULT_URL",
     "MAX_INT",
     "MAX_NESTING",
@@ -91,6 +103,11 @@ __all__ = [
     "InvalidPoint",
     "InvalidTransition",
     "LamportClock",
+    "Lease",
+    "LeaseInfo",
+    "LeaseLost",
+    "LeaseUnavailable",
+    "Leases",
     "LocalRules",
     "MachineTable",
     "Machines",
@@ -126,6 +143,7 @@ __all__ = [
     "default_config_path",
     "encode_id",
     "export_events",
+    "fenced_events",
     "find_nats_server",
     "free_port",
     "get_logger",

@@ -7,6 +7,8 @@ import types
 import eventstore
 
 EXPORTED = [
+    "DEFAULT_LEASE_TTL",
+    "DEFAULT_MAX_HOLD",
     "DEFAULT_URL",
     "MAX_INT",
     "MAX_NESTING",
@@ -36,6 +38,11 @@ EXPORTED = [
     "InvalidPoint",
     "InvalidTransition",
     "LamportClock",
+    "Lease",
+    "LeaseInfo",
+    "LeaseLost",
+    "LeaseUnavailable",
+    "Leases",
     "LocalRules",
     "MachineTable",
     "Machines",
@@ -71,6 +78,7 @@ EXPORTED = [
     "default_config_path",
     "encode_id",
     "export_events",
+    "fenced_events",
     "find_nats_server",
     "free_port",
     "get_logger",
