@@ -14,7 +14,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from consumers import cli_ops, cli_projections, cli_rules
+from consumers import cli_locks, cli_ops, cli_projections, cli_rules
 from consumers.cliutil import (
     EXIT_OK,
     CliParser,
@@ -255,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_projections.register(sub)  # issue 3: worker, state, diff, conflicts, ..., up
     cli_rules.register(sub)  # issue 9: rules set, rules show
     cli_ops.register(sub)  # issue 12: systemd render, export, import
+    cli_locks.register(sub)  # issue 13: lock acquire, release, show
     return parser
 
 
