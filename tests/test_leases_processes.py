@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from helpers_projections import ROOT, stored_states
+
 from eventstore import EventStore, NewEvent, StreamSettings
 from projections import EntitiesProjection, ProjectionDB, Runner, list_quarantine
-from helpers_projections import ROOT, stored_states
 
 AGENT = str(ROOT / "tests" / "lease_agent.py")
 
