@@ -35,6 +35,7 @@ from typing import Any
 from consumers.connection import CONNECT_TIMEOUT, connect_store
 from consumers.metrics import DEFAULT_METRICS_HOST, worker_metrics
 from consumers.notify import supervise
+from consumers.reactors import Reactor, ReactorRunner, load_reactors
 from eventstore import (
     DEFAULT_URL,
     EventStore,
@@ -81,8 +82,10 @@ class Worker:
         connect_timeout: float = CONNECT_TIMEOUT,
         metrics_port: int | None = None,
         metrics_host: str = DEFAULT_METRICS_HOST,
+        reactors: Sequence[Reactor] = (),
     ) -> None:
         self.url = url
+        self.reactors = list(reactors)  # run beside the projections (consumers.reactors)
         self.stream = stream or StreamSettings()
         self.db = Path(db)
         self.projections = list(projections)
@@ -109,6 +112,7 @@ class Worker:
         reset: bool = False,
         metrics_port: int | None = None,
         metrics_host: str = DEFAULT_METRICS_HOST,
+        reactors: Sequence[str] = (),
     ) -> Worker:
         """The worker a config file (``config``, else ``EVENTSTORE_CONFIG``, else none) and
         these options describe: its ``[projections]`` load list plus
@@ -127,6 +131,7 @@ class Worker:
             reset=reset,
             metrics_port=metrics_port,
             metrics_host=metrics_host,
+            reactors=load_reactors(reactors),
         )
 
     async def __aenter__(self) -> Worker:
@@ -179,6 +184,8 @@ class Worker:
             if on_ready is not None:
                 on_ready(runner)
             task = asyncio.create_task(runner.run(follow=True))
+            reacting = [asyncio.create_task(ReactorRunner(store, r).run_until(stop))
+                        for r in self.reactors]  # fmt: skip
             stopper = asyncio.create_task(stop.wait())
             try:
                 async with (
@@ -192,6 +199,9 @@ class Worker:
                     checkpoint = await task
             finally:
                 stopper.cancel()
+                for reactor in reacting:  # they end when stop is set; else (a crash) now
+                    reactor.cancel()
+                await asyncio.gather(*reacting, return_exceptions=True)
                 if not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -324,7 +324,7 @@ class Leases:
         lease lost meanwhile shows as ``lease.lost``, fails appends made with it, and raises
         ``LeaseLost`` when the block ends (no silent split brain); released on exit."""
         lease = await self.acquire(name, owner=owner, ttl=ttl, wait=wait, max_hold=max_hold)
-        renewer = asyncio.create_task(self._keep(lease))
+        renewer = asyncio.create_task(self.keep(lease))
         try:
             yield lease
         finally:
@@ -336,8 +336,9 @@ class Leases:
                     await self.release(name, lease.token)
         lease.check()
 
-    async def _keep(self, lease: Lease) -> None:
-        """Renew until lost; a failing renewal is tried again until the deadline passes."""
+    async def keep(self, lease: Lease) -> None:
+        """Renew until lost (run it as a task; ``lock`` does): a failing renewal is tried again
+        until the deadline passes."""
         while not lease.lost:
             await asyncio.sleep(max(0.05, lease.ttl / 3))
             try:
