@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from consumers.cli import main
     from consumers.demo import Demo, demo_environment, publish_lifecycles, run_demo
+    from consumers.reactors import Reactor, ReactorRunner
     from consumers.serve import embedded_server, serve_until
     from consumers.worker import Worker
 
 __all__ = [
     "Demo",
+    "Reactor",
+    "ReactorRunner",
     "Worker",
     "demo_environment",
     "embedded_server",
@@ -32,6 +35,8 @@ _WHERE = {
     "demo_environment": "consumers.demo",
     "embedded_server": "consumers.serve",
     "main": "consumers.cli",
+    "Reactor": "consumers.reactors",
+    "ReactorRunner": "consumers.reactors",
     "publish_lifecycles": "consumers.demo",
     "run_demo": "consumers.demo",
     "serve_until": "consumers.serve",

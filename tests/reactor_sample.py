@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.reactors import Reactor
+from consumers import Reactor
 from eventstore import AppendRequest, Event, NewEvent
 
 

@@ -11,6 +11,8 @@ import consumers
 
 EXPORTED = [
     "Demo",
+    "Reactor",
+    "ReactorRunner",
     "Worker",
     "demo_environment",
     "embedded_server",
