@@ -49,6 +49,7 @@ from eventstore import (
     LeaseUnavailable,
     NewEvent,
     VectorClock,
+    VersionConflict,
     encode_id,
     get_logger,
 )
@@ -74,9 +75,20 @@ class Reactor:
     name: ClassVar[str] = ""
     handles: ClassVar[frozenset[str] | set[str]] = frozenset()
     lease_ttl: ClassVar[float] = 10.0  # seconds: how fast a standby takes over a dead worker
+    period: ClassVar[float] = 0.0  # seconds between calls of ``on_period`` (0: never)
+    store: EventStore | None = None  # the store it runs on, set by ``ReactorRunner``
+
+    def wants(self, event: Event) -> bool:
+        """Whether ``event`` triggers a reaction (default: its type is in ``handles``)."""
+        return event.type in self.handles
 
     def react(self, event: Event) -> list[AppendRequest] | Awaitable[list[AppendRequest]]:
         raise NotImplementedError
+
+    async def on_period(self) -> list[tuple[str, list[AppendRequest]]]:
+        """Every ``period`` seconds while active: ``(key, appends)`` pairs; the key stands in
+        for a trigger id in the derived ids (make it name the state acted on)."""
+        return []
 
 
 def reaction_id(reactor: str, trigger: str, request: int, position: int) -> str:
@@ -93,7 +105,7 @@ def load_reactor(spec: str) -> Reactor:
         obj = make_without_arguments(obj, spec, "reactor")
     if not isinstance(obj, Reactor):
         raise ConfigError(f"reactor {spec!r} is not a Reactor (a subclass or an instance)")
-    if not obj.name or not obj.handles:
+    if not obj.name or (not obj.handles and type(obj).wants is Reactor.wants):
         raise ConfigError(f"reactor {spec!r} needs a non-empty `name` and `handles`")
     return obj
 
@@ -113,6 +125,7 @@ class ReactorRunner:
     def __init__(self, store: EventStore, reactor: Reactor, *, owner: str | None = None) -> None:
         self.store = store
         self.reactor = reactor
+        reactor.store = store
         self.lease_name = f"reactor:{reactor.name}"
         self.owner = owner or f"{store.producer}@{socket.gethostname()}:{os.getpid()}"
         self.key = f"reactor.{encode_id(reactor.name)}"
@@ -157,8 +170,10 @@ class ReactorRunner:
 
     async def _while_held(self, lease: Lease, stop: asyncio.Event) -> None:
         """React from the checkpoint on until ``stop`` or the lease is lost."""
-        work = asyncio.create_task(self._react_from_checkpoint(lease))
-        waits = {work, asyncio.create_task(stop.wait()), asyncio.create_task(lease.wait_lost())}
+        workers = {asyncio.create_task(self._react_from_checkpoint(lease))}
+        if self.reactor.period > 0:
+            workers.add(asyncio.create_task(self._periodically(lease)))
+        waits = workers | {asyncio.create_task(stop.wait()), asyncio.create_task(lease.wait_lost())}
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -167,8 +182,9 @@ class ReactorRunner:
             for task in waits:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if work.done() and not work.cancelled() and work.exception() is not None:
-                raise work.exception()  # type: ignore[misc]
+            for work in workers:
+                if not work.cancelled() and (failure := work.exception()) is not None:
+                    raise failure
 
     async def checkpoint(self) -> tuple[int, int]:
         """(last stream sequence handled, the key's revision)."""
@@ -193,11 +209,10 @@ class ReactorRunner:
 
     async def _react_from_checkpoint(self, lease: Lease) -> None:
         seq, self._revision = await self.checkpoint()
-        handles = frozenset(self.reactor.handles)
         self.log.info("reactor resumes", checkpoint=seq)
         saved = time.monotonic()
         async for event in self.store.follow(from_seq=seq + 1):
-            if event.type in handles:
+            if self.reactor.wants(event):
                 await self.react(event, lease)
                 self._unsaved = event.seq
                 self.reactions += 1
@@ -217,19 +232,41 @@ class ReactorRunner:
         """Call the reactor on ``trigger`` and append what it returns, with derived ids."""
         got = self.reactor.react(trigger)
         requests = await got if inspect.isawaitable(got) else got
-        for j, request in enumerate(requests or ()):
-            events = [self._derived(e, trigger, j, i) for i, e in enumerate(request.events)]
-            context = VectorClock(trigger.vclock).merge(VectorClock(request.context or {}))
-            await self.store.append(request.aggregate_type, request.aggregate_id, events,
-                                    expected_version=request.expected_version,
-                                    context=context, lease=lease)  # fmt: skip
+        await self._append(trigger.id, trigger, requests or [], lease)
 
-    def _derived(self, event: NewEvent, trigger: Event, j: int, i: int) -> NewEvent:
+    async def _periodically(self, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(self.reactor.period)
+            for key, requests in await self.reactor.on_period():
+                await self._append(key, None, requests, lease)
+
+    async def _append(
+        self, key: str, trigger: Event | None, requests: list[AppendRequest], lease: Lease
+    ) -> None:
+        """Append a reaction's requests, ids derived from ``key``. One refused with
+        ``VersionConflict`` is dropped (logged): the event that moved the aggregate on
+        triggers the reactor again, from the new state."""
+        for j, request in enumerate(requests):
+            events = [self._derived(e, key, trigger, j, i) for i, e in enumerate(request.events)]
+            context = VectorClock(request.context or {})
+            if trigger is not None:
+                context = context.merge(trigger.vclock)
+            try:
+                await self.store.append(request.aggregate_type, request.aggregate_id, events,
+                                        expected_version=request.expected_version,
+                                        context=context, lease=lease)  # fmt: skip
+            except VersionConflict as exc:
+                self.log.info("reaction dropped", trigger=key, error=str(exc))
+
+    def _derived(
+        self, event: NewEvent, key: str, trigger: Event | None, j: int, i: int
+    ) -> NewEvent:
+        correlation = trigger.correlation_id or trigger.id if trigger is not None else None
         return msgspec.structs.replace(
             event,
-            id=event.id or reaction_id(self.reactor.name, trigger.id, j, i),
-            causation_id=event.causation_id or trigger.id,
-            correlation_id=event.correlation_id or trigger.correlation_id or trigger.id,
+            id=event.id or reaction_id(self.reactor.name, key, j, i),
+            causation_id=event.causation_id or (trigger.id if trigger is not None else None),
+            correlation_id=event.correlation_id or correlation,
         )
 
 
