@@ -12,7 +12,7 @@ from pathlib import Path
 from helpers_projections import ROOT, stored_states
 
 from eventstore import EventStore, NewEvent, StreamSettings
-from projections import EntitiesProjection, ProjectionDB, Runner, list_quarantine
+from projections import EntitiesProjection, ProjectionDB, Runner, list_quarantine, verify
 
 AGENT = str(ROOT / "tests" / "lease_agent.py")
 
@@ -89,7 +89,8 @@ async def test_a_wakened_old_holder_is_fenced_off_in_the_projection(
     nats_url: str, settings: StreamSettings, store: EventStore, tmp_path: Path
 ) -> None:
     """An old holder stamped its write, was paused (SIGSTOP) past its TTL, and appends once
-    woken: the new holder's write stays, the old one is quarantined as ``fenced``."""
+    woken: the new holder's write stays, the old one is quarantined as ``fenced``, and
+    ``verify`` (an independent fold of the log) decides the same."""
     old = agent(nats_url, settings, "stale", "te_po")
     try:
         line = first_line(old)
@@ -111,6 +112,8 @@ async def test_a_wakened_old_holder_is_fenced_off_in_the_projection(
         runner = Runner(store, db, [EntitiesProjection()])
         await runner.catch_up()
         q = await list_quarantine(db, "entities")
+        report = await verify(store, db, [EntitiesProjection()])  # an independent fold agrees
+    assert report.ok, report.mismatches
     stored = stored_states(tmp_path / "p.db")[("realm", "te_po")]
     assert (stored["state"]["value"], stored["version"]) == ("new holder", 2)
     assert [(r.seq, r.kind) for r in q] == [(events[1].seq, "fenced")]
