@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -209,7 +210,9 @@ class Leases:
         another writer came first (or the message expired in between)."""
         headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
         if ttl is not None:
-            headers["Nats-TTL"] = f"{max(MIN_TTL, ttl):.0f}s"
+            # Whole seconds, rounded up: the server holds it at least as long as the holder
+            # counts on (its deadline runs from before the write, the server's from after).
+            headers["Nats-TTL"] = f"{math.ceil(max(MIN_TTL, ttl))}s"
         if delete:
             headers["KV-Operation"] = "DEL"
         subject = self.subject(key)
