@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         StateReply,
         StatusReply,
     )
+    from consumers.reactors import Reactor, ReactorRunner
     from consumers.serve import embedded_server, serve_until
     from consumers.worker import Worker
 
@@ -32,6 +33,8 @@ __all__ = [
     "Notification",
     "PageReply",
     "ProjectionClient",
+    "Reactor",
+    "ReactorRunner",
     "StateReply",
     "StatusReply",
     "Worker",
@@ -55,6 +58,8 @@ _WHERE = {
     "demo_environment": "consumers.demo",
     "embedded_server": "consumers.serve",
     "main": "consumers.cli",
+    "Reactor": "consumers.reactors",
+    "ReactorRunner": "consumers.reactors",
     "publish_lifecycles": "consumers.demo",
     "run_demo": "consumers.demo",
     "serve_until": "consumers.serve",

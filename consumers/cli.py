@@ -14,7 +14,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from consumers import cli_ops, cli_projections, cli_rules, cli_serving
+from consumers import cli_locks, cli_ops, cli_projections, cli_rules, cli_serving
 from consumers.cliutil import (
     EXIT_OK,
     CliParser,
@@ -274,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_rules.register(sub)  # issue 9: rules set, rules show
     cli_ops.register(sub)  # issue 12: systemd render, export, import
     cli_serving.register(sub)  # issue 10: query
+    cli_locks.register(sub)  # issue 13: lock acquire, release, show
     return parser
 
 

@@ -92,6 +92,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "SIGTERM/SIGINT (commits the batch in hand, then exits)",
     )
     _projection_option(p, many=True)
+    p.add_argument("--reactor", action="append", default=[], metavar="module:object",
+                   help="also run this reactor (one active across all workers)")  # fmt: skip
     _reset_option(p)
     metrics_options(p)
     p.set_defaults(func=cmd_worker, service=True)

@@ -48,6 +48,7 @@ def worker_of(args: argparse.Namespace) -> Worker:
         reset=args.reset,
         metrics_port=getattr(args, "metrics_port", None),
         metrics_host=getattr(args, "metrics_host", DEFAULT_METRICS_HOST),
+        reactors=getattr(args, "reactor", None) or (),
     )
 
 
@@ -148,6 +149,7 @@ def _worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="./eventstore.db")
     p.add_argument("--config", default=None)
     p.add_argument("--projection", action="append", default=[], metavar="NAME|module:object")
+    p.add_argument("--reactor", action="append", default=[], metavar="module:object")
     p.add_argument("--log-level", default=None, help="else EVENTSTORE_LOG_LEVEL, else info")
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument(

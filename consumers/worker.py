@@ -42,6 +42,7 @@ from consumers.feed import ChangeFeed
 from consumers.metrics import DEFAULT_METRICS_HOST, worker_metrics
 from consumers.notify import supervise
 from consumers.queryservice import QueryService
+from consumers.reactors import Reactor, ReactorRunner, load_reactors
 from eventstore import (
     DEFAULT_URL,
     EventStore,
@@ -89,8 +90,10 @@ class Worker:
         connect_timeout: float = CONNECT_TIMEOUT,
         metrics_port: int | None = None,
         metrics_host: str = DEFAULT_METRICS_HOST,
+        reactors: Sequence[Reactor] = (),
     ) -> None:
         self.url = url
+        self.reactors = list(reactors)  # run beside the projections (consumers.reactors)
         self.stream = stream or StreamSettings()
         self.db = Path(db)
         self.projections = list(projections)
@@ -118,6 +121,7 @@ class Worker:
         reset: bool = False,
         metrics_port: int | None = None,
         metrics_host: str = DEFAULT_METRICS_HOST,
+        reactors: Sequence[str] = (),
     ) -> Worker:
         """The worker a config file (``config``, else ``EVENTSTORE_CONFIG``, else none) and
         these options describe: its ``[projections]`` load list plus
@@ -136,6 +140,7 @@ class Worker:
             reset=reset,
             metrics_port=metrics_port,
             metrics_host=metrics_host,
+            reactors=load_reactors(reactors),
         )
 
     async def __aenter__(self) -> Worker:
@@ -197,6 +202,8 @@ class Worker:
             if on_ready is not None:
                 on_ready(runner)
             task = asyncio.create_task(runner.run(follow=True))
+            reacting = [asyncio.create_task(ReactorRunner(store, r).run_until(stop))
+                        for r in self.reactors]  # fmt: skip
             stopper = asyncio.create_task(stop.wait())
             try:
                 async with (
@@ -210,6 +217,12 @@ class Worker:
                     checkpoint = await task
             finally:
                 stopper.cancel()
+                if reacting:  # they end (checkpoint written) once stop is set; else, now
+                    stop.set()
+                    _, late = await asyncio.wait(reacting, timeout=10)
+                    for reactor in late:
+                        reactor.cancel()
+                    await asyncio.gather(*reacting, return_exceptions=True)
                 if not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

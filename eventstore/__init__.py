@@ -17,6 +17,8 @@ from eventstore.errors import (
     InvalidPoint,
     InvalidRequest,
     InvalidTransition,
+    LeaseLost,
+    LeaseUnavailable,
     NotConnected,
     PermissionDenied,
     ProjectionError,
@@ -44,6 +46,14 @@ from eventstore.events import (
 )
 from eventstore.health import SERVER_HEALTH_SUBJECT, ServerHealth, server_health
 from eventstore.ids import uuid7
+from eventstore.leases import (
+    DEFAULT_LEASE_TTL,
+    DEFAULT_MAX_HOLD,
+    Lease,
+    LeaseInfo,
+    Leases,
+    fenced_events,
+)
 from eventstore.logging import configure_logging, get_logger
 from eventstore.machines import Machines, MachineTable, StateMachine
 from eventstore.permissions import ROLES, permissions
@@ -75,6 +85,8 @@ from eventstore.validate import MAX_INT, check_int, check_optional_int, check_ti
 from eventstore.versions import next_version
 
 __all__ = [
+    "DEFAULT_LEASE_TTL",
+    "DEFAULT_MAX_HOLD",
     "DEFAULT_URL",
     "MAX_EVENTS_PER_TRANSACTION",
     "MAX_INT",
@@ -108,6 +120,11 @@ __all__ = [
     "InvalidRequest",
     "InvalidTransition",
     "LamportClock",
+    "Lease",
+    "LeaseInfo",
+    "LeaseLost",
+    "LeaseUnavailable",
+    "Leases",
     "LocalRules",
     "MachineTable",
     "Machines",
@@ -148,6 +165,7 @@ __all__ = [
     "default_config_path",
     "encode_id",
     "export_events",
+    "fenced_events",
     "find_nats_server",
     "free_port",
     "get_logger",

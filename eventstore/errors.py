@@ -20,6 +20,8 @@ Grouped by how a caller reacts::
     ├── PermissionDenied      fix the user's permissions: the server refused a subject
     ├── ConfigError           fix a configuration file or option
     ├── StreamMisconfigured   fix the stream: its settings would weaken immutability
+    ├── LeaseUnavailable      another holder has the lease: wait longer or try again later
+    ├── LeaseLost             the lease is gone: stop, acquire again, re-read before acting
     ├── ServerError           an operator must act: the server refused or failed a request
     │                         for a reason of its own (store full, cannot start, ...)
     └── ProjectionError       a projection database, projection or time-travel query failed
@@ -50,6 +52,8 @@ __all__ = [
     "InvalidPoint",
     "InvalidRequest",
     "InvalidTransition",
+    "LeaseLost",
+    "LeaseUnavailable",
     "NotConnected",
     "PermissionDenied",
     "ProjectionError",
@@ -355,3 +359,35 @@ class InvalidRequest(ProjectionError):
     def __init__(self, message: str, *, code: str = "bad_request") -> None:
         super().__init__(message)
         self.code = code
+
+
+# -- leases (eventstore.leases) ----------------------------------------------------------------
+
+
+class LeaseUnavailable(EventStoreError):
+    """Another holder has the lease and did not release it (or die) within the wait: try again
+    later, or wait longer (``wait=``); ``holder`` and ``expires_at`` say who and until when."""
+
+    def __init__(self, name: str, holder: str, expires_at: object, detail: str = "") -> None:
+        until = f" until {expires_at}" if expires_at is not None else ""
+        super().__init__(
+            f"lease {name!r} is not available: {detail or 'held'}{until}; wait for it "
+            "(--wait / wait=) or try again later"
+        )
+        self.name = name
+        self.holder = holder
+        self.expires_at = expires_at
+
+
+class LeaseLost(EventStoreError):
+    """This holder's lease is gone (expired, taken over, or never this token's): stop acting
+    under it, acquire it again and read the state anew before doing anything."""
+
+    def __init__(self, name: str, token: int, detail: str = "") -> None:
+        super().__init__(
+            f"lease {name!r} with token {token} is lost"
+            + (f" ({detail})" if detail else "")
+            + "; acquire it again and re-read the state before acting"
+        )
+        self.name = name
+        self.token = token

@@ -9,6 +9,7 @@ appends to the group committer and reads to the log reader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -26,6 +27,7 @@ from eventstore.errors import EventStoreError, NotConnected
 from eventstore.events import AppendResult, NewEvent, validate_producer
 from eventstore.failfast import refused_publish
 from eventstore.jetstream import close_connection
+from eventstore.leases import DEFAULT_LEASE_TTL, DEFAULT_MAX_HOLD, Lease, Leases, fenced_events
 from eventstore.logging import get_logger
 from eventstore.machines import Machines
 from eventstore.pending import AppendRequest, Pending, checked_events, merge_context
@@ -75,6 +77,7 @@ class EventStore(LogReading):
         self._committer: Committer | None = None
         self._closing = False
         self.presence: Presence | None = None  # this connection's claim on its producer name
+        self.leases = Leases(nc, self._js, settings.name, url=url)  # eventstore.leases
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -196,13 +199,17 @@ class EventStore(LogReading):
         expected_version: int | None = None,
         context: VectorClock | Mapping[str, int] | None = None,
         timeout: float | None = None,
+        lease: Lease | None = None,
     ) -> AppendResult:
         """Append events to one aggregate, all or nothing.
 
         ``expected_version=N`` (``0``: a new aggregate) fails with ``VersionConflict`` unless
         the aggregate is at version N; without it the append takes the next version whatever
-        it is. ``context`` is the vector clock of the state the caller acted on.
+        it is. ``context`` is the vector clock of the state the caller acted on. ``lease``: the
+        events carry its name and fencing token (``LeaseLost`` if it is lost already).
         """
+        if lease is not None:
+            events = fenced_events(events, lease)
         pending = await self._pending(
             aggregate_type, aggregate_id, events, expected_version, context, timeout
         )
@@ -265,6 +272,15 @@ class EventStore(LogReading):
                 return found
         return Pending.new(aggregate_type, aggregate_id, subject, batch, expected_version,
                            merge_context(context), wait)  # fmt: skip
+
+    def lock(
+        self, name: str, *, owner: str | None = None, ttl: float = DEFAULT_LEASE_TTL,
+        wait: float = 0.0, max_hold: float = DEFAULT_MAX_HOLD,
+    ) -> contextlib.AbstractAsyncContextManager[Lease]:  # fmt: skip
+        """``async with store.lock("realm:te_po", owner="kitenga", ttl=30, wait=10) as lease``:
+        held and renewed for the block (see ``eventstore.leases``); owner: this producer."""
+        return self.leases.lock(name, owner=owner or self.producer, ttl=ttl, wait=wait,
+                                max_hold=max_hold)  # fmt: skip
 
     async def head(self) -> int:
         """The log's last stream sequence (0 when empty)."""

@@ -42,6 +42,7 @@ from projections.loading import (
 )
 from projections.lock import DatabaseLock
 from projections.mergepatch import merge_patch
+from projections.objects import import_object, make_without_arguments
 from projections.origins import recorded_origin
 from projections.projection import Change, Projection, Statement
 from projections.rebuild import RebuildResult, rebuild
@@ -107,12 +108,14 @@ __all__ = [
     "check_database",
     "check_stream_name",
     "current_state",
+    "import_object",
     "list_aggregates",
     "list_conflicts",
     "list_quarantine",
     "load_config",
     "load_projection",
     "load_projections",
+    "make_without_arguments",
     "merge_patch",
     "needs_origin",
     "projection_checkpoint",

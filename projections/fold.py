@@ -12,6 +12,7 @@ rules, per message of an aggregate at version N:
   undecodable too.
 - its version is not N+1: quarantined (``duplicate`` or ``gap``), never applied; the aggregate
   stays at N, so a hole in the history stops it until the history is repaired.
+- its lease token is older than one applied to the aggregate: ``fenced`` (``projections.fencing``).
 - its data cannot be brought to its type's current schema (``upcast``, ``typed``:
   ``eventstore.upcasting``), its transition is refused by the state machine (``transition``),
   ``apply`` raises (``apply``) or the conflict resolver fails (``conflict``): quarantined;
@@ -59,6 +60,7 @@ from eventstore import (
 from projections.clockmerge import concurrent, merge_clock
 from projections.conflicts import ConflictContext, LogOrder, touched_paths
 from projections.entities import EntitiesProjection
+from projections.fencing import fence
 from projections.mergepatch import paths_overlap
 from projections.projection import Projection
 from projections.records import ConflictRecord
@@ -78,12 +80,9 @@ __all__ = [
 
 Key = tuple[str, str]
 
-# A state row (state, the state before the last event, the last event) must stay below
-# SQLite's 1e9-byte limit on a value and on a row: a state may encode to 256 MiB at most.
-MAX_STATE_BYTES = 256 << 20
-# How much an entities state can grow per byte of the event's body, at most: a merge patch adds
-# at most its own members, and a decoded number re-encodes to at most 4.5 times its text
-# (``1e15`` -> ``1000000000000000.0``); the constant covers a transition's ``status``.
+MAX_STATE_BYTES = 256 << 20  # a state's encoding: its row stays below SQLite's 1e9-byte limit
+# How much an entities state can grow per byte of the event's body, at most (a merge patch adds
+# its members; a number re-encodes to 4.5 times its text); the constant covers ``status``.
 _GROWTH, _GROWTH_EXTRA = 8, 1024
 _TEXT_LIMIT = 2000  # characters of a reason or a subject kept in quarantine rows and logs
 
@@ -123,6 +122,7 @@ class AggregateState:
     base: Any = None
     snapshot_version: int = 0
     size: int = -1  # an upper bound of the state's encoded size (-1: unknown); see Folder.step
+    fences: dict[str, int] | None = None  # lease name -> highest token applied (fencing)
 
     @property
     def key(self) -> Key:
@@ -243,8 +243,7 @@ class Folder:
         self.rules = InForce(self.book, projection)  # the machines and resolver in force
         self._apply = projection.apply
         self._state = msgspec.json.Decoder(projection.state_type)
-        # The built-in entities fold merges decoded event data (nested less than MAX_NESTING)
-        # into a JSON object: only its size can make a state unstorable.
+        # The entities fold merges decoded data into a JSON object: only its size can be wrong.
         self._json_fold = type(projection).apply is EntitiesProjection.apply and (
             projection.state_type == dict[str, Any]
         )
@@ -299,6 +298,8 @@ class Folder:
             except UpcastFailed as exc:
                 self._advance(agg, event)
                 return Rejected(exc.kind, exc.reason)
+        if (fenced := fence(agg, event)) is not None:
+            return Rejected("fenced", fenced)
         machine_state = agg.machine_state
         machine = rules.machines.get(agg.aggregate_type) if rules.machines is not None else None
         if event.transition is not None and machine is not None:
@@ -359,10 +360,9 @@ class Folder:
             kind = "apply" if conflict is None and ctx is None else "conflict"
             return Rejected(kind, f"{kind} failed: {describe_error(exc)}")
         if self._json_fold and (ctx is None or rules.plain_resolver):
-            # Entities states are JSON objects of decoded data: only their size can be wrong,
-            # and a bound grown by the body's length saves encoding the state every event. The
-            # state is encoded when the bound passes the limit, so the decision is exactly
-            # "its encoding is too big", whatever the bound was when the fold began.
+            # Entities states: only their size can be wrong. A bound grown by the body's length
+            # saves encoding the state every event; it is encoded once the bound passes the
+            # limit, so the decision is exactly "its encoding is too big".
             bound = agg.size + _GROWTH * size + _GROWTH_EXTRA
             problem = None
             if ctx is not None or size < 0 or agg.size < 0 or bound > MAX_STATE_BYTES:

@@ -46,6 +46,7 @@ class _Resume(msgspec.Struct, omit_defaults=True):
     machine_state: str | None = None
     last: LastEvent | None = None
     previous: Event | None = None
+    fences: dict[str, int] | None = None  # projections.fencing
 
 
 _encode = msgspec.json.Encoder().encode
@@ -75,7 +76,7 @@ class StateCodec:
                 last.id, last.seq, last.version, dict(last.vclock), last.lamport, last.producer,
                 touched_paths(self.projection.touches, last),
             )  # fmt: skip
-        resume = _Resume(agg.machine_state, last, agg.previous)
+        resume = _Resume(agg.machine_state, last, agg.previous, agg.fences or None)
         return (
             self.name,
             agg.aggregate_type,
@@ -121,6 +122,7 @@ class StateCodec:
             previous=r.previous,
             base=self._state.decode(base) if base is not None else None,
             snapshot_version=snapshot_version,
+            fences=r.fences,
         )
 
 

@@ -376,7 +376,9 @@ async def _fold_log(
                 out = check.folder.feed(agg, msg, key, decoder)
                 if isinstance(out, Rejected):
                     check.expected_quarantine.add(msg.seq)
-                    if out.kind != "undecodable" or _written_as_event(msg):
+                    if out.kind == "fenced":  # refused on purpose: a stale lease holder
+                        pass
+                    elif out.kind != "undecodable" or _written_as_event(msg):
                         check.not_applied.append((msg.seq, key, out))
                 elif out is not None:
                     check.expected_conflicts[msg.seq] = out.winner

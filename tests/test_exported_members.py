@@ -16,6 +16,8 @@ EXPORTED = [
     "Notification",
     "PageReply",
     "ProjectionClient",
+    "Reactor",
+    "ReactorRunner",
     "StateReply",
     "StatusReply",
     "Worker",

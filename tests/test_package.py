@@ -7,6 +7,8 @@ import types
 import eventstore
 
 EXPORTED = [
+    "DEFAULT_LEASE_TTL",
+    "DEFAULT_MAX_HOLD",
     "DEFAULT_URL",
     "MAX_EVENTS_PER_TRANSACTION",
     "MAX_INT",
@@ -40,6 +42,11 @@ EXPORTED = [
     "InvalidRequest",
     "InvalidTransition",
     "LamportClock",
+    "Lease",
+    "LeaseInfo",
+    "LeaseLost",
+    "LeaseUnavailable",
+    "Leases",
     "LocalRules",
     "MachineTable",
     "Machines",
@@ -80,6 +87,7 @@ EXPORTED = [
     "default_config_path",
     "encode_id",
     "export_events",
+    "fenced_events",
     "find_nats_server",
     "free_port",
     "get_logger",
