@@ -23,17 +23,20 @@ if TYPE_CHECKING:
         StatusReply,
     )
     from consumers.serve import embedded_server, serve_until
+    from consumers.watching import LiveView, Watcher
     from consumers.worker import Worker
 
 __all__ = [
     "Demo",
     "Heartbeat",
     "HistoryReply",
+    "LiveView",
     "Notification",
     "PageReply",
     "ProjectionClient",
     "StateReply",
     "StatusReply",
+    "Watcher",
     "Worker",
     "demo_environment",
     "embedded_server",
@@ -47,6 +50,7 @@ _WHERE = {
     "Demo": "consumers.demo",
     "Heartbeat": "consumers.protocol",
     "HistoryReply": "consumers.protocol",
+    "LiveView": "consumers.watching",
     "Notification": "consumers.protocol",
     "PageReply": "consumers.protocol",
     "ProjectionClient": "consumers.client",
@@ -58,6 +62,7 @@ _WHERE = {
     "publish_lifecycles": "consumers.demo",
     "run_demo": "consumers.demo",
     "serve_until": "consumers.serve",
+    "Watcher": "consumers.watching",
     "Worker": "consumers.worker",
 }
 
