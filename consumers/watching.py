@@ -275,14 +275,14 @@ class Watcher:
         )  # fmt: skip
 
     async def _accept(
-        self, rec: StateRecord, seq: int, truncated: bool = False
+        self, rec: StateRecord, seq: int, truncated: bool = False, *, fill: bool = True
     ) -> AsyncIterator[StateRecord]:
         """Yield what ``rec`` adds: nothing if seen, else the missing versions, then it."""
         key = (rec.aggregate_type, rec.aggregate_id)
         last = self.versions.get(key, 0)
         if rec.version <= last:
             return
-        if not self.latest:
+        if fill and not self.latest:
             for version in range(last + 1, rec.version):
                 missing = await self._state_at(key, version, seq)
                 self.filled += 1
@@ -309,8 +309,8 @@ class Watcher:
     async def __aiter__(self) -> AsyncIterator[StateRecord]:
         subs = await self._subscribe()
         try:
-            async for item in self._initial():
-                async for rec in self._accept(item, item.seq):
+            async for item in self._initial():  # the current states first, no history
+                async for rec in self._accept(item, item.seq, fill=False):
                     yield rec
             self.ready.set()
             while True:
