@@ -21,7 +21,7 @@ structs and error replies raised as our exceptions:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -285,7 +285,7 @@ class ProjectionClient:
         latest: bool = False,
         buffer: int = DEFAULT_BUFFER,
         patience: float = DEFAULT_PATIENCE,
-    ) -> AsyncIterator[StateRecord]:
+    ) -> AsyncGenerator[StateRecord, None]:
         """``async for change in client.watch(...)``: the current state of every matching
         aggregate, then every later change; per aggregate every version once, in order
         (``latest``: may skip versions, never goes backwards). See ``consumers.watching``."""

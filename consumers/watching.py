@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import inspect
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol
@@ -306,7 +306,7 @@ class Watcher:
     def _must_resync(self) -> bool:
         return self._overflow or self.client.nc.stats["reconnects"] != self._reconnects
 
-    async def __aiter__(self) -> AsyncIterator[StateRecord]:
+    async def __aiter__(self) -> AsyncGenerator[StateRecord, None]:
         subs = await self._subscribe()
         try:
             async for item in self._initial():  # the current states first, no history
