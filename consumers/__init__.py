@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from consumers.cli import main
     from consumers.client import ProjectionClient
     from consumers.demo import Demo, demo_environment, publish_lifecycles, run_demo
+    from consumers.liveview import LiveView
     from consumers.protocol import (
         Heartbeat,
         HistoryReply,
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
         StatusReply,
     )
     from consumers.serve import embedded_server, serve_until
-    from consumers.watching import LiveView, Watcher
+    from consumers.watching import Watcher
     from consumers.worker import Worker
 
 __all__ = [
@@ -50,7 +51,7 @@ _WHERE = {
     "Demo": "consumers.demo",
     "Heartbeat": "consumers.protocol",
     "HistoryReply": "consumers.protocol",
-    "LiveView": "consumers.watching",
+    "LiveView": "consumers.liveview",
     "Notification": "consumers.protocol",
     "PageReply": "consumers.protocol",
     "ProjectionClient": "consumers.client",

@@ -35,7 +35,8 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from consumers import protocol as wire
 from consumers.connection import CONNECT_TIMEOUT
-from consumers.watching import DEFAULT_BUFFER, DEFAULT_PATIENCE, LiveView, OnChange, Watcher
+from consumers.liveview import LiveView, OnChange
+from consumers.watching import DEFAULT_BUFFER, DEFAULT_PATIENCE, Watcher
 from eventstore import (
     DEFAULT_URL,
     AggregateNotFound,

@@ -1,8 +1,8 @@
 """Watching a projection: every change of the aggregates one follows, in order, none lost.
 
-``ProjectionClient.watch(...)`` is a ``Watcher``; ``ProjectionClient.view(...)`` a ``LiveView``
-on top of one. Both build only on the query service and the change feed (``consumers.protocol``),
-so what they do any client in any language can do too.
+``ProjectionClient.watch(...)`` is a ``Watcher``; ``ProjectionClient.view(...)`` a
+``consumers.liveview.LiveView`` on top of one. Both build only on the query service and the
+change feed (``consumers.protocol``), so what they do any client in any language can do too.
 
 How a watcher keeps "every version exactly once, in order" (per aggregate) over a feed that is
 core NATS (it keeps nothing, drops what a slow reader cannot take, and is re-sent after a
@@ -37,11 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
-from types import TracebackType
 from typing import Any, Protocol
 
 import msgspec
@@ -54,19 +52,19 @@ from consumers import protocol as wire
 from eventstore import AggregateNotFound, NotConnected, RequestTimeout, UnknownProjection
 from projections import MAX_LIMIT, Scalar, StateRecord
 
-__all__ = ["DEFAULT_BUFFER", "DEFAULT_PATIENCE", "LiveView", "Queries", "Watcher"]
+__all__ = ["DEFAULT_BUFFER", "DEFAULT_PATIENCE", "Queries", "Watcher"]
 
 log = structlog.get_logger("consumers.watching")
 
 DEFAULT_BUFFER = 100_000  # notifications a watcher holds for a slow consumer before resyncing
 DEFAULT_PATIENCE = 120.0  # seconds a read may be retried while no worker answers
+_FILL_WINDOW = 16  # missing versions of one aggregate read concurrently
 _TICK = 0.25  # how often a waiting watcher looks at the connection's reconnect count
 _RETRYABLE = (UnknownProjection, RequestTimeout, NotConnected)
 _notification = msgspec.json.Decoder(wire.Notification)
 _heartbeat = msgspec.json.Decoder(wire.Heartbeat)
 
 Key = tuple[str, str]
-OnChange = Callable[[StateRecord], Awaitable[None] | None]
 
 
 class Queries(Protocol):
@@ -283,11 +281,15 @@ class Watcher:
         if rec.version <= last:
             return
         if fill and not self.latest:
-            for version in range(last + 1, rec.version):
-                missing = await self._state_at(key, version, seq)
-                self.filled += 1
-                self.versions[key] = missing.version
-                yield missing
+            for start in range(last + 1, rec.version, _FILL_WINDOW):  # reads in flight at once
+                stop = min(start + _FILL_WINDOW, rec.version)
+                got = await asyncio.gather(
+                    *(self._state_at(key, v, seq) for v in range(start, stop))
+                )
+                for missing in got:
+                    self.filled += 1
+                    self.versions[key] = missing.version
+                    yield missing
         if truncated:
             rec = await self._state_at(key, None if self.latest else rec.version, seq)
             if rec.version <= self.versions.get(key, 0):
@@ -344,86 +346,3 @@ class Watcher:
             for sub in subs:
                 with contextlib.suppress(Exception):  # a connection already closed
                     await sub.unsubscribe()
-
-
-class LiveView:
-    """The current state of every aggregate a watch follows, in memory (``latest`` mode):
-    ``get`` never touches the network; ``seq`` is the checkpoint it is known to reflect.
-    ``on_change(record)`` (a function or a coroutine function) runs after each change is
-    applied: invalidate a cache by event, not by TTL."""
-
-    def __init__(
-        self,
-        client: Queries,
-        projection: str,
-        aggregate_type: str | None = None,
-        *,
-        on_change: OnChange | None = None,
-        buffer: int = DEFAULT_BUFFER,
-        patience: float = DEFAULT_PATIENCE,
-    ) -> None:
-        self.aggregate_type = aggregate_type
-        self.on_change = on_change
-        self.watcher = Watcher(
-            client, projection, aggregate_type, latest=True, buffer=buffer, patience=patience
-        )
-        self.states: dict[Key, StateRecord] = {}
-        self.error: BaseException | None = None  # why it stopped following, if it did
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def seq(self) -> int:
-        return self.watcher.floor
-
-    async def start(self) -> LiveView:
-        """Follow the feed; returns once the initial states are loaded (or raises why not)."""
-        self._task = task = asyncio.create_task(self._follow())
-        ready = asyncio.create_task(self.watcher.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            await task  # raises what stopped it
-        return self
-
-    async def _follow(self) -> None:
-        try:
-            async for rec in self.watcher:
-                self.states[rec.aggregate_type, rec.aggregate_id] = rec
-                if self.on_change is not None:
-                    result = self.on_change(rec)
-                    if inspect.isawaitable(result):
-                        await result
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.error = exc
-            log.warning("live view stopped following", error=str(exc))
-            raise
-
-    def get(self, aggregate_id: str, aggregate_type: str | None = None) -> StateRecord | None:
-        """The aggregate's current state as last notified (None: no state)."""
-        kind = aggregate_type or self.aggregate_type
-        if kind is None:
-            raise ValueError("this view follows several aggregate types: name aggregate_type")
-        return self.states.get((kind, aggregate_id))
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    async def __aenter__(self) -> LiveView:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

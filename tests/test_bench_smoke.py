@@ -151,5 +151,6 @@ async def test_serving_tiny_reports_watch_latency_beside_raw(
     keys = [f"{k}_{p}_ms" for k in ("ours", "raw", "ours_max", "raw_max") for p in ("p50", "p99")]
     keys += ["ours_max_events_per_s", "raw_max_events_per_s", "query_p50_ms", "query_p99_ms"]
     keys += ["raw_request_p50_ms", "raw_request_p99_ms", "catchup_buffered_s", "catchup_resync_s"]
+    keys += ["catchup_latest_s"]
     assert_positive(figures, keys)
     assert '"catchup_resync_s"' in capsys.readouterr().out.strip().splitlines()[-1]

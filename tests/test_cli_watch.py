@@ -95,7 +95,8 @@ async def test_watch_ends_quietly_when_its_reader_goes_away(
 
 async def test_publish_wait_then_state_shows_the_write(store: EventStore, tmp_path: Path) -> None:
     """`publish --wait` prints the usual JSON once the projection has the event, so `state`
-    through the query service right after shows it; without a worker it fails in one line."""
+    through the query service right after shows it; without a worker it, and `watch`, fail in
+    one line."""
     elsewhere = tmp_path / "empty"
     elsewhere.mkdir()
     async with running_worker(store, tmp_path / "w.db", tmp_path / "w.log"):
@@ -116,3 +117,9 @@ async def test_publish_wait_then_state_shows_the_write(store: EventStore, tmp_pa
     assert len(alone.stderr.splitlines()) == 1 and "entities" in alone.stderr, alone.stderr
     bad = await cli(store, elsewhere, "publish", "agent", "rw", "Set", "--wait", "-1")
     assert bad.returncode == 2 and "--wait" in bad.stderr
+    watch = await cli(store, elsewhere, "watch", "agent")  # no worker: one line, no hang
+    assert watch.returncode == 1 and watch.stdout == ""
+    assert (
+        watch.stderr.startswith("eventstore: UnknownProjection: ")
+        and len(watch.stderr.splitlines()) == 1
+    ), watch.stderr
