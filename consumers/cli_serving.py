@@ -62,6 +62,7 @@ def remote_state(args: argparse.Namespace, name: str, point: Point | None) -> di
             recorded_at=got.recorded_at,
             snapshot_version=got.snapshot_version,
             replayed=got.replayed,
+            rules_version=got.rules_version,
         )
         return state_output(state, past=point is not None)
 

@@ -167,6 +167,7 @@ class StateReply(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_version: int | None = None
     replayed: int = 0
     past: bool = False
+    rules_version: int | None = None  # the rules in force at ``seq`` (past states)
 
 
 class HistoryReply(msgspec.Struct, frozen=True, kw_only=True):

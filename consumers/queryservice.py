@@ -284,6 +284,7 @@ class QueryService:
             snapshot_version=state.snapshot_version,
             replayed=state.replayed,
             past=not point.latest,
+            rules_version=state.rules_version,
         )
 
     async def _history(self, name: str, req: wire.HistoryRequest) -> wire.HistoryReply:
