@@ -7,7 +7,16 @@ import asyncio
 import json
 from typing import Any
 
-from bench import audit, catchup, compare_eventsourcing, live, publish, timetravel, writemodel
+from bench import (
+    audit,
+    catchup,
+    compare_eventsourcing,
+    live,
+    publish,
+    serving,
+    timetravel,
+    writemodel,
+)
 from eventstore.logging import configure_logging
 
 
@@ -21,6 +30,7 @@ async def run_all(quick: bool) -> dict[str, Any]:
         ("compare_eventsourcing", compare_eventsourcing),
         ("audit", audit),
         ("writemodel", writemodel),
+        ("serving", serving),
     ):
         results[name] = await module.run(quick=quick)
     return results

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from consumers.cli import main
     from consumers.client import ProjectionClient
     from consumers.demo import Demo, demo_environment, publish_lifecycles, run_demo
+    from consumers.liveview import LiveView
     from consumers.protocol import (
         Heartbeat,
         HistoryReply,
@@ -24,12 +25,14 @@ if TYPE_CHECKING:
     )
     from consumers.reactors import Reactor, ReactorRunner
     from consumers.serve import embedded_server, serve_until
+    from consumers.watching import Watcher
     from consumers.worker import Worker
 
 __all__ = [
     "Demo",
     "Heartbeat",
     "HistoryReply",
+    "LiveView",
     "Notification",
     "PageReply",
     "ProjectionClient",
@@ -37,6 +40,7 @@ __all__ = [
     "ReactorRunner",
     "StateReply",
     "StatusReply",
+    "Watcher",
     "Worker",
     "demo_environment",
     "embedded_server",
@@ -50,6 +54,7 @@ _WHERE = {
     "Demo": "consumers.demo",
     "Heartbeat": "consumers.protocol",
     "HistoryReply": "consumers.protocol",
+    "LiveView": "consumers.liveview",
     "Notification": "consumers.protocol",
     "PageReply": "consumers.protocol",
     "ProjectionClient": "consumers.client",
@@ -63,6 +68,7 @@ _WHERE = {
     "publish_lifecycles": "consumers.demo",
     "run_demo": "consumers.demo",
     "serve_until": "consumers.serve",
+    "Watcher": "consumers.watching",
     "Worker": "consumers.worker",
 }
 

@@ -14,7 +14,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from consumers import cli_locks, cli_ops, cli_projections, cli_rules, cli_serving
+from consumers import cli_locks, cli_ops, cli_projections, cli_rules, cli_serving, cli_watch
 from consumers.cliutil import (
     EXIT_OK,
     CliParser,
@@ -80,6 +80,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 args.aggregate_type, args.aggregate_id, [event],
                 expected_version=args.expect_version,
             )  # fmt: skip
+            if args.wait is not None:  # read your writes: the default projection has it
+                await cli_watch.wait_applied(store, res.last_seq, args.wait)
         emit({"id": res.ids[-1], "seq": res.last_seq, "version": res.version,
               "duplicate": res.duplicate})  # fmt: skip
 
@@ -216,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--transition", metavar="FROM:TO", help="state-machine step, e.g. Created:Starting"
     )
+    p.add_argument(
+        "--wait", nargs="?", type=cli_watch.seconds, const=cli_watch.DEFAULT_WAIT,
+        metavar="SECONDS", help="return once the entities projection has applied the event "
+        f"(a worker must run; default {cli_watch.DEFAULT_WAIT:g}s, then exit 1)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_publish)
 
     p = command(sub, "history", help="one aggregate's events, one JSON object per line")
@@ -275,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ops.register(sub)  # issue 12: systemd render, export, import
     cli_serving.register(sub)  # issue 10: query
     cli_locks.register(sub)  # issue 13: lock acquire, release, show
+    cli_watch.register(sub)  # issue 10: watch
     return parser
 
 

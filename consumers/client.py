@@ -21,7 +21,7 @@ structs and error replies raised as our exceptions:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -35,6 +35,8 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from consumers import protocol as wire
 from consumers.connection import CONNECT_TIMEOUT
+from consumers.liveview import LiveView, OnChange
+from consumers.watching import DEFAULT_BUFFER, DEFAULT_PATIENCE, Watcher
 from eventstore import (
     DEFAULT_URL,
     AggregateNotFound,
@@ -47,7 +49,7 @@ from eventstore import (
     UnknownProjection,
     validate_stream_name,
 )
-from projections import DEFAULT_LIMIT, Point, Scalar
+from projections import DEFAULT_LIMIT, Point, Scalar, StateRecord
 
 __all__ = ["DEFAULT_PROJECTION", "ProjectionClient"]
 
@@ -272,6 +274,64 @@ class ProjectionClient:
         """The answering worker's checkpoints, the log's head and the lag."""
         body = wire.StatusRequest(min_seq=min_seq)
         return await self._call(projection, "status", body, wire.StatusReply)
+
+    # -- subscriptions and read-your-writes (consumers.watching) --------------------------
+
+    def watch(
+        self,
+        projection: str | None = None,
+        aggregate_type: str | None = None,
+        aggregate_id: str | None = None,
+        *,
+        latest: bool = False,
+        buffer: int = DEFAULT_BUFFER,
+        patience: float = DEFAULT_PATIENCE,
+    ) -> AsyncGenerator[StateRecord, None]:
+        """``async for change in client.watch(...)``: the current state of every matching
+        aggregate, then every later change; per aggregate every version once, in order
+        (``latest``: may skip versions, never goes backwards). See ``consumers.watching``."""
+        watcher = Watcher(
+            self, projection or self.projection, aggregate_type, aggregate_id,
+            latest=latest, buffer=buffer, patience=patience,
+        )  # fmt: skip
+        return watcher.__aiter__()
+
+    async def view(
+        self,
+        projection: str | None = None,
+        aggregate_type: str | None = None,
+        *,
+        on_change: OnChange | None = None,
+        buffer: int = DEFAULT_BUFFER,
+        patience: float = DEFAULT_PATIENCE,
+    ) -> LiveView:
+        """A ``LiveView`` loaded with the current states and kept current by the feed
+        (``async with`` it, or ``close()``)."""
+        view = LiveView(
+            self, projection or self.projection, aggregate_type,
+            on_change=on_change, buffer=buffer, patience=patience,
+        )  # fmt: skip
+        return await view.start()
+
+    async def wait_for(
+        self, seq: int, *, projection: str | None = None, timeout: float = wire.DEFAULT_TIMEOUT
+    ) -> wire.StatusReply:
+        """Return once the projection has applied stream sequence ``seq`` (read your writes:
+        ``res = await store.append(...); await client.wait_for(res.last_seq)``), else raise
+        ``RequestTimeout`` with ``.projection`` and ``.checkpoint`` (how far it got).
+        With several workers, a later read may reach another one: pass ``min_seq=seq``."""
+        if timeout <= 0:
+            raise InvalidRequest(f"wait_for: timeout must be positive, got {timeout}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:  # one request waits at most MAX_TIMEOUT on the worker
+            left = min(max(deadline - loop.time(), 0.001), wire.MAX_TIMEOUT)
+            body = wire.StatusRequest(min_seq=seq, timeout=left)
+            try:
+                return await self._call(projection, "status", body, wire.StatusReply)
+            except RequestTimeout as exc:
+                if exc.projection is None or loop.time() >= deadline - 0.001:
+                    raise
 
     # -- one request -----------------------------------------------------------------------
 

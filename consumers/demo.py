@@ -6,7 +6,8 @@ Created → Starting → Running → Processing → Terminated concurrently, eac
 on its own connection, shows the store refusing an invalid transition and a stale write
 (version conflict), prints what the log holds, then hands the same log to the projections
 part (``consumers.projections_demo``: a worker folds it into SQLite, state now, time travel,
-a recorded conflict) and stops the server.
+a recorded conflict), shows a subscriber watching the agents live while one more starts
+(``consumers.subscriber_demo``) and stops the server.
 
 ``demo_environment`` yields the running server and an open store (``Demo``), so that later
 parts (projections) can continue on the same log before the server stops.
@@ -27,6 +28,7 @@ from typing import Any, TextIO
 
 from consumers.projections_demo import demo_projections
 from consumers.serve import embedded_server
+from consumers.subscriber_demo import demo_subscriber
 from eventstore import (
     AppendResult,
     EmbeddedServer,
@@ -275,5 +277,6 @@ async def run_demo(
     async with demo_environment(settings, workdir, out) as demo:
         await publish_lifecycles(demo)
         await demo_projections(demo.store, demo.db_path, demo.out)
+        await demo_subscriber(demo.server.url, demo.settings, demo.db_path, demo.out)
         demo.say("stopping the server")
     return 0

@@ -217,7 +217,9 @@ class ChangeFeed:
         for name in self.names:
             beat = Heartbeat(
                 projection=name,
-                checkpoint=self.published.get(name, 0),
+                # What the server confirmed, never past a batch that failed to publish: a
+                # watcher takes this as the floor it resyncs from.
+                checkpoint=min(self.flushed.get(name, 0), self.hold.get(name, 1 << 62)),
                 stream=self.stream,
                 worker=self.worker,
             )

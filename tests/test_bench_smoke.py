@@ -13,7 +13,15 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:  # bench/ is not an installed package; run from the checkout
     sys.path.insert(0, ROOT)
 
-from bench import audit, catchup, compare_eventsourcing, live, timetravel, writemodel  # noqa: E402
+from bench import (  # noqa: E402
+    audit,
+    catchup,
+    compare_eventsourcing,
+    live,
+    serving,
+    timetravel,
+    writemodel,
+)
 
 
 def assert_positive(figures: dict[str, Any], keys: list[str]) -> None:
@@ -131,3 +139,18 @@ async def test_writemodel_tiny_reports_updates_beside_appends(
     assert_positive(figures, keys)
     assert figures["conflicts_1_one"] == 0
     assert '"ratio_16_one"' in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+async def test_serving_tiny_reports_watch_latency_beside_raw(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The serving benchmark, tiny: latencies of the watch and of raw NATS, the query round
+    trips and both catch-up times, all measured."""
+    figures = await serving.run(quick=True, n=50, behind=200)
+    keys = [f"{k}_{p}_ms" for k in ("ours", "raw", "ours_max", "raw_max") for p in ("p50", "p99")]
+    keys += ["ours_max_events_per_s", "raw_max_events_per_s", "query_p50_ms", "query_p99_ms"]
+    keys += ["raw_request_p50_ms", "raw_request_p99_ms", "catchup_buffered_s", "catchup_resync_s"]
+    keys += ["catchup_latest_s"]
+    assert_positive(figures, keys)
+    assert '"catchup_resync_s"' in capsys.readouterr().out.strip().splitlines()[-1]

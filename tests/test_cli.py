@@ -360,6 +360,12 @@ def test_demo_runs_and_prints_the_log(tmp_path: Path) -> None:
             ("Processing", "Terminated"),
         ]  # fmt: skip
     assert sum("TaskAssigned" in r for r in rows) == 1
+    watched = [json.loads(x.split("watch> ", 1)[1]) for x in out.splitlines() if "watch> " in x]
+    assert [(w["aggregate_id"], w["version"]) for w in watched][-3:] == [
+        ("asst_new", 1),
+        ("asst_new", 2),
+        ("asst_new", 3),
+    ]  # a subscriber follows the agents live
     assert "stopping the server" in out
 
 
