@@ -9,13 +9,10 @@ of other modules (``consumers.cli_projections``) use the same helpers:
   options after its name;
 * ``open_store(args)`` opens the ``EventStore`` the global options describe;
 * ``emit(obj)`` prints one JSON line (msgspec, RFC 3339 datetimes) and flushes it;
-* argparse ``type=`` functions that turn a bad value into a one-line usage error (exit 2)
-  before anything connects or starts: ``json_object``, ``non_negative_int`` and
-  ``positive_int`` (at most ``2**63 - 1``, what versions and sequences can be),
-  ``port_number``, ``nats_url``, ``stream_name``, ``subject_prefix``, ``aggregate_type``,
-  ``aggregate_id``, ``non_empty``, ``directory``, ``log_level``;
-* ``shutdown_signals()`` gives an event set by SIGINT/SIGTERM, for commands that run until
-  stopped;
+* argparse ``type=`` functions (``json_object``, ``positive_int`` (at most ``2**63 - 1``),
+  ``nats_url``, ``aggregate_id``, ...) that turn a bad value into a one-line usage error (exit
+  2) before anything connects or starts;
+* ``shutdown_signals()``: an event set by SIGINT/SIGTERM, for commands that run until stopped;
 * ``url_port(args.url)`` is the port an embedded server should listen on by default.
 """
 
