@@ -33,6 +33,7 @@ from helpers_projections import (
 from test_cli import cli
 from test_notify import Listener
 
+from consumers import ProjectionClient
 from eventstore import AppendRequest, EventStore, NewEvent, StreamSettings
 from projections import (
     EntitiesProjection,
@@ -172,6 +173,8 @@ async def test_a_failing_projection_leaves_the_others_folding(
         async with await ProjectionDB.open(db, readonly=True) as pdb:
             library = {s.projection: s for s in await projection_status(store, pdb)}
         assert library["custom"].failed is not None and library["custom"].failed.seq == poison
+        served = await ProjectionClient(store).status("entities")  # the query service says so
+        assert cause in served.failed["custom"] and "entities" not in served.failed
 
         records = [json.loads(ln) for ln in log.read_text().splitlines() if ln.startswith("{")]
         [error] = [r for r in records if r["level"] == "error"]
