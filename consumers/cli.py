@@ -9,8 +9,6 @@ SIGTERM and then exit 0.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import sys
 from pathlib import Path
 
@@ -37,7 +35,7 @@ from consumers.cliutil import (
     url_port,
 )
 from consumers.demo import run_demo
-from consumers.pipes import reader_gone
+from consumers.pipes import reader_gone, until_stopped
 from consumers.serve import DEFAULT_STORE_DIR, embedded_server, serve_until
 from eventstore import (
     ROLES,
@@ -133,13 +131,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     ):
                         emit(ev)
 
-                task = asyncio.create_task(follow())
-                stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task  # re-raises the follow's own error, if it failed
+                await until_stopped(follow(), stop)
 
     run(go())
     return EXIT_OK

@@ -10,8 +10,6 @@ SIGINT/SIGTERM or until the reader of its pipe goes away, and exits 0 then.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 from typing import Any
 
 from consumers.client import DEFAULT_PROJECTION, ProjectionClient
@@ -25,7 +23,7 @@ from consumers.cliutil import (
     run,
     shutdown_signals,
 )
-from consumers.pipes import reader_gone
+from consumers.pipes import reader_gone, until_stopped
 from eventstore import EventStore
 
 __all__ = ["DEFAULT_WAIT", "cmd_watch", "register", "seconds", "wait_applied"]
@@ -63,13 +61,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     ):  # fmt: skip
                         emit(change)
 
-                task = asyncio.create_task(follow())
-                stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task  # re-raises the watch's own error, if it failed
+                await until_stopped(follow(), stop)
 
     run(go())
     return EXIT_OK

@@ -17,9 +17,10 @@ import contextlib
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
-__all__ = ["reader_gone", "silence_stdout"]
+__all__ = ["reader_gone", "silence_stdout", "until_stopped"]
 
 
 def silence_stdout() -> None:
@@ -63,3 +64,15 @@ def reader_gone(stop: asyncio.Event) -> Iterator[None]:
         yield
     finally:
         loop.remove_reader(fd)
+
+
+async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run ``work`` (a follower: ``tail``, ``watch``) until it ends or ``stop`` is set (a
+    signal, or ``reader_gone``); its own error, if it failed, is raised here."""
+    task = asyncio.create_task(work)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
