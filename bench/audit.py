@@ -1,7 +1,7 @@
-"""Audit export/import benchmark: time and peak memory at two sizes, against raw nats-py.
+"""Audit export/import benchmark: time and peak memory at 100k, 300k and 1M events (1M not
+with ``--quick``), against raw nats-py, in ``--repeat`` (3) interleaved rounds.
 
-- fill: ``--small`` (default 10k) and ``--events`` (default 100k) events into two streams of
-  one server, agent-style ~200-byte ``data``, 1,000 aggregates.
+- fill: one stream per size on one server, agent-style ~200-byte ``data``, 1,000 aggregates.
 - each measurement runs in a child process of its own (``python -m bench.audit --child ...``),
   which reports its seconds and its peak RSS (``VmHWM`` of ``/proc/self/status``; see
   ``peak_rss_kb`` for why not ``getrusage``), so one run's memory never hides in another's:
@@ -12,14 +12,17 @@
     server (ids, versions, clocks kept; heads checked; atomic batches);
   - ``raw-import`` (baseline): the same lines published raw with ``js.publish_async``, 500
     in flight, nothing checked.
-- figures: rates and ratios (ours / raw) per size, and the peak RSS of the big size over the
-  small one (the claim: it does not grow with the number of events, ratio near 1.0).
-"""
+- round trip (first round): the imported stream is exported again and must equal the first
+  export line for line but for ``recorded_at``.
+- figures: median rates, ratios (ours / raw) and peak RSS per size with min-max; the rule
+  for "the peak does not grow": the largest size's highest peak exceeds the smallest size's
+  highest peak by less than the largest spread of repeated runs at one size."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import resource
 import subprocess
@@ -28,10 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from bench.common import bench_server, connect, fill, main_for, report
+from bench.common import bench_server, connect, fill, main_for, median, report
 from eventstore import EventStore, StreamSettings, export_events, import_events
 
 AGGREGATES = 1000
@@ -145,44 +149,96 @@ async def child(what: str, url: str, stream: str, file: Path) -> dict[str, Any]:
 
 # -- the benchmark -----------------------------------------------------------------------------
 
+SIZES = (100_000, 300_000, 1_000_000)
+QUICK_SIZES = (100_000, 300_000)
 
-async def run(quick: bool = False, events: int = 100_000, small: int = 10_000) -> dict[str, Any]:
-    if quick:
-        events, small = 5_000, 1_000
-    figures: dict[str, Any] = {"events": events, "small": small}
-    rows: list[list[Any]] = [["events", "step", "eventstore /s", "raw /s", "ratio",
-                              "peak RSS MB", "raw RSS MB"]]  # fmt: skip
+
+def spread(values: list[int]) -> int:
+    return max(values) - min(values)
+
+
+def same_trail(first: Path, second: Path) -> bool:
+    """Whether two exports hold the same events line for line but for ``recorded_at`` (the
+    round trip: what was imported into a fresh stream exports as it was exported)."""
+    decode = msgspec.json.Decoder(dict[str, Any]).decode
+    with first.open("rb") as a, second.open("rb") as b:
+        for x, y in itertools.zip_longest(a, b):
+            if x is None or y is None:
+                return False
+            dx, dy = decode(x), decode(y)
+            dx.pop("recorded_at"), dy.pop("recorded_at")
+            if dx != dy:
+                return False
+    return True
+
+
+async def run(
+    quick: bool = False, sizes: tuple[int, ...] | None = None, repeat: int = 3
+) -> dict[str, Any]:
+    """Fill one stream per size, then ``repeat`` rounds, each measuring every size in turn
+    (interleaved, so a slow moment of a shared machine falls on all sizes alike)."""
+    sizes = tuple(sorted(sizes or (QUICK_SIZES if quick else SIZES)))
+    figures: dict[str, Any] = {"sizes": list(sizes), "repeat": repeat}
+    runs: dict[tuple[str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     with bench_server() as (source, tmp), bench_server() as (target, _):
-        for n, stream in ((small, "SMALL"), (events, "LARGE")):
-            store = await connect(source, stream, stream.lower())
+        for n in sizes:
+            store = await connect(source, f"S{n}", f"s{n}")
             try:
                 await fill(store, "task", AGGREGATES, n)
             finally:
                 await store.close()
-            file, raw_file = tmp / f"{stream}.jsonl", tmp / f"{stream}.raw"
-            steps = {
-                "export": (await child("export", source.url, stream, file),
-                           await child("raw-export", source.url, stream, raw_file)),
-                "import": (await child("import", target.url, f"{stream}IMP", file),
-                           await child("raw-import", target.url, f"{stream}RAW", file)),
-            }  # fmt: skip
-            for step, (ours, raw) in steps.items():
-                assert ours["events"] == raw["events"] == n, (step, ours, raw)
-                rate, raw_rate = n / ours["seconds"], n / raw["seconds"]
-                key = f"{step}_{n}"
-                figures[f"{key}_per_s"] = round(rate)
-                figures[f"{key}_ratio"] = round(rate / raw_rate, 3)
-                figures[f"{key}_rss_kb"] = ours["rss_kb"]
-                figures[f"{key}_raw_rss_kb"] = raw["rss_kb"]
-                rows.append([f"{n:,}", step, f"{rate:,.0f}", f"{raw_rate:,.0f}",
-                             f"{rate / raw_rate:.2f}", f"{ours['rss_kb'] / 1024:.1f}",
-                             f"{raw['rss_kb'] / 1024:.1f}"])  # fmt: skip
+        for rep in range(repeat):
+            for n in sizes:
+                stream, file, raw_file = f"S{n}", tmp / f"S{n}.jsonl", tmp / f"S{n}.raw"
+                steps = {
+                    "export": (await child("export", source.url, stream, file),
+                               await child("raw-export", source.url, stream, raw_file)),
+                    "import": (await child("import", target.url, f"{stream}I{rep}", file),
+                               await child("raw-import", target.url, f"{stream}R{rep}", file)),
+                }  # fmt: skip
+                for step, (ours, raw) in steps.items():
+                    assert ours["events"] == raw["events"] == n, (step, ours, raw)
+                    runs.setdefault((step, n), []).append((ours, raw))
+                if rep == 0:  # the round trip, once per size
+                    back = tmp / f"S{n}.back.jsonl"
+                    await child("export", target.url, f"{stream}I0", back)
+                    figures[f"round_trip_{n}"] = same_trail(file, back)
+                    assert figures[f"round_trip_{n}"], f"the round trip of {n} events differs"
+                    back.unlink()
+    rows: list[list[Any]] = [["events", "step", "eventstore /s", "raw /s", "ratio",
+                              "peak RSS MB (min-max)", "raw RSS MB"]]  # fmt: skip
+    for (step, n), pairs in sorted(runs.items()):
+        rates = [n / o["seconds"] for o, _ in pairs]
+        ratios = [(n / o["seconds"]) / (n / r["seconds"]) for o, r in pairs]
+        rss, raw_rss = [o["rss_kb"] for o, _ in pairs], [r["rss_kb"] for _, r in pairs]
+        key = f"{step}_{n}"
+        figures[f"{key}_per_s"] = round(median(rates))
+        figures[f"{key}_ratio"] = round(median(ratios), 3)
+        figures[f"{key}_rss_kb"] = round(median(rss))
+        figures[f"{key}_rss_max_kb"], figures[f"{key}_rss_spread_kb"] = max(rss), spread(rss)
+        figures[f"{key}_raw_rss_kb"] = round(median(raw_rss))
+        raw_rate = n / median([r["seconds"] for _, r in pairs])
+        ratio = f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+        mb = f"{median(rss) / 1024:.1f} ({min(rss) / 1024:.1f}-{max(rss) / 1024:.1f})"
+        rows.append([f"{n:,}", step, f"{median(rates):,.0f}", f"{raw_rate:,.0f}", ratio, mb,
+                     f"{median(raw_rss) / 1024:.1f}"])  # fmt: skip
+    small, big = sizes[0], sizes[-1]
     for step in ("export", "import"):
-        growth = figures[f"{step}_{events}_rss_kb"] / figures[f"{step}_{small}_rss_kb"]
-        figures[f"{step}_rss_growth"] = round(growth, 3)
-        rows.append([f"{small:,} -> {events:,}", f"{step} peak RSS", "", "", "", f"x{growth:.2f}",
-                     ""])  # fmt: skip
-    report("Audit export / import (child processes; ratio = ours / raw nats-py)", rows, figures)
+        # The rule: the peak does not grow when the largest size's highest peak exceeds the
+        # smallest size's highest peak by less than the spread of repeated runs at one size.
+        growth = figures[f"{step}_{big}_rss_max_kb"] - figures[f"{step}_{small}_rss_max_kb"]
+        noise = max(figures[f"{step}_{n}_rss_spread_kb"] for n in sizes)
+        figures[f"{step}_rss_growth"] = round(
+            figures[f"{step}_{big}_rss_kb"] / figures[f"{step}_{small}_rss_kb"], 3
+        )
+        figures[f"{step}_rss_growth_kb"], figures[f"{step}_rss_noise_kb"] = growth, noise
+        figures[f"{step}_rss_grows"] = growth >= max(noise, 1)
+        rows.append([f"{small:,} -> {big:,}", f"{step} peak RSS", "", "", "",
+                     f"x{figures[f'{step}_rss_growth']:.2f}; max {growth / 1024:+.1f} MB, "
+                     f"spread {noise / 1024:.1f} MB", "grows" if figures[f"{step}_rss_grows"]
+                     else "flat"])  # fmt: skip
+    report(f"Audit export / import (child processes, {repeat} interleaved rounds, median "
+           "(min-max); ratio = ours / raw nats-py)", rows, figures)  # fmt: skip
     return figures
 
 
@@ -190,5 +246,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child_main(sys.argv[2:])
     else:
-        main_for("audit", run, __doc__, {"events": "events in the big stream",
-                                         "small": "events in the small stream"})  # fmt: skip
+        main_for("audit", run, __doc__, {"repeat": "rounds per size (default 3)"})

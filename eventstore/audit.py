@@ -65,6 +65,9 @@ Progress = Callable[[int, int], None]
 
 IMPORT_BATCH = 500  # events per atomic batch (the server's limit is 1000)
 _BATCH_BYTES = 4 << 20
+# Messages an export buffers before the server waits for it (plus one flow-control window in
+# the client, ``eventstore.flowcontrol``): what bounds its memory behind a slow writer.
+_BACKLOG = 2000
 _ATTEMPTS = 20
 _MAX_PRODUCERS = 100_000  # clock maxima kept per producer (a few bytes each)
 _encoder = msgspec.json.Encoder()
@@ -110,7 +113,7 @@ async def export_events(
     events = skipped = last = 0
     reading = cast(AsyncGenerator[list[StoredMessage], None], store.reader.batches(
         subject, start_seq=max(1, from_seq), start_time=since, stop_seq=head,
-        contiguous=subject == filter_subject(prefix) and since is None,
+        contiguous=subject == filter_subject(prefix) and since is None, backlog=_BACKLOG,
     ))  # fmt: skip
     async with contextlib.aclosing(reading) as batches:
         async for batch in batches:

@@ -36,6 +36,7 @@ from eventstore.errors import (
     UpcastFailed,
 )
 from eventstore.events import Event, decode_event
+from eventstore.flowcontrol import FlowControl
 from eventstore.jetstream import (
     StoredMessage,
     last_msg,
@@ -124,8 +125,10 @@ async def subscribe_ordered(
     start_time: datetime | None,
     pending_msgs: int,
     pending_bytes: int,
+    flow: FlowControl | None = None,
 ) -> Any:
-    """An ordered push consumer on ``subject`` from ``start_seq`` (or ``start_time``)."""
+    """An ordered push consumer on ``subject`` from ``start_seq`` (or ``start_time``);
+    ``flow`` (whose ``answer`` the callback awaits) holds the server back to our pace."""
     if start_time is not None:
         cfg = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start_time.astimezone(UTC)
@@ -134,7 +137,7 @@ async def subscribe_ordered(
         cfg = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq or 1)
         )
-    return await js.subscribe(
+    sub = await js.subscribe(
         subject,
         stream=stream,
         cb=cb,
@@ -144,24 +147,30 @@ async def subscribe_ordered(
         pending_msgs_limit=pending_msgs,
         pending_bytes_limit=pending_bytes,
     )
+    if flow is not None:
+        flow.attach(sub)
+    return sub
 
 
 class _Feed:
     """One ordered push subscription, buffered in a deque for batch consumption."""
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: int = _BACKLOG_HIGH) -> None:
+        self.backlog = backlog
         self.buf: collections.deque[StoredMessage] = collections.deque()
         self.ready = asyncio.Event()
         self.room = asyncio.Event()
         self.room.set()
         self.sub: Any = None
+        self.flow = FlowControl()
 
     async def on_msg(self, msg: Msg) -> None:
+        await self.flow.answer()
         seq, us = parse_reply(msg.reply)
         buf = self.buf
         buf.append(StoredMessage(seq, msg.subject, msg.data, recorded_at(us), msg.headers))
         self.ready.set()
-        if len(buf) >= _BACKLOG_HIGH:
+        if len(buf) >= self.backlog:
             self.room.clear()
             await self.room.wait()
 
@@ -172,7 +181,7 @@ class _Feed:
             out.append(buf.popleft())
         if not buf:
             self.ready.clear()
-        if len(buf) < _BACKLOG_HIGH // 2:
+        if len(buf) < self.backlog // 2:
             self.room.set()
         return out
 
@@ -311,12 +320,14 @@ class LogReader:
         max_batch: int = 1000,
         idle_timeout: float = 30.0,
         contiguous: bool = False,
+        backlog: int = _BACKLOG_HIGH,
     ) -> AsyncIterator[list[StoredMessage]]:
         """Yield batches of raw messages on ``subject`` from ``start_seq`` (or ``start_time``).
 
         Bounded (``follow=False``): stops after ``stop_seq`` (default: the head when called).
         Live (``follow=True``): never stops; resubscribes from the next sequence after any
         interruption. ``contiguous`` asserts there are no holes (the unfiltered log).
+        ``backlog``: messages buffered before the server is held back (``flowcontrol``).
         """
         end: int | None = None
         if not follow:
@@ -329,7 +340,7 @@ class LogReader:
         use_time = start_time
         reconnects = self._nc.stats.get("reconnects", 0)
         while True:
-            feed = _Feed()
+            feed = _Feed(backlog)
             try:
                 feed.sub = await subscribe_ordered(
                     self._js,
@@ -340,6 +351,7 @@ class LogReader:
                     start_time=use_time,
                     pending_msgs=_PENDING_MSGS,
                     pending_bytes=_PENDING_BYTES,
+                    flow=feed.flow,
                 )
             except Exception as exc:
                 err = translate(exc, what=f"subscribing to {subject}", url=self.url,
