@@ -118,14 +118,17 @@ class WorkerProcess:
             return "(no log)"
         return lines[-1] if lines else "(empty log)"
 
-    async def start(self, timeout: float = 60.0) -> WorkerProcess:
-        """Start the process; return once it serves and has folded the log up to its head."""
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._write_config()
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
+            return subprocess.Popen(
                 self._command(), env=self._environment(), stdout=out, stderr=subprocess.STDOUT
             )
+
+    async def start(self, timeout: float = 60.0) -> WorkerProcess:
+        """Start the process; return once it serves and has folded the log up to its head."""
+        self.process = self._spawn()
         try:
             await asyncio.wait_for(self._until_caught_up(), timeout)
         except TimeoutError:

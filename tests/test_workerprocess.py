@@ -28,7 +28,7 @@ async def test_start_returns_once_what_was_appended_before_is_served(
         assert worker.process is not None and worker.process.poll() is None
     assert worker.process.returncode == 0
     assert worker.db.exists()
-    assert 'snapshot_every = 10' in worker.config.read_text()
+    assert "snapshot_every = 10" in worker.config.read_text()
 
 
 async def test_a_worker_that_cannot_start_is_one_error_naming_why(
