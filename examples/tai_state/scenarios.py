@@ -270,7 +270,8 @@ async def errors(env: Env) -> dict[str, Any]:
 
         writer = asyncio.create_task(late_write())
         reply, transient_attempts = await with_retry(
-            lambda: env.client.state("workflow", doc, min_seq=first.last_seq + 1, timeout=0.2)
+            lambda: env.client.state("workflow", doc, min_seq=first.last_seq + 1, timeout=0.2),
+            retries=10,
         )
         await writer
         permanent_attempts = 0
