@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from consumers.serve import embedded_server, serve_until
     from consumers.watching import Watcher
     from consumers.worker import Worker
+    from consumers.workerprocess import WorkerProcess
 
 __all__ = [
     "Demo",
@@ -42,6 +43,7 @@ __all__ = [
     "StatusReply",
     "Watcher",
     "Worker",
+    "WorkerProcess",
     "demo_environment",
     "embedded_server",
     "main",
@@ -70,6 +72,7 @@ _WHERE = {
     "serve_until": "consumers.serve",
     "Watcher": "consumers.watching",
     "Worker": "consumers.worker",
+    "WorkerProcess": "consumers.workerprocess",
 }
 
 

@@ -23,6 +23,7 @@ EXPORTED = [
     "StatusReply",
     "Watcher",
     "Worker",
+    "WorkerProcess",
     "demo_environment",
     "embedded_server",
     "main",
