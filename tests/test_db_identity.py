@@ -50,10 +50,12 @@ async def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[st
     )
 
 
-def spawn(*args: str, log: Path) -> subprocess.Popen[str]:
+def spawn(*args: str, log: Path, logs_too: bool = False) -> subprocess.Popen[str]:
+    """``logs_too``: the worker's log lines (on stdout) go to ``log`` beside stderr."""
     with log.open("a") as err:
+        out = err if logs_too else subprocess.DEVNULL
         return subprocess.Popen(
-            [*CLI, *args], env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True
+            [*CLI, *args], env=_env(), cwd=ROOT, stdout=out, stderr=err, text=True
         )
 
 
@@ -200,10 +202,15 @@ async def test_a_worker_refuses_a_reset_store_status_flags_it_and_reset_starts_o
     assert (out["checkpoint"], out["head"], out["lag_events"]) == (8, 8, 0)
     assert out["stream_mismatch"] is False and out["problem"] is None
     # Started again without --reset, the worker accepts its own database.
-    worker = spawn("worker", *_globals(url, settings, db), log=log)
+    log.write_text("")
+    worker = spawn(
+        "worker", "--log-level", "info", *_globals(url, settings, db), log=log, logs_too=True
+    )
     try:
-        await asyncio.sleep(1.0)
-        assert worker.poll() is None, log.read_text()[-2000:]
+        deadline = time.monotonic() + 30  # "worker ready": it opened and accepted the file
+        while '"worker ready"' not in log.read_text():
+            assert worker.poll() is None and time.monotonic() < deadline, tail(log)
+            await asyncio.sleep(0.05)
     finally:
         worker.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(worker.wait, 20) == 0

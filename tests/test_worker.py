@@ -94,8 +94,17 @@ async def test_sigkill_at_any_moment_still_folds_every_event_exactly_once(
         proc: subprocess.Popen[bytes] | None = None
         try:
             for _ in range(KILLS):
+                ready = log.read_text().count('"worker ready"') if log.exists() else 0
                 proc = start_worker(nats_url, settings, db, log, "--log-level", "info")
-                await asyncio.sleep(rng.uniform(0.3, 1.1))
+                # The kill lands at a random moment of the fold, counted from the worker's
+                # "ready" (its database open) so that a slow start-up on a loaded machine
+                # does not turn every kill into a kill during the interpreter's imports.
+                deadline = time.monotonic() + 30
+                while log.read_text().count('"worker ready"') == ready:
+                    alive = proc.poll() is None and time.monotonic() < deadline
+                    assert alive, log.read_text()[-2000:]
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(rng.uniform(0.0, 0.8))
                 assert proc.poll() is None, log.read_text()[-2000:]
                 assert not producer.done()  # every kill lands while the log is growing
                 proc.send_signal(signal.SIGKILL)
