@@ -53,7 +53,7 @@ from eventstore.reader import (
     report_malformed,
 )
 from eventstore.store import EventStore
-from eventstore.subjects import aggregate_subject, filter_subject
+from eventstore.subjects import aggregate_subject, filter_subject, rules_subject
 from eventstore.validate import check_int
 
 __all__ = ["ExportReport", "ImportReport", "Progress", "export_events", "import_events"]
@@ -168,6 +168,8 @@ class _Importer:
         self.imported = self.skipped = 0
         self._batch = f"import-{random.getrandbits(48):012x}"
         self._batches = 0
+        self.rules_subject = rules_subject(store.settings.prefix)
+        self.rules_imported = False
 
     def _place(
         self, chunk: Chunk, heads: dict[str, Head]
@@ -222,6 +224,7 @@ class _Importer:
         if not chunk:
             return
         subjects = {subject: env.aggregate_type for _, subject, env in chunk}
+        self.rules_imported = self.rules_imported or self.rules_subject in subjects
         for _, _, env in chunk:
             self._seen(env)
         backoff = 0.05
@@ -315,6 +318,8 @@ async def import_events(
         await importer.commit(chunk)
         if progress is not None:
             progress(done, size)
+        if importer.rules_imported:  # this connection folds and checks with them at once
+            await store.refresh_rules()
     except BaseException:
         with contextlib.suppress(Exception):  # what was stored keeps its clocks safe
             await importer.reserve_clocks()

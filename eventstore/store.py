@@ -188,6 +188,13 @@ class EventStore(LogReading):
             self._open_committer(), rules, comment, expected_version, self.append_timeout
         )
 
+    async def refresh_rules(self) -> RuleBook:
+        """Read every rules version stored so far into ``rules`` now, without waiting for the
+        subscription's re-read (what an import of a trail holding rules changes needs before
+        it folds or verifies on the same connection)."""
+        await self._rules.refresh()
+        return self.rules
+
     # -- appending -------------------------------------------------------------------------
 
     async def append(

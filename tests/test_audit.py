@@ -19,7 +19,9 @@ from eventstore import (
     EmbeddedServer,
     EventStore,
     InvalidEvent,
+    MachineTable,
     NewEvent,
+    Rules,
     StreamSettings,
     export_events,
     import_events,
@@ -190,3 +192,30 @@ def test_cli_export_and_import_round_trip_and_a_damaged_file_is_one_line(
     failed = cli(private_server.url, "import", str(broken))
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert failed.stderr.count("\n") == 1 and "line 6" in failed.stderr, failed.stderr
+
+
+async def test_an_imported_rules_change_is_in_force_on_the_importing_connection_at_once(
+    store: EventStore, private_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """A trail holding rules changes: right after ``import_events`` returns, the importing
+    connection's book holds them (no wait for the subscription's re-read), so a fold and
+    ``verify`` on that same connection use the rules the source folded with."""
+    job = MachineTable("Queued", [("Queued", "Running"), ("Running", "Done")])
+    await store.set_rules(Rules(machines={"job": job}))
+    await fill(store, 40)
+    await store.set_rules(Rules(resolvers={"entities": "lww"}), expected_version=1)
+    await fill(store, 40)
+    data = await export_bytes(store)
+    async with await EventStore.connect(
+        private_server.url, producer="importer", stream=store.settings
+    ) as target:
+        assert target.rules.version == 0
+        await import_events(target, io.BytesIO(data))
+        assert target.rules.version == 2  # at once, not after a re-read in the background
+        assert target.rules.current is not None
+        source = store.rules.current
+        assert source is not None and target.rules.current.rules.digest == source.rules.digest
+        async with await ProjectionDB.open(tmp_path / "rules.db") as db:
+            await Runner(target, db, [EntitiesProjection()]).catch_up()
+            checked = await verify(target, db, [EntitiesProjection()])
+        assert checked.ok, checked.mismatches
