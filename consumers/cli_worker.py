@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from consumers.cli_connect import security
 from consumers.cli_queries import configured_projections
 from consumers.cliutil import (
     EXIT_OK,
@@ -49,6 +50,7 @@ def worker_of(args: argparse.Namespace) -> Worker:
         metrics_port=getattr(args, "metrics_port", None),
         metrics_host=getattr(args, "metrics_host", DEFAULT_METRICS_HOST),
         reactors=getattr(args, "reactor", None) or (),
+        **security(args),
     )
 
 
