@@ -154,6 +154,8 @@ def _worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--reactor", action="append", default=[], metavar="module:object")
     p.add_argument("--log-level", default=None, help="else EVENTSTORE_LOG_LEVEL, else info")
     p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--creds", default=None, metavar="FILE")  # a secured server (issue 14)
+    p.add_argument("--tls-ca", default=None, metavar="FILE")
     p.add_argument(
         "--reset",
         action="store_true",

@@ -19,6 +19,7 @@ certificate for another name) is a ``ConfigError``, credentials the server does 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
@@ -71,11 +72,19 @@ def read_creds(path: str | Path) -> str:
     seed = seeds[0]
     if not seed.startswith(USER_SEED_PREFIX):
         raise _malformed(p, "not a user seed")
+    if not _checksum_ok(seed):
+        raise _malformed(p, "the seed does not decode or its checksum is wrong")
+    return seed
+
+
+def _checksum_ok(seed: str) -> bool:
+    """Whether ``seed`` decodes and its CRC-16 matches (nkeys' ``from_seed`` checks neither)."""
     try:
+        raw = base64.b32decode(seed + "=" * (-len(seed) % 8))
         nkeys.from_seed(bytearray(seed.encode())).wipe()
     except Exception:  # nkeys raises its own errors, binascii's and ValueError alike
-        raise _malformed(p, "the seed does not decode") from None
-    return seed
+        return False
+    return len(raw) == 36 and bytes(nkeys.crc16_checksum(raw[:-2])) == raw[-2:]
 
 
 def tls_context(ca: str | Path) -> ssl.SSLContext:
