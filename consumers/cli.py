@@ -12,7 +12,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from consumers import cli_locks, cli_ops, cli_projections, cli_rules, cli_serving, cli_watch
+from consumers import (
+    cli_auth,
+    cli_locks,
+    cli_ops,
+    cli_projections,
+    cli_rules,
+    cli_serving,
+    cli_watch,
+)
 from consumers.cliutil import (
     EXIT_OK,
     CliParser,
@@ -151,7 +159,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         with shutdown_signals() as stop:
-            async with embedded_server(store_dir, port, stream_settings(args)) as server:
+            secure = cli_auth.server_security(args)  # --auth DIR, --tls-cert/--tls-key
+            async with embedded_server(store_dir, port, stream_settings(args), **secure) as server:
                 print(
                     f"eventstore server listening on {server.url} (store {store_dir}, "
                     f"stream {args.stream} on {args.prefix}.>)",
@@ -246,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--store-dir", default=str(DEFAULT_STORE_DIR), type=non_empty,
         help=f"JetStream store directory (default ./{DEFAULT_STORE_DIR})",
     )  # fmt: skip
+    cli_auth.add_server_options(p)
     p.set_defaults(func=cmd_server, service=True)
 
     p = command(
@@ -275,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serving.register(sub)  # issue 10: query
     cli_locks.register(sub)  # issue 13: lock acquire, release, show
     cli_watch.register(sub)  # issue 10: watch
+    cli_auth.register(sub)  # issue 14: auth init
     return parser
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from consumers.cli_connect import security
 from consumers.cli_output import state_output
 from consumers.client import DEFAULT_PROJECTION, ProjectionClient
 from consumers.cliutil import EXIT_OK, aggregate_type, command, db_given, emit, positive_int, run
@@ -41,7 +42,9 @@ def remote_state(args: argparse.Namespace, name: str, point: Point | None) -> di
     here at all)."""
 
     async def go() -> dict[str, Any]:
-        async with await ProjectionClient.connect(args.url, stream=args.stream) as client:
+        async with await ProjectionClient.connect(
+            args.url, stream=args.stream, **security(args)
+        ) as client:
             p = point or Point()
             got = await client.state(
                 args.aggregate_type,
@@ -104,7 +107,9 @@ async def _pages(args: argparse.Namespace, where: dict[str, Scalar]) -> AsyncIte
                 if page.next_cursor is None:
                     return
                 cursor = page.next_cursor
-    async with await ProjectionClient.connect(args.url, stream=args.stream) as client:
+    async with await ProjectionClient.connect(
+        args.url, stream=args.stream, **security(args)
+    ) as client:
         async for reply in client.query_all(args.name, aggregate_type=args.type, where=where,
                                             limit=size):  # fmt: skip
             for item in reply.items:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from consumers.cli_connect import security
 from consumers.client import DEFAULT_PROJECTION, ProjectionClient
 from consumers.cliutil import (
     EXIT_OK,
@@ -52,7 +53,9 @@ async def wait_applied(store: EventStore, seq: int, timeout: float) -> None:
 def cmd_watch(args: argparse.Namespace) -> int:
     async def go() -> None:
         with shutdown_signals() as stop, reader_gone(stop):  # `watch | head -3` ends
-            async with await ProjectionClient.connect(args.url, stream=args.stream) as client:
+            async with await ProjectionClient.connect(
+                args.url, stream=args.stream, **security(args)
+            ) as client:
 
                 async def follow() -> None:
                     async for change in client.watch(

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from consumers.cli_connect import security
 from consumers.cli_queries import configured_projections
 from consumers.cliutil import (
     EXIT_OK,
@@ -49,6 +50,7 @@ def worker_of(args: argparse.Namespace) -> Worker:
         metrics_port=getattr(args, "metrics_port", None),
         metrics_host=getattr(args, "metrics_host", DEFAULT_METRICS_HOST),
         reactors=getattr(args, "reactor", None) or (),
+        **security(args),
     )
 
 
@@ -152,6 +154,8 @@ def _worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--reactor", action="append", default=[], metavar="module:object")
     p.add_argument("--log-level", default=None, help="else EVENTSTORE_LOG_LEVEL, else info")
     p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--creds", default=None, metavar="FILE")  # a secured server (issue 14)
+    p.add_argument("--tls-ca", default=None, metavar="FILE")
     p.add_argument(
         "--reset",
         action="store_true",

@@ -47,6 +47,8 @@ from eventstore import (
     ProjectionError,
     RequestTimeout,
     UnknownProjection,
+    client_options,
+    guarded_connect,
     validate_stream_name,
 )
 from projections import DEFAULT_LIMIT, Point, Scalar, StateRecord
@@ -103,23 +105,25 @@ class ProjectionClient:
         projection: str = DEFAULT_PROJECTION,
         timeout: float = wire.DEFAULT_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
+        creds: str | None = None,
+        tls_ca: str | None = None,
     ) -> ProjectionClient:
-        """A client on a NATS connection of its own; ``NotConnected`` if nothing answers."""
+        """A client on a NATS connection of its own; ``NotConnected`` if nothing answers
+        (``creds``/``tls_ca``: see ``ConnectSettings``; refused: ``PermissionDenied`` or
+        ``ConfigError``)."""
         validate_stream_name(stream)
+        nc = Client()
+        options = {
+            "disconnected_cb": _nothing,
+            "reconnected_cb": _nothing,
+            "connect_timeout": max(1, int(connect_timeout)),
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            **client_options(creds, tls_ca),
+        }
         try:
-            nc = await asyncio.wait_for(
-                nats.connect(
-                    url,
-                    error_cb=_quiet,
-                    disconnected_cb=_nothing,
-                    reconnected_cb=_nothing,
-                    connect_timeout=max(1, int(connect_timeout)),
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                ),
-                connect_timeout,
-            )
+            await asyncio.wait_for(guarded_connect(nc, url, options, _quiet), connect_timeout)
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise NotConnected(url, str(exc) or type(exc).__name__) from exc
         client = cls.__new__(cls)

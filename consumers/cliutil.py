@@ -2,16 +2,13 @@
 
 A command is a function ``(args) -> int`` set on its sub-parser with ``set_defaults(func=...)``;
 ``run_command`` calls it and turns the errors a user can cause into one line on stderr and an
-exit code (``EXIT_ERROR``), so no user ever sees a traceback for a mistake of theirs. Commands
-of other modules (``consumers.cli_projections``) use the same helpers:
+exit code (``EXIT_ERROR``), never a traceback. Other command modules use the same helpers:
 
-* ``command(subparsers, name, help=...)`` adds a sub-command that also accepts the global
-  options after its name;
+* ``command(subparsers, name, help=...)``: a sub-command that takes the global options too;
 * ``open_store(args)`` opens the ``EventStore`` the global options describe;
 * ``emit(obj)`` prints one JSON line (msgspec, RFC 3339 datetimes) and flushes it;
-* argparse ``type=`` functions (``json_object``, ``positive_int`` (at most ``2**63 - 1``),
-  ``nats_url``, ``aggregate_id``, ...) that turn a bad value into a one-line usage error (exit
-  2) before anything connects or starts;
+* argparse ``type=`` functions (``json_object``, ``positive_int``, ``nats_url``, ...): a bad
+  value is a one-line usage error (exit 2) before anything connects or starts;
 * ``shutdown_signals()``: an event set by SIGINT/SIGTERM, for commands that run until stopped;
 * ``url_port(args.url)`` is the port an embedded server should listen on by default.
 """
@@ -33,6 +30,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from consumers.cli_connect import add_connection_options, security
 from consumers.connection import CONNECT_TIMEOUT, connect_store
 from eventstore import (
     DEFAULT_URL,
@@ -175,6 +173,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
         help="log level of the structured logs, on stderr (on stdout for the services: worker, "
         "up, server) (env EVENTSTORE_LOG_LEVEL, default warning)",
     )
+    add_connection_options(g, default)  # --creds, --tls-ca
 
 
 class _DefaultPath(str):
@@ -257,6 +256,7 @@ async def open_store(
         stream=stream_settings(args),
         clock_block=clock_block,
         presence=presence,
+        **security(args),
     )
     try:
         if local is not None:

@@ -25,15 +25,24 @@ async def connect_store(
     clock_block: int = 1000,
     timeout: float = CONNECT_TIMEOUT,
     presence: bool = False,
+    creds: str | None = None,
+    tls_ca: str | None = None,
 ) -> EventStore:
     """Connect to ``url`` (ensuring ``stream``), or raise ``NotConnected`` after ``timeout``.
 
     ``presence``: hold the producer name and warn if another live connection does (see
-    ``eventstore.presence``); off by default, for workers and readers that never append."""
+    ``eventstore.presence``); off by default, for workers and readers that never append.
+    ``creds``/``tls_ca``: see ``ConnectSettings``."""
     try:
         return await asyncio.wait_for(
             EventStore.connect(
-                url, producer=producer, stream=stream, clock_block=clock_block, presence=presence
+                url,
+                producer=producer,
+                stream=stream,
+                clock_block=clock_block,
+                presence=presence,
+                creds=creds,
+                tls_ca=tls_ca,
             ),
             timeout,
         )

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from eventstore import (
+    AUTH_INCLUDE,
     SERVER_HEALTH_SUBJECT,
     EmbeddedServer,
     EventStore,
@@ -43,14 +44,24 @@ async def embedded_server(
     settings: StreamSettings,
     *,
     config: str | Path | None = None,
+    auth: str | Path | None = None,
+    tls: tuple[str, str] | None = None,
+    tls_ca: str | None = None,
 ) -> AsyncIterator[EmbeddedServer]:
     """Start nats-server, ensure the stream, yield the running server, stop it afterwards.
 
     A store directory in use by another server, a busy port, a store directory that cannot be
     created or written, and a nats-server that does not start are each an ``EventStoreError``
-    with one line that says what to do; nothing is left running.
+    with one line that says what to do; nothing is left running. ``auth``: the directory of
+    ``eventstore auth init`` (its include secures the server; its admin ensures the stream);
+    ``tls``: certificate and key; ``tls_ca``: the CA this process's own connection trusts.
     """
-    server = EmbeddedServer(store_dir, port=port, config=config)
+    include = Path(auth) / AUTH_INCLUDE if auth is not None else None
+    cert, key = tls or (None, None)
+    server = EmbeddedServer(
+        store_dir, port=port, config=config, include=include, tls_cert=cert, tls_key=key
+    )
+    admin = str(Path(auth) / "admin.creds") if auth is not None else None
 
     async def answer(msg: Any) -> None:  # `eventstore status` asks what the store is up to
         with contextlib.suppress(Exception):  # a requester that went away
@@ -59,7 +70,9 @@ async def embedded_server(
     # The spawner thread forks the child; this thread only waits for "Server is ready".
     await asyncio.to_thread(server.start)
     try:
-        store = await EventStore.connect(server.url, producer="eventstore-server", stream=settings)
+        store = await EventStore.connect(
+            server.url, producer="eventstore-server", stream=settings, creds=admin, tls_ca=tls_ca
+        )
         try:
             await store.nc.subscribe(SERVER_HEALTH_SUBJECT, cb=answer)
             log.info("embedded server ready", url=server.url, store_dir=str(server.store_dir))

@@ -91,8 +91,11 @@ class Worker:
         metrics_port: int | None = None,
         metrics_host: str = DEFAULT_METRICS_HOST,
         reactors: Sequence[Reactor] = (),
+        creds: str | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         self.url = url
+        self.creds, self.tls_ca = creds, tls_ca  # a secured server (ConnectSettings)
         self.reactors = list(reactors)  # run beside the projections (consumers.reactors)
         self.stream = stream or StreamSettings()
         self.db = Path(db)
@@ -122,6 +125,8 @@ class Worker:
         metrics_port: int | None = None,
         metrics_host: str = DEFAULT_METRICS_HOST,
         reactors: Sequence[str] = (),
+        creds: str | None = None,
+        tls_ca: str | None = None,
     ) -> Worker:
         """The worker a config file (``config``, else ``EVENTSTORE_CONFIG``, else none) and
         these options describe: its ``[projections]`` load list plus
@@ -141,6 +146,8 @@ class Worker:
             metrics_port=metrics_port,
             metrics_host=metrics_host,
             reactors=load_reactors(reactors),
+            creds=creds,
+            tls_ca=tls_ca,
         )
 
     async def __aenter__(self) -> Worker:
@@ -149,6 +156,8 @@ class Worker:
             producer=self.producer,
             stream=self.stream,
             timeout=self.connect_timeout,
+            creds=self.creds,
+            tls_ca=self.tls_ca,
         )
         try:
             if self._local_rules is not None:

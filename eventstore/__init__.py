@@ -1,9 +1,11 @@
 """eventstore: the event log on NATS JetStream (events, clocks, subjects, producer, reader)."""
 
 from eventstore.audit import ExportReport, ImportReport, export_events, import_events
+from eventstore.auth import AUTH_INCLUDE, AuthProfile, init_auth, producer_grant
 from eventstore.clocks import LamportClock, Order, VectorClock
 from eventstore.config import read_config
 from eventstore.connecting import ConnectSettings
+from eventstore.credentials import client_options, guarded_connect, read_creds, tls_context
 from eventstore.errors import (
     AggregateNotFound,
     AppendTimeout,
@@ -85,6 +87,7 @@ from eventstore.validate import MAX_INT, check_int, check_optional_int, check_ti
 from eventstore.versions import next_version
 
 __all__ = [
+    "AUTH_INCLUDE",
     "DEFAULT_LEASE_TTL",
     "DEFAULT_MAX_HOLD",
     "DEFAULT_URL",
@@ -102,6 +105,7 @@ __all__ = [
     "AppendRequest",
     "AppendResult",
     "AppendTimeout",
+    "AuthProfile",
     "BoundaryConflict",
     "CodeVersionChanged",
     "ConfigError",
@@ -159,6 +163,7 @@ __all__ = [
     "check_local_config",
     "check_optional_int",
     "check_time",
+    "client_options",
     "configure_logging",
     "decode_id",
     "decode_message",
@@ -169,17 +174,22 @@ __all__ = [
     "find_nats_server",
     "free_port",
     "get_logger",
+    "guarded_connect",
     "import_events",
+    "init_auth",
     "load_upcasters",
     "nesting_exceeds",
     "next_version",
     "parse_subject",
     "permissions",
+    "producer_grant",
     "read_config",
+    "read_creds",
     "read_local_rules",
     "resolver_spec_problem",
     "rules_subject",
     "server_health",
+    "tls_context",
     "typed_event",
     "upcaster",
     "uuid7",

@@ -8,7 +8,14 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from eventstore.errors import NotConnected, PermissionDenied, RequestTimeout, ServerError
+from eventstore.credentials import client_options, guarded_connect
+from eventstore.errors import (
+    ConfigError,
+    NotConnected,
+    PermissionDenied,
+    RequestTimeout,
+    ServerError,
+)
 from eventstore.jetstream import close_connection, install_parsers, translate
 from eventstore.logging import get_logger
 from eventstore.streams import StreamSettings
@@ -44,6 +51,10 @@ class ConnectSettings(msgspec.Struct, frozen=True, kw_only=True):
     """User name for the server's authorization (with ``password``), if it requires one."""
     password: str | None = None
     """Password of ``user``."""
+    creds: str | None = None
+    """Credentials file of ``eventstore auth init`` (``DIR/<user>.creds``, an nkey seed)."""
+    tls_ca: str | None = None
+    """PEM file of the CA that signed the server's TLS certificate (TLS on when given)."""
 
 
 ErrorCallback = Callable[[Exception], Awaitable[None]]
@@ -91,11 +102,11 @@ async def open_connection(
 ) -> Client:
     """A connected nats-py client with our header parser installed before the first message;
     ``NotConnected`` or ``PermissionDenied`` when it cannot connect."""
+    secure = client_options(settings.creds, settings.tls_ca)  # a bad file: before connecting
     nc = Client()
     install_parsers(nc)
     options: dict[str, Any] = {
         "name": f"eventstore:{settings.producer}",
-        "error_cb": error_cb,
         "disconnected_cb": disconnected_cb,
         "reconnected_cb": reconnected_cb,
         "connect_timeout": settings.connect_timeout,
@@ -106,10 +117,13 @@ async def open_connection(
         "reconnect_time_wait": 0.25,
         "user": settings.user,
         "password": settings.password,
+        **secure,
     }
     try:
-        await nc.connect(url, **options)
+        await guarded_connect(nc, url, options, error_cb)
     except Exception as exc:
+        if isinstance(exc, PermissionDenied | ConfigError):  # refused, said precisely
+            raise
         if "authorization" in str(exc).lower():
             raise PermissionDenied(url, "connect", "authorization violation") from exc
         err = translate(exc, what=f"connecting to {url}", url=url, timeout=settings.connect_timeout)

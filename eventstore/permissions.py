@@ -13,6 +13,12 @@ Neither may delete, purge or edit the stream, its messages or its consumers' con
 beyond its own ephemeral ones: nothing here grants ``$JS.API.STREAM.DELETE``, ``PURGE``,
 ``MSG.DELETE`` or ``UPDATE``.
 
+Appending (producers, and workers for their reactors) also takes leases: the stream's lease
+bucket ``KV_LEASES_<stream>`` (``eventstore.leases``). A producer may be limited to a subject
+pattern (``producer_permissions(settings, "task.*")``: events on ``<prefix>.task.*`` only). No
+role may publish on the reserved rules aggregate ``<prefix>._rules.>``: only an administrator
+(a user without restrictions, ``admin`` of ``eventstore auth init``) changes the rules.
+
 The lists are what the test suite runs the library with (``tests/test_permissions.py``), not
 a guess: dropping any one subject from them fails that test (``$JS.FC`` is the flow-control
 reply a long read needs).
@@ -23,11 +29,15 @@ from __future__ import annotations
 from typing import Any
 
 from eventstore.clockstore import bucket_name
+from eventstore.errors import ConfigError
+from eventstore.events import RULES_TYPE
+from eventstore.leases import lease_bucket
 from eventstore.streams import StreamSettings
 from eventstore.subjects import RESERVED_TOKEN, rules_subject
 
 __all__ = [
     "ROLES",
+    "event_pattern",
     "permissions",
     "producer_permissions",
     "reader_permissions",
@@ -48,23 +58,54 @@ def _reading(stream: str) -> list[str]:
     ]
 
 
-def producer_permissions(settings: StreamSettings) -> dict[str, Any]:
-    """A producer: append events, read what an append must know, reserve its clocks (in the
-    stream's clock bucket, which the first producer creates)."""
-    stream, kv = settings.name, bucket_name(settings.name)
+def event_pattern(pattern: str = ">") -> str:
+    """A producer's subject pattern after the prefix, checked: ``>`` (everything), ``TYPE``
+    (every id of that type: ``TYPE.*``) or ``TYPE.ID``, each token a NATS token or wildcard;
+    ``ConfigError`` otherwise. ``TYPE.>`` and ``*.ID`` work too."""
+    text = pattern.strip()
+    tokens = text.split(".")
+    bad = (
+        not text
+        or len(tokens) > 2
+        or any(not t or any(c.isspace() for c in t) for t in tokens)
+        or any(("*" in t or ">" in t) and t not in ("*", ">") for t in tokens)
+        or ">" in tokens[:-1]
+        or tokens[0] == RULES_TYPE
+    )
+    if bad:
+        raise ConfigError(
+            f"producer pattern {pattern!r} is not TYPE or TYPE.ID (NATS wildcards * and > "
+            "allowed, e.g. task, task.*, task.t-1, >); the rules aggregate is reserved"
+        )
+    return text if len(tokens) == 2 or text == ">" else f"{text}.*"
+
+
+def _appending(settings: StreamSettings, pattern: str) -> tuple[list[str], list[str]]:
+    """What an append publishes (events on the pattern, clock reservations, leases) and what
+    it never may (the rules aggregate)."""
+    kv, leases = bucket_name(settings.name), lease_bucket(settings.name)
+    allow = [f"{settings.prefix}.{event_pattern(pattern)}"]
+    for bucket in (kv, leases):  # clocks, then leases: created by the first who needs them
+        allow += [
+            f"$JS.API.STREAM.INFO.KV_{bucket}",
+            f"$JS.API.STREAM.CREATE.KV_{bucket}",
+            f"$JS.API.STREAM.MSG.GET.KV_{bucket}",
+            f"$KV.{bucket}.>",
+        ]
+    return allow, [f"{settings.prefix}.{RULES_TYPE}.>"]
+
+
+def producer_permissions(settings: StreamSettings, pattern: str = ">") -> dict[str, Any]:
+    """A producer: append events (on ``<prefix>.<pattern>`` only), read what an append must
+    know, reserve its clocks and take leases (in the stream's buckets, which the first
+    producer creates); never the rules."""
+    stream = settings.name
     presence = f"{RESERVED_TOKEN}.PRODUCER.{stream}.>"
-    publish = [
-        *_reading(stream),
-        f"{settings.prefix}.>",
-        f"$JS.API.STREAM.INFO.KV_{kv}",
-        f"$JS.API.STREAM.CREATE.KV_{kv}",
-        f"$JS.API.STREAM.MSG.GET.KV_{kv}",
-        f"$KV.{kv}.>",
-        presence,
-    ]
+    allow, deny = _appending(settings, pattern)
+    publish = [*_reading(stream), *allow, presence]
     # Presence (eventstore.presence): ask for the name, hold it, answer whoever asks.
     return {
-        "publish": {"allow": publish},
+        "publish": {"allow": publish, "deny": deny},
         "subscribe": _subscribe(settings, presence),
         "allow_responses": True,
     }
@@ -93,10 +134,13 @@ def reader_permissions(settings: StreamSettings) -> dict[str, Any]:
 
 def worker_permissions(settings: StreamSettings) -> dict[str, Any]:
     """A projection worker: a reader that serves its projections (answers the query service's
-    requests and discovery, publishes the change feed)."""
+    requests and discovery, publishes the change feed) and runs reactors (which append under
+    a lease: events, clocks and leases as a producer has them, never the rules)."""
     block = reader_permissions(settings)
     stream = settings.name
-    block["publish"]["allow"].append(f"{_FEED}.{stream}.>")
+    allow, deny = _appending(settings, ">")
+    block["publish"]["allow"] += [f"{_FEED}.{stream}.>", *allow]
+    block["publish"]["deny"] = deny
     block["subscribe"]["allow"] += [f"{_QUERY}.{stream}.>", "$SRV.>"]
     block["allow_responses"] = True
     return block

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from eventstore.auth import server_config
 from eventstore.errors import ConfigError, ServerError
 from eventstore.health import StoreHealth
 from eventstore.logging import get_logger
@@ -122,6 +123,8 @@ class EmbeddedServer:
     it is ready, so callers can connect at once; ``stop`` sends SIGTERM (clean shutdown) and
     ``kill`` SIGKILL (a crash, for tests); both release the store directory once the server
     has gone. Every failure of ``start`` is an ``EventStoreError`` that says what to do.
+    ``include`` (the ``auth.conf`` of ``eventstore auth init``) and ``tls_cert``/``tls_key``
+    secure it: it then runs ``config`` with them (``eventstore.auth.server_config``).
     """
 
     def __init__(
@@ -130,7 +133,12 @@ class EmbeddedServer:
         port: int = 4222,
         config: str | Path | None = None,
         host: str = "127.0.0.1",
+        *,
+        include: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
+        self.secure = {"include": include, "tls_cert": tls_cert, "tls_key": tls_key}
         self.store_dir = Path(store_dir)
         self.port = port
         self.host = host
@@ -183,6 +191,10 @@ class EmbeddedServer:
         if self._lock.fd is None:
             raise ServerError(f"store directory {self.store_dir} is not locked by this server")
         binary = find_nats_server()
+        config = self.config
+        if any(v is not None for v in self.secure.values()):
+            paths = {k: Path(v) for k, v in self.secure.items() if v is not None}
+            config = server_config(self.config, self.store_dir, **paths)
         try:
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             log_file = self.log_path.open("ab")
@@ -193,7 +205,7 @@ class EmbeddedServer:
             ) from exc
         cmd = [
             binary,
-            "-c", str(self.config),
+            "-c", str(config),
             "-a", self.host,
             "-p", str(self.port),
             "-sd", str(self.store_dir),
