@@ -47,6 +47,7 @@ from eventstore import (
     ProjectionError,
     RequestTimeout,
     UnknownProjection,
+    server_urls,
     validate_stream_name,
 )
 from projections import DEFAULT_LIMIT, Point, Scalar, StateRecord
@@ -109,7 +110,7 @@ class ProjectionClient:
         try:
             nc = await asyncio.wait_for(
                 nats.connect(
-                    url,
+                    server_urls(url),  # a cluster's nodes: "nats://a:4222,nats://b:4222"
                     error_cb=_quiet,
                     disconnected_cb=_nothing,
                     reconnected_cb=_nothing,

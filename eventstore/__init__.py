@@ -2,6 +2,7 @@
 
 from eventstore.audit import ExportReport, ImportReport, export_events, import_events
 from eventstore.clocks import LamportClock, Order, VectorClock
+from eventstore.cluster import LocalCluster, server_urls
 from eventstore.config import read_config
 from eventstore.connecting import ConnectSettings
 from eventstore.errors import (
@@ -125,6 +126,7 @@ __all__ = [
     "LeaseLost",
     "LeaseUnavailable",
     "Leases",
+    "LocalCluster",
     "LocalRules",
     "MachineTable",
     "Machines",
@@ -180,6 +182,7 @@ __all__ = [
     "resolver_spec_problem",
     "rules_subject",
     "server_health",
+    "server_urls",
     "typed_event",
     "upcaster",
     "uuid7",

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
+from eventstore.cluster import server_urls
 from eventstore.errors import NotConnected, PermissionDenied, RequestTimeout, ServerError
 from eventstore.jetstream import close_connection, install_parsers, translate
 from eventstore.logging import get_logger
@@ -91,6 +92,7 @@ async def open_connection(
 ) -> Client:
     """A connected nats-py client with our header parser installed before the first message;
     ``NotConnected`` or ``PermissionDenied`` when it cannot connect."""
+    servers = server_urls(url)  # "nats://a:4222,nats://b:4222": a cluster's nodes
     nc = Client()
     install_parsers(nc)
     options: dict[str, Any] = {
@@ -108,7 +110,7 @@ async def open_connection(
         "password": settings.password,
     }
     try:
-        await nc.connect(url, **options)
+        await nc.connect(servers, **options)
     except Exception as exc:
         if "authorization" in str(exc).lower():
             raise PermissionDenied(url, "connect", "authorization violation") from exc
