@@ -55,7 +55,7 @@ def cluster_config(
     lines = ",\n    ".join(f"nats-route://{r}" for r in routes)
     return (
         f"{base.rstrip()}\n\n"
-        "# -- cluster (written by eventstore.cluster) --\n"
+        "# -- cluster (written by eventstore) --\n"
         f"server_name: {name}\n"
         "cluster {\n"
         f"  name: {cluster}\n"

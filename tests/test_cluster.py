@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from eventstore import (
     server_urls,
 )
 from eventstore.cluster import ROUTE_OFFSET, cluster_config
-from eventstore.server import free_port
+from eventstore.server import find_nats_server, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -208,3 +209,41 @@ def test_cluster_local_prints_its_nodes_and_stops_them_all_on_sigterm(tmp_path: 
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+# -- systemd units for three hosts ------------------------------------------------------------
+
+
+def test_systemd_render_cluster_writes_each_hosts_units_and_server_config(tmp_path: Path) -> None:
+    """``systemd render --cluster h1,h2,h3``: per host, units that ``systemd-analyze verify``
+    accepts, a nats.conf that nats-server accepts (its name, routes to all three, clients on
+    every interface) and an environment listing every host with three replicas; two hosts
+    are refused in one line."""
+    out = tmp_path / "units"
+    done = cli("systemd", "render", "--out", str(out), "--cluster", "h1,h2,h3")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["h1", "h2", "h3"]
+    for host in ("h1", "h2", "h3"):
+        conf = (out / host / "nats.conf").read_text()
+        assert f"server_name: {host}" in conf and "listen: 0.0.0.0:4222" in conf
+        assert all(f"nats-route://{h}:6222" in conf for h in ("h1", "h2", "h3"))
+        assert "sync_interval: always" in conf
+        checked = subprocess.run(
+            [find_nats_server(), "-c", str(out / host / "nats.conf"), "-t"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+        env = (out / host / "eventstore.env").read_text()
+        assert "EVENTSTORE_URL=nats://h1:4222,nats://h2:4222,nats://h3:4222" in env
+        assert "EVENTSTORE_REPLICAS=3" in env
+        unit = (out / host / "nats-server.service").read_text()
+        assert "-c /etc/eventstore/nats.conf" in unit
+    analyze = shutil.which("systemd-analyze")
+    if analyze is not None:
+        worker = out / "h2" / "eventstore-worker@main.service"
+        shutil.copy(out / "h2" / "eventstore-worker@.service", worker)
+        ok = subprocess.run([analyze, "verify", str(out / "h2" / "nats-server.service"),
+                             str(worker)], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+    two = cli("systemd", "render", "--out", str(tmp_path / "two"), "--cluster", "h1,h2")
+    assert two.returncode == 1 and two.stderr.count("\n") == 1 and "needs 3" in two.stderr
