@@ -7,10 +7,12 @@ project's nats.conf: ``sync_interval: always``). Each round SIGKILLs one node, m
 acknowledgement of an append *sent after* the kill (an ack that was already on its way does
 not count) -- then restarts the node and waits until it has caught up. Rounds alternate
 between killing the stream's leader (a Raft election: the stall users see) and a follower
-(the connections on it fail over; no election). The baseline is the steady-state ack latency
-(median of the second before each kill, same run), so the ratio says how many ordinary
-appends' worth of time one failover costs. Appends that fail with a ``Retryable`` error are
-retried with the same ids, as an application would; the report counts them.
+(the connections on it fail over; no election). "New leader known after" is when a
+``stream_info`` first names a live leader (for a follower kill: at once). The baseline is the
+steady-state ack latency (median of the second before each kill, same run), so the ratio
+says how many ordinary appends' worth of time one failover costs. Appends that fail with a
+``Retryable`` error are retried with the same ids, as an application would; the report
+counts them.
 
 ``python -m bench.failover [--quick] [--rounds N]`` prints a table and one JSON line.
 """
@@ -67,6 +69,18 @@ async def _leader(store: EventStore) -> str:
         await asyncio.sleep(0.1)
 
 
+async def _new_leader(stores: list[EventStore], dead: str) -> float:
+    """When a leader other than ``dead`` is reported (asked through every connection: the one
+    on the dead node reconnects first)."""
+    while True:
+        for store in stores:
+            with contextlib.suppress(Exception):
+                info = await asyncio.wait_for(store.js.stream_info(STREAM.name), 0.5)
+                if info.cluster is not None and info.cluster.leader not in (None, "", dead):
+                    return time.monotonic()
+        await asyncio.sleep(0.05)
+
+
 async def _caught_up(store: EventStore, timeout: float = 60.0) -> None:
     """Until every replica of the stream is current again (after a restart)."""
     deadline = time.monotonic() + timeout
@@ -90,12 +104,14 @@ async def _round(cluster: LocalCluster, load: Load, kill_leader: bool) -> dict[s
     window = [a - s for s, a in load.acks if killed - 1.0 <= a < killed]
     last_before = max(a for _, a in load.acks if a < killed)
     await asyncio.to_thread(cluster.kill, victim)
+    elected = await _new_leader(load.stores, cluster.names[victim]) - killed
     while not any(s > killed for s, _ in load.acks):
         await asyncio.sleep(0.01)
     first_after = min(a for s, a in load.acks if s > killed)
     await asyncio.to_thread(cluster.restart, victim)
     await _caught_up(load.stores[0])
-    return {"failover_s": first_after - last_before, "baseline_s": median(window)}
+    return {"failover_s": first_after - last_before, "baseline_s": median(window),
+            "elected_s": elected}  # fmt: skip
 
 
 def _spread(values: list[float]) -> str:
@@ -137,7 +153,9 @@ async def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
         "retried": load.retries,
         "baseline_ack_s": round(base, 4),
     }
-    rows: list[tuple[str, ...]] = [("node killed", "failover median (min-max)", "x baseline ack")]
+    rows: list[tuple[str, ...]] = [
+        ("node killed", "failover median (min-max)", "x baseline ack", "new leader known after")
+    ]
     for kind, rs in results.items():
         if not rs:
             continue
@@ -146,7 +164,10 @@ async def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
         figures[f"{kind}_failover_min_s"] = round(min(times), 3)
         figures[f"{kind}_failover_max_s"] = round(max(times), 3)
         figures[f"{kind}_ratio"] = round(median(times) / base, 1)
-        rows.append((f"{kind} ({len(rs)} rounds)", _spread(times), f"{figures[f'{kind}_ratio']}"))
+        elected = [r["elected_s"] for r in rs]
+        figures[f"{kind}_elected_s"] = round(median(elected), 3)
+        rows.append((f"{kind} ({len(rs)} rounds)", _spread(times), f"{figures[f'{kind}_ratio']}",
+                     _spread(elected)))  # fmt: skip
     report(
         f"failover (R3 stream, 3 local nodes, 6 appenders; baseline ack {base * 1000:.1f} ms)",
         rows,
