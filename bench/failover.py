@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import main_for, median, report
-from eventstore import EventStore, LocalCluster, NewEvent, Retryable, StreamSettings
-from eventstore.ids import uuid7
+from eventstore import EventStore, LocalCluster, NewEvent, Retryable, StreamSettings, uuid7
 
 STREAM = StreamSettings(name="BENCH_FAILOVER", prefix="benchfo", replicas=3)
 

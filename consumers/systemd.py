@@ -34,8 +34,7 @@ from pathlib import Path
 
 import msgspec
 
-from eventstore import ConfigError, default_config_path, find_nats_server
-from eventstore.cluster import cluster_config
+from eventstore import ConfigError, cluster_config, default_config_path, find_nats_server
 
 __all__ = [
     "CLUSTER_CONF",

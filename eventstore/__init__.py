@@ -2,7 +2,7 @@
 
 from eventstore.audit import ExportReport, ImportReport, export_events, import_events
 from eventstore.clocks import LamportClock, Order, VectorClock
-from eventstore.cluster import LocalCluster, server_urls
+from eventstore.cluster import LocalCluster, cluster_config, server_urls
 from eventstore.config import read_config
 from eventstore.connecting import ConnectSettings
 from eventstore.errors import (
@@ -161,6 +161,7 @@ __all__ = [
     "check_local_config",
     "check_optional_int",
     "check_time",
+    "cluster_config",
     "configure_logging",
     "decode_id",
     "decode_message",

@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventstore import EventStore, EventStoreError, LocalCluster, NewEvent, Retryable
-from eventstore.ids import uuid7
+from eventstore import EventStore, EventStoreError, LocalCluster, NewEvent, Retryable, uuid7
 
 
 @contextlib.contextmanager

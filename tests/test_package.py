@@ -82,6 +82,7 @@ EXPORTED = [
     "check_local_config",
     "check_optional_int",
     "check_time",
+    "cluster_config",
     "configure_logging",
     "decode_id",
     "decode_message",
