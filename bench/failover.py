@@ -96,11 +96,18 @@ async def _caught_up(store: EventStore, timeout: float = 60.0) -> None:
 
 
 async def _round(cluster: LocalCluster, load: Load, kill_leader: bool) -> dict[str, float]:
-    await asyncio.sleep(1.5)  # steady state
+    await asyncio.sleep(1.5)
     leader = cluster.names.index(await _leader(load.stores[0]))
     victim = leader if kill_leader else (leader + 1) % len(cluster.names)
-    killed = time.monotonic()
-    window = [a - s for s, a in load.acks if killed - 1.0 <= a < killed]
+    deadline = time.monotonic() + 60
+    while True:  # steady state: appends acknowledged all through the last second
+        killed = time.monotonic()
+        window = [a - s for s, a in load.acks if killed - 1.0 <= a < killed]
+        if len(window) >= 10 or killed > deadline:
+            break
+        await asyncio.sleep(0.2)
+    if not window:
+        raise SystemExit("no append was acknowledged for a minute before a kill")
     last_before = max(a for _, a in load.acks if a < killed)
     await asyncio.to_thread(cluster.kill, victim)
     elected = await _new_leader(load.stores, cluster.names[victim]) - killed
