@@ -148,8 +148,9 @@ async def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
             finally:
                 load.stop.set()
                 await asyncio.gather(*tasks)
-                for s in stores:
-                    await s.close()
+            stored = (await stores[0].js.stream_info(STREAM.name)).state.messages
+            for s in stores:
+                await s.close()
         finally:
             await asyncio.to_thread(cluster.stop)
     base = median([r["baseline_s"] for rs in results.values() for r in rs])
@@ -158,7 +159,10 @@ async def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
         "appends": len(load.acks),
         "retried": load.retries,
         "baseline_ack_s": round(base, 4),
+        "stored": stored,  # every append was retried until acknowledged: must equal appends
     }
+    if stored != len(load.acks):
+        print(f"WARNING: the stream holds {stored} events for {len(load.acks)} acknowledged")
     rows: list[tuple[str, ...]] = [
         ("node killed", "failover median (min-max)", "x baseline ack", "new leader known after")
     ]
