@@ -52,62 +52,75 @@ async def _failover(tmp_path: Path, settings: StreamSettings, *, kill_leader: bo
         ]
         db, log = tmp_path / "worker.db", tmp_path / "worker.log"
         worker = start_worker(cluster.url, settings, db, log, "--log-level", "info")
-        stop = asyncio.Event()
-        writers = [Writer(s, [f"c{i}-{k}" for k in range(4)]) for i, s in enumerate(stores)]
-        tasks = [asyncio.create_task(w.run(stop)) for w in writers]
         try:
-            await _until(lambda: all(len(w.acks) >= 20 for w in writers), 60, tasks)
-            victim = await _victim(cluster, stores[0], settings.name, kill_leader=kill_leader)
-            leader = await stream_leader(stores[0], settings.name)
-            killed_at = time.monotonic()
-            cluster.kill(victim)
-            await _until(lambda: all(w.acked_after(killed_at) >= AFTER_KILL for w in writers),
-                         90, tasks)  # fmt: skip
-            new_leader = await stream_leader(stores[0], settings.name)
-            assert new_leader != cluster.names[victim]
-            if kill_leader:
-                assert leader == cluster.names[victim] != new_leader
-            assert worker.poll() is None, tail(log)
+            await _load_kill_check(cluster, settings, stores, worker, db, log, kill_leader)
         finally:
-            stop.set()
-            await asyncio.gather(*tasks)
-        head = await stores[0].head()
-        deadline = time.monotonic() + 90
-        while checkpoint(db) < head:  # the worker carries on by itself, no restart
-            assert time.monotonic() < deadline and worker.poll() is None, tail(log)
-            await asyncio.sleep(0.1)
-        worker.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(worker.wait, 60) == 0, tail(log)
+            if worker.poll() is None:  # a failed check: never leave the worker behind
+                worker.kill()
+                await asyncio.to_thread(worker.wait)
+            for s in stores:
+                await s.close()
 
-        events = await log_events(stores[0])
-        assert len(events) == head  # nothing but our events, each message one event
-        ids = [e.id for e in events]
-        assert len(ids) == len(set(ids)), "an event is stored twice"
-        stored = {(e.aggregate_id, e.version): e.id for e in events}
-        for w in writers:
-            for agg, acked in w.acked.items():
-                versions = sorted(v for (a, v) in stored if a == agg)
-                assert versions == list(range(1, len(versions) + 1)), (agg, versions)
-                assert len(versions) >= len(acked)  # an unacknowledged last try may be stored
-                for version, event_id in enumerate(acked, 1):
-                    assert stored[(agg, version)] == event_id, (agg, version)
-        expected = brute_entities(events)
-        states = stored_states(db)
-        assert set(states) == set(expected)
-        for key, exp in expected.items():
-            got = states[key]
-            assert (got["version"], got["seq"], got["state"]) == (
-                exp["version"], exp["seq"], exp["state"],
-            ), key  # fmt: skip
-        verify = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "consumers.cli", "--url", cluster.url, "--stream",
-             settings.name, "--prefix", settings.prefix, "--db", str(db), "verify"],
-            cwd=ROOT, capture_output=True, timeout=120,
-        )  # fmt: skip
-        assert verify.returncode == 0, verify.stderr.decode()[-2000:]
-        for s in stores:
-            await s.close()
+
+async def _load_kill_check(
+    cluster: LocalCluster, settings: StreamSettings, stores: list[EventStore],
+    worker: subprocess.Popen[bytes], db: Path, log: Path, kill_leader: bool,
+) -> None:  # fmt: skip
+    """Producers append, a node is killed, they carry on; then every check of the module."""
+    stop = asyncio.Event()
+    writers = [Writer(s, [f"c{i}-{k}" for k in range(4)]) for i, s in enumerate(stores)]
+    tasks = [asyncio.create_task(w.run(stop)) for w in writers]
+    try:
+        await _until(lambda: all(len(w.acks) >= 20 for w in writers), 60, tasks)
+        victim = await _victim(cluster, stores[0], settings.name, kill_leader=kill_leader)
+        leader = await stream_leader(stores[0], settings.name)
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        await _until(lambda: all(w.acked_after(killed_at) >= AFTER_KILL for w in writers),
+                     90, tasks)  # fmt: skip
+        new_leader = await stream_leader(stores[0], settings.name)
+        assert new_leader != cluster.names[victim]
+        if kill_leader:
+            assert leader == cluster.names[victim] != new_leader
+        assert worker.poll() is None, tail(log)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    head = await stores[0].head()
+    deadline = time.monotonic() + 90
+    while checkpoint(db) < head:  # the worker carries on by itself, no restart
+        assert time.monotonic() < deadline and worker.poll() is None, tail(log)
+        await asyncio.sleep(0.1)
+    worker.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.wait, 60) == 0, tail(log)
+
+    events = await log_events(stores[0])
+    assert len(events) == head  # nothing but our events, each message one event
+    ids = [e.id for e in events]
+    assert len(ids) == len(set(ids)), "an event is stored twice"
+    stored = {(e.aggregate_id, e.version): e.id for e in events}
+    for w in writers:
+        for agg, acked in w.acked.items():
+            versions = sorted(v for (a, v) in stored if a == agg)
+            assert versions == list(range(1, len(versions) + 1)), (agg, versions)
+            assert len(versions) == len(acked)  # each append is retried until acknowledged
+            for version, event_id in enumerate(acked, 1):
+                assert stored[(agg, version)] == event_id, (agg, version)
+    expected = brute_entities(events)
+    states = stored_states(db)
+    assert set(states) == set(expected)
+    for key, exp in expected.items():
+        got = states[key]
+        assert (got["version"], got["seq"], got["state"]) == (
+            exp["version"], exp["seq"], exp["state"],
+        ), key  # fmt: skip
+    verify = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "consumers.cli", "--url", cluster.url, "--stream",
+         settings.name, "--prefix", settings.prefix, "--db", str(db), "verify"],
+        cwd=ROOT, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stderr.decode()[-2000:]
 
 
 async def _victim(
