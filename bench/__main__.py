@@ -11,6 +11,7 @@ from bench import (
     audit,
     catchup,
     compare_eventsourcing,
+    failover,
     live,
     publish,
     serving,
@@ -31,6 +32,7 @@ async def run_all(quick: bool) -> dict[str, Any]:
         ("audit", audit),
         ("writemodel", writemodel),
         ("serving", serving),
+        ("failover", failover),
     ):
         results[name] = await module.run(quick=quick)
     return results

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from consumers import (
     cli_auth,
+    cli_cluster,
     cli_locks,
     cli_ops,
     cli_projections,
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_locks.register(sub)  # issue 13: lock acquire, release, show
     cli_watch.register(sub)  # issue 10: watch
     cli_auth.register(sub)  # issue 14: auth init
+    cli_cluster.register(sub)  # issue 14: cluster local
     return parser
 
 

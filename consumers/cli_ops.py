@@ -31,7 +31,7 @@ from consumers.cliutil import (
     run,
 )
 from consumers.metrics import DEFAULT_METRICS_HOST
-from consumers.systemd import UnitOptions, write_units
+from consumers.systemd import UnitOptions, cluster_hosts, write_units
 from eventstore import Malformed, export_events, import_events
 
 __all__ = ["iso_time", "metrics_options", "register"]
@@ -94,6 +94,7 @@ def cmd_systemd_render(args: argparse.Namespace) -> int:
         stream=args.stream,
         prefix=args.prefix,
         log_level="info" if args.log_level == "warning" else args.log_level,
+        cluster=cluster_hosts(args.cluster) if args.cluster else (),
     )
     written = write_units(args.out, options)
     emit({"written": [str(p) for p in written]})
@@ -153,6 +154,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     r.add_argument(
         "--venv", type=non_empty, metavar="DIR",
         help="venv whose bin/eventstore the units run (default: this one)",
+    )  # fmt: skip
+    r.add_argument(
+        "--cluster", metavar="HOST,HOST,HOST", type=non_empty,
+        help="a JetStream cluster: one directory of units and nats.conf per host",
     )  # fmt: skip
     r.epilog = "--config FILE: each worker's config (default /etc/eventstore/%%i.toml)"
     r.set_defaults(func=cmd_systemd_render)

@@ -148,6 +148,7 @@ def _worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=DEFAULT_URL)
     p.add_argument("--stream", default="EVENTS")
     p.add_argument("--prefix", default="events")
+    p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--db", default="./eventstore.db")
     p.add_argument("--config", default=None)
     p.add_argument("--projection", action="append", default=[], metavar="NAME|module:object")

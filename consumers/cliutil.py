@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from consumers.cli_connect import add_connection_options, security
+from consumers.clioptions import add_replicas_option, nats_url
 from consumers.connection import CONNECT_TIMEOUT, connect_store
 from eventstore import (
     DEFAULT_URL,
@@ -94,7 +95,6 @@ T = TypeVar("T")
 
 _PRODUCER_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 _encoder = msgspec.json.Encoder()
-_URL_SCHEMES = ("nats", "tls", "ws", "wss")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 log = get_logger("consumers.cli")
@@ -145,6 +145,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = Fals
         type=subject_prefix,
         help="subject prefix of the log (env EVENTSTORE_PREFIX, default events)",
     )
+    add_replicas_option(g, default)  # consumers.clioptions
     g.add_argument(
         "--db",
         default=default(_env("EVENTSTORE_DB", DEFAULT_DB)),
@@ -208,12 +209,14 @@ def command(
 
 def stream_settings(args: argparse.Namespace) -> StreamSettings:
     """The stream and subject prefix the global options name."""
-    return StreamSettings(name=args.stream, prefix=args.prefix)
+    replicas = getattr(args, "replicas", 1)  # parsers without the global options: 1
+    return StreamSettings(name=args.stream, prefix=args.prefix, replicas=replicas)
 
 
 def url_port(url: str, default: int = 4222) -> int:
     """The port of a ``nats://`` URL: where ``server``/``up`` listen when no --port is given."""
     try:
+        url = url.split(",")[0]  # a cluster's URLs: the first
         return urlsplit(url if "://" in url else f"nats://{url}").port or default
     except ValueError:
         return default
@@ -328,31 +331,6 @@ def log_level(text: str) -> str:
     if value not in LOG_LEVELS:
         raise argparse.ArgumentTypeError(
             f"must be one of {', '.join(LOG_LEVELS)}, got {_shown(text)}"
-        )
-    return value
-
-
-def nats_url(text: str) -> str:
-    """argparse type: one NATS server URL, ``nats://host:port`` (tls, ws, wss; ``host:port``
-    alone means nats://), with a port 1-65535 if one is given."""
-    bad = argparse.ArgumentTypeError(f"{_shown(text)} is not a NATS server URL like {DEFAULT_URL}")
-    value = text.strip()
-    if not value or any(ch.isspace() for ch in value) or "," in value:
-        raise bad
-    try:
-        parts = urlsplit(value if "://" in value else f"nats://{value}")
-        port = parts.port
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{_shown(text)} has an invalid port: use a port 1-65535, like {DEFAULT_URL}"
-        ) from None
-    if parts.scheme not in _URL_SCHEMES or not parts.hostname:
-        raise bad
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise bad
-    if port is not None and not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"{_shown(text)} has an invalid port: use a port 1-65535, like {DEFAULT_URL}"
         )
     return value
 

@@ -11,6 +11,12 @@ DIR`` writes, by name:
   ordered after the NATS unit;
 * ``eventstore.env``: the environment both read (URL, stream, prefix, log level).
 
+With ``cluster=("host1", "host2", "host3")`` (``--cluster host1,host2,host3``) it renders one
+directory per host instead, to copy onto that host: the same units, a ``nats.conf`` for
+``/etc/eventstore/nats.conf`` (the project's, listening on every interface, plus the host's
+``server_name`` and a ``cluster`` block routing to all hosts on port 6222), and an
+``eventstore.env`` whose URL lists every host and whose ``EVENTSTORE_REPLICAS`` is 3.
+
 Why each line is there is said in the files themselves, so an operator reading
 ``systemctl cat`` sees it. Paths are absolute and resolved when rendering (the venv's
 ``eventstore`` script and its ``nats-server``), so the units run exactly the code that rendered
@@ -21,19 +27,22 @@ empty home (``ProtectHome=tmpfs``), since ``ProtectHome=yes`` would hide the cod
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
 
-from eventstore import ConfigError, default_config_path, find_nats_server
+from eventstore import ConfigError, cluster_config, default_config_path, find_nats_server
 
 __all__ = [
+    "CLUSTER_CONF",
     "ENV_FILE",
     "NATS_UNIT",
     "WORKER_UNIT",
     "UnitOptions",
+    "cluster_hosts",
     "protect_home",
     "render_units",
     "write_units",
@@ -42,6 +51,9 @@ __all__ = [
 NATS_UNIT = "nats-server.service"
 WORKER_UNIT = "eventstore-worker@.service"
 ENV_FILE = "eventstore.env"
+CLUSTER_CONF = "nats.conf"  # per host, for /etc/eventstore/nats.conf
+CLIENT_PORT, ROUTE_PORT = 4222, 6222
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HOMES = ("/home", "/root", "/run/user")
 
 
@@ -60,6 +72,7 @@ class UnitOptions(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "info"
     watchdog_sec: int = 60
     stop_timeout_sec: int = 90
+    cluster: tuple[str, ...] = ()  # the hosts of a JetStream cluster; empty: one host
 
 
 # The same on both services: what a log folder and a NATS server never need.
@@ -226,9 +239,53 @@ def _state_rel(path: str) -> str:
     return str(p.relative_to("/var/lib"))
 
 
+def cluster_hosts(text: str) -> tuple[str, ...]:
+    """``host1,host2,host3`` as the hosts of a cluster: 3 to 9 distinct host names or IPv4
+    addresses (fewer cannot survive the loss of one), else ``ConfigError``."""
+    hosts = tuple(h.strip() for h in text.split(","))
+    if not all(_HOST.fullmatch(h) for h in hosts) or len(set(hosts)) != len(hosts):
+        raise ConfigError(
+            f"--cluster {text!r} must be distinct host names separated by commas, "
+            "e.g. host1,host2,host3"
+        )
+    if not 3 <= len(hosts) <= 9:
+        raise ConfigError(
+            f"--cluster names {len(hosts)} hosts: a JetStream cluster that survives the loss "
+            "of a node needs 3 (or 5)"
+        )
+    return hosts
+
+
 def render_units(options: UnitOptions | None = None) -> dict[str, str]:
-    """The unit files and the environment file, by file name (nothing is written)."""
+    """The unit files and the environment file, by file name (nothing is written); with
+    ``cluster``, one set per host, named ``<host>/<file>``, and each host's ``nats.conf``."""
     o = options or UnitOptions()
+    if o.cluster:
+        return _render_cluster(o)
+    return _render(o, default_config_path().resolve())
+
+
+def _render_cluster(o: UnitOptions) -> dict[str, str]:
+    hosts = cluster_hosts(",".join(o.cluster))
+    url = ",".join(f"nats://{h}:{CLIENT_PORT}" for h in hosts)
+    base = default_config_path().read_text()
+    # Clients on other hosts connect: every interface (secure it: TLS and users, see README).
+    base = re.sub(r"(?m)^listen:.*$", f"listen: 0.0.0.0:{CLIENT_PORT}", base)
+    routes = [f"{h}:{ROUTE_PORT}" for h in hosts]
+    single = msgspec.structs.replace(o, cluster=(), url=url)
+    files: dict[str, str] = {}
+    for host in hosts:
+        for name, text in _render(single, Path(o.etc_dir) / CLUSTER_CONF).items():
+            if name == ENV_FILE:
+                text += "# A three-node cluster keeps three copies of the stream.\n"
+                text += "EVENTSTORE_REPLICAS=3\n"
+            files[f"{host}/{name}"] = text
+        conf = cluster_config(base, host, ROUTE_PORT, routes, host="0.0.0.0")
+        files[f"{host}/{CLUSTER_CONF}"] = conf
+    return files
+
+
+def _render(o: UnitOptions, nats_conf: Path) -> dict[str, str]:
     if not o.user or any(ch.isspace() for ch in o.user):
         raise ConfigError(f"--user must be a user name, got {o.user!r}")
     bin_dir = _venv_bin(o.venv)
@@ -236,7 +293,6 @@ def render_units(options: UnitOptions | None = None) -> dict[str, str]:
     nats_server = bin_dir / "nats-server"
     if not nats_server.is_file():
         nats_server = Path(find_nats_server())
-    nats_conf = default_config_path().resolve()
     code = [eventstore, Path(sys.executable), Path(__file__)]  # the script, Python, our code
     if (interp := _interpreter(eventstore)) is not None:
         code.append(interp)
@@ -282,6 +338,7 @@ def write_units(out: str | Path, options: UnitOptions | None = None) -> list[Pat
     written = []
     for name, text in files.items():
         path = out_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)  # <host>/ of a cluster
         path.write_text(text)
         written.append(path)
     return written

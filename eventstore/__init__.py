@@ -3,6 +3,7 @@
 from eventstore.audit import ExportReport, ImportReport, export_events, import_events
 from eventstore.auth import AUTH_INCLUDE, AuthProfile, init_auth, producer_grant
 from eventstore.clocks import LamportClock, Order, VectorClock
+from eventstore.cluster import LocalCluster, cluster_config, server_urls
 from eventstore.config import read_config
 from eventstore.connecting import ConnectSettings
 from eventstore.credentials import client_options, guarded_connect, read_creds, tls_context
@@ -129,6 +130,7 @@ __all__ = [
     "LeaseLost",
     "LeaseUnavailable",
     "Leases",
+    "LocalCluster",
     "LocalRules",
     "MachineTable",
     "Machines",
@@ -164,6 +166,7 @@ __all__ = [
     "check_optional_int",
     "check_time",
     "client_options",
+    "cluster_config",
     "configure_logging",
     "decode_id",
     "decode_message",
@@ -189,6 +192,7 @@ __all__ = [
     "resolver_spec_problem",
     "rules_subject",
     "server_health",
+    "server_urls",
     "tls_context",
     "typed_event",
     "upcaster",

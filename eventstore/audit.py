@@ -284,7 +284,8 @@ class _Importer:
     async def reserve_clocks(self) -> None:
         """Raise each imported producer's clock reservation above what it had published."""
         for producer, (lamport, counter) in self.clocks.items():
-            clock = ProducerClock(self.store.js, self.store.settings.name, producer, block=1)
+            clock = ProducerClock(self.store.js, self.store.settings.name, producer, block=1,
+                                  replicas=self.store.settings.replicas)  # fmt: skip
             clock.lamport, clock.counter = lamport, counter
             await clock.reserve(0)
 

@@ -51,8 +51,12 @@ def bucket_name(stream: str) -> str:
 class ProducerClock:
     """The Lamport time and own vector entry of one producer, backed by reservations."""
 
-    def __init__(self, js: JetStreamContext, stream: str, producer: str, block: int = 1000) -> None:
+    def __init__(
+        self, js: JetStreamContext, stream: str, producer: str, block: int = 1000,
+        replicas: int = 1,
+    ) -> None:  # fmt: skip
         self._js = js
+        self.replicas = replicas  # the bucket's copies when it is created: the stream's
         self.bucket = bucket_name(stream)
         self._kv: Any = None  # opened at the first reservation: readers never touch the bucket
         self.producer = producer
@@ -66,7 +70,7 @@ class ProducerClock:
     async def _open(self) -> None:
         """Find (or create) the bucket and start above everything reserved before."""
         with translating(what=f"opening clock bucket {self.bucket}", url="", timeout=5.0):
-            self._kv = await open_bucket(self._js, self.bucket)
+            self._kv = await open_bucket(self._js, self.bucket, self.replicas)
         await self._load()
         self.lamport = max(self.lamport, self._reserved.lamport)
         self.counter = max(self.counter, self._reserved.counter)

@@ -29,6 +29,7 @@ from typing import Any
 import nkeys
 from nats.aio.client import Client
 
+from eventstore.cluster import server_urls
 from eventstore.errors import ConfigError, EventStoreError, PermissionDenied
 
 __all__ = ["client_options", "guarded_connect", "read_creds", "tls_context"]
@@ -131,7 +132,8 @@ async def guarded_connect(
     nc: Client, url: str, options: dict[str, Any], error_cb: ErrorCallback
 ) -> None:
     """``nc.connect(url, **options)`` that fails at the first TLS or authorization refusal
-    the server reports, instead of retrying it; ``error_cb`` still sees every error."""
+    the server reports, instead of retrying it; ``error_cb`` still sees every error. A
+    comma-separated ``url`` names a cluster's nodes (``eventstore.cluster.server_urls``)."""
     refused: list[EventStoreError] = []
     seen = asyncio.Event()
 
@@ -141,7 +143,8 @@ async def guarded_connect(
             seen.set()
         await error_cb(exc)
 
-    connecting = asyncio.ensure_future(nc.connect(url, **options, error_cb=watch))
+    servers = server_urls(url)  # before connecting: a stray comma is a ConfigError
+    connecting = asyncio.ensure_future(nc.connect(servers, **options, error_cb=watch))
     waiting = asyncio.ensure_future(seen.wait())
     try:
         await asyncio.wait({connecting, waiting}, return_when=asyncio.FIRST_COMPLETED)

@@ -9,14 +9,14 @@ own events, in order, the append is reported as a duplicate, not stored again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from nats.js import JetStreamContext
 
 from eventstore.errors import InvalidEvent
-from eventstore.events import AppendResult, Event, decode_event
+from eventstore.events import AppendResult, Event, decode_event, utcnow
 from eventstore.heads import HeadCache
-from eventstore.jetstream import msg_at, next_msg, translating
+from eventstore.jetstream import StoredMessage, msg_at, next_msg, translating
 from eventstore.pending import Pending
 from eventstore.reader import LogReader, decode_message
 from eventstore.versions import next_version
@@ -139,6 +139,29 @@ class Reconciler:
         return out
 
 
+async def _consistent(reader: LogReader, subject: str) -> AsyncIterator[list[StoredMessage]]:
+    """Every message of the subject up to its last one as the stream's leader knows it.
+
+    Direct gets may be answered by a replica that lags (DESIGN.md): whether an append is
+    already stored decides a write, so what the direct read did not reach is read from the
+    leader. Without this a retry after a failover, answered by a lagging replica, misses its
+    own stored event and then fails with ``VersionConflict`` against itself.
+    """
+    seen = 0
+    async for batch in reader.direct_batches(subject):
+        seen = batch[-1].seq
+        yield batch
+    last = await reader.last_seq(subject)  # the leader's get
+    while seen < last:
+        with translating(what=f"messages of {subject}", url=reader.url, timeout=5.0):
+            msg = await next_msg(reader.js, reader.stream, subject, seen + 1)
+        if msg is None:
+            return
+        seen = int(msg.seq or 0)
+        at = msg.time or utcnow()
+        yield [StoredMessage(seen, msg.subject or subject, msg.data or b"", at, msg.headers)]
+
+
 async def find_ids(reader: LogReader, subject: str, ids: list[str]) -> AppendResult | None:
     """The stored copy of a retried append: its ids at their places in the history.
 
@@ -149,7 +172,7 @@ async def find_ids(reader: LogReader, subject: str, ids: list[str]) -> AppendRes
     found: dict[str, Event] = {}
     outside: dict[str, int] = {}  # id -> seq of a copy that takes no version
     version = 0
-    async for batch in reader.direct_batches(subject):
+    async for batch in _consistent(reader, subject):
         for m in batch:
             taken = next_version(version, m.data)
             if taken is not None:

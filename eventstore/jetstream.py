@@ -193,6 +193,8 @@ def translate(
         return NotConnected(url, detail)
     if isinstance(exc, nats.errors.NoRespondersError):
         return NotConnected(url, f"{doing}: JetStream is not enabled or not answering")
+    if isinstance(exc, nats.js.errors.NoStreamResponseError):  # a replicated stream's election
+        return NotConnected(url, f"{doing}: the stream did not answer (no leader yet?)")
     if isinstance(exc, _BAD_INPUT):
         return InvalidEvent(f"{doing}: {detail}")
     if isinstance(exc, nats.js.errors.ServiceUnavailableError):
@@ -338,15 +340,17 @@ async def add_stream(js: JetStreamContext, config: Any) -> Any:
         ) from exc
 
 
-async def open_bucket(js: JetStreamContext, bucket: str) -> Any:
-    """A key-value bucket (history 1, file storage), created if it does not exist."""
+async def open_bucket(js: JetStreamContext, bucket: str, replicas: int = 1) -> Any:
+    """A key-value bucket (history 1, file storage, ``replicas`` copies), created if it does
+    not exist."""
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         try:
-            return await js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+            config = KeyValueConfig(
+                bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas
             )
+            return await js.create_key_value(config)
         except nats.js.errors.BadRequestError:  # created concurrently
             return await js.key_value(bucket)
 

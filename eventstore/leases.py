@@ -160,8 +160,11 @@ def _check_seconds(value: float, what: str, low: float = 0.0) -> float:
 class Leases:
     """The leases of one log: acquire, renew, release, show, and ``lock`` (all of it)."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, stream: str, *, url: str = "") -> None:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, stream: str, *, url: str = "", replicas: int = 1
+    ) -> None:
         self._nc, self._js, self.url = nc, js, url
+        self.replicas = replicas  # the bucket's copies when it is created: the log's
         self.bucket = lease_bucket(stream)
         self.stream = f"KV_{self.bucket}"
         self._prefix = f"$KV.{self.bucket}."
@@ -179,7 +182,7 @@ class Leases:
                 config = StreamConfig(
                     name=self.stream, subjects=[self._prefix + ">"], max_msgs_per_subject=1,
                     storage=StorageType.FILE, allow_msg_ttl=True, allow_direct=True,
-                    allow_rollup_hdrs=True, deny_delete=True,
+                    allow_rollup_hdrs=True, deny_delete=True, num_replicas=self.replicas,
                 )  # fmt: skip
                 with contextlib.suppress(Exception):  # created concurrently: look again
                     await add_stream(self._js, config)

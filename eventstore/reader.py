@@ -217,6 +217,11 @@ class LogReader:
                 return PermissionDenied(pattern, "publish")
         return None
 
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context (for the leader's gets of ``eventstore.duplicates``)."""
+        return self._js
+
     async def last_seq(self, subject: str | None = None) -> int:
         """The stream's last sequence, or the last sequence on one subject (0 if none)."""
         what = f"last sequence of {subject or self.stream}"

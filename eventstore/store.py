@@ -23,7 +23,7 @@ from eventstore.clockstore import ProducerClock
 from eventstore.connecting import Callbacks, ConnectSettings, ensure_or_close, open_connection
 from eventstore.counters import AppendCounters
 from eventstore.duplicates import find_ids
-from eventstore.errors import EventStoreError, NotConnected
+from eventstore.errors import EventStoreError, NotConnected, VersionConflict
 from eventstore.events import AppendResult, NewEvent, validate_producer
 from eventstore.failfast import refused_publish
 from eventstore.jetstream import close_connection
@@ -77,7 +77,7 @@ class EventStore(LogReading):
         self._committer: Committer | None = None
         self._closing = False
         self.presence: Presence | None = None  # this connection's claim on its producer name
-        self.leases = Leases(nc, self._js, settings.name, url=url)  # eventstore.leases
+        self.leases = Leases(nc, self._js, settings.name, url=url, replicas=settings.replicas)
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -107,7 +107,8 @@ class EventStore(LogReading):
         if opts.ensure:
             await ensure_or_close(store.ensure, nc, url, callbacks)
         await ensure_or_close(store._rules.start, nc, url, callbacks)
-        clock = ProducerClock(store._js, settings_.name, producer, opts.clock_block)
+        clock = ProducerClock(store._js, settings_.name, producer, opts.clock_block,
+                              replicas=settings_.replicas)  # fmt: skip
         store._committer = Committer(nc, store._js, reader=store.reader, producer=producer,
                                      clock=clock, machines=store.machines, url=url,
                                      max_batch=opts.max_batch)  # fmt: skip
@@ -222,7 +223,21 @@ class EventStore(LogReading):
         )
         if isinstance(pending, AppendResult):
             return pending
-        return await self._open_committer().append(pending)
+        try:
+            return await self._open_committer().append(pending)
+        except VersionConflict as exc:
+            return await self._own_attempt(pending, exc)
+
+    async def _own_attempt(self, pending: Pending, conflict: VersionConflict) -> AppendResult:
+        """The stored copy when a conflict is with this append's own earlier attempt, else
+        the conflict. An attempt whose answer was lost (a failover: the leader died after its
+        replicas stored the batch) is found on the leader only after the committer looked, or
+        by a caller's retry of a ``Retryable`` error with the same ids; either then meets its
+        own event at the version it expected."""
+        found = await find_ids(self.reader, pending.subject, [e.id or "" for e in pending.events])
+        if found is None:
+            raise conflict
+        return found
 
     async def append_many(
         self, requests: Iterable[AppendRequest], *, timeout: float | None = None
@@ -234,6 +249,7 @@ class EventStore(LogReading):
         """
         committer = self._open_committer()
         slots: list[AppendResult | asyncio.Future[AppendResult]] = []
+        pendings: list[Pending | None] = []
         for r in requests:
             pending = await self._pending(
                 r.aggregate_type, r.aggregate_id, r.events, r.expected_version, r.context, timeout
@@ -241,10 +257,16 @@ class EventStore(LogReading):
             if isinstance(pending, Pending):
                 committer.submit(pending)
             slots.append(pending.future if isinstance(pending, Pending) else pending)
+            pendings.append(pending if isinstance(pending, Pending) else None)
         out: list[AppendResult | EventStoreError] = []
-        for slot in slots:
+        for slot, p in zip(slots, pendings, strict=True):
             try:
-                out.append(slot if isinstance(slot, AppendResult) else await slot)
+                try:
+                    out.append(slot if isinstance(slot, AppendResult) else await slot)
+                except VersionConflict as exc:
+                    if p is None:
+                        raise
+                    out.append(await self._own_attempt(p, exc))
             except EventStoreError as exc:
                 out.append(exc)
         return out

@@ -160,6 +160,12 @@ def _problems(cfg: Any, want: StreamSettings) -> list[str]:
         p.append(f"max_age is {cfg.max_age}s (old events would expire)")
     if getattr(cfg, "allow_msg_ttl", False):
         p.append("allow_msg_ttl is on (events could expire)")
+    if (cfg.num_replicas or 1) < want.replicas:
+        p.append(
+            f"num_replicas is {cfg.num_replicas or 1}, fewer than the {want.replicas} asked "
+            "(--replicas, EVENTSTORE_REPLICAS), so it survives the loss of fewer nodes; "
+            f"raise it (`nats stream edit {cfg.name} --replicas {want.replicas}`) or ask for fewer"
+        )
     if want.subjects[0] not in (cfg.subjects or []):
         p.append(f"its subjects {cfg.subjects} do not include {want.subjects[0]}")
     return p
