@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         HistoryReply,
         Notification,
         PageReply,
+        RangeReply,
         StateReply,
         StatusReply,
     )
@@ -36,6 +37,7 @@ __all__ = [
     "Notification",
     "PageReply",
     "ProjectionClient",
+    "RangeReply",
     "Reactor",
     "ReactorRunner",
     "StateReply",
@@ -58,6 +60,7 @@ _WHERE = {
     "Notification": "consumers.protocol",
     "PageReply": "consumers.protocol",
     "ProjectionClient": "consumers.client",
+    "RangeReply": "consumers.protocol",
     "StateReply": "consumers.protocol",
     "StatusReply": "consumers.protocol",
     "demo_environment": "consumers.demo",
