@@ -20,6 +20,8 @@ coalesced versions.
   the last event.
 
 Figures: p50/p99 of each round; the table gives the median over rounds and the spread.
+``--breakdown`` runs ``bench.serving_trace`` instead: where the steady round's latency goes,
+piece by piece (producer and server, worker intake, fold, SQLite commit, feed, watcher).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 import nats
 
+from bench import serving_trace
 from bench.common import bench_server, connect, main_for, median, percentile, report
 from consumers import ProjectionClient
 from eventstore import AppendRequest, EventStore, NewEvent
@@ -315,6 +318,10 @@ def _report(
 
 
 def main() -> None:
+    if "--breakdown" in sys.argv:
+        sys.argv.remove("--breakdown")
+        serving_trace.main()
+        return
     main_for(
         "serving",
         run,

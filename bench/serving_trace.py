@@ -39,6 +39,12 @@ import nats
 
 from bench.common import bench_server, connect, main_for, percentile, report
 from consumers import ProjectionClient, protocol
+from consumers.cli_worker import worker_main
+from consumers.feed import ChangeFeed
+from eventstore import NewEvent, reader
+from eventstore.jetstream import parse_reply
+from projections import runner as runner_mod
+from projections.recorder import Recorder
 
 STREAM, PREFIX, TYPE = "SERVING", "serving", "agent"
 AGGREGATES = 200
@@ -59,12 +65,6 @@ def now() -> float:
 
 def _install(out: Path) -> None:
     """Wrap the fold path's methods to note their instants; write them at exit."""
-    from consumers.feed import ChangeFeed
-    from eventstore import reader
-    from eventstore.jetstream import parse_reply
-    from projections import runner as runner_mod
-    from projections.recorder import Recorder
-
     arrived: dict[int, float] = {}
     batches: list[dict[str, float]] = []
     current: dict[str, float] = {}
@@ -109,8 +109,6 @@ def _install(out: Path) -> None:
 
 def worker(argv: list[str]) -> int:
     """``worker --trace FILE [cli_worker options]``: a traced ``python -m consumers.cli_worker``."""
-    from consumers.cli_worker import worker_main
-
     _install(Path(argv[1]))
     return worker_main(argv[2:])
 
@@ -144,9 +142,7 @@ async def _round(store: Any, n: int, base: int, marks: dict[int, dict[str, float
     await asyncio.gather(*tasks)
 
 
-def _event(k: int) -> Any:
-    from eventstore import NewEvent
-
+def _event(k: int) -> NewEvent:
     return NewEvent("Step", {"i": k})
 
 
@@ -186,6 +182,7 @@ async def run(quick: bool = False, n: int | None = None) -> dict[str, Any]:
                 watching = asyncio.create_task(follow())
                 await _round(store, min(n, 500), 0, {})  # warm-up
                 raw = await _raw_baseline(server.url, n)
+                raw_js = await _raw_jetstream(server.url, n)
                 await _round(store, n, 10**6, marks)
                 await asyncio.sleep(0.5)
                 watching.cancel()
@@ -194,7 +191,7 @@ async def run(quick: bool = False, n: int | None = None) -> dict[str, Any]:
                 proc.terminate()
                 await asyncio.to_thread(proc.wait, 30)
         traced = json.loads(trace.read_text())
-    return _report(marks, fed, yielded, traced, raw, n)
+    return _report(marks, fed, yielded, traced, raw, raw_js, n)
 
 
 async def _raw_baseline(url: str, n: int) -> list[float]:
@@ -221,12 +218,47 @@ async def _raw_baseline(url: str, n: int) -> list[float]:
     return [got[i] - t for i, t in sent.items() if i in got]
 
 
+async def _raw_jetstream(url: str, n: int) -> tuple[list[float], list[float]]:
+    """Raw nats-py ``js.publish`` on the same schedule (each in a task of its own, same fsync
+    policy) to an ordered push consumer on another connection: (acks, arrivals). What the log
+    alone costs, beside ``at worker`` (our producer's group commit plus the same)."""
+    pub, sub = await nats.connect(url), await nats.connect(url)
+    js = pub.jetstream()
+    await js.add_stream(name="RAWJS", subjects=["rawjs.>"])
+    got: dict[int, float] = {}
+
+    async def cb(msg: Any) -> None:
+        got.setdefault(int(msg.data), now())
+
+    await sub.jetstream().subscribe("rawjs.>", cb=cb, ordered_consumer=True)
+    acks: dict[int, float] = {}
+    sent: dict[int, float] = {}
+
+    async def one(i: int) -> None:
+        sent[i] = now()
+        await js.publish(f"rawjs.a{i % AGGREGATES}", str(i).encode())
+        acks[i] = now()
+
+    tasks, t_start = [], now()
+    for i in range(n):
+        delay = t_start + i / 1000.0 - now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    await asyncio.sleep(0.5)
+    await pub.close()
+    await sub.close()
+    return [acks[i] - t for i, t in sent.items()], [got[i] - t for i, t in sent.items() if i in got]
+
+
 def _report(
     marks: dict[int, dict[str, float]],
     fed: dict[int, float],
     yielded: dict[int, float],
     traced: dict[str, Any],
     raw: list[float],
+    raw_js: tuple[list[float], list[float]],
     n: int,
 ) -> dict[str, Any]:
     arrived = {int(s): t for s, t in traced["arrived"].items()}
@@ -274,6 +306,13 @@ def _report(
                  f"{figures['end_to_end_p99_ms']:.2f} ms", ""))  # fmt: skip
     rows.append(("raw: core publish -> core subscriber", f"{figures['raw_p50_ms']:.2f} ms",
                  f"{figures['raw_p99_ms']:.2f} ms", ""))  # fmt: skip
+    for key, label, values in (("raw_js_ack", "raw: js.publish -> its ack", raw_js[0]),
+                               ("raw_js_delivered", "raw: js.publish -> ordered consumer",
+                                raw_js[1])):  # fmt: skip
+        figures[f"{key}_p50_ms"] = round(percentile(values, 50) * MS, 3)
+        figures[f"{key}_p99_ms"] = round(percentile(values, 99) * MS, 3)
+        rows.append((label, f"{figures[f'{key}_p50_ms']:.2f} ms",
+                     f"{figures[f'{key}_p99_ms']:.2f} ms", ""))  # fmt: skip
     report(
         f"serving breakdown: {n} events at 1,000/s, {figures['traced_events']} with a "
         "notification of their own (the others were coalesced into a later version's)",
