@@ -42,8 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from datetime import datetime
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -54,7 +53,7 @@ from nats.aio.subscription import Subscription
 
 from consumers import protocol as wire
 from eventstore import AggregateNotFound, NotConnected, RequestTimeout, UnknownProjection
-from projections import MAX_LIMIT, Scalar, StateRecord
+from projections import MAX_LIMIT, StateRecord
 
 __all__ = ["DEFAULT_BUFFER", "DEFAULT_PATIENCE", "Queries", "Watcher"]
 
@@ -77,58 +76,26 @@ class Queries(Protocol):
     stream: str
 
     async def state(
-        self,
-        aggregate_type: str,
-        aggregate_id: str,
-        *,
-        projection: str | None = None,
-        version: int | None = None,
-        seq: int | None = None,
-        at: datetime | None = None,
-        min_seq: int | None = None,
-        timeout: float | None = None,
-    ) -> wire.StateReply: ...
+        self, aggregate_type: str, aggregate_id: str, *, projection: str | None = None,
+        version: int | None = None, min_seq: int | None = None,
+    ) -> wire.StateReply: ...  # fmt: skip
 
     def query_all(
-        self,
-        projection: str | None = None,
-        *,
-        aggregate_type: str | None = None,
-        where: Mapping[str, Scalar] | None = None,
-        limit: int = ...,
-        min_seq: int | None = None,
-        timeout: float | None = None,
+        self, projection: str | None = None, *, aggregate_type: str | None = None, limit: int = ...
     ) -> AsyncIterator[wire.PageReply]: ...
 
     async def changes(
-        self,
-        since: int,
-        *,
-        projection: str | None = None,
-        aggregate_type: str | None = None,
-        where: Mapping[str, Scalar] | None = None,
-        limit: int = ...,
-        cursor: str | None = None,
-        min_seq: int | None = None,
-        timeout: float | None = None,
-    ) -> wire.PageReply: ...
+        self, since: int, *, projection: str | None = None, aggregate_type: str | None = None,
+        limit: int = ..., cursor: str | None = None,
+    ) -> wire.PageReply: ...  # fmt: skip
 
-    async def status(
-        self, projection: str | None = None, *, min_seq: int | None = None
-    ) -> wire.StatusReply: ...
+    async def status(self, projection: str | None = None) -> wire.StatusReply: ...
 
     async def state_range(
-        self,
-        aggregate_type: str,
-        aggregate_id: str,
-        from_version: int,
-        to_version: int | None = None,
-        *,
-        projection: str | None = None,
-        limit: int = ...,
+        self, aggregate_type: str, aggregate_id: str, from_version: int,
+        to_version: int | None = None, *, projection: str | None = None,
         min_seq: int | None = None,
-        timeout: float | None = None,
-    ) -> wire.RangeReply: ...
+    ) -> wire.RangeReply: ...  # fmt: skip
 
 
 def _record(reply: wire.StateReply) -> StateRecord:
