@@ -60,11 +60,14 @@ class Arrivals:
             self.at[i] = time.perf_counter()
             self.changed.set()
 
-    async def until(self, i: int, timeout: float = 60) -> None:
+    async def until(self, first: int, last: int, timeout: float = 60) -> None:
+        """Until every index ``first``..``last`` arrived (appends in flight may commit out of
+        their start order: the last one started is not always the last one delivered)."""
         async with asyncio.timeout(timeout):
-            while i not in self.at:
-                self.changed.clear()
-                await self.changed.wait()
+            for i in range(first, last + 1):
+                while i not in self.at:
+                    self.changed.clear()
+                    await self.changed.wait()
 
 
 async def _paced(
@@ -118,7 +121,7 @@ async def _ours(
 
     t0 = time.perf_counter()
     started = await _paced(n, rate, send)
-    await seen.until(base + n - 1)
+    await seen.until(base, base + n - 1)
     elapsed = time.perf_counter() - t0
     await asyncio.sleep(0.05)
     return _latencies(started, seen.at, base), n / elapsed
@@ -133,7 +136,7 @@ async def _raw(
     t0 = time.perf_counter()
     started = await _paced(n, rate, send)
     await nc.flush()
-    await seen.until(base + n - 1)
+    await seen.until(base, base + n - 1)
     elapsed = time.perf_counter() - t0
     return _latencies(started, seen.at, base), n / elapsed
 
