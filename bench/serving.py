@@ -20,6 +20,8 @@ coalesced versions.
   the last event.
 
 Figures: p50/p99 of each round; the table gives the median over rounds and the spread.
+``--breakdown`` runs ``bench.serving_trace`` instead: where the steady round's latency goes,
+piece by piece (producer and server, worker intake, fold, SQLite commit, feed, watcher).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 import nats
 
+from bench import serving_trace
 from bench.common import bench_server, connect, main_for, median, percentile, report
 from consumers import ProjectionClient
 from eventstore import AppendRequest, EventStore, NewEvent
@@ -57,11 +60,14 @@ class Arrivals:
             self.at[i] = time.perf_counter()
             self.changed.set()
 
-    async def until(self, i: int, timeout: float = 60) -> None:
+    async def until(self, first: int, last: int, timeout: float = 60) -> None:
+        """Until every index ``first``..``last`` arrived (appends in flight may commit out of
+        their start order: the last one started is not always the last one delivered)."""
         async with asyncio.timeout(timeout):
-            while i not in self.at:
-                self.changed.clear()
-                await self.changed.wait()
+            for i in range(first, last + 1):
+                while i not in self.at:
+                    self.changed.clear()
+                    await self.changed.wait()
 
 
 async def _paced(
@@ -115,7 +121,7 @@ async def _ours(
 
     t0 = time.perf_counter()
     started = await _paced(n, rate, send)
-    await seen.until(base + n - 1)
+    await seen.until(base, base + n - 1)
     elapsed = time.perf_counter() - t0
     await asyncio.sleep(0.05)
     return _latencies(started, seen.at, base), n / elapsed
@@ -130,7 +136,7 @@ async def _raw(
     t0 = time.perf_counter()
     started = await _paced(n, rate, send)
     await nc.flush()
-    await seen.until(base + n - 1)
+    await seen.until(base, base + n - 1)
     elapsed = time.perf_counter() - t0
     return _latencies(started, seen.at, base), n / elapsed
 
@@ -315,6 +321,10 @@ def _report(
 
 
 def main() -> None:
+    if "--breakdown" in sys.argv:
+        sys.argv.remove("--breakdown")
+        serving_trace.main()
+        return
     main_for(
         "serving",
         run,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         HistoryReply,
         Notification,
         PageReply,
+        RangeReply,
         StateReply,
         StatusReply,
     )
@@ -37,6 +38,7 @@ __all__ = [
     "Notification",
     "PageReply",
     "ProjectionClient",
+    "RangeReply",
     "Reactor",
     "ReactorRunner",
     "StateReply",
@@ -60,6 +62,7 @@ _WHERE = {
     "Notification": "consumers.protocol",
     "PageReply": "consumers.protocol",
     "ProjectionClient": "consumers.client",
+    "RangeReply": "consumers.protocol",
     "StateReply": "consumers.protocol",
     "StatusReply": "consumers.protocol",
     "demo_environment": "consumers.demo",

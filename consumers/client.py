@@ -202,6 +202,34 @@ class ProjectionClient:
             projection, "history", body, wire.HistoryReply, (aggregate_type, aggregate_id)
         )
 
+    async def state_range(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        from_version: int,
+        to_version: int | None = None,
+        *,
+        projection: str | None = None,
+        limit: int = wire.RANGE_LIMIT,
+        min_seq: int | None = None,
+        timeout: float | None = None,
+    ) -> wire.RangeReply:
+        """One aggregate's states at versions ``from_version`` to ``to_version`` (default: its
+        last), one per version in order, from one replay in the worker; a page holds at most
+        ``limit`` states and what fits in max_payload (``next_version``: the next page)."""
+        body = wire.RangeRequest(
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            from_version=from_version,
+            to_version=to_version,
+            limit=limit,
+            min_seq=min_seq,
+            timeout=timeout,
+        )
+        return await self._call(
+            projection, "range", body, wire.RangeReply, (aggregate_type, aggregate_id)
+        )
+
     async def query(
         self,
         projection: str | None = None,

@@ -18,6 +18,12 @@ disconnect) holds the mark before it until the next start.
 
 Publishing happens inside the commit callback without waiting for the server (the flush and
 the mark are a background task's), so the fold waits only for encoding and buffering.
+
+A batch's notifications go out sorted by aggregate type, each carrying the checkpoint of its
+commit, and the last one of each type (``last_of_type``) and of the batch (``last_of_batch``)
+say so: a subscriber then knows it has every notification up to that checkpoint for its
+filter (``consumers.watching``'s floor, ``LiveView.seq``) without waiting for a heartbeat.
+Once a batch failed to publish, that checkpoint is held before it, as the heartbeats' is.
 """
 
 from __future__ import annotations
@@ -133,9 +139,10 @@ class ChangeFeed:
         count, cursor = 0, None
         while True:
             page = await query_states(db, name, since=mark, limit=MAX_LIMIT, cursor=cursor)
+            at = self.runner.checkpoints()[name]  # each state is current as of the checkpoint
             await self._publish(
                 name, ((r.aggregate_type, r.aggregate_id, r.version, r.seq, r.state, None)
-                       for r in page.items),
+                       for r in page.items), at, last=False,
             )  # fmt: skip
             count += len(page.items)
             if page.next_cursor is None:
@@ -146,9 +153,11 @@ class ChangeFeed:
         for name, states in info.states.items():
             try:
                 if states:
+                    ordered = sorted(states, key=lambda s: s[0].aggregate_type)
                     await self._publish(
                         name, ((a.aggregate_type, a.aggregate_id, a.version, a.seq, a.state, prev)
-                               for a, prev in states),
+                               for a, prev in ordered),
+                        min(info.last_seq, self.hold.get(name, info.last_seq)),
                     )  # fmt: skip
             except Exception:  # the connection's buffer is full, or it is closed
                 # Never record a mark past this batch: the next start re-publishes it.
@@ -165,10 +174,19 @@ class ChangeFeed:
         self._wake.set()
 
     async def _publish(
-        self, name: str, changes: Iterable[tuple[str, str, int, int, Any, int | None]]
+        self,
+        name: str,
+        changes: Iterable[tuple[str, str, int, int, Any, int | None]],
+        checkpoint: int,
+        *,
+        last: bool = True,
     ) -> None:
+        """Publish ``changes`` (grouped by aggregate type); ``last``: they are a whole batch, so
+        mark the last of each type and the last of all."""
         nc, stream, limit = self.nc, self.stream, self.nc.max_payload
-        for agg_type, agg_id, version, seq, state, previous in changes:
+        items = list(changes)
+        for n, (agg_type, agg_id, version, seq, state, previous) in enumerate(items, 1):
+            final = last and n == len(items)
             note = Notification(
                 projection=name,
                 aggregate_type=agg_type,
@@ -177,6 +195,9 @@ class ChangeFeed:
                 seq=seq,
                 state=state,
                 previous_version=previous,
+                checkpoint=checkpoint,
+                last_of_type=final or (last and items[n][0] != agg_type),
+                last_of_batch=final,
             )
             payload = _encode(note)
             if len(payload) > limit:

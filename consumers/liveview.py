@@ -3,8 +3,16 @@ invalidated by event rather than by TTL).
 
 ``await ProjectionClient.view("entities", aggregate_type="agent")`` loads every matching
 state (``list``) and keeps it current with a ``latest``-mode ``consumers.watching.Watcher``
-in a task of its own: ``get`` is a dictionary lookup, never a request; ``seq`` is the
-watcher's floor, the checkpoint every change up to which is in the view.
+in a task of its own: ``get`` is a dictionary lookup, never a request.
+
+``seq`` is the watcher's floor: every change committed at or before ``seq`` to an aggregate
+the view follows is in the view. So an aggregate whose state in the view has a lower seq did
+not change between its seq and ``seq``, and one the view does not hold had no state at
+``seq``. It moves with each notification that closes its commit for the view's filter (the
+last one of its aggregate type in the batch, or of the whole batch for a view of every type:
+with the one-event batches of a quiet stream, every notification), and with each heartbeat
+(a commit that changed none of the view's aggregates moves it only then). It never moves
+within a batch: a notification of one aggregate does not say that the batch's others arrived.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class LiveView:
 
     @property
     def seq(self) -> int:
+        """Every change up to this stream sequence is in the view (see the module doc)."""
         return self.watcher.floor
 
     async def start(self) -> LiveView:

@@ -9,7 +9,8 @@ into a log; ``<projection>`` is the projection's name escaped like an aggregate 
 * ``_ES.Q.<stream>.<projection>.<op>``: request/reply endpoints of the NATS micro service
   ``eventstore`` (found with ``$SRV.PING`` / ``$SRV.INFO`` / ``$SRV.STATS``; workers of the
   same projection answer as one queue group ``q``). ``op`` is ``state``, ``history``,
-  ``list``, ``changes`` or ``status``; the request bodies are the ``*Request`` structs.
+  ``list``, ``changes``, ``status`` or ``range`` (one aggregate's states at versions a..b, in
+  pages); the request bodies are the ``*Request`` structs.
 * ``_ES.CHANGES.<stream>.<projection>.<aggregate_type>.<id token>``: one ``Notification``
   per aggregate a commit changed (``<id token>`` is the events subject's escaped id), so
   ``_ES.CHANGES.EVENTS.entities.agent.>`` follows every agent.
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_TIMEOUT",
     "OPS",
+    "RANGE_LIMIT",
     "SERVICE_NAME",
     "ChangesRequest",
     "ErrorBody",
@@ -48,6 +50,8 @@ __all__ = [
     "ListRequest",
     "Notification",
     "PageReply",
+    "RangeReply",
+    "RangeRequest",
     "StateReply",
     "StateRequest",
     "StatusReply",
@@ -60,13 +64,14 @@ __all__ = [
 ]
 
 SERVICE_NAME = "eventstore"
-OPS = ("state", "history", "list", "changes", "status")
+OPS = ("state", "history", "list", "changes", "status", "range")
 BEAT_TOKEN = "_beat"
 # The error codes a reply can carry.
 CODES = ("bad_request", "not_found", "unknown_projection", "timeout", "too_large", "internal")
 DEFAULT_TIMEOUT = 5.0  # how long a request with min_seq waits, unless it says
 MAX_TIMEOUT = 30.0
 MAX_REQUEST_BYTES = 64 * 1024
+RANGE_LIMIT = 1000  # states in one range reply at most (and what fits in max_payload)
 
 _ROOT_Q, _ROOT_FEED = "_ES.Q", "_ES.CHANGES"
 
@@ -143,6 +148,17 @@ class ChangesRequest(ListRequest, frozen=True, kw_only=True, forbid_unknown_fiel
     since: Seq = 0
 
 
+class RangeRequest(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One aggregate's states at versions ``from_version`` to ``to_version`` (default: its
+    last), at most ``limit`` of them and as many as fit in the server's max_payload."""
+
+    aggregate_type: Name
+    aggregate_id: Name
+    from_version: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+    to_version: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=RANGE_LIMIT)] = RANGE_LIMIT
+
+
 class StatusRequest(_Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How far the worker answering has folded."""
 
@@ -190,6 +206,19 @@ class PageReply(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None = None
 
 
+class RangeReply(msgspec.Struct, frozen=True, kw_only=True):
+    """States of one aggregate, one per version from the request's ``from_version`` on, in
+    order; ``next_version``: where the next page starts (null: the range is complete, or the
+    aggregate's history ends before ``to_version``)."""
+
+    checkpoint: int
+    projection: str
+    aggregate_type: str
+    aggregate_id: str
+    items: list[StateRecord]
+    next_version: int | None = None
+
+
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
     """The answering worker: its projections and checkpoints, the log's head, lag."""
 
@@ -224,7 +253,15 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     re-publishes what a crash may have kept from subscribers); ``previous_version < version -
     1`` means versions were coalesced into one commit: read them with ``state`` at
     ``version``. A state too big for the server's max_payload comes as ``state: null,
-    truncated: true``: read it with ``state``."""
+    truncated: true``: read it with ``state``.
+
+    ``checkpoint``: the projection's checkpoint after the commit that made this state (never
+    past a batch whose notifications failed to go out). A worker publishes a batch's
+    notifications in commit order, sorted by aggregate type, and NATS keeps one publisher's
+    order, so a subscriber that has received this notification has received every one up to
+    ``checkpoint`` of this aggregate (it gets one per batch); of every aggregate of this type
+    when ``last_of_type``; of every aggregate when ``last_of_batch``. (Re-published states
+    after a worker start carry the checkpoint of that start and neither flag.)"""
 
     projection: str
     aggregate_type: str
@@ -234,6 +271,9 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     state: Any
     previous_version: int | None
     truncated: bool = False
+    checkpoint: int | None = None
+    last_of_type: bool = False
+    last_of_batch: bool = False
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):

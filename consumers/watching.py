@@ -14,15 +14,19 @@ worker start):
 2. It remembers the last version it yielded of each aggregate and ignores any notification at
    or below it (re-publications, a second worker's copy, what the listing already showed).
 3. A notification above the last version + 1 is a gap (several versions folded in one batch,
-   a notification lost): each missing version is read with ``state`` at that version (with
-   ``min_seq``, so a worker that is behind waits instead of answering stale), then the
-   notification itself (read with ``state`` too when it came ``truncated``).
+   a notification lost): the missing versions are read with ``range`` (one replay in the
+   worker for up to ``protocol.RANGE_LIMIT`` versions, with ``min_seq``, so a worker that is
+   behind waits instead of answering stale), up to the highest version of that aggregate
+   already buffered, so a subscriber far behind reads each aggregate's backlog in a request
+   or two and skips the notifications it covered; then the notification itself (read with
+   ``state`` when it came ``truncated``).
 4. ``floor`` is a seq up to which every notification is known to be received: the listing's
-   checkpoint, then each heartbeat's (notifications and beats come in order on one
-   connection). A full buffer (``buffer`` messages: the subscriber is slow) or a reconnect of
-   the connection (a server restart: anything may have been lost meanwhile) makes the watcher
-   resynchronise: ``changes(since=floor)`` gives every aggregate whose state moved after it,
-   each applied as in 2 and 3.
+   checkpoint, then each heartbeat's, and each notification that closes its batch for this
+   watch's filter (``Notification.checkpoint``: one worker publishes in commit order, and
+   NATS keeps one publisher's order). A full buffer (``buffer`` messages: the subscriber is
+   slow) or a reconnect of the connection (a server restart: anything may have been lost
+   meanwhile) makes the watcher resynchronise: ``changes(since=floor)`` gives every
+   aggregate whose state moved after it, each applied as in 2 and 3.
 
 ``latest=True`` (coalesce) keeps 2 and 4 but skips 3's missing versions: it may skip
 intermediate versions and never goes backwards. What is yielded is a
@@ -38,8 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from datetime import datetime
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -50,7 +53,7 @@ from nats.aio.subscription import Subscription
 
 from consumers import protocol as wire
 from eventstore import AggregateNotFound, NotConnected, RequestTimeout, UnknownProjection
-from projections import MAX_LIMIT, Scalar, StateRecord
+from projections import MAX_LIMIT, StateRecord
 
 __all__ = ["DEFAULT_BUFFER", "DEFAULT_PATIENCE", "Queries", "Watcher"]
 
@@ -58,7 +61,6 @@ log = structlog.get_logger("consumers.watching")
 
 DEFAULT_BUFFER = 100_000  # notifications a watcher holds for a slow consumer before resyncing
 DEFAULT_PATIENCE = 120.0  # seconds a read may be retried while no worker answers
-_FILL_WINDOW = 16  # missing versions of one aggregate read concurrently
 _TICK = 0.25  # how often a waiting watcher looks at the connection's reconnect count
 _RETRYABLE = (UnknownProjection, RequestTimeout, NotConnected)
 _notification = msgspec.json.Decoder(wire.Notification)
@@ -74,45 +76,26 @@ class Queries(Protocol):
     stream: str
 
     async def state(
-        self,
-        aggregate_type: str,
-        aggregate_id: str,
-        *,
-        projection: str | None = None,
-        version: int | None = None,
-        seq: int | None = None,
-        at: datetime | None = None,
-        min_seq: int | None = None,
-        timeout: float | None = None,
-    ) -> wire.StateReply: ...
+        self, aggregate_type: str, aggregate_id: str, *, projection: str | None = None,
+        version: int | None = None, min_seq: int | None = None,
+    ) -> wire.StateReply: ...  # fmt: skip
 
     def query_all(
-        self,
-        projection: str | None = None,
-        *,
-        aggregate_type: str | None = None,
-        where: Mapping[str, Scalar] | None = None,
-        limit: int = ...,
-        min_seq: int | None = None,
-        timeout: float | None = None,
+        self, projection: str | None = None, *, aggregate_type: str | None = None, limit: int = ...
     ) -> AsyncIterator[wire.PageReply]: ...
 
     async def changes(
-        self,
-        since: int,
-        *,
-        projection: str | None = None,
-        aggregate_type: str | None = None,
-        where: Mapping[str, Scalar] | None = None,
-        limit: int = ...,
-        cursor: str | None = None,
-        min_seq: int | None = None,
-        timeout: float | None = None,
-    ) -> wire.PageReply: ...
+        self, since: int, *, projection: str | None = None, aggregate_type: str | None = None,
+        limit: int = ..., cursor: str | None = None,
+    ) -> wire.PageReply: ...  # fmt: skip
 
-    async def status(
-        self, projection: str | None = None, *, min_seq: int | None = None
-    ) -> wire.StatusReply: ...
+    async def status(self, projection: str | None = None) -> wire.StatusReply: ...
+
+    async def state_range(
+        self, aggregate_type: str, aggregate_id: str, from_version: int,
+        to_version: int | None = None, *, projection: str | None = None,
+        min_seq: int | None = None,
+    ) -> wire.RangeReply: ...  # fmt: skip
 
 
 def _record(reply: wire.StateReply) -> StateRecord:
@@ -153,8 +136,9 @@ class Watcher:
         self.floor = 0  # every notification up to this seq has been received or read
         self.ready = asyncio.Event()  # set once the initial states are all yielded
         self.resyncs = 0
-        self.filled = 0  # missing versions read with `state`
-        self._buf: deque[Msg] = deque()
+        self.filled = 0  # missing versions read with `range`
+        self._buf: deque[wire.Notification | wire.Heartbeat | str] = deque()  # str: malformed
+        self._ahead: dict[Key, tuple[int, int]] = {}  # highest (version, seq) notified
         self._wake = asyncio.Event()
         self._overflow = False
         self._reconnects = 0
@@ -172,8 +156,18 @@ class Watcher:
     async def _on_msg(self, msg: Msg) -> None:
         if len(self._buf) >= self.buffer:  # a slow consumer: drop it all, resync from floor
             self._buf.clear()
+            self._ahead.clear()
             self._overflow = True
-        self._buf.append(msg)
+        item: wire.Notification | wire.Heartbeat | str = msg.subject
+        with contextlib.suppress(msgspec.DecodeError):
+            if msg.subject == self._beat:
+                item = _heartbeat.decode(msg.data)
+            else:
+                item = note = _notification.decode(msg.data)
+                key = (note.aggregate_type, note.aggregate_id)
+                if note.version > self._ahead.get(key, (0, 0))[0]:
+                    self._ahead[key] = (note.version, note.seq)
+        self._buf.append(item)
         self._wake.set()
 
     async def _subscribe(self) -> list[Subscription]:
@@ -202,6 +196,27 @@ class Watcher:
                 self._log.info("watch retries a read", what=what, error=str(exc))
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
+
+    async def _fill(
+        self, key: Key, first: int, last: int, min_seq: int
+    ) -> AsyncIterator[StateRecord]:
+        """Versions ``first`` to ``last`` of ``key``, page by page (``range``)."""
+        while first <= last:
+            reply: wire.RangeReply = await self._retry(
+                f"versions of {key[0]}/{key[1]}", self._range(key, first, last, min_seq)
+            )
+            for item in reply.items:
+                if item.version >= first:
+                    self.filled += 1
+                    yield item
+            if reply.next_version is None or not reply.items:
+                return
+            first = reply.next_version
+
+    def _range(self, key: Key, first: int, last: int, min_seq: int) -> Callable[[], Awaitable[Any]]:
+        return lambda: self.client.state_range(
+            *key, first, last, projection=self.projection, min_seq=min_seq
+        )
 
     async def _state_at(self, key: Key, version: int | None, min_seq: int) -> StateRecord:
         reply = await self._retry(
@@ -280,16 +295,18 @@ class Watcher:
         last = self.versions.get(key, 0)
         if rec.version <= last:
             return
-        if fill and not self.latest:
-            for start in range(last + 1, rec.version, _FILL_WINDOW):  # reads in flight at once
-                stop = min(start + _FILL_WINDOW, rec.version)
-                got = await asyncio.gather(
-                    *(self._state_at(key, v, seq) for v in range(start, stop))
-                )
-                for missing in got:
-                    self.filled += 1
+        if fill and not self.latest and rec.version > last + 1:
+            # Up to the highest version already buffered: its notifications are then old news.
+            target, min_seq = rec.version, seq
+            upto, upto_seq = self._ahead.get(key, (0, 0))
+            if upto > target:
+                target, min_seq = upto, max(seq, upto_seq)
+            async for missing in self._fill(key, last + 1, target, min_seq):
+                if missing.version > self.versions.get(key, 0):
                     self.versions[key] = missing.version
                     yield missing
+            if self.versions.get(key, 0) >= rec.version:
+                return
         if truncated:
             rec = await self._state_at(key, None if self.latest else rec.version, seq)
             if rec.version <= self.versions.get(key, 0):
@@ -297,7 +314,15 @@ class Watcher:
         self.versions[key] = rec.version
         yield rec
 
-    async def _next(self) -> Msg | None:
+    def _closes(self, note: wire.Notification) -> bool:
+        """Whether every notification this watch follows up to ``note.checkpoint`` came before
+        ``note`` (from its worker): one aggregate has one notification per batch; the others
+        need the last one of the batch for their filter."""
+        if self.aggregate_id is not None:
+            return True
+        return note.last_of_type if self.aggregate_type is not None else note.last_of_batch
+
+    async def _next(self) -> wire.Notification | wire.Heartbeat | str | None:
         if not self._buf:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -320,17 +345,14 @@ class Watcher:
                     async for rec in self._resync():
                         yield rec
                     continue
-                msg = await self._next()
-                if msg is None:
+                note = await self._next()
+                if note is None:
                     continue
-                if msg.subject == self._beat:
-                    with contextlib.suppress(msgspec.DecodeError):
-                        self.floor = max(self.floor, _heartbeat.decode(msg.data).checkpoint)
+                if isinstance(note, wire.Heartbeat):
+                    self.floor = max(self.floor, note.checkpoint)
                     continue
-                try:
-                    note = _notification.decode(msg.data)
-                except msgspec.DecodeError:
-                    self._log.warning("watch ignored a malformed notification", subject=msg.subject)
+                if isinstance(note, str):
+                    self._log.warning("watch ignored a malformed message", subject=note)
                     continue
                 rec = StateRecord(
                     projection=note.projection,
@@ -342,6 +364,8 @@ class Watcher:
                 )
                 async for out in self._accept(rec, note.seq, note.truncated):
                     yield out
+                if note.checkpoint is not None and self._closes(note):
+                    self.floor = max(self.floor, note.checkpoint)
         finally:
             for sub in subs:
                 with contextlib.suppress(Exception):  # a connection already closed

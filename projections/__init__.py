@@ -31,6 +31,7 @@ from projections.listing import (
     projection_checkpoint,
     query_states,
     read_state,
+    states_between,
 )
 from projections.loading import (
     BUILTIN_PROJECTIONS,
@@ -125,6 +126,7 @@ __all__ = [
     "rebuild",
     "recorded_origin",
     "resolver_from_spec",
+    "states_between",
     "status_report",
     "verify",
 ]

@@ -17,6 +17,7 @@ EXPORTED = [
     "Notification",
     "PageReply",
     "ProjectionClient",
+    "RangeReply",
     "Reactor",
     "ReactorRunner",
     "StateReply",

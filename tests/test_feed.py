@@ -69,29 +69,29 @@ async def test_every_final_version_is_notified_across_sigkills(
     db, log = tmp_path / "w.db", tmp_path / "w.log"
     nc, got = await subscribe(store.url, store.settings.name)
     rng = random.Random(7)
-    done = asyncio.Event()
 
-    async def produce() -> None:
-        for round_ in range(40):
+    async def produce(rounds: range) -> None:
+        for round_ in rounds:
             await store.append_many(
                 AppendRequest("agent", f"a{rng.randrange(60)}", [NewEvent("E", {"r": round_})])
                 for _ in range(25)
             )
             await asyncio.sleep(0.01)
-        done.set()
 
-    writer = asyncio.create_task(produce())
+    writer: asyncio.Task[None] | None = None
     try:
-        for _ in range(3):
+        for k in range(3):  # each worker gets appends of its own to commit (however slow it starts)
             proc = start_worker(store.url, store.settings, db, log)
             await wait_serving(db, proc, log)
             before = checkpoint(db)
-            while checkpoint(db) == before and not done.is_set():
+            writer = asyncio.create_task(produce(range(10 * k, 10 * k + 10)))
+            while checkpoint(db) == before:
                 assert proc.poll() is None, tail(log)
                 await asyncio.sleep(0.001)
-            proc.send_signal(signal.SIGKILL)  # right after a commit
+            proc.send_signal(signal.SIGKILL)  # right after a commit, appends going on
             await asyncio.to_thread(proc.wait, 20)
-        await writer
+            await writer
+        await produce(range(30, 40))
         async with running_worker(store, db, log):
             rows = sqlite_states(db)
             await until(
@@ -106,7 +106,8 @@ async def test_every_final_version_is_notified_across_sigkills(
         assert (beat["projection"], beat["stream"]) == ("entities", store.settings.name)
         assert "re-published" in log.read_text()
     finally:
-        writer.cancel()
+        if writer is not None:
+            writer.cancel()
         await nc.close()
 
 

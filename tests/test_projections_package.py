@@ -77,6 +77,7 @@ EXPORTED = [
     "rebuild",
     "recorded_origin",
     "resolver_from_spec",
+    "states_between",
     "status_report",
     "verify",
 ]
