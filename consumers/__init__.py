@@ -24,9 +24,11 @@ if TYPE_CHECKING:
         StatusReply,
     )
     from consumers.reactors import Reactor, ReactorRunner
+    from consumers.reconcilers import Reconciler
     from consumers.serve import embedded_server, serve_until
     from consumers.watching import Watcher
     from consumers.worker import Worker
+    from consumers.workerproc import WorkerProcess
 
 __all__ = [
     "Demo",
@@ -38,10 +40,12 @@ __all__ = [
     "ProjectionClient",
     "Reactor",
     "ReactorRunner",
+    "Reconciler",
     "StateReply",
     "StatusReply",
     "Watcher",
     "Worker",
+    "WorkerProcess",
     "demo_environment",
     "embedded_server",
     "main",
@@ -65,11 +69,13 @@ _WHERE = {
     "main": "consumers.cli",
     "Reactor": "consumers.reactors",
     "ReactorRunner": "consumers.reactors",
+    "Reconciler": "consumers.reconcilers",
     "publish_lifecycles": "consumers.demo",
     "run_demo": "consumers.demo",
     "serve_until": "consumers.serve",
     "Watcher": "consumers.watching",
     "Worker": "consumers.worker",
+    "WorkerProcess": "consumers.workerproc",
 }
 
 
