@@ -2,9 +2,11 @@
 
 It starts nats-server on a free loopback port with a store in a fresh temporary directory,
 runs ``python -m examples.NAME --url <that server>`` as a child process (its output passes
-through: narration, then one JSON line of the figures it checked), stops the server and exits
-with the example's code. ``--keep`` keeps the directory (the server's store, the example's
-worker database and logs) and prints where it is.
+through: narration, then one JSON line of the figures it checked; ``--url`` is the one option
+every example takes), stops the server and exits with the example's code. ``--keep`` keeps
+the directory and prints where it is: ``nats/`` is the server's store, the whole log the
+example wrote (``eventstore server --store-dir DIR/nats`` serves it again), and ``tmp/`` the
+child's ``TMPDIR``.
 
 The examples are applications on the public API, not part of the library: this command finds
 them by name in the installed ``examples`` package (``importlib.util.find_spec``) and never
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import os
 import shutil
 import sys
 import tempfile
@@ -57,9 +60,11 @@ def example_name(text: str) -> str:
 async def _run_example(args: argparse.Namespace, workdir: Path) -> int:
     async with embedded_server(workdir / "nats", free_port(), stream_settings(args)) as server:
         print(f"eventstore example {args.name}: nats-server on {server.url}", flush=True)
+        tmp = workdir / "tmp"  # what the example writes in temporary directories lands here
+        tmp.mkdir()
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"examples.{args.name}", "--url", server.url,
-            "--dir", str(workdir / args.name), stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(tmp)},
         )  # fmt: skip
         try:
             return await child.wait()
@@ -75,7 +80,10 @@ def cmd_example(args: argparse.Namespace) -> int:
         code = run(_run_example(args, workdir))
     finally:
         if args.keep:
-            sys.stderr.write(f"eventstore example: kept {workdir} (server store, database)\n")
+            sys.stderr.write(
+                f"eventstore example: kept {workdir} (the server's store, the whole log: "
+                f"eventstore server --store-dir {workdir / 'nats'})\n"
+            )
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     if code < 0:  # the example died of a signal
@@ -92,6 +100,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("name", metavar="NAME", type=example_name, help="e.g. awa_network, paddler")
     p.add_argument(
-        "--keep", action="store_true", help="keep the server's store and the example's files"
+        "--keep", action="store_true", help="keep the server's store (the example's whole log)"
     )
     p.set_defaults(func=cmd_example)

@@ -4,11 +4,15 @@ its exit code; and the examples use the public API only."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from eventstore import EmbeddedServer, EventStore, StreamSettings, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = ("eventstore", "projections", "consumers")
@@ -23,8 +27,8 @@ def eventstore(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[
 
 def test_example_runs_on_its_own_server_and_keeps_its_files_when_asked() -> None:
     """``example paddler --keep`` (from another directory: the installed package) starts its
-    own server, exits 0 with the example's JSON line last, and leaves the store and the
-    worker database where the stderr line says."""
+    own server, exits 0 with the example's JSON line last, and leaves the server's store
+    where the stderr line says: served again, it holds the example's whole log."""
     proc = eventstore("example", "paddler", "--keep")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -34,9 +38,33 @@ def test_example_runs_on_its_own_server_and_keeps_its_files_when_asked() -> None
     assert found is not None, proc.stderr
     kept = Path(found.group(1))
     try:
-        assert (kept / "nats").is_dir() and (kept / "paddler" / "worker.db").is_file()
+        assert (kept / "nats").is_dir()
+        server = EmbeddedServer(kept / "nats", port=free_port())
+        server.start()
+        try:
+            asyncio.run(stored_requests(server.url))
+        finally:
+            server.stop()
     finally:
-        subprocess.run(["rm", "-rf", str(kept)], check=True)
+        shutil.rmtree(kept)
+
+
+async def stored_requests(url: str) -> None:
+    settings = StreamSettings(name="PADDLER", prefix="paddler")
+    async with await EventStore.connect(url, producer="t", stream=settings) as store:
+        r1 = [e.type async for e in store.read("request", "r1")]
+    assert r1[0] == "Queued" and r1[-1] == "GenerationDone"
+
+
+def test_an_example_without_a_server_is_one_line_and_exit_1() -> None:
+    """Nothing at the URL: each example says so in one stderr line and exits 1."""
+    for name in ("awa_network", "paddler"):
+        proc = subprocess.run(
+            [sys.executable, "-m", f"examples.{name}", "--url", f"nats://127.0.0.1:{free_port()}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "NotConnected" in proc.stderr
 
 
 def test_an_unknown_example_is_one_line_and_exit_2() -> None:
