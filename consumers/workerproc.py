@@ -111,7 +111,9 @@ class WorkerProcess:
 
     async def ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Return once the child serves ``serves``; ``EventStoreError`` (with the end
-        of its log) if it exits or does not answer within ``timeout`` seconds."""
+        of its log) if it exits or does not answer within ``timeout`` seconds. (Workers of
+        one stream answer as one queue group: with another worker of the stream running,
+        the answer may be that one's.)"""
         deadline = time.monotonic() + timeout
         async with await ProjectionClient.connect(self.url, stream=self.stream.name) as client:
             while True:
