@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from consumers import cli_locks, cli_ops, cli_projections, cli_rules, cli_serving, cli_watch
+from consumers.cli_example import register as register_example
 from consumers.cliutil import (
     EXIT_OK,
     CliParser,
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serving.register(sub)  # issue 10: query
     cli_locks.register(sub)  # issue 13: lock acquire, release, show
     cli_watch.register(sub)  # issue 10: watch
+    register_example(sub)  # issue 16: example NAME
     return parser
 
 

@@ -19,6 +19,7 @@ EXPORTED = [
     "ProjectionClient",
     "Reactor",
     "ReactorRunner",
+    "Reconciler",
     "StateReply",
     "StatusReply",
     "Watcher",
