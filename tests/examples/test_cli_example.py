@@ -16,6 +16,7 @@ from eventstore import EmbeddedServer, EventStore, StreamSettings, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = ("eventstore", "projections", "consumers")
+EXAMPLES = ["awa_network", "mistersmith", "paddler", "tai_state", "vrooli"]
 
 
 def eventstore(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -58,7 +59,8 @@ async def stored_requests(url: str) -> None:
 
 def test_an_example_without_a_server_is_one_line_and_exit_1() -> None:
     """Nothing at the URL: each example says so in one stderr line and exits 1."""
-    for name in ("awa_network", "paddler"):
+    assert sorted(p.parent.name for p in (ROOT / "examples").glob("*/__main__.py")) == EXAMPLES
+    for name in EXAMPLES:
         proc = subprocess.run(
             [sys.executable, "-m", f"examples.{name}", "--url", f"nats://127.0.0.1:{free_port()}"],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
