@@ -17,8 +17,8 @@ demo: $(STAMP)
 	$(BIN)/eventstore demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check eventstore projections consumers tests bench
-	$(BIN)/ruff format --check eventstore projections consumers tests bench
+	$(BIN)/ruff check eventstore projections consumers examples tests bench
+	$(BIN)/ruff format --check eventstore projections consumers examples tests bench
 	$(BIN)/mypy
 
 test: lint

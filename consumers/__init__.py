@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         StatusReply,
     )
     from consumers.reactors import Reactor, ReactorRunner
+    from consumers.reconcilers import Reconciler
     from consumers.serve import embedded_server, serve_until
     from consumers.watching import Watcher
     from consumers.worker import Worker
@@ -41,6 +42,7 @@ __all__ = [
     "RangeReply",
     "Reactor",
     "ReactorRunner",
+    "Reconciler",
     "StateReply",
     "StatusReply",
     "Watcher",
@@ -70,6 +72,7 @@ _WHERE = {
     "main": "consumers.cli",
     "Reactor": "consumers.reactors",
     "ReactorRunner": "consumers.reactors",
+    "Reconciler": "consumers.reconcilers",
     "publish_lifecycles": "consumers.demo",
     "run_demo": "consumers.demo",
     "serve_until": "consumers.serve",

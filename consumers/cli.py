@@ -22,6 +22,7 @@ from consumers import (
     cli_serving,
     cli_watch,
 )
+from consumers.cli_example import register as register_example
 from consumers.cliutil import (
     EXIT_OK,
     CliParser,
@@ -288,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_watch.register(sub)  # issue 10: watch
     cli_auth.register(sub)  # issue 14: auth init
     cli_cluster.register(sub)  # issue 14: cluster local
+    register_example(sub)  # issue 16: example NAME
     return parser
 
 

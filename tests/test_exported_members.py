@@ -20,6 +20,7 @@ EXPORTED = [
     "RangeReply",
     "Reactor",
     "ReactorRunner",
+    "Reconciler",
     "StateReply",
     "StatusReply",
     "Watcher",

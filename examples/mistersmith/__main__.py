@@ -41,7 +41,7 @@ async def run(url: str) -> dict[str, Any]:
         port = free_port()
         with tempfile.TemporaryDirectory(prefix="smith-") as tmp:
             worker = WorkerProcess(
-                url, stream=SETTINGS.name, prefix=SETTINGS.prefix, directory=Path(tmp),
+                url, stream=SETTINGS, directory=Path(tmp),
                 reactors=[SUPERVISOR], metrics_port=port, pythonpath=[ROOT],
             )  # fmt: skip
             async with worker, ProjectionClient(store) as client:

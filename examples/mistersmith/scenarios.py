@@ -277,8 +277,7 @@ async def migration(env: Env, root: Path) -> dict[str, Any]:
                     imported = await import_events(new, source)
                 worker = WorkerProcess(
                     fresh.url,
-                    stream=new.settings.name,
-                    prefix=new.settings.prefix,
+                    stream=new.settings,
                     directory=Path(tmp),
                     pythonpath=[root],
                 )

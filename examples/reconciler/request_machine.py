@@ -23,7 +23,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from consumers.reconcilers import Reconciler
+from consumers import Reconciler
 from eventstore import NewEvent
 
 AGENTS = ("agent-a", "agent-b", "agent-c")

@@ -36,8 +36,8 @@ async def run(url: str) -> dict[str, Any]:
         start = await store.head() + 1
         with tempfile.TemporaryDirectory(prefix="tai-") as tmp:
             worker = WorkerProcess(
-                url, stream=SETTINGS.name, prefix=SETTINGS.prefix, directory=Path(tmp),
-                projections=model.PROJECTIONS, settings={"snapshot_every": 10},
+                url, stream=SETTINGS, directory=Path(tmp),
+                projections=["entities", *model.PROJECTIONS], settings={"snapshot_every": 10},
                 pythonpath=[ROOT],
             )  # fmt: skip
             async with worker, ProjectionClient(store) as client:

@@ -35,8 +35,8 @@ async def run(url: str) -> dict[str, Any]:
     ) as store:
         with tempfile.TemporaryDirectory(prefix="vrooli-") as tmp:
             worker = WorkerProcess(
-                url, stream=SETTINGS.name, prefix=SETTINGS.prefix, directory=Path(tmp),
-                projections=[READ_MODELS], pythonpath=[ROOT],
+                url, stream=SETTINGS, directory=Path(tmp),
+                projections=["entities", READ_MODELS], pythonpath=[ROOT],
             )  # fmt: skip
             async with worker, ProjectionClient(store) as client:
                 print(f"worker pid {worker.pid}: entities + {READ_MODELS} into {worker.db}")

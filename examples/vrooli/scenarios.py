@@ -4,7 +4,6 @@ and time-travel debugging of a swarm run."""
 from __future__ import annotations
 
 import random
-import sqlite3
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from typing import Any
 from consumers import ProjectionClient
 from eventstore import EventStore, NewEvent
 from examples.vrooli.cache import ChatCache
-from projections import EntitiesProjection, Point, TimeTravel
+from projections import EntitiesProjection, Point, ProjectionDB, TimeTravel
 
 
 @dataclass
@@ -62,13 +61,11 @@ class Env:
         )
 
 
-def _rows(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """The example's own read-model tables, read as the UI's backend would (read-only)."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
+async def _rows(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """The example's own read-model tables, read as the UI's backend would: read-only, through
+    ``ProjectionDB`` (the public way to open the worker's file, never a private table)."""
+    async with await ProjectionDB.open(db, readonly=True) as con:
+        return [tuple(row) for row in await con.fetchall(sql, params)]
 
 
 async def read_models(env: Env) -> dict[str, Any]:
@@ -92,9 +89,11 @@ async def read_models(env: Env) -> dict[str, Any]:
     await env.open_chat(env.id("chat0"), team, bots[:2])
     last = await env.open_chat(env.id("chat1"), team, bots)
     await env.client.wait_for(last.last_seq, projection="vrooli")
-    teams = _rows(env.db, "SELECT name, members FROM vrooli_teams WHERE id = ?", team)
-    bot_rows = _rows(env.db, "SELECT id, persona FROM vrooli_bots WHERE team = ? ORDER BY id", team)
-    chats = _rows(
+    teams = await _rows(env.db, "SELECT name, members FROM vrooli_teams WHERE id = ?", team)
+    bot_rows = await _rows(
+        env.db, "SELECT id, persona FROM vrooli_bots WHERE team = ? ORDER BY id", team
+    )
+    chats = await _rows(
         env.db, "SELECT id, participants FROM vrooli_chats WHERE team = ? ORDER BY id", team
     )
     served = await env.client.query("vrooli", aggregate_type="bot", where={"team": team})
@@ -195,7 +194,7 @@ async def read_your_writes(env: Env) -> dict[str, Any]:
     res = await env.store.append("team", team, NewEvent("TeamRenamed", {"name": "deep research"}))
     await env.client.wait_for(res.last_seq, projection="vrooli")
     reply = await env.client.state("team", team, projection="vrooli")
-    rows = _rows(env.db, "SELECT name FROM vrooli_teams WHERE id = ?", team)
+    rows = await _rows(env.db, "SELECT name FROM vrooli_teams WHERE id = ?", team)
     posted = await env.post(env.id("chat0"))
     l1 = await ChatCache(env.client).start()
     try:
