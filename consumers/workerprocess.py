@@ -89,6 +89,8 @@ class WorkerProcess:
         db: str | Path | None = None,
         name: str = "worker",
         serves: str | None = None,
+        creds: str | Path | None = None,
+        tls_ca: str | Path | None = None,
     ) -> None:
         if isinstance(stream, StreamSettings):
             if prefix is not None and prefix != stream.prefix:
@@ -116,6 +118,8 @@ class WorkerProcess:
         self.db = Path(db) if db is not None else self.directory / f"{name}.db"
         self.config = self.directory / f"{name}.toml"
         self.log = self.directory / f"{name}.log"
+        self.creds = str(creds) if creds is not None else None  # a secured server (issue 14)
+        self.tls_ca = str(tls_ca) if tls_ca is not None else None
         self._process: subprocess.Popen[bytes] | None = None
 
     # -- what it is -------------------------------------------------------------------------
@@ -160,6 +164,10 @@ class WorkerProcess:
             command += ["--reactor", reactor]
         if self.metrics_port is not None:
             command += ["--metrics-port", str(self.metrics_port)]
+        if self.creds is not None:
+            command += ["--creds", self.creds]
+        if self.tls_ca is not None:
+            command += ["--tls-ca", self.tls_ca]
         return command
 
     def _write_config(self) -> None:
@@ -225,7 +233,11 @@ class WorkerProcess:
         group) answers, then wait for each of its projections to reach the head it saw."""
         head: int | None = None
         async with await ProjectionClient.connect(
-            self.url, stream=self.stream.name, projection=self.serves
+            self.url,
+            stream=self.stream.name,
+            projection=self.serves,
+            creds=self.creds,
+            tls_ca=self.tls_ca,
         ) as client:
             while True:
                 self._alive()

@@ -26,7 +26,7 @@ import nkeys
 import pytest
 from helpers_projections import ROOT, start_worker
 
-from consumers import ProjectionClient
+from consumers import ProjectionClient, WorkerProcess
 from eventstore import (
     AuthProfile,
     ConfigError,
@@ -367,3 +367,25 @@ async def test_the_worker_user_folds_serves_and_runs_a_reactor(
 async def _shipments(server: EmbeddedServer, profile: AuthProfile) -> list[str]:
     async with await _as(server, profile, "reader") as reader:
         return [e.aggregate_id async for e in reader.read_all(aggregate_type="shipment")]
+
+
+async def test_a_worker_process_started_from_python_takes_the_worker_creds(
+    server: EmbeddedServer, profile: AuthProfile, tmp_path: Path
+) -> None:
+    """``WorkerProcess(creds=...)`` hands the creds to the child and to its own readiness
+    check: it starts on the secured server and serves what the admin appended; without them
+    the child is refused and ``start`` says so instead of waiting."""
+    head = await _seed(server, profile)
+    async with WorkerProcess(
+        server.url, stream=SETTINGS, directory=tmp_path / "ok", creds=profile.creds["worker"]
+    ) as worker:
+        async with await ProjectionClient.connect(
+            server.url, stream=SETTINGS.name, creds=profile.creds["reader"]
+        ) as client:
+            assert (await client.status()).checkpoint == head
+            assert (await client.state("task", "t-2")).version == 1
+        assert worker.running
+    bare = WorkerProcess(server.url, stream=SETTINGS, directory=tmp_path / "bare")
+    with pytest.raises(EventStoreError):
+        await bare.start(timeout=30)
+    assert not bare.running
