@@ -31,8 +31,9 @@ import msgspec
 
 from eventstore import MAX_INT, InvalidRequest, UnknownProjection
 from projections.db import ProjectionDB
+from projections.points import PastState
 from projections.projection import Projection
-from projections.timetravel import PastState, current_state
+from projections.timetravel import current_state
 
 __all__ = [
     "DEFAULT_LIMIT",

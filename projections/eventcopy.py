@@ -1,0 +1,145 @@
+"""The local copy of the events: each message of an aggregate, as stored, in the projection file.
+
+The runner sees every message in order; with ``RunnerSettings.keep_events`` (on by default) it
+writes each message of the aggregates its projections follow (its exact body, seq, recorded
+time and the version the body claims) into the ``events`` table in the batch's transaction,
+beside the states and the checkpoint, so the copy is exactly as complete as the fold. Each
+projection records from which seq on the copy holds every message of its aggregates
+(``projections.events_from``): up to its checkpoint, from there on, the copy is the log.
+
+Time travel (``projections.timetravel``) then reads a past state in ONE statement (one thread
+hop): the projection's position, the nearest snapshot and the messages after it, and folds
+them exactly as the runner folds the log; points past the checkpoint, before the copy starts,
+or of aggregates no projection of the file follows are replayed from the log. Its statements
+are here; ``projections.recorder`` runs ``EVENT_SQL`` in ``commit_batch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from eventstore import Event, StoredMessage
+from projections.db import ProjectionDB
+from projections.rows import StateCodec
+from projections.snapshots import SNAPSHOT_COLUMNS, snapshot_where
+from projections.times import to_us
+
+__all__ = ["EVENT_SQL", "LocalRows", "event_rows", "read_local"]
+
+Key = tuple[str, str]
+
+EVENT_SQL = (
+    "INSERT OR IGNORE INTO events (seq, aggregate_type, aggregate_id, version, recorded_us, "
+    "data) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_PAD = ", NULL" * 7  # the arms have 12 columns, as the snapshot one
+ROWS = 1024  # messages read at once when nothing bounds the replay better
+
+
+def event_rows(
+    batch: list[StoredMessage], memo: dict[int, Event | str], key_of: Callable[[str], Key | None]
+) -> list[tuple[Any, ...]]:
+    """The ``EVENT_SQL`` rows of a folded batch: every message some projection folded (its
+    decoded event, or why it is not one, is in ``memo``); ``version`` NULL for a message that
+    is no valid event."""
+    rows: list[tuple[Any, ...]] = []
+    for msg in batch:
+        known = memo.get(msg.seq)
+        if known is None:
+            continue
+        key = key_of(msg.subject)
+        if key is None:  # only aggregates' messages are folded
+            continue
+        version = None if isinstance(known, str) else known.version
+        rows.append((msg.seq, key[0], key[1], version, to_us(msg.recorded_at), msg.data))
+    return rows
+
+
+class LocalRows(NamedTuple):
+    """What one local read found: ``covered`` is the seq up to which the copy holds every
+    message of the aggregate after ``after`` (None: it does not, replay from the log);
+    ``snapshot`` the nearest snapshot's row (if asked and found); ``rows`` the messages
+    ``(seq, recorded_us, data)`` in seq order, ``full`` when the limit cut them."""
+
+    covered: int | None
+    snapshot: Any
+    rows: list[tuple[int, int, bytes]]
+    full: bool
+
+
+async def read_local(
+    db: ProjectionDB,
+    codec: StateCodec,
+    key: Key,
+    *,
+    version: int | None = None,
+    seq: int | None = None,
+    at: datetime | None = None,
+    snapshot: bool,
+    after: int = 0,
+    after_version: int = 0,
+) -> LocalRows:
+    """One statement: the projection's copy range, with ``snapshot`` its nearest snapshot at or
+    before the point, and the aggregate's messages after it (or after ``after``, at version
+    ``after_version``) up to the point and the checkpoint, about as many as the point needs."""
+    params: list[Any] = [codec.name]
+    sql = "WITH pos AS (SELECT events_from, checkpoint FROM projections WHERE name = ?)"
+    base, lower = "?", "?"
+    limit_params: list[Any]
+    if snapshot:
+        where, extra = snapshot_where(codec, *key, version, seq, at)
+        sql += f", snap AS (SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {where} "
+        sql += "ORDER BY version DESC LIMIT 1)"
+        params += extra
+        base = "coalesce((SELECT version FROM snap), ?)"
+        lower = "max(?, coalesce((SELECT seq FROM snap), 0))"
+    if version is not None:  # from a snapshot to a version: the versions between, and a few
+        limit, limit_params = f"max(1, ? - {base} + 8)", [version, after_version]
+    elif at is not None:  # to a time: up to the next later snapshot, else the current state
+        limit = (
+            "coalesce((SELECT version FROM snapshots WHERE projection = ? AND aggregate_type = ?"
+            " AND aggregate_id = ? AND recorded_us > ? ORDER BY recorded_us LIMIT 1),"
+            " (SELECT version FROM states WHERE projection = ? AND aggregate_type = ?"
+            f" AND aggregate_id = ?)) - {base} + 1"
+        )
+        limit = f"max(1, coalesce({limit}, ?))"
+        limit_params = [codec.name, *key, to_us(at), codec.name, *key, after_version, ROWS]
+    else:
+        limit, limit_params = "?", [ROWS]
+    sql += f" SELECT 0, events_from, checkpoint, {limit}" + ", NULL" * 8 + " FROM pos"
+    params += limit_params
+    if snapshot:
+        sql += f" UNION ALL SELECT 1, {SNAPSHOT_COLUMNS} FROM snap"
+    upper = "(SELECT checkpoint FROM pos)"
+    if seq is not None:
+        upper = f"min(?, {upper})"
+    sql += (
+        " UNION ALL SELECT * FROM (SELECT 2, seq, recorded_us, data" + _PAD + ", NULL"
+        f" FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND seq > {lower}"
+        f" AND seq <= {upper} AND (SELECT events_from FROM pos) <= {lower} + 1"
+        f" ORDER BY seq LIMIT {limit})"
+    )
+    params += [*key, after, *([seq] if seq is not None else []), after, *limit_params]
+    return _parse(await db.fetchall(sql, params), after)
+
+
+def _parse(found: list[Any], after: int) -> LocalRows:
+    snap: Any = None
+    rows: list[tuple[int, int, bytes]] = []
+    events_from = checkpoint = None
+    limit = 0
+    for row in found:
+        kind = row[0]
+        if kind == 2:
+            rows.append((row[1], row[2], row[3]))
+        elif kind == 1:
+            snap = row[1:]
+        else:
+            events_from, checkpoint, limit = row[1], row[2], row[3]
+    start = max(after, snap[3] if snap is not None else 0)  # snapshot column 3: its seq
+    covered: int | None = None
+    if events_from is not None and checkpoint is not None and events_from <= start + 1:
+        covered = int(checkpoint)
+    return LocalRows(covered, snap, rows, len(rows) >= int(limit or 0) > 0)
