@@ -220,3 +220,42 @@ async def test_a_copy_started_late_replays_older_points_from_the_log(
             got = await tt.state_at("agent", "x", version=version)
             assert (got.version, got.state) == (version, {"i": version})
             assert (store.nc.stats["in_msgs"] > before) == from_log, version
+
+
+def _make_schema_2(path: Path) -> None:
+    """Turn a file into what the previous eventstore wrote (schema 2: no events copy)."""
+    con = sqlite3.connect(path)
+    try:
+        con.executescript(
+            "DROP TABLE events; ALTER TABLE projections DROP COLUMN events_from; "
+            "DELETE FROM schema_migrations WHERE version = 3; PRAGMA user_version = 2;"
+        )
+    finally:
+        con.close()
+
+
+async def test_a_file_of_schema_2_is_read_as_it_is_and_upgraded_by_a_writer(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """A file of the previous schema opens read-only as it is (time travel replays from the
+    log, right); a writer's open adds the copy, which then starts at the checkpoint."""
+    await store.append("agent", "o", [NewEvent("Changed", {"i": i}) for i in range(1, 131)])
+    path = tmp_path / "old.db"
+    async with await ProjectionDB.open(path) as db:
+        await Runner(store, db, [EntitiesProjection()]).catch_up()
+    _make_schema_2(path)
+    async with await ProjectionDB.open(path, readonly=True) as reader:
+        assert await reader.schema_version() == 2
+        got = await TimeTravel(store, EntitiesProjection(), reader).state_at(
+            "agent", "o", version=120
+        )
+        assert (got.state, got.snapshot_version, got.replayed) == ({"i": 120}, 100, 20)
+    await store.append("agent", "o", [NewEvent("Changed", {"i": i}) for i in range(131, 251)])
+    async with await ProjectionDB.open(path) as db:
+        assert await db.schema_version() == 3
+        await Runner(store, db, [EntitiesProjection()]).catch_up()
+        assert await db.fetchone("SELECT events_from FROM projections") == (131,)
+        tt = TimeTravel(store, EntitiesProjection(), db)
+        for version in (50, 120, 220, 250):
+            got = await tt.state_at("agent", "o", version=version)
+            assert got.state == {"i": version}
