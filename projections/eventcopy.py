@@ -16,6 +16,7 @@ are here; ``projections.recorder`` runs ``EVENT_SQL`` in ``commit_batch``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple
 from eventstore import Event, StoredMessage
 from projections.db import ProjectionDB
 from projections.rows import StateCodec
-from projections.snapshots import SNAPSHOT_COLUMNS, snapshot_where
+from projections.snapshots import SNAPSHOT_COLUMNS
 from projections.times import to_us
 
 __all__ = ["EVENT_SQL", "LocalRows", "event_rows", "read_local"]
@@ -84,20 +85,39 @@ async def read_local(
     """One statement: the projection's copy range, with ``snapshot`` its nearest snapshot at or
     before the point, and the aggregate's messages after it (or after ``after``, at version
     ``after_version``) up to the point and the checkpoint, about as many as the point needs."""
+    kind = "version" if version is not None else "seq" if seq is not None else "at" if at else ""
+    target = version if version is not None else seq if seq is not None else to_us(at)
     params: list[Any] = [codec.name]
+    if snapshot:
+        params += [codec.name, *key, codec.projection.version]
+        params += [target] if kind else []
+    if kind == "version":
+        limit_params: list[Any] = [version, after_version]
+    elif kind == "at":
+        limit_params = [codec.name, *key, target, codec.name, *key, after_version, ROWS]
+    else:
+        limit_params = [ROWS]
+    params += [*limit_params, *key, after, *([seq] if kind == "seq" else []), after]
+    params += limit_params
+    return _parse(await db.fetchall(_statement(snapshot, kind), params), after)
+
+
+@functools.cache
+def _statement(snapshot: bool, kind: str) -> str:
+    """The one statement of ``read_local`` for a point of ``kind`` (version, seq, at or "")."""
     sql = "WITH pos AS (SELECT events_from, checkpoint FROM projections WHERE name = ?)"
     base, lower = "?", "?"
-    limit_params: list[Any]
     if snapshot:
-        where, extra = snapshot_where(codec, *key, version, seq, at)
+        where = "projection = ? AND aggregate_type = ? AND aggregate_id = ? AND code_version = ?"
+        column = {"version": "version", "seq": "seq", "at": "recorded_us"}.get(kind)
+        where += f" AND {column} <= ?" if column else ""
         sql += f", snap AS (SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {where} "
         sql += "ORDER BY version DESC LIMIT 1)"
-        params += extra
         base = "coalesce((SELECT version FROM snap), ?)"
         lower = "max(?, coalesce((SELECT seq FROM snap), 0))"
-    if version is not None:  # from a snapshot to a version: the versions between, and a few
-        limit, limit_params = f"max(1, ? - {base} + 8)", [version, after_version]
-    elif at is not None:  # to a time: up to the next later snapshot, else the current state
+    if kind == "version":  # from a snapshot to a version: the versions between, and a few
+        limit = f"max(1, ? - {base} + 8)"
+    elif kind == "at":  # to a time: up to the next later snapshot, else the current state
         limit = (
             "coalesce((SELECT version FROM snapshots WHERE projection = ? AND aggregate_type = ?"
             " AND aggregate_id = ? AND recorded_us > ? ORDER BY recorded_us LIMIT 1),"
@@ -105,24 +125,20 @@ async def read_local(
             f" AND aggregate_id = ?)) - {base} + 1"
         )
         limit = f"max(1, coalesce({limit}, ?))"
-        limit_params = [codec.name, *key, to_us(at), codec.name, *key, after_version, ROWS]
     else:
-        limit, limit_params = "?", [ROWS]
+        limit = "?"
     sql += f" SELECT 0, events_from, checkpoint, {limit}" + ", NULL" * 8 + " FROM pos"
-    params += limit_params
     if snapshot:
         sql += f" UNION ALL SELECT 1, {SNAPSHOT_COLUMNS} FROM snap"
     upper = "(SELECT checkpoint FROM pos)"
-    if seq is not None:
+    if kind == "seq":
         upper = f"min(?, {upper})"
-    sql += (
+    return sql + (
         " UNION ALL SELECT * FROM (SELECT 2, seq, recorded_us, data" + _PAD + ", NULL"
         f" FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND seq > {lower}"
         f" AND seq <= {upper} AND (SELECT events_from FROM pos) <= {lower} + 1"
         f" ORDER BY seq LIMIT {limit})"
     )
-    params += [*key, after, *([seq] if seq is not None else []), after, *limit_params]
-    return _parse(await db.fetchall(sql, params), after)
 
 
 def _parse(found: list[Any], after: int) -> LocalRows:
@@ -143,3 +159,23 @@ def _parse(found: list[Any], after: int) -> LocalRows:
     if events_from is not None and checkpoint is not None and events_from <= start + 1:
         covered = int(checkpoint)
     return LocalRows(covered, snap, rows, len(rows) >= int(limit or 0) > 0)
+
+
+async def copied(db: ProjectionDB, first: int, last: int) -> dict[int, tuple[Any, ...]]:
+    """The copy's rows of seqs ``first``..``last`` (``verify``), by seq:
+    ``(aggregate_type, aggregate_id, recorded_us, data)``."""
+    rows = await db.fetchall(
+        "SELECT seq, aggregate_type, aggregate_id, recorded_us, data FROM events "
+        "WHERE seq BETWEEN ? AND ?",
+        (first, last),
+    )
+    return {int(r[0]): tuple(r[1:]) for r in rows}
+
+
+def copy_differs(msg: StoredMessage, key: Key, row: tuple[Any, ...] | None) -> str | None:
+    """Why the copy's row of a log message is not that message (None: it is)."""
+    if row is None:
+        return "missing from the copy of the events"
+    if (row[0], row[1]) != key or row[2] != to_us(msg.recorded_at) or bytes(row[3]) != msg.data:
+        return "the copy of the events differs from the log"
+    return None

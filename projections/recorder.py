@@ -134,6 +134,16 @@ class Recorder(SnapshotRows):
         )
         return {r[0]: Position(int(r[1]), r[2], r[3], r[4]) for r in rows}
 
+    async def copy_starts(self) -> dict[str, int]:
+        """From which seq on the copy of the events holds each projection's messages (those
+        that keep one; none in a file older than schema 3)."""
+        if await self.db.schema_version() < 3:
+            return {}
+        rows = await self.db.fetchall(
+            "SELECT name, events_from FROM projections WHERE events_from IS NOT NULL"
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
     async def max_checkpoint(self) -> int:
         row = await self.db.fetchone("SELECT max(checkpoint) FROM projections")
         return int(row[0] or 0) if row else 0

@@ -133,7 +133,7 @@ class SnapshotRows:
         at: datetime | None = None,
     ) -> AggregateState | None:
         """The newest snapshot of the current code version at or before the target, if any."""
-        where, params = snapshot_where(codec, aggregate_type, aggregate_id, version, seq, at)
+        where, params = _where(codec, aggregate_type, aggregate_id, version, seq, at)
         row = await self.db.fetchone(
             f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {where} ORDER BY version DESC LIMIT 1",
             params,
@@ -170,7 +170,7 @@ class SnapshotRows:
         return None if row is None or row[0] is None else int(row[0])
 
 
-def snapshot_where(
+def _where(
     codec: StateCodec,
     aggregate_type: str,
     aggregate_id: str,
@@ -179,7 +179,7 @@ def snapshot_where(
     at: datetime | None,
 ) -> tuple[str, list[Any]]:
     """WHERE clause and parameters of an aggregate's snapshots of the current code version at
-    or before a target (``nearest_snapshot``, and the local replay's one query)."""
+    or before a target (``nearest_snapshot``; ``projections.eventcopy`` has its own)."""
     where = "projection = ? AND aggregate_type = ? AND aggregate_id = ? AND code_version = ?"
     params: list[Any] = [codec.name, aggregate_type, aggregate_id, codec.projection.version]
     if version is not None:

@@ -23,6 +23,7 @@ from projections import (
     RunnerSettings,
     SnapshotPolicy,
     TimeTravel,
+    verify,
 )
 
 # A snapshot every 3 versions, the newest 2 kept and older ones every 6: thinning included.
@@ -259,3 +260,26 @@ async def test_a_file_of_schema_2_is_read_as_it_is_and_upgraded_by_a_writer(
         for version in (50, 120, 220, 250):
             got = await tt.state_at("agent", "o", version=version)
             assert got.state == {"i": version}
+
+
+async def test_verify_checks_the_copy_against_the_log(store: EventStore, tmp_path: Path) -> None:
+    """``verify`` passes on a file whose copy is the log, and names the seq of a row that was
+    altered or lost (time travel would have answered from it)."""
+    await store.append("agent", "v", [NewEvent("Changed", {"i": i}) for i in range(1, 11)])
+    path = tmp_path / "v.db"
+    async with await ProjectionDB.open(path) as db:
+        await Runner(store, db, [EntitiesProjection()]).catch_up()
+        assert (await verify(store, db, [EntitiesProjection()])).ok
+    con = sqlite3.connect(path)
+    try:
+        con.execute("UPDATE events SET data = CAST('{}' AS BLOB) WHERE seq = 4")
+        con.execute("DELETE FROM events WHERE seq = 7")
+        con.commit()
+    finally:
+        con.close()
+    async with await ProjectionDB.open(path) as db:
+        report = await verify(store, db, [EntitiesProjection()])
+    assert [(m.what, m.detail) for m in report.mismatches] == [
+        ("the copy of the events differs from the log", "at seq 4"),
+        ("missing from the copy of the events", "at seq 7"),
+    ]
