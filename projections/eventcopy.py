@@ -27,7 +27,15 @@ from projections.rows import StateCodec
 from projections.snapshots import SNAPSHOT_COLUMNS
 from projections.times import to_us
 
-__all__ = ["EVENT_SQL", "LocalRows", "event_rows", "read_local"]
+__all__ = [
+    "EVENT_SQL",
+    "LocalRows",
+    "copied",
+    "copy_differs",
+    "event_rows",
+    "flat_chunks",
+    "read_local",
+]
 
 Key = tuple[str, str]
 
@@ -35,6 +43,25 @@ EVENT_SQL = (
     "INSERT OR IGNORE INTO events (seq, aggregate_type, aggregate_id, version, recorded_us, "
     "data) VALUES (?, ?, ?, ?, ?, ?)"
 )
+CHUNK = 1000  # rows per INSERT: one statement step and one bind pass for many rows
+
+
+@functools.cache
+def insert_rows(rows: int) -> str:
+    """``EVENT_SQL`` for ``rows`` rows at once: a batch of 20,000 is 20 statements, not 20,000
+    steps each giving the GIL away and taking it back while the reader runs."""
+    return EVENT_SQL + ", (?, ?, ?, ?, ?, ?)" * (rows - 1)
+
+
+def flat_chunks(rows: list[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
+    """The ``(statement, parameters)`` that insert ``rows``, ``CHUNK`` at a time."""
+    out: list[tuple[str, list[Any]]] = []
+    for start in range(0, len(rows), CHUNK):
+        chunk = rows[start : start + CHUNK]
+        out.append((insert_rows(len(chunk)), [v for row in chunk for v in row]))
+    return out
+
+
 _PAD = ", NULL" * 7  # the arms have 12 columns, as the snapshot one
 ROWS = 1024  # messages read at once when nothing bounds the replay better
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from eventstore import get_logger
 from projections.db import ProjectionDB
-from projections.eventcopy import EVENT_SQL
+from projections.eventcopy import flat_chunks
 from projections.failures import ProjectionFailure, record_failures
 from projections.fold import AggregateState
 from projections.projection import Projection
@@ -277,7 +277,7 @@ class Recorder(SnapshotRows):
         failed: Sequence[ProjectionFailure] = (),
         cleared: Sequence[str] = (),
         spacing: int = 0,
-        events: Sequence[Sequence[Any]] | None = None,
+        events: Sequence[tuple[Any, ...]] | None = None,
     ) -> None:
         """Commit one batch in ONE transaction: the guard, then for every projection in
         ``slots`` its states, snapshots (pruned to the newest ``keep`` and older ones every
@@ -298,8 +298,8 @@ class Recorder(SnapshotRows):
             await record_failures(db, failed, cleared)
             if state_rows:
                 await db.executemany(UPSERT_STATE_SQL, state_rows)
-            if events:
-                await db.executemany(EVENT_SQL, events)
+            for sql, params in flat_chunks(list(events)) if events else ():
+                await db.execute(sql, params)
             for slot in slots:
                 name = slot.projection.name
                 if slot.snapshots:
