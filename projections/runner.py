@@ -314,7 +314,9 @@ class Runner:
                 slot.fold(batch, self.decoder, memo, taken_us, self.settings.snapshots.every)
             except Failed as failed:
                 self._fail(slot, failed)
-        self._events = event_rows(batch, memo, self.decoder.key) if keep and memo else None
+        self._events = (
+            None if memo is None or not keep else event_rows(batch, memo, self.decoder.key)
+        )
 
     async def _commit(self, batch: list[StoredMessage], started: float) -> None:
         last = batch[-1]

@@ -283,3 +283,30 @@ async def test_verify_checks_the_copy_against_the_log(store: EventStore, tmp_pat
         ("the copy of the events differs from the log", "at seq 4"),
         ("missing from the copy of the events", "at seq 7"),
     ]
+
+
+class AgentsOnly(EntitiesProjection):
+    """The entities fold of agents alone."""
+
+    name = "agents"
+    aggregate_types = frozenset({"agent"})
+
+
+async def test_the_copy_holds_what_the_projections_follow_and_survives_batches_of_others(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """A projection's copy keeps only the aggregates it follows; a batch of nothing it follows
+    leaves the copy's start where it was, so older points stay local."""
+    await store.append("agent", "a", [NewEvent("Changed", {"i": i}) for i in range(1, 4)])
+    async with await ProjectionDB.open(tmp_path / "f.db") as db:
+        await Runner(store, db, [AgentsOnly()]).catch_up()
+        await store.append("widget", "w", NewEvent("Made"))
+        await Runner(store, db, [AgentsOnly()]).catch_up()
+        assert await db.fetchone("SELECT events_from, checkpoint FROM projections") == (1, 4)
+        kept = await db.fetchall("SELECT aggregate_type, count(*) FROM events GROUP BY 1")
+        assert kept == [("agent", 3)]
+        tt = TimeTravel(store, AgentsOnly(), db)
+        await tt.state_at("agent", "a", version=1)
+        before = store.nc.stats["in_msgs"]
+        assert (await tt.state_at("agent", "a", version=2)).state == {"i": 2}
+        assert store.nc.stats["in_msgs"] == before
