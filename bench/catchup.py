@@ -8,8 +8,9 @@ against a raw nats-py ordered push consumer draining the same stream, in the sam
   only counts the messages, no decode, from sequence 1 to the head.
 - measured: ``Runner(...).catch_up()`` with the built-in ``entities`` projection from
   checkpoint 0 to the head into a fresh SQLite file: every event decoded, folded (merge patch
-  + transition) and committed with its checkpoint; once with snapshots off and once with a
-  snapshot every 100 versions. Target: ratio >= 0.5.
+  + transition) and committed with its checkpoint and the local copy of the events (on by
+  default); once with snapshots off and once with a snapshot every 100 versions, and once more
+  with snapshots off and ``keep_events = false`` (what the copy costs). Target: ratio >= 0.5.
 - ``--rounds`` interleaved rounds (default 3) of baseline, runner, runner with snapshots; each
   figure is the best of its rounds, the baseline's included (the first reading after a fill
   is slower, whoever does it, so a single round mostly measures who came first).
@@ -74,11 +75,11 @@ async def raw_drain(url: str, count: int, timeout: float = 600.0) -> float:
 
 
 async def runner_catch_up(
-    store: EventStore, path: Any, snapshots: SnapshotPolicy
+    store: EventStore, path: Any, snapshots: SnapshotPolicy, keep_events: bool = True
 ) -> tuple[float, int, dict[str, int]]:
     """Seconds for a runner to fold the log into a fresh file (opening it included), the
     checkpoint reached, and what the file holds afterwards."""
-    settings = RunnerSettings(snapshots=snapshots)
+    settings = RunnerSettings(snapshots=snapshots, keep_events=keep_events)
     with timed() as t:
         async with await ProjectionDB.open(path) as db:
             checkpoint = await Runner(
@@ -112,14 +113,16 @@ async def run(
             drains: list[float] = []
             plains: list[float] = []
             snaps: list[float] = []
+            no_copy: list[float] = []
             for r in range(n_rounds):
                 drains.append(await raw_drain(server.url, n))
-                for times, policy, name in (
-                    (plains, NO_SNAPSHOTS, "plain"),
-                    (snaps, EVERY_100, "snap"),
+                for times, policy, name, keep in (
+                    (plains, NO_SNAPSHOTS, "plain", True),
+                    (snaps, EVERY_100, "snap", True),
+                    (no_copy, NO_SNAPSHOTS, "nocopy", False),
                 ):
                     seconds, checkpoint, held = await runner_catch_up(
-                        store, root / f"{name}-{r}.db", policy
+                        store, root / f"{name}-{r}.db", policy, keep
                     )
                     if checkpoint != n or held["aggregates"] != n_aggs or held["versions"] != n:
                         raise RuntimeError(
@@ -130,6 +133,7 @@ async def run(
                     times.append(seconds)
     raw_rate = n / min(drains)
     plain_rate, snap_rate = n / min(plains), n / min(snaps)
+    no_copy_rate = n / min(no_copy)
     figures: dict[str, Any] = {
         "events": n,
         "aggregates": n_aggs,
@@ -145,6 +149,9 @@ async def run(
         "catchup_ratio": round(plain_rate / raw_rate, 3),
         "catchup_snap100_events_per_s": round(snap_rate),
         "catchup_snap100_ratio": round(snap_rate / raw_rate, 3),
+        "catchup_no_copy_runs_per_s": [round(n / s) for s in no_copy],
+        "catchup_no_copy_events_per_s": round(no_copy_rate),
+        "catchup_no_copy_ratio": round(no_copy_rate / raw_rate, 3),
         "snapshots_written": snapped["snapshots"],
         "target_ratio": 0.5,
     }
@@ -156,7 +163,7 @@ async def run(
             ("reader", "events/s", "ratio vs raw"),
             ("raw nats-py ordered consumer, count only (baseline)", f"{raw_rate:,.0f}", "1.000"),
             (
-                "runner: decode + fold + commit, snapshots off",
+                "runner: decode + fold + commit + copy, snapshots off",
                 f"{plain_rate:,.0f}",
                 f"{figures['catchup_ratio']:.3f} (target >= 0.5)",
             ),
@@ -164,6 +171,11 @@ async def run(
                 "runner: same, snapshot every 100 versions",
                 f"{snap_rate:,.0f}",
                 f"{figures['catchup_snap100_ratio']:.3f}",
+            ),
+            (
+                "runner: snapshots off, keep_events = false (no copy)",
+                f"{no_copy_rate:,.0f}",
+                f"{figures['catchup_no_copy_ratio']:.3f}",
             ),
         ],
         figures,

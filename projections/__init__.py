@@ -45,6 +45,7 @@ from projections.lock import DatabaseLock
 from projections.mergepatch import merge_patch
 from projections.objects import import_object, make_without_arguments
 from projections.origins import recorded_origin
+from projections.points import Diff, HistoryEntry, PastState, Point
 from projections.projection import Change, Projection, Statement
 from projections.rebuild import RebuildResult, rebuild
 from projections.recorder import list_aggregates, list_conflicts, list_quarantine
@@ -53,7 +54,7 @@ from projections.repository import Loaded, Repository, Updated
 from projections.runner import CommitInfo, Runner, RunnerSettings
 from projections.snapshots import SnapshotPolicy
 from projections.status import ProjectionStatus, StatusReport, projection_status, status_report
-from projections.timetravel import Diff, HistoryEntry, PastState, Point, TimeTravel, current_state
+from projections.timetravel import TimeTravel, current_state
 from projections.verify import Mismatch, VerifyReport, verify
 
 __all__ = [

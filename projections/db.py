@@ -49,7 +49,7 @@ from projections.dbfile import (
     translate,
 )
 from projections.lock import DatabaseLock
-from projections.schema import INDEXES, MIGRATIONS, SCHEMA_VERSION
+from projections.schema import INDEXES, MIGRATIONS, READABLE_FROM, SCHEMA_VERSION
 from projections.times import to_us
 
 __all__ = ["SCHEMA_VERSION", "DatabaseLock", "ProjectionDB", "copy_database"]
@@ -229,7 +229,7 @@ class ProjectionDB:
             if not tables:
                 raise not_ours(self.path, "is an SQLite database without the eventstore "
                                 "projection schema (no tables)")  # fmt: skip
-            if current < SCHEMA_VERSION:
+            if current < READABLE_FROM:
                 raise ProjectionError(
                     f"projection database {self.path} has schema version {current}, older "
                     f"than this eventstore's ({SCHEMA_VERSION}); start `eventstore worker` once "

@@ -43,10 +43,11 @@ from eventstore import (
 )
 from projections.db import ProjectionDB
 from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
+from projections.points import PastState, Point
 from projections.projection import Projection
 from projections.records import ConflictRecord
 from projections.rulecheck import check_rules
-from projections.timetravel import PastState, Point, TimeTravel, current_state
+from projections.timetravel import TimeTravel, current_state
 
 __all__ = [
     "DEFAULT_LIMIT",

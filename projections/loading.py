@@ -6,8 +6,10 @@ same file that declares ``[machines]``)::
     [projections]
     load = ["entities", "myapp.projections:orders"]  # default: ["entities"]
     snapshot_every = 100       # versions between snapshots of an aggregate
-    snapshot_keep = 5          # snapshots kept per aggregate
+    snapshot_keep = 5          # newest snapshots kept per aggregate, as they are
+    snapshot_spacing = 100     # older ones kept every this many versions (default: every; 0: none)
     snapshot_interval = 300    # seconds between periodic snapshots (0: off)
+    keep_events = true         # copy each event into the file: time travel reads it locally
     batch_size = 20000         # messages per transaction at most
     batch_delay = 0.0          # seconds a batch waits for more messages at most
 
@@ -64,6 +66,8 @@ class ProjectionsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     snapshot_every: int = 100
     snapshot_keep: int = 5
     snapshot_interval: float = 300.0
+    snapshot_spacing: int | None = None
+    keep_events: bool = True
     batch_size: int = 20000
     batch_delay: float = 0.0
     resolvers: dict[str, str] = {}
@@ -75,15 +79,19 @@ class ProjectionsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"[projections] {name} must be a finite number of seconds >= 0")
-        for name in ("snapshot_every", "snapshot_keep"):  # SnapshotPolicy checks the minimum
-            if getattr(self, name) > MAX_INT:
+        for name in ("snapshot_every", "snapshot_keep", "snapshot_spacing"):  # and the minimum
+            if (getattr(self, name) or 0) > MAX_INT:
                 raise ConfigError(f"[projections] {name} must be at most {MAX_INT}")
         return RunnerSettings(
             batch_size=self.batch_size,
             batch_delay=self.batch_delay,
             snapshots=SnapshotPolicy(
-                every=self.snapshot_every, keep=self.snapshot_keep, interval=self.snapshot_interval
+                every=self.snapshot_every,
+                keep=self.snapshot_keep,
+                interval=self.snapshot_interval,
+                spacing=self.snapshot_spacing,
             ),
+            keep_events=self.keep_events,
         )
 
 

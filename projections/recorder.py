@@ -17,11 +17,11 @@ checkpoint or not at all (``eventsourcing``'s recorders work the same way).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from eventstore import get_logger
 from projections.db import ProjectionDB
+from projections.eventcopy import flat_chunks
 from projections.failures import ProjectionFailure, record_failures
 from projections.fold import AggregateState
 from projections.projection import Projection
@@ -29,20 +29,24 @@ from projections.readmodels import write_read_models
 from projections.records import ConflictRecord, Position, ProjectionInfo, QuarantineRecord
 from projections.rows import SlotBatch, StateCodec, conflict_record, quarantine_record
 from projections.schema import TABLES
-from projections.times import from_us, to_us
+from projections.snapshots import (
+    PERIODIC_MARK_SQL,
+    PERIODIC_PRUNE_SQL,
+    PERIODIC_SQL,
+    PRUNE_SQL,
+    SNAPSHOT_COLUMNS,
+    SNAPSHOT_SQL,
+    SNAPSHOT_TIME_SQL,
+    STATE_COLUMNS,
+    SnapshotRows,
+)
+from projections.times import from_us
 
 __all__ = ["FileChanged", "Recorder", "list_conflicts", "list_quarantine"]
 
 log = get_logger("projections.runner")
 
 Key = tuple[str, str]
-
-# The columns ``StateCodec.load`` reads (a snapshot's version stands in for snapshot_version).
-STATE_COLUMNS = (
-    "aggregate_type, aggregate_id, version, seq, state, vclock, lamport, recorded_us, resume, "
-    "base, snapshot_version"
-)
-SNAPSHOT_COLUMNS = STATE_COLUMNS.replace("snapshot_version", "version")
 
 UPSERT_STATE_SQL = (
     "INSERT INTO states (projection, aggregate_type, aggregate_id, version, seq, state, vclock, "
@@ -52,41 +56,16 @@ UPSERT_STATE_SQL = (
     "vclock = excluded.vclock, lamport = excluded.lamport, recorded_us = excluded.recorded_us, "
     "resume = excluded.resume, base = excluded.base, snapshot_version = excluded.snapshot_version"
 )
+# The new checkpoint, and where the local copy of the events starts (``?5``: kept in this
+# batch from ``?6``, the seq after the projection's previous checkpoint, unless known earlier).
 CHECKPOINT_SQL = (
-    "UPDATE projections SET checkpoint = ?, checkpoint_us = ?, updated_us = ? WHERE name = ?"
+    "UPDATE projections SET checkpoint = ?1, checkpoint_us = ?2, updated_us = ?3, "
+    "events_from = CASE WHEN ?5 THEN coalesce(events_from, ?6) END WHERE name = ?4"
 )
 GUARD_SQL = (
     "SELECT name, checkpoint, code_version, (SELECT value FROM meta WHERE key = 'generation') "
     "FROM projections"
 )
-SNAPSHOT_SQL = (
-    "INSERT OR REPLACE INTO snapshots (projection, aggregate_type, aggregate_id, version, seq, "
-    "code_version, state, vclock, lamport, recorded_us, resume, base, taken_us) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# Deletes all but the newest ``keep`` snapshots of one aggregate.
-PRUNE_SQL = (
-    "DELETE FROM snapshots WHERE projection = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3 "
-    "AND version <= (SELECT version FROM snapshots WHERE projection = ?1 AND "
-    "aggregate_type = ?2 AND aggregate_id = ?3 ORDER BY version DESC LIMIT 1 OFFSET ?4)"
-)
-# The periodic snapshot, in SQL: every aggregate changed since its last snapshot.
-PERIODIC_SQL = (
-    "INSERT OR REPLACE INTO snapshots (projection, aggregate_type, aggregate_id, version, seq, "
-    "code_version, state, vclock, lamport, recorded_us, resume, base, taken_us) "
-    "SELECT projection, aggregate_type, aggregate_id, version, seq, ?2, state, vclock, lamport, "
-    "recorded_us, resume, base, ?3 FROM states WHERE projection = ?1 AND version > snapshot_version"
-)
-PERIODIC_PRUNE_SQL = (
-    "DELETE FROM snapshots WHERE rowid IN (SELECT rowid FROM (SELECT rowid, row_number() OVER "
-    "(PARTITION BY aggregate_type, aggregate_id ORDER BY version DESC) AS n FROM snapshots "
-    "WHERE projection = ?1) WHERE n > ?2)"
-)
-PERIODIC_MARK_SQL = (
-    "UPDATE states SET snapshot_version = version WHERE projection = ?1 "
-    "AND version > snapshot_version"
-)
-SNAPSHOT_TIME_SQL = "UPDATE projections SET snapshot_us = ? WHERE name = ?"
 # The columns of ``rows.conflict_row`` and ``rows.conflict_record``.
 CONFLICT_COLUMNS = (
     "projection, aggregate_type, aggregate_id, seq, version, event_id, event_producer, "
@@ -129,8 +108,9 @@ def _filter(
     return where, params
 
 
-class Recorder:
-    """The statements of one ``ProjectionDB`` (see the module doc)."""
+class Recorder(SnapshotRows):
+    """The statements of one ``ProjectionDB`` (see the module doc; the snapshot reads are
+    ``SnapshotRows``')."""
 
     def __init__(self, db: ProjectionDB) -> None:
         self.db = db
@@ -153,6 +133,16 @@ class Recorder:
             "SELECT name, checkpoint, checkpoint_us, snapshot_us, code_version FROM projections"
         )
         return {r[0]: Position(int(r[1]), r[2], r[3], r[4]) for r in rows}
+
+    async def copy_starts(self) -> dict[str, int]:
+        """From which seq on the copy of the events holds each projection's messages (those
+        that keep one; none in a file older than schema 3)."""
+        if await self.db.schema_version() < 3:
+            return {}
+        rows = await self.db.fetchall(
+            "SELECT name, events_from FROM projections WHERE events_from IS NOT NULL"
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
 
     async def max_checkpoint(self) -> int:
         row = await self.db.fetchone("SELECT max(checkpoint) FROM projections")
@@ -236,63 +226,6 @@ class Recorder:
             (projection, code_version),
         )
 
-    async def nearest_snapshot(
-        self,
-        codec: StateCodec,
-        aggregate_type: str,
-        aggregate_id: str,
-        *,
-        version: int | None = None,
-        seq: int | None = None,
-        at: datetime | None = None,
-    ) -> AggregateState | None:
-        """The newest snapshot of the current code version at or before the target, if any."""
-        where = "projection = ? AND aggregate_type = ? AND aggregate_id = ? AND code_version = ?"
-        params: list[Any] = [codec.name, aggregate_type, aggregate_id, codec.projection.version]
-        if version is not None:
-            where += " AND version <= ?"
-            params.append(version)
-        if seq is not None:
-            where += " AND seq <= ?"
-            params.append(seq)
-        if at is not None:
-            where += " AND recorded_us <= ?"
-            params.append(to_us(at))
-        row = await self.db.fetchone(
-            f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {where} ORDER BY version DESC LIMIT 1",
-            params,
-        )
-        return None if row is None else codec.load(row)
-
-    async def known_version_after(
-        self,
-        projection: str,
-        aggregate_type: str,
-        aggregate_id: str,
-        *,
-        seq: int | None = None,
-        at: datetime | None = None,
-    ) -> int | None:
-        """The lowest version the file knows to lie after a target sequence or time: a later
-        snapshot (of any code version: versions are the log's) or the current state. None if
-        the file knows of nothing past the target.
-
-        Only a hint for how many messages a replay asks the server for at once: a replay to a
-        point between two snapshots needs at most the versions between them, where asking for
-        a fixed large batch would make the server send far more than is read.
-        """
-        if seq is None and at is None:
-            return None
-        column, target = ("seq", seq) if seq is not None else ("recorded_us", to_us(at))
-        key = (projection, aggregate_type, aggregate_id, target)
-        where = f"projection = ? AND aggregate_type = ? AND aggregate_id = ? AND {column} > ?"
-        row = await self.db.fetchone(
-            f"SELECT min(v) FROM (SELECT min(version) AS v FROM snapshots WHERE {where} "
-            f"UNION ALL SELECT version FROM states WHERE {where})",
-            (*key, *key),
-        )
-        return None if row is None or row[0] is None else int(row[0])
-
     # -- conflicts and quarantine ----------------------------------------------------------
 
     async def conflicts(
@@ -343,11 +276,15 @@ class Recorder:
         meta: Mapping[str, str] | None = None,
         failed: Sequence[ProjectionFailure] = (),
         cleared: Sequence[str] = (),
+        spacing: int = 0,
+        events: Sequence[tuple[Any, ...]] | None = None,
     ) -> None:
         """Commit one batch in ONE transaction: the guard, then for every projection in
-        ``slots`` its states, snapshots (pruned to ``keep``), conflicts, quarantined messages,
+        ``slots`` its states, snapshots (pruned to the newest ``keep`` and older ones every
+        ``spacing`` versions, ``projections.snapshots``), conflicts, quarantined messages,
         read models and periodic snapshot, and its checkpoint ``seq``; the ``meta`` rows given;
-        the ``failed`` marks and the deletion of the ``cleared`` ones (``projections.failures``).
+        the ``failed`` marks and the deletion of the ``cleared`` ones (``projections.failures``);
+        the local copy of the ``events`` (``projections.eventcopy``; None: none kept).
 
         ``generation`` and ``checkpoints`` (of every projection of the runner) are what the
         caller read: a file that says otherwise raises ``FileChanged`` and nothing is written.
@@ -361,12 +298,15 @@ class Recorder:
             await record_failures(db, failed, cleared)
             if state_rows:
                 await db.executemany(UPSERT_STATE_SQL, state_rows)
+            for sql, params in flat_chunks(list(events)) if events else ():
+                await db.execute(sql, params)
             for slot in slots:
                 name = slot.projection.name
                 if slot.snapshots:
                     await db.executemany(SNAPSHOT_SQL, slot.snapshots)
                     pruned = {(r[1], r[2]) for r in slot.snapshots}
-                    await db.executemany(PRUNE_SQL, [(name, t, i, keep) for t, i in pruned])
+                    rows = [(name, t, i, keep, spacing) for t, i in pruned]
+                    await db.executemany(PRUNE_SQL, rows)
                 if slot.conflicts:
                     await db.executemany(CONFLICT_SQL, slot.conflicts)
                 if slot.quarantine:
@@ -376,11 +316,16 @@ class Recorder:
                 if slot.periodic:
                     version = slot.projection.version
                     await db.execute(PERIODIC_SQL, (name, version, now_us))
-                    await db.execute(PERIODIC_PRUNE_SQL, (name, keep))
+                    await db.execute(PERIODIC_PRUNE_SQL, (name, keep, spacing))
                     await db.execute(PERIODIC_MARK_SQL, (name,))
                     await db.execute(SNAPSHOT_TIME_SQL, (now_us, name))
+            kept = events is not None
             await db.executemany(
-                CHECKPOINT_SQL, [(seq, recorded_us, now_us, s.projection.name) for s in slots]
+                CHECKPOINT_SQL,
+                [
+                    (seq, recorded_us, now_us, name, kept, checkpoints.get(name, 0) + 1)
+                    for name in (s.projection.name for s in slots)
+                ],
             )
             if meta:  # the rules in force at the checkpoint (projections.rulecheck)
                 await db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [*meta.items()])

@@ -29,7 +29,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
@@ -45,14 +45,15 @@ from eventstore import (
 from projections import identity, rulecheck
 from projections.batches import Intake
 from projections.db import ProjectionDB
+from projections.eventcopy import event_rows
 from projections.failures import Failed, ProjectionFailure, stored_failures
 from projections.fold import AggregateState, Folder, MessageDecoder
 from projections.origins import record_origin
 from projections.projection import Projection
 from projections.recorder import FileChanged, Recorder
 from projections.rows import StateCodec
+from projections.runsettings import CommitInfo, RunnerSettings
 from projections.slot import Slot
-from projections.snapshots import SnapshotPolicy
 from projections.times import to_us
 
 __all__ = ["CommitInfo", "Runner", "RunnerSettings"]
@@ -60,31 +61,6 @@ __all__ = ["CommitInfo", "Runner", "RunnerSettings"]
 log = get_logger("projections.runner")
 
 Key = tuple[str, str]
-
-
-class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """How the runner batches and snapshots."""
-
-    batch_size: int = 20000
-    batch_delay: float = 0.0
-    snapshots: SnapshotPolicy = SnapshotPolicy()
-    cache_size: int = 200_000
-    queue_batches: int = 64
-
-
-class CommitInfo(NamedTuple):
-    """What one committed batch did (handed to ``on_commit`` callbacks).
-
-    ``states``: per projection, each changed aggregate's state and the version it had before
-    the batch. The states are the runner's cached objects: read them inside the callback (the
-    next batch is folded only after every callback returned), never keep them."""
-
-    first_seq: int
-    last_seq: int
-    messages: int
-    changed: dict[str, list[Key]]
-    seconds: float
-    states: dict[str, list[tuple[AggregateState, int]]]
 
 
 class _Resync(Exception):
@@ -135,6 +111,7 @@ class Runner:
         self.resyncs = 0  # times the runner reloaded (file swapped, another writer, bad read)
         self._expect = 1  # the stream sequence the next batch must start with
         self._rules_meta: dict[str, str] = {}  # the rules record the file has
+        self._events: list[tuple[Any, ...]] | None = None  # the batch's copy (eventcopy)
         self._watch = identity.StreamWatch(store, db)  # the stream the file folds (open)
 
     @property
@@ -327,14 +304,19 @@ class Runner:
                     self._fail(slot, Failed(name, why, exc, max(seq, slot.checkpoint + 1)))
 
     def _fold(self, batch: list[StoredMessage]) -> None:
-        # Several projections decode each message once (memo); one needs no memo.
-        memo: dict[int, Event | str] | None = {} if len(self._slots) > 1 else None
+        # Several projections decode each message once (memo); one needs no memo, unless the
+        # batch's messages are kept: the memo then holds each one some projection folded.
+        keep = self.settings.keep_events
+        memo: dict[int, Event | str] | None = {} if keep or len(self._slots) > 1 else None
         taken_us = to_us(datetime.now(UTC)) or 0
         for slot in self._active():
             try:
                 slot.fold(batch, self.decoder, memo, taken_us, self.settings.snapshots.every)
             except Failed as failed:
                 self._fail(slot, failed)
+        self._events = (
+            None if memo is None or not keep else event_rows(batch, memo, self.decoder.key)
+        )
 
     async def _commit(self, batch: list[StoredMessage], started: float) -> None:
         last = batch[-1]
@@ -356,6 +338,8 @@ class Runner:
                     recorded_us=to_us(last.recorded_at),
                     now_us=now_us,
                     keep=self.settings.snapshots.keep,
+                    spacing=self.settings.snapshots.thin,
+                    events=self._events,
                     failed=[s.failure for s in marks if s.failure is not None],
                     cleared=[s.projection.name for s in moving if s.marked],
                     meta=meta if meta != self._rules_meta else None,
@@ -424,17 +408,11 @@ class Runner:
         )
 
     def _evict(self, slot: Slot) -> None:
-        """Drop the older half of a cache that grew too big (they are all committed)."""
-        drop = len(slot.cache) - self.settings.cache_size // 2
-        for key in list(slot.cache)[:drop]:
-            del slot.cache[key]
-        slot.complete = False
+        slot.evict(self.settings.cache_size // 2)
 
     def _forget(self) -> None:
         for slot in self._slots:
-            slot.cache = {}
-            slot.complete = False
-            slot.clear_batch()
+            slot.forget()
 
     # -- read your writes ------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ A migration is never changed once released: a new one is added.
 
 from __future__ import annotations
 
-__all__ = ["INDEXES", "MIGRATIONS", "SCHEMA_VERSION", "TABLES"]
+__all__ = ["INDEXES", "MIGRATIONS", "READABLE_FROM", "SCHEMA_VERSION", "TABLES"]
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
@@ -104,8 +104,31 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "(projection, aggregate_type, aggregate_id, recorded_us)",
         ],
     ),
+    (
+        3,
+        "the local copy of the events (time travel and history replay locally)",
+        [
+            # One row per message of an aggregate, its body as stored (projections.eventcopy);
+            # ``version`` is the one the body claims (eventstore.versions), NULL if none.
+            """CREATE TABLE events (
+                seq INTEGER PRIMARY KEY,
+                aggregate_type TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                version INTEGER,
+                recorded_us INTEGER NOT NULL,
+                data BLOB NOT NULL
+            )""",
+            "CREATE INDEX events_by_aggregate ON events (aggregate_type, aggregate_id, seq)",
+            # The first seq from which the copy holds every message of the projection's
+            # aggregates up to its checkpoint (NULL: no copy kept for it).
+            "ALTER TABLE projections ADD COLUMN events_from INTEGER",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+# The oldest schema a read-only open accepts: schema 3 only added the local copy of the events,
+# which a reader of an older file does without (time travel then replays from the log).
+READABLE_FROM = 2
 # The tables holding one projection's rows (all keyed by a ``projection`` column).
 TABLES = ("states", "snapshots", "conflicts", "quarantine")
 # Indexes a writer creates at open when missing, outside the numbered migrations (existing

@@ -49,6 +49,18 @@ class Slot(SlotBatch):
         self.complete = False
         self.clear_batch()
 
+    def evict(self, keep: int) -> None:
+        """Drop all but the newest ``keep`` cached states (they are all committed)."""
+        for key in list(self.cache)[: len(self.cache) - keep]:
+            del self.cache[key]
+        self.complete = False
+
+    def forget(self) -> None:
+        """Drop the cache and what the batch produced (a run ended or failed)."""
+        self.cache = {}
+        self.complete = False
+        self.clear_batch()
+
     def clear_batch(self) -> None:
         self.changed = {}
         self.previous = {}

@@ -1,9 +1,13 @@
 """Time travel: any aggregate's state now, at a version, at a stream sequence or at a time.
 
 A past state is the nearest snapshot at or before the target (of the projection's current code
-version) plus the aggregate's messages after it, read from the log and folded exactly as the
-runner folds them. A snapshot every N versions keeps the replay under N events however long the
-history is. The result says which snapshot was used and how many messages were replayed.
+version) plus the aggregate's messages after it, folded exactly as the runner folds them. A
+snapshot every N versions (and their retention, ``projections.snapshots``) keeps the replay
+under N events however long the history is. The messages come from the database's copy of the
+log (``projections.eventcopy``: the snapshot and the messages in ONE statement), and from the
+log only past the checkpoint, before the copy starts, or without a database; history and diff
+read the copy the same way. The result says which snapshot was used and how many messages were
+replayed.
 
 ``at`` is the log's recorded time (the stream timestamp), not the producer's clock: it is the
 one time that is monotonic along the log. History lists an aggregate's messages between two
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import msgspec
@@ -31,118 +35,21 @@ from eventstore import (
     InvalidPoint,
     ProjectionError,
     StoredMessage,
-    check_optional_int,
-    check_time,
 )
 from projections.db import ProjectionDB
+from projections.eventcopy import LocalRows, read_local
 from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
-from projections.mergepatch import PathChange, changes, diff
+from projections.mergepatch import changes, diff
+from projections.points import Diff, HistoryEntry, PastState, Point
 from projections.projection import Projection
 from projections.recorder import Recorder
 from projections.records import ConflictRecord
 from projections.rows import StateCodec
 from projections.rulecheck import check_rules
-from projections.times import parse_time
+from projections.schema import SCHEMA_VERSION
+from projections.times import EPOCH, to_us
 
-__all__ = ["Diff", "HistoryEntry", "PastState", "Point", "TimeTravel", "current_state"]
-
-
-class Point(msgspec.Struct, frozen=True, kw_only=True):
-    """A point in one aggregate's history: a version, a stream sequence, a time, or the end."""
-
-    version: int | None = None
-    seq: int | None = None
-    at: datetime | None = None
-
-    def __post_init__(self) -> None:
-        given = sum(x is not None for x in (self.version, self.seq, self.at))
-        if given > 1:
-            raise InvalidPoint("give one of version, seq or at, not several")
-        # A version is 0 (before the first event) or more, a stream sequence 0 or more; both
-        # fit in SQLite's INTEGER.
-        check_optional_int(self.version, "a version", error=InvalidPoint)
-        check_optional_int(self.seq, "a stream sequence", error=InvalidPoint)
-        if self.at is not None:
-            check_time(self.at, "the time")
-
-    @property
-    def latest(self) -> bool:
-        return self.version is None and self.seq is None and self.at is None
-
-    @classmethod
-    def parse(cls, text: str) -> Point:
-        """``version:N`` (or ``v:N`` or ``N``), ``seq:S``, ``at:TIME`` (or an ISO time), ``now``."""
-        value = text.strip()
-        kind, sep, rest = value.partition(":")
-        try:
-            if value.lower() in ("now", "head", "latest", "end"):
-                return cls()
-            if sep and kind in ("version", "v"):
-                return cls(version=int(rest))
-            if sep and kind in ("seq", "s"):
-                return cls(seq=int(rest))
-            if sep and kind in ("at", "time", "t"):
-                return cls(at=parse_time(rest))
-            if value.isdigit():
-                return cls(version=int(value))
-            return cls(at=parse_time(value))
-        except ValueError as exc:
-            raise InvalidPoint(
-                f"point {text!r} not understood: use version:N, seq:S, at:2025-01-13T10:30:00Z "
-                "or now"
-            ) from exc
-
-    def describe(self) -> str:
-        if self.version is not None:
-            return f"version {self.version}"
-        if self.seq is not None:
-            return f"seq {self.seq}"
-        if self.at is not None:
-            return f"time {self.at.isoformat()}"
-        return "now"
-
-
-class PastState(msgspec.Struct, kw_only=True):
-    """An aggregate's state at a point, and how it was recovered."""
-
-    aggregate_type: str
-    aggregate_id: str
-    version: int
-    seq: int
-    state: Any
-    vclock: dict[str, int]
-    lamport: int
-    recorded_at: datetime | None = None
-    snapshot_version: int | None = None
-    snapshot_seq: int | None = None
-    replayed: int = 0
-    rules_version: int | None = None  # in force at ``seq`` (None: not known, state now)
-
-
-class HistoryEntry(msgspec.Struct, kw_only=True):
-    """One message of an aggregate's history and what the fold made of it."""
-
-    seq: int
-    version: int | None
-    type: str | None
-    producer: str | None
-    recorded_at: datetime | None
-    transition: list[str] | None = None
-    data: Any = None
-    outcome: str = "applied"  # applied | conflict | quarantined
-    detail: str | None = None
-
-
-class Diff(msgspec.Struct, kw_only=True):
-    """Two points of one aggregate, what changed between them, and the messages in between."""
-
-    aggregate_type: str
-    aggregate_id: str
-    before: PastState
-    after: PastState
-    changes: list[PathChange]
-    patch: Any
-    events: list[HistoryEntry]
+__all__ = ["TimeTravel", "current_state"]
 
 
 async def current_state(
@@ -204,6 +111,7 @@ class TimeTravel:
         self.folder = Folder(projection, store.rules)
         self.decoder = MessageDecoder(store.settings.prefix)
         self._rules_checked = db is None
+        self._copy = False  # the file has the events copy (schema 3), known once checked
 
     async def current(self, aggregate_type: str, aggregate_id: str) -> PastState:
         """The state the projection holds now (what the worker committed last)."""
@@ -272,7 +180,7 @@ class TimeTravel:
                 f"in the history of {aggregate_type}/{aggregate_id}"
             )
         entries: list[HistoryEntry] = []
-        n, _ = await self._replay(agg, position + 1, end or Point(), entries)
+        n, _ = await self._advance(agg, position, end or Point(), entries)
         after = self._result(agg, snap, replayed + n)
         if start is None and not entries:
             await self._require_exists(aggregate_type, aggregate_id)
@@ -287,8 +195,16 @@ class TimeTravel:
         snapshot: AggregateState | None = None
         if not self._rules_checked and self.db is not None:
             await check_rules(self.db, self.store.rules)  # its snapshots are the log's meaning
+            self._copy = await self.db.schema_version() >= SCHEMA_VERSION
             self._rules_checked = True
-        if self.recorder is not None:
+        local: LocalRows | None = None
+        if self.db is not None and self._local(aggregate_type):
+            local = await read_local(
+                self.db, self.codec, key, version=point.version, seq=point.seq, at=point.at,
+                snapshot=True,
+            )  # fmt: skip
+            snapshot = None if local.snapshot is None else self.codec.load(local.snapshot)
+        elif self.recorder is not None:
             snapshot = await self.recorder.nearest_snapshot(
                 self.codec,
                 aggregate_type,
@@ -303,12 +219,15 @@ class TimeTravel:
         else:
             agg = self.folder.new(key)
             start = 1
-        bound = None
-        if self.recorder is not None and point.version is None:
-            bound = await self.recorder.known_version_after(
-                self.projection.name, *key, seq=point.seq, at=point.at
-            )
-        replayed, position = await self._replay(agg, start, point, None, bound)
+        if local is not None and local.covered is not None:
+            replayed, position = await self._advance(agg, start - 1, point, None, local)
+        else:
+            bound = None
+            if self.recorder is not None and point.version is None:
+                bound = await self.recorder.known_version_after(
+                    self.projection.name, *key, seq=point.seq, at=point.at
+                )
+            replayed, position = await self._replay(agg, start, point, None, bound)
         position = max(position, start - 1)
         if point.version is not None and agg.version < point.version:
             await self._require_exists(aggregate_type, aggregate_id)
@@ -319,6 +238,67 @@ class TimeTravel:
         if agg.version == 0 and snapshot is None:
             await self._require_exists(aggregate_type, aggregate_id)
         return agg, used, replayed, position
+
+    def _local(self, aggregate_type: str) -> bool:
+        """Whether the file's copy of the events may hold this aggregate's messages."""
+        return self._copy and self.projection.follows(aggregate_type)
+
+    async def _advance(
+        self,
+        agg: AggregateState,
+        after: int,
+        until: Point,
+        entries: list[HistoryEntry] | None,
+        local: LocalRows | None = None,
+    ) -> tuple[int, int]:
+        """Feed ``agg`` its messages after seq ``after`` up to ``until``: from the file's copy
+        while it holds them (``local``: the first read, done), then from the log."""
+        count, position = 0, after
+        if self.db is not None and self._local(agg.aggregate_type):
+            while True:
+                if local is None:
+                    local = await read_local(
+                        self.db, self.codec, agg.key, version=until.version, seq=until.seq,
+                        at=until.at, snapshot=False, after=position, after_version=agg.version,
+                    )  # fmt: skip
+                if local.covered is None:
+                    break
+                n, position, stopped = self._feed(agg, local.rows, until, entries, position)
+                count += n
+                if stopped or (until.seq is not None and until.seq <= local.covered):
+                    return count, position
+                if not local.full:  # the copy ends at the checkpoint: the log goes on
+                    position = max(position, local.covered)
+                    break
+                local = None
+        n, position = await self._replay(agg, position + 1, until, entries)
+        return count + n, position
+
+    def _feed(
+        self,
+        agg: AggregateState,
+        rows: list[tuple[int, int, bytes]],
+        until: Point,
+        entries: list[HistoryEntry] | None,
+        position: int,
+    ) -> tuple[int, int, bool]:
+        """Fold rows of the copy as ``_replay`` folds the log: (count, last seq, target met)."""
+        key = agg.key
+        subject = self.store.subject(*key)
+        at_us = to_us(until.at)
+        count = 0
+        for seq, us, data in rows:
+            if at_us is not None and us > at_us:
+                return count, position, True
+            if until.version is not None and agg.version >= until.version:
+                return count, position, True
+            msg = StoredMessage(seq, subject, data, EPOCH + timedelta(microseconds=us), None)
+            out = self.folder.feed(agg, msg, key, self.decoder)
+            count += 1
+            position = seq
+            if entries is not None:
+                entries.append(self._entry(msg, key, out))
+        return count, position, until.version is not None and agg.version >= until.version
 
     async def _replay(
         self,

@@ -5,8 +5,8 @@ of the log (up to its checkpoint, read in the same read transaction as the rows 
 running worker does not get in the way) is folded from version 1 with the projection's
 ``apply``, and every aggregate's version, sequence, state, vector clock and Lamport time is
 compared, as well as every stored snapshot of the current code version, the set of quarantined
-messages and the recorded conflicts. Every difference is reported; none is repaired (that is
-``rebuild``).
+messages, the recorded conflicts and the local copy of the events (``projections.eventcopy``).
+Every difference is reported; none is repaired (that is ``rebuild``).
 
 Two things fail verification that no rebuild changes, because the log itself holds them:
 
@@ -29,6 +29,7 @@ import msgspec
 
 from eventstore import EventStore, RuleBook, StoredMessage
 from projections.db import ProjectionDB
+from projections.eventcopy import copied, copy_differs
 from projections.fold import (
     AggregateState,
     Folder,
@@ -161,6 +162,7 @@ class _Check:
         self.expected_conflicts: dict[int, str] = {}
         self.not_applied: list[tuple[int, Key, Rejected]] = []  # valid events quarantined
         self.unreadable: list[Mismatch] = []
+        self.copy_from: int | None = None  # the copy of the events holds its messages from here
 
 
 async def verify(
@@ -182,6 +184,7 @@ async def verify(
                          actual=recorded, detail=f"at seq {checkpoint}: rebuild")
             )  # fmt: skip
         infos = {i.name: i for i in await recorder.projections()}
+        copy_from = await recorder.copy_starts()
         for p in projections:
             info = infos.get(p.name)
             if info is None:
@@ -206,6 +209,7 @@ async def verify(
                 continue
             check = _Check(p, store.rules)
             check.checkpoint = info.checkpoint
+            check.copy_from = copy_from.get(p.name)
             checks.append(check)
             stored[p.name] = {}
             for r in await recorder.state_rows(p.name):
@@ -234,7 +238,7 @@ async def verify(
                 )
         top = min(head, max((c.checkpoint for c in checks), default=0))
         if top:
-            await _fold_log(store, checks, top, report, mismatches)
+            await _fold_log(store, checks, top, report, mismatches, db)
     for check in checks:
         name = check.projection.name
         have = stored.get(name, {})
@@ -352,9 +356,12 @@ async def _fold_log(
     top: int,
     report: VerifyReport,
     mismatches: list[Mismatch],
+    db: ProjectionDB,
 ) -> None:
     decoder = MessageDecoder(store.settings.prefix)
+    copies = any(c.copy_from is not None for c in checks)
     async for batch in store.raw(1, stop_seq=top):
+        rows = await copied(db, batch[0].seq, batch[-1].seq) if copies else {}
         for msg in batch:
             report.messages += 1
             key = decoder.key(msg.subject)
@@ -369,6 +376,11 @@ async def _fold_log(
                     continue
                 if not check.projection.follows(key[0]):
                     continue
+                kept = check.copy_from is not None and check.copy_from <= msg.seq
+                if kept and (why := copy_differs(msg, key, rows.get(msg.seq))) is not None:
+                    name, at = check.projection.name, f"at seq {msg.seq}"
+                    mismatches.append(Mismatch(projection=name, what=why, aggregate_type=key[0],
+                                               aggregate_id=key[1], detail=at))  # fmt: skip
                 agg = check.aggs.get(key)
                 if agg is None:
                     agg = check.aggs[key] = check.folder.new(key)

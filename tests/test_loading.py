@@ -12,6 +12,7 @@ from projections import (
     FunctionResolver,
     LastWriterWins,
     LogOrder,
+    ProjectionsConfig,
     SourcePriority,
     load_config,
     load_projection,
@@ -119,3 +120,22 @@ def test_resolver_specs() -> None:
         resolver_from_spec("coin-flip")
     with pytest.raises(ConfigError, match="at least one producer"):
         resolver_from_spec("priority:")
+
+
+def test_the_config_table_sets_retention_and_the_events_copy(tmp_path: Path) -> None:
+    """``snapshot_spacing`` and ``keep_events`` reach the runner (defaults: every regular
+    snapshot kept, the copy on); a spacing that is no multiple of ``snapshot_every`` is refused
+    at load, with the key named."""
+    config = tmp_path / "eventstore.toml"
+    assert ProjectionsConfig().runner_settings().keep_events is True
+    assert ProjectionsConfig().runner_settings().snapshots.thin == 100
+    config.write_text(
+        "[projections]\nsnapshot_every = 10\nsnapshot_spacing = 50\nkeep_events = false\n"
+    )
+    settings = load_config(config).runner_settings()
+    assert (settings.snapshots.thin, settings.keep_events) == (50, False)
+    config.write_text("[projections]\nsnapshot_every = 10\nsnapshot_spacing = 0\n")
+    assert load_config(config).runner_settings().snapshots.thin == 0
+    config.write_text("[projections]\nsnapshot_every = 10\nsnapshot_spacing = 25\n")
+    with pytest.raises(ConfigError, match="snapshot_spacing must be a multiple of snapshot_every"):
+        load_config(config)

@@ -24,6 +24,7 @@ from projections import (
     RunnerSettings,
     SnapshotPolicy,
     Statement,
+    TimeTravel,
     list_conflicts,
     list_quarantine,
 )
@@ -193,11 +194,12 @@ async def test_bad_messages_are_quarantined_and_the_worker_goes_on(
 
 
 async def test_snapshots_every_n_versions_keep_the_last_k(store: EventStore, db_path: Path) -> None:
-    """Snapshots are taken at multiples of N and only the newest K of an aggregate are kept."""
+    """Snapshots are taken at multiples of N and, with ``spacing = 0``, only the newest K of
+    an aggregate are kept."""
     for i in range(55):
         await store.append("agent", "s", NewEvent("Changed", {"i": i}))
     await store.append("agent", "small", NewEvent("Created"))
-    policy = SnapshotPolicy(every=10, keep=3, interval=0)
+    policy = SnapshotPolicy(every=10, keep=3, interval=0, spacing=0)
     await catch_up(store, db_path, settings=RunnerSettings(batch_size=7, snapshots=policy))
     async with await ProjectionDB.open(db_path) as db:
         rows = await db.fetchall(
@@ -209,6 +211,32 @@ async def test_snapshots_every_n_versions_keep_the_last_k(store: EventStore, db_
         ("s", 50, 50, EntitiesProjection.version),
     ]
     assert json.loads(rows[-1][4]) == {"i": 49}
+
+
+async def test_older_snapshots_are_thinned_so_every_point_replays_a_bounded_stretch(
+    store: EventStore, db_path: Path
+) -> None:
+    """Past the newest K, snapshots at multiples of ``spacing`` stay (periodic ones in
+    between go): time travel to ANY version replays fewer than ``spacing`` events."""
+    await store.append("agent", "s", [NewEvent("Changed", {"i": i}) for i in range(1, 96)])
+    policy = SnapshotPolicy(every=10, keep=3, interval=0, spacing=20)
+    settings = RunnerSettings(batch_size=7, snapshots=policy)
+    async with await ProjectionDB.open(db_path) as db:
+        await Runner(store, db, [EntitiesProjection()], settings=settings).catch_up()
+        await store.append("agent", "s", NewEvent("Changed", {"i": 96}))  # a periodic one at 96
+        periodic = RunnerSettings(snapshots=SnapshotPolicy(every=10, keep=3, interval=0.001,
+                                                           spacing=20))  # fmt: skip
+        await Runner(store, db, [EntitiesProjection()], settings=periodic).catch_up()
+        versions = [r[0] for r in await db.fetchall("SELECT version FROM snapshots ORDER BY 1")]
+        assert versions == [20, 40, 60, 80, 90, 96]
+        await store.append("agent", "s", [NewEvent("Changed", {"i": i}) for i in range(97, 131)])
+        await Runner(store, db, [EntitiesProjection()], settings=settings).catch_up()
+        versions = [r[0] for r in await db.fetchall("SELECT version FROM snapshots ORDER BY 1")]
+        assert versions == [20, 40, 60, 80, 100, 110, 120, 130]  # 90 and 96 thinned
+        tt = TimeTravel(store, EntitiesProjection(), db)
+        for v in range(1, 131):
+            got = await tt.state_at("agent", "s", version=v)
+            assert got.state == {"i": v} and got.replayed < 20, v
 
 
 async def test_periodic_snapshots_cover_aggregates_that_change_slowly(
