@@ -12,7 +12,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from consumers import cli_locks, cli_ops, cli_projections, cli_rules, cli_serving, cli_watch
+from consumers import (
+    cli_console,
+    cli_locks,
+    cli_ops,
+    cli_projections,
+    cli_rules,
+    cli_serving,
+    cli_watch,
+)
 from consumers.cliutil import (
     EXIT_OK,
     CliParser,
@@ -275,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serving.register(sub)  # issue 10: query
     cli_locks.register(sub)  # issue 13: lock acquire, release, show
     cli_watch.register(sub)  # issue 10: watch
+    cli_console.register(sub)  # issue 17: console
     return parser
 
 
