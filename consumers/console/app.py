@@ -274,6 +274,7 @@ def build_app(settings: ConsoleSettings, backend: Backend | None = None) -> Star
         Route("/tail", page(lambda r, d: html.tail_page(d), tail_data)),
         Route("/live/aggregates/{type}/{id:path}", aggregate_live),
         Route("/live/tail", tail_live),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(

@@ -93,7 +93,7 @@ def overview_page(d: dict[str, Any]) -> str:
         or '<tr><td colspan="4">none answered $SRV.PING</td></tr>'
     )
     body = f"""<h1>Overview</h1>
-<section><h2>Stream</h2><table id="stream">{stream}</table>
+<div class="cols"><section><h2>Stream</h2><table id="stream">{stream}</table>
 <h3>Append rate (events/s)</h3><div id="rate-plot" class="plot"></div></section>
 <section><h2>Projections</h2>
 <table id="projections"><tr><th>projection</th><th>checkpoint</th><th>lag (events)</th></tr>
@@ -101,7 +101,7 @@ def overview_page(d: dict[str, Any]) -> str:
 <h3>Lag over the last minutes</h3><div id="lag-plot" class="plot"></div>
 <p>Conflicts in the log: <b id="conflicts">{d["conflicts"]}</b> · quarantined messages:
 <b id="quarantined">{d["quarantined"]}</b> <small>(counted from the log up to seq
-<span id="counted">{d["counted_to_seq"]}</span>)</small></p></section>
+<span id="counted">{d["counted_to_seq"]}</span>)</small></p></section></div>
 <section><h2>Services ($SRV.PING)</h2>
 <table id="services"><tr><th>name</th><th>id</th><th>version</th><th>metadata</th></tr>
 {services}</table></section>"""

@@ -65,6 +65,14 @@
       return xs.map((x) => (by.has(x) ? by.get(x) : null));
     }));
     plot("#lag-plot", d.projections.map((p) => p.projection + " lag"), cols);
+    const services = $("#services");
+    services.querySelectorAll("tr:not(:first-child)").forEach((tr) => tr.remove());
+    for (const v of d.services) {
+      const tr = document.createElement("tr");
+      const meta = Object.keys(v.metadata).sort().map((k) => k + "=" + v.metadata[k]).join(", ");
+      [v.name, v.id, v.version, meta].forEach((x) => cell(tr, x));
+      services.appendChild(tr);
+    }
     const rows = d.projections.map((p) => [p.projection, p.checkpoint, p.lag]);
     const table = $("#projections");
     table.querySelectorAll("tr:not(:first-child)").forEach((tr) => tr.remove());
