@@ -27,6 +27,17 @@ ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "docs" / "console"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+# Headless, and background tabs kept running (the live test watches two windows at once).
+ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1100",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+)
 
 
 def cli(url: str, settings: StreamSettings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -91,9 +102,7 @@ def browser() -> Iterator[webdriver.Chrome]:
     assert Path(CHROMEDRIVER).exists(), "install chromium and chromium-driver (make test does)"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1100", "--disable-background-timer-throttling",
-                "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows"):  # fmt: skip
+    for arg in ARGS:
         options.add_argument(arg)
     service = Service(CHROMEDRIVER, env={**os.environ, "TZ": "UTC"})
     driver = webdriver.Chrome(service=service, options=options)

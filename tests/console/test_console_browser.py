@@ -38,9 +38,7 @@ class Scene:
 
 
 @pytest.fixture(scope="module")
-async def scene(
-    nats_server: Any, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Scene]:
+async def scene(nats_server: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
     """One log (agents with a state machine and concurrent writers, tasks to filter and page,
     one undecodable message), a worker that has folded it and a console reading it."""
     tmp = tmp_path_factory.mktemp("console")
@@ -84,16 +82,20 @@ def _text(driver: WebDriver, selector: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, selector).text)
 
 
-async def test_overview_shows_stream_projection_and_services(scene: Scene, browser: WebDriver) -> None:
+async def test_overview_shows_stream_projection_and_services(
+    scene: Scene, browser: WebDriver
+) -> None:
     """The overview shows the stream's message count, the worker's checkpoint and lag, the
     concurrent and quarantined counts from the log, and the service answering $SRV.PING."""
     head = await scene.store.head()
     _open(browser, scene.base + "/", "#stream")
     WebDriverWait(browser, 30).until(
-        lambda d: _text(d, "#projections .checkpoint") == str(head)
-        and _text(d, "#counted") == str(head)
-        and d.find_elements(By.CSS_SELECTOR, "#lag-plot canvas")
-        and scene.settings.name in _text(d, "#services")
+        lambda d: (
+            _text(d, "#projections .checkpoint") == str(head)
+            and _text(d, "#counted") == str(head)
+            and d.find_elements(By.CSS_SELECTOR, "#lag-plot canvas")
+            and scene.settings.name in _text(d, "#services")
+        )
     )
     assert _text(browser, "#stream-messages") == str(head)
     assert _text(browser, "#projections .lag") == "0"
@@ -155,8 +157,9 @@ async def test_slider_at_version_v_shows_exactly_eventstore_state_version_v(
         if version > 1:
             slider.send_keys(Keys.RIGHT)
         WebDriverWait(browser, 30).until(
-            lambda d, v=version: d.find_element(By.ID, "point-state").get_attribute("data-version")
-            == str(v)
+            lambda d, v=version: (
+                d.find_element(By.ID, "point-state").get_attribute("data-version") == str(v)
+            )
         )
         done = cli(scene.url, scene.settings, "state", "agent", "a", "--version", str(version))
         assert done.returncode == 0, done.stderr
@@ -195,10 +198,12 @@ async def test_an_append_appears_in_the_tail_and_the_state_without_a_reload(
     res = await scene.store.append("agent", "b", NewEvent("Noted", {"n": 8, "note": "live"}))
     appended = time.monotonic()
     WebDriverWait(browser, LIVE).until(
-        lambda d: _text(d, "#version") == str(res.version)
-        and json.loads(_text(d, "#state")).get("note") == "live"
+        lambda d: (
+            _text(d, "#version") == str(res.version)
+            and json.loads(_text(d, "#state")).get("note") == "live"
+        )
     )
-    tab = [h for h in browser.window_handles if h != page][0]
+    tab = next(h for h in browser.window_handles if h != page)
     browser.switch_to.window(tab)
     WebDriverWait(browser, max(0.1, LIVE - (time.monotonic() - appended))).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, f'#tail-rows tr[data-seq="{res.last_seq}"]')

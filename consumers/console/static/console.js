@@ -132,6 +132,7 @@
   function aggregate(d) {
     const slider = $("#slider");
     if (d.point) showPoint(d.point);
+    else if (d.version > 0) loadPoint("version=" + d.version);
     let timer = null;
     slider.addEventListener("input", () => {
       $("#slider-version").textContent = slider.value;
