@@ -5,6 +5,7 @@ installs them when missing: these tests never skip)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -114,9 +115,10 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 def screenshot(driver: webdriver.Chrome, name: str) -> None:
-    """Save the page as docs/console/<name>.png (the README shows them)."""
+    """Save the whole page (beyond the window too) as docs/console/<name>.png (the README
+    shows them)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("return document.body.scrollHeight")
-    driver.set_window_size(1400, min(max(int(height) + 40, 700), 2400))
-    assert driver.save_screenshot(str(SHOTS / f"{name}.png"))
-    driver.set_window_size(1400, 1100)
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}
+    )
+    (SHOTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
