@@ -5,7 +5,8 @@ the absolute values of both sides (``report`` in ``bench.common``). ``python -m 
 --plot DIR --runs N`` runs every benchmark N times and draws, per benchmark, one PNG with two
 panels, each bar the median over the runs and its whisker the min-max spread:
 
-* the ratios (every figure named ``*ratio*``, except targets) beside the baseline's 1.0;
+* the ratios (every figure with ``ratio`` as a word of its name, except targets) beside
+  the baseline's 1.0;
 * the absolute figures by unit (``*_per_s``, ``*_ms``, ``*_s``), ours in blue beside the
   baseline's in grey (a figure whose name says ``raw``, ``es_`` or ``baseline``).
 
@@ -47,7 +48,8 @@ def collect(runs: Sequence[dict[str, dict[str, Any]]]) -> dict[str, Series]:
 
 
 def _is_ratio(key: str) -> bool:
-    return "ratio" in key and "target" not in key
+    """``single_ratio``, ``ratio_4_one``: a word of its own (``operations`` is no ratio)."""
+    return "ratio" in key.split("_") and "target" not in key
 
 
 def _unit(key: str) -> str | None:
@@ -70,7 +72,8 @@ def _bars(ax: Any, series: Series, keys: list[str], colors: list[str]) -> None:
     ax.set_yticks(list(ys), keys, fontsize=8)
     ax.invert_yaxis()
     for y, m in zip(ys, med, strict=True):
-        ax.annotate(f"{m:,.3g}", (m, y), xytext=(4, -3), textcoords="offset points", fontsize=7)
+        label = f"{m:,.0f}" if abs(m) >= 100 else f"{m:.3g}"
+        ax.annotate(label, (m, y), xytext=(4, -3), textcoords="offset points", fontsize=7)
 
 
 def plot_benchmark(name: str, series: Series, out: Path, runs: int) -> Path | None:

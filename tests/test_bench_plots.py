@@ -40,6 +40,12 @@ def test_collect_keeps_every_runs_numbers_and_drops_flags() -> None:
     assert "target_met" not in series["publish"] and "flags" not in series
 
 
+def test_only_figures_named_ratio_are_ratios() -> None:
+    """``single_ratio`` and ``ratio_4_one`` are ratios; ``operations`` and targets are not."""
+    assert plots._is_ratio("single_ratio") and plots._is_ratio("ratio_4_one")
+    assert not plots._is_ratio("operations") and not plots._is_ratio("target_ratio")
+
+
 def test_plot_runs_writes_one_png_per_benchmark_with_something_to_draw(tmp_path: Path) -> None:
     """publish (ratios and rates) and live (latencies) get a PNG; a benchmark without
     ratios or units gets none."""

@@ -172,11 +172,15 @@
       tr.className = "event";
       cell(tr, ev.seq);
       cell(tr, ev.recorded_at);
-      const a = document.createElement("a");
-      a.href = "/aggregates/" + encodeURIComponent(ev.aggregate_type) + "/" +
-        encodeURIComponent(ev.aggregate_id);
-      a.textContent = ev.aggregate_type + "/" + ev.aggregate_id;
-      cell(tr, "").appendChild(a);
+      const name = ev.aggregate_type + "/" + ev.aggregate_id;
+      if (ev.aggregate_type.startsWith("_")) cell(tr, name); // the rules: no page of its own
+      else {
+        const a = document.createElement("a");
+        a.href = "/aggregates/" + encodeURIComponent(ev.aggregate_type) + "/" +
+          encodeURIComponent(ev.aggregate_id);
+        a.textContent = name;
+        cell(tr, "").appendChild(a);
+      }
       cell(tr, ev.version);
       cell(tr, ev.type);
       cell(tr, ev.producer);
