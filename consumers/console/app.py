@@ -203,7 +203,8 @@ def build_app(settings: ConsoleSettings, backend: Backend | None = None) -> Star
     async def aggregates_data(request: Request) -> Any:
         q = request.query_params
         where = views.parse_where([w for w in q.getlist("where") if w.strip()])
-        limit = views.parse_version(q.get("limit"), "limit") or 50
+        limit = views.parse_version(q.get("limit"), "limit")
+        limit = 50 if limit is None else limit
         return await views.aggregates_view(be, q.get("type"), where, q.get("cursor"), limit)
 
     def render_aggregates(request: Request, got: Any) -> str:

@@ -234,6 +234,7 @@ async def test_bad_input_is_a_clear_page_with_its_status(scene: Scene, browser: 
     cases = [
         ("/aggregates/agent/nobody", 404, "agent/nobody"),
         ("/aggregates?where=novalue", 400, "FIELD=VALUE"),
+        ("/aggregates?limit=0", 400, "limit must be between 1"),
         ("/aggregates/agent/a?version=99", 400, "no version 99"),
         ("/aggregates/agent/a?at=yesterday", 400, "RFC 3339"),
         ("/aggregates/Agent!/a", 400, "aggregate type"),
