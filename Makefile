@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (set PY=python3.x)"; exit 1; }
@@ -21,7 +21,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check eventstore projections consumers examples tests bench
 	$(BIN)/mypy
 
-test: lint
+# The console's browser tests drive Debian's chromium through chromium-driver: install them
+# when missing (they never skip).
+browser:
+	@if [ ! -x /usr/bin/chromedriver ] && command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; fi
+
+test: lint browser
 	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/js --no-audit --no-fund --silent; \
 	else echo "npm not found: skipping the nats.js client test's install (tests/js; install Node.js to run it)"; fi
 	$(BIN)/pytest -q

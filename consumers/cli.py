@@ -15,6 +15,7 @@ from pathlib import Path
 from consumers import (
     cli_auth,
     cli_cluster,
+    cli_console,
     cli_locks,
     cli_ops,
     cli_projections,
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_auth.register(sub)  # issue 14: auth init
     cli_cluster.register(sub)  # issue 14: cluster local
     register_example(sub)  # issue 16: example NAME
+    cli_console.register(sub)  # issue 17: console
     return parser
 
 
