@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any
 
+from consumers.cli_connect import security
 from consumers.cliutil import EXIT_OK, EXIT_USAGE, command, non_empty, port_number, run
 from consumers.console import (
     DEFAULT_HOST,
@@ -30,6 +31,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     settings = ConsoleSettings(
         url=args.url, stream=args.stream, prefix=args.prefix, projection=args.projection,
         host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
+        **security(args),
     )  # fmt: skip
     try:
         check_exposure(settings)

@@ -122,6 +122,9 @@ class Backend:
                             producer="console",
                             stream=StreamSettings(name=s.stream, prefix=s.prefix),
                             ensure=False,  # read-only: never creates or changes the stream
+                            presence=False,
+                            creds=s.creds,
+                            tls_ca=s.tls_ca,
                         ),
                         _CONNECT_TIMEOUT,
                     )

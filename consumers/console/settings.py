@@ -30,6 +30,8 @@ class ConsoleSettings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     token: str | None = None
+    creds: str | None = None  # a secured server (issue 14): see ConnectSettings
+    tls_ca: str | None = None
     sample_every: float = 2.0  # seconds between two samples of the overview's plots
     samples: int = 300  # how many samples the plots keep (10 minutes at 2 s)
 
