@@ -45,15 +45,15 @@ def violations(package: str, root: Path = ROOT) -> list[str]:
     ours = set(RULES)
     allowed = RULES[package]
     out: list[str] = []
-    for path in sorted((root / package).glob("*.py")):
+    for path in sorted((root / package).rglob("*.py")):
         for line, module in _imports(path):
             top = module.split(".")[0]
             if top not in ours or top == package:
                 continue  # the standard library, a third-party package, or itself
             if top not in allowed:
-                out.append(f"{package}/{path.name}:{line}: {module} (not below {package})")
+                out.append(f"{path.relative_to(root)}:{line}: {module} (not below {package})")
             elif module != top:
-                out.append(f"{package}/{path.name}:{line}: {module} (use `from {top} import`)")
+                out.append(f"{path.relative_to(root)}:{line}: {module} (use `from {top} import`)")
     return out
 
 
@@ -135,7 +135,7 @@ def test_no_function_local_imports_of_our_packages() -> None:
     function where one could hide."""
     found = []
     for package in RULES:
-        for path in sorted((ROOT / package).glob("*.py")):
+        for path in sorted((ROOT / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                     continue
