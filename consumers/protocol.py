@@ -231,6 +231,9 @@ class StatusReply(msgspec.Struct, frozen=True, kw_only=True):
     db: str
     worker: str  # the micro service instance id
     failed: dict[str, str] = {}  # projection -> error, for projections marked failed
+    aggregates: int | None = None  # what the asked projection holds (None: an older worker)
+    conflicts: int | None = None
+    quarantined: int | None = None
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):

@@ -51,6 +51,7 @@ from projections import (
     StateRecord,
     TimeTravel,
     current_state,
+    projection_counts,
     query_states,
     states_between,
 )
@@ -360,6 +361,7 @@ class QueryService:
     async def _status(self, name: str, req: wire.StatusRequest) -> wire.StatusReply:
         checkpoints = self.runner.checkpoints()
         head = await self.store.head()
+        counts = await projection_counts(self.db, name)
         return wire.StatusReply(
             checkpoint=checkpoints[name],
             projection=name,
@@ -370,4 +372,7 @@ class QueryService:
             db=str(self.db_path),
             worker=self.id,
             failed={n: f.error for n, f in self.runner.failures.items()},
+            aggregates=counts.aggregates,
+            conflicts=counts.conflicts,
+            quarantined=counts.quarantined,
         )

@@ -53,7 +53,14 @@ from projections.records import ConflictRecord, ProjectionInfo, QuarantineRecord
 from projections.repository import Loaded, Repository, Updated
 from projections.runner import CommitInfo, Runner, RunnerSettings
 from projections.snapshots import SnapshotPolicy
-from projections.status import ProjectionStatus, StatusReport, projection_status, status_report
+from projections.status import (
+    ProjectionCounts,
+    ProjectionStatus,
+    StatusReport,
+    projection_counts,
+    projection_status,
+    status_report,
+)
 from projections.timetravel import TimeTravel, current_state
 from projections.verify import Mismatch, VerifyReport, verify
 
@@ -87,6 +94,7 @@ __all__ = [
     "ProjectionError",
     "ProjectionFailure",
     "ProjectionInfo",
+    "ProjectionCounts",
     "ProjectionStatus",
     "ProjectionsConfig",
     "QuarantineRecord",
@@ -121,6 +129,7 @@ __all__ = [
     "merge_patch",
     "needs_origin",
     "projection_checkpoint",
+    "projection_counts",
     "projection_status",
     "query_states",
     "read_state",

@@ -25,7 +25,36 @@ from projections.identity import identity_problem, max_checkpoint, recorded_stre
 from projections.recorder import Recorder
 from projections.schema import TABLES
 
-__all__ = ["ProjectionStatus", "StatusReport", "projection_status", "status_report"]
+__all__ = [
+    "ProjectionCounts",
+    "ProjectionStatus",
+    "StatusReport",
+    "projection_counts",
+    "projection_status",
+    "status_report",
+]
+
+
+class ProjectionCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """What one projection holds: the figures an operator watches beside its lag."""
+
+    aggregates: int
+    snapshots: int
+    conflicts: int
+    quarantined: int
+
+
+async def projection_counts(db: ProjectionDB, projection: str) -> ProjectionCounts:
+    """The row counts of one projection in ``db``, as of one commit (what ``status`` and the
+    query service's status report)."""
+    recorder = Recorder(db)
+    async with db.snapshot():
+        aggregates, snapshots, conflicts, quarantined = [
+            await recorder.count(table, projection) for table in TABLES
+        ]
+    return ProjectionCounts(
+        aggregates=aggregates, snapshots=snapshots, conflicts=conflicts, quarantined=quarantined
+    )
 
 
 class ProjectionStatus(msgspec.Struct, kw_only=True):

@@ -51,6 +51,9 @@ class Sample(msgspec.Struct, frozen=True, kw_only=True):
     head: int
     checkpoints: dict[str, int]
     lags: dict[str, int]
+    # The worker's own figures (the query service's status), per projection.
+    conflicts: dict[str, int | None] = {}
+    quarantined: dict[str, int | None] = {}
 
 
 class Census:
@@ -198,11 +201,15 @@ class Backend:
         client = await self.client()
         checkpoints: dict[str, int] = {}
         lags: dict[str, int] = {}
+        conflicts: dict[str, int | None] = {}
+        quarantined: dict[str, int | None] = {}
         for name in self.projections():
             with contextlib.suppress(EventStoreError):
                 st = await client.status(name)
                 checkpoints[name], lags[name] = st.checkpoint, st.lag
-        sample = Sample(t=time.time(), head=await store.head(), checkpoints=checkpoints, lags=lags)
+                conflicts[name], quarantined[name] = st.conflicts, st.quarantined
+        sample = Sample(t=time.time(), head=await store.head(), checkpoints=checkpoints,
+                        lags=lags, conflicts=conflicts, quarantined=quarantined)  # fmt: skip
         self.samples.append(sample)
         return sample
 

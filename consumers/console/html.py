@@ -77,6 +77,8 @@ def overview_page(d: dict[str, Any]) -> str:
             escape(p["projection"]),
             f'<span class="checkpoint">{p["checkpoint"]}</span>',
             f'<span class="lag">{p["lag"]}</span>',
+            f'<span class="conflicts">{p.get("conflicts")}</span>',
+            f'<span class="quarantined">{p.get("quarantined")}</span>',
         )
         for p in d["projections"]
     )
@@ -96,12 +98,14 @@ def overview_page(d: dict[str, Any]) -> str:
 <div class="cols"><section><h2>Stream</h2><table id="stream">{stream}</table>
 <h3>Append rate (events/s)</h3><div id="rate-plot" class="plot"></div></section>
 <section><h2>Projections</h2>
-<table id="projections"><tr><th>projection</th><th>checkpoint</th><th>lag (events)</th></tr>
+<table id="projections"><tr><th>projection</th><th>checkpoint</th><th>lag (events)</th>
+<th>conflicts</th><th>quarantined</th></tr>
 {projections}</table>
 <h3>Lag over the last minutes</h3><div id="lag-plot" class="plot"></div>
-<p>Conflicts in the log: <b id="conflicts">{d["conflicts"]}</b> · quarantined messages:
-<b id="quarantined">{d["quarantined"]}</b> <small>(counted from the log up to seq
-<span id="counted">{d["counted_to_seq"]}</span>)</small></p></section></div>
+<p>Concurrent events in the log (by vector clock): <b id="conflicts">{d["conflicts"]}</b> ·
+undecodable messages: <b id="quarantined">{d["quarantined"]}</b> <small>(the console's own
+count from the log up to seq <span id="counted">{d["counted_to_seq"]}</span>; the table's
+conflicts and quarantined are the worker's)</small></p></section></div>
 <section><h2>Services ($SRV.PING)</h2>
 <table id="services"><tr><th>name</th><th>id</th><th>version</th><th>metadata</th></tr>
 {services}</table></section>"""

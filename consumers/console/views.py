@@ -108,6 +108,8 @@ async def overview(backend: Backend) -> dict[str, Any]:
                 "projection": name,
                 "checkpoint": last.checkpoints.get(name) if last else None,
                 "lag": last.lags.get(name) if last else None,
+                "conflicts": last.conflicts.get(name) if last else None,
+                "quarantined": last.quarantined.get(name) if last else None,
                 "series": series,
             }
         )

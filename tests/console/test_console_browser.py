@@ -23,6 +23,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from eventstore import EventStore, MachineTable, NewEvent, Rules, StreamSettings
+from projections import ProjectionDB, projection_counts
 
 LIVE = 2.0  # seconds: "appears within two seconds without a reload" (issue 17)
 
@@ -101,6 +102,12 @@ async def test_overview_shows_stream_projection_and_services(
     assert _text(browser, "#projections .lag") == "0"
     assert _text(browser, "#conflicts") == "1"  # bob's blind write
     assert _text(browser, "#quarantined") == "1"  # the undecodable message
+    # The table's counts are the worker's own (its status), exactly what its SQLite holds.
+    async with await ProjectionDB.open(scene.db, readonly=True) as db:
+        held = await projection_counts(db, "entities")
+    assert _text(browser, "#projections .conflicts") == str(held.conflicts)
+    assert _text(browser, "#projections .quarantined") == str(held.quarantined)
+    assert held.quarantined >= 1
     assert scene.settings.name in _text(browser, "#services")
     screenshot(browser, "overview")
     status, data = get(scene.base + "/", {"Accept": "application/json"})

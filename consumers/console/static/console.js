@@ -73,12 +73,14 @@
       [v.name, v.id, v.version, meta].forEach((x) => cell(tr, x));
       services.appendChild(tr);
     }
-    const rows = d.projections.map((p) => [p.projection, p.checkpoint, p.lag]);
+    const rows = d.projections.map((p) => [p.projection, p.checkpoint, p.lag, p.conflicts,
+      p.quarantined]);
     const table = $("#projections");
     table.querySelectorAll("tr:not(:first-child)").forEach((tr) => tr.remove());
     for (const r of rows) {
       const tr = document.createElement("tr");
-      r.forEach((v, i) => (cell(tr, v).className = ["", "checkpoint", "lag"][i]));
+      r.forEach((v, i) => (cell(tr, v).className =
+        ["", "checkpoint", "lag", "conflicts", "quarantined"][i]));
       table.appendChild(tr);
     }
   }
