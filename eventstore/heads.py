@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
 
 from eventstore.clockstore import ProducerClock
 from eventstore.errors import EventStoreError, InvalidEvent, InvalidTransition
@@ -115,16 +114,48 @@ class HeadReader:
         fetched fails with ``translate`` of the error."""
         subjects = {p.subject: p.agg_type for p in pendings}
         missing = [s for s in subjects if refresh or not self.cache.fresh(s)]
+        failed: dict[str, BaseException] = {}
+        if missing and not refresh:
+            unknown = [s for s in missing if s not in self.cache]
+            if len(unknown) > 1:
+                failed = await self._learn(unknown, subjects)
+                missing = [s for s in missing if s not in self.cache or s in failed]
         if missing:
             got = await asyncio.gather(
                 *(self.fetch(s, subjects[s]) for s in missing), return_exceptions=True
             )
-            for s, g in zip(missing, got, strict=True):
-                if isinstance(g, BaseException):
-                    for p in pendings:
-                        if p.subject == s:
-                            p.fail(translate(g, s))
+            failed.update((s, g) for s, g in zip(missing, got, strict=True)
+                          if isinstance(g, BaseException))  # fmt: skip
+        if failed:
+            for p in pendings:
+                if p.subject in failed:
+                    p.fail(translate(failed[p.subject], p.subject))
         return {s: self.cache[s] for s in subjects if s in self.cache}
+
+    async def _learn(self, unknown: list[str], types: dict[str, str]) -> dict[str, BaseException]:
+        """Heads of subjects never seen, from batched ``multi_last`` direct gets: a few
+        requests for a whole batch of new aggregates. Returns what failed (left uncached: a
+        failed batched read falls back to one leader get per subject)."""
+        try:
+            lasts = await self._reader.last_messages(unknown)
+        except Exception as exc:
+            log.debug("batched head lookup failed, asking one by one", error=str(exc))
+            return {}
+        for s in unknown:
+            if s not in lasts:
+                self.cache.remember(s, Head(0, 0, {}, 0, None))
+        found = list(lasts)
+        got = await asyncio.gather(
+            *(self._count(s, types[s], Head(0, 0, {}, 0, None), lasts[s]) for s in found),
+            return_exceptions=True,
+        )
+        failed: dict[str, BaseException] = {}
+        for s, g in zip(found, got, strict=True):
+            if isinstance(g, BaseException):
+                failed[s] = g
+            else:
+                self.cache.remember(s, g)
+        return failed
 
     async def fetch(self, subject: str, agg_type: str) -> Head:
         """The aggregate's head from the server (not the cache's answer): it decides a write.
@@ -147,14 +178,16 @@ class HeadReader:
             known if known is not None and 0 <= known.seq <= last_seq else Head(0, 0, {}, 0, None)
         )
         if head.seq != last_seq:
-            head = await self._count(subject, agg_type, head, msg)
+            last = StoredMessage(last_seq, subject, msg.data or b"", msg.time or utcnow(),
+                                 msg.headers)  # fmt: skip
+            head = await self._count(subject, agg_type, head, last)
         self.cache.remember(subject, head)
         return head
 
-    async def _count(self, subject: str, agg_type: str, base: Head, last: RawStreamMsg) -> Head:
+    async def _count(self, subject: str, agg_type: str, base: Head, last: StoredMessage) -> Head:
         """``base`` moved on over the subject's messages after it, up to its ``last`` message,
         by the version rule; transitions checked by the aggregate's machine, as the fold does."""
-        last_seq = int(last.seq or 0)
+        last_seq = last.seq
         machine = self.machines.get(agg_type)
         version, state = base.version, base.state
         valid: Event | None = None  # the last valid event that took a position
@@ -204,15 +237,14 @@ class HeadReader:
             return None
 
     async def _messages_after(
-        self, subject: str, after: int, last: RawStreamMsg
+        self, subject: str, after: int, last: StoredMessage
     ) -> AsyncIterator[list[StoredMessage]]:
-        """The subject's messages after seq ``after`` up to its ``last`` message (as the
-        leader returned it): batched direct gets, and the leader's get for any the direct read
-        did not reach yet (a lagging replica)."""
-        last_seq = int(last.seq or 0)
+        """The subject's messages after seq ``after`` up to its ``last`` message: batched
+        direct gets, and the leader's get for any the direct read did not reach yet (a
+        lagging replica)."""
+        last_seq = last.seq
         if last_seq == after + 1:  # nothing else was stored since, on any subject
-            at = last.time or utcnow()
-            yield [StoredMessage(last_seq, subject, last.data or b"", at, last.headers)]
+            yield [last]
             return
         seen = after
         reader = self._reader

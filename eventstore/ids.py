@@ -35,7 +35,9 @@ def uuid7() -> str:
         counter = _counter
     rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
-    return str(uuid.UUID(int=value))
+    # The canonical form written directly: ``str(uuid.UUID(int=...))`` costs ~4x as much.
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def is_uuid7(value: str) -> bool:

@@ -248,6 +248,8 @@ class Committer:
                 # The batch may have been stored: next round checks heads with the server and
                 # recognises our own ids after the expected sequence.
                 refresh = True
+                for p in ready:
+                    p.unsure.add((p.base_seq, p.offset))
                 await self._reconciler.recognise_own(ready)
                 continue
             if isinstance(answer, Refusal):

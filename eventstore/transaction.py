@@ -325,6 +325,8 @@ async def _commit(
                 raise
             backoff = await c._sleep_backoff(backoff)
             refresh = True
+            for p in ready:
+                p.unsure.add((p.base_seq, p.offset))
             await c._reconciler.recognise_own(ready)  # stored after all? then it is settled
             continue
         if isinstance(answer, Ack):
