@@ -207,7 +207,7 @@ class NewEvent(msgspec.Struct, frozen=True):
         validate_event_type(self.type)
         if isinstance(self.data, msgspec.Struct):
             msgspec.structs.force_setattr(self, "data", UPCASTERS.encode(self.data))
-        if self.schema == 0 and type(self.schema) is int:
+        if type(self.schema) is int and self.schema == 0:  # type first: Decimal("sNaN") == 0 raises
             msgspec.structs.force_setattr(self, "schema", UPCASTERS.latest.get(self.type, 1))
         if self.data or type(self.data) is not dict:
             check_json(self.data, "data")

@@ -13,6 +13,7 @@ the cached head.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -45,7 +46,16 @@ class Head:
     state: str | None
 
 
-NEW = Head(0, 0, {}, 0, None)  # an aggregate with no message yet (copied before use)
+_RANGE_MAX = 2048  # messages a refresh reads in one ranged direct read, at most
+
+
+def _new() -> Head:
+    """The head of an aggregate with no message yet (a new one each time: heads change)."""
+    return Head(0, 0, {}, 0, None)
+
+
+async def _once(batch: list[StoredMessage]) -> AsyncIterator[list[StoredMessage]]:
+    yield batch
 
 
 class HeadCache:
@@ -121,11 +131,7 @@ class HeadReader:
                 failed = await self._learn(unknown, subjects)
                 missing = [s for s in missing if s not in self.cache or s in failed]
         if missing:
-            got = await asyncio.gather(
-                *(self.fetch(s, subjects[s]) for s in missing), return_exceptions=True
-            )
-            failed.update((s, g) for s, g in zip(missing, got, strict=True)
-                          if isinstance(g, BaseException))  # fmt: skip
+            failed.update(await self._refresh(missing, subjects))
         if failed:
             for p in pendings:
                 if p.subject in failed:
@@ -143,11 +149,10 @@ class HeadReader:
             return {}
         for s in unknown:
             if s not in lasts:
-                self.cache.remember(s, Head(0, 0, {}, 0, None))
+                self.cache.remember(s, _new())
         found = list(lasts)
         got = await asyncio.gather(
-            *(self._count(s, types[s], Head(0, 0, {}, 0, None), lasts[s]) for s in found),
-            return_exceptions=True,
+            *(self._count(s, types[s], _new(), lasts[s]) for s in found), return_exceptions=True
         )
         failed: dict[str, BaseException] = {}
         for s, g in zip(found, got, strict=True):
@@ -157,43 +162,108 @@ class HeadReader:
                 self.cache.remember(s, g)
         return failed
 
+    async def _refresh(
+        self, subjects: list[str], types: dict[str, str]
+    ) -> dict[str, BaseException]:
+        """Heads that decide a write after a refusal (or a stale mark): each subject's last
+        sequence from the LEADER (one ``STREAM.MSG.GET`` each, all in flight together; a
+        direct get may lag on a replicated stream), then the messages after the cached heads
+        in one ranged direct read of the whole prefix when they are few (``_RANGE_MAX``), each
+        checked to reach the leader's last sequence (else read per subject). Returns what
+        failed."""
+        got = await asyncio.gather(*(self._leader_last(s) for s in subjects),
+                                   return_exceptions=True)  # fmt: skip
+        failed: dict[str, BaseException] = {}
+        lasts: dict[str, StoredMessage | None] = {}
+        for s, g in zip(subjects, got, strict=True):
+            if isinstance(g, BaseException):
+                failed[s] = g
+            else:
+                lasts[s] = g
+        moved = {s: (self._base(s, m), m) for s, m in lasts.items() if m is not None}
+        moved = {s: (b, m) for s, (b, m) in moved.items() if b.seq != m.seq}
+        after: dict[str, list[StoredMessage]] = {}
+        if len(moved) > 1:
+            lo = min(b.seq for b, _ in moved.values())
+            hi = max(m.seq for _, m in moved.values())
+            if hi - lo <= max(_RANGE_MAX, 16 * len(moved)):
+                with contextlib.suppress(Exception):  # the per-subject read stays the answer
+                    async for batch in self._reader.direct_batches(
+                        f"{self.prefix}.>", start_seq=lo + 1, stop_seq=hi
+                    ):
+                        for m in batch:
+                            if m.subject in moved and m.seq > moved[m.subject][0].seq:
+                                after.setdefault(m.subject, []).append(m)
+        heads = await asyncio.gather(
+            *(self._advance(s, types[s], lasts[s], after.get(s)) for s in lasts),
+            return_exceptions=True,
+        )
+        failed.update((s, h) for s, h in zip(lasts, heads, strict=True)
+                      if isinstance(h, BaseException))  # fmt: skip
+        return failed
+
     async def fetch(self, subject: str, agg_type: str) -> Head:
         """The aggregate's head from the server (not the cache's answer): it decides a write.
 
-        ``seq`` is the subject's real last message (what the append must expect) and
-        ``version`` the aggregate's version by the fold's rule (``eventstore.versions``): the
-        messages after the cached head (all of them, the first time) are counted, so a raw
-        stale, gap or malformed message never decides the next version. The clock is the last
-        valid event's that took a position, the machine state the fold's.
+        ``seq`` is the subject's real last message from the leader (what the append must
+        expect) and ``version`` the aggregate's version by the fold's rule
+        (``eventstore.versions``): the messages after the cached head (all of them, the first
+        time) are counted, so a raw stale, gap or malformed message never decides the next
+        version. The clock is the last valid event's that took a position, the machine state
+        the fold's.
         """
+        return await self._advance(subject, agg_type, await self._leader_last(subject))
+
+    async def _leader_last(self, subject: str) -> StoredMessage | None:
         with translating(what=f"head of {subject}", url=self._reader.url, timeout=5.0):
             msg = await last_msg(self._js, self.stream, subject)
         if msg is None:
-            head = Head(0, 0, {}, 0, None)
-            self.cache.remember(subject, head)
-            return head
-        last_seq = int(msg.seq or 0)
+            return None
+        at = msg.time or utcnow()
+        return StoredMessage(int(msg.seq or 0), subject, msg.data or b"", at, msg.headers)
+
+    def _base(self, subject: str, last: StoredMessage) -> Head:
+        """The cached head to count on from, if it is not past the subject's last message."""
         known = self.cache.get(subject)
-        head = (
-            known if known is not None and 0 <= known.seq <= last_seq else Head(0, 0, {}, 0, None)
-        )
-        if head.seq != last_seq:
-            last = StoredMessage(last_seq, subject, msg.data or b"", msg.time or utcnow(),
-                                 msg.headers)  # fmt: skip
-            head = await self._count(subject, agg_type, head, last)
+        return known if known is not None and 0 <= known.seq <= last.seq else _new()
+
+    async def _advance(
+        self,
+        subject: str,
+        agg_type: str,
+        last: StoredMessage | None,
+        after: list[StoredMessage] | None = None,
+    ) -> Head:
+        """The head at ``last`` (the leader's), counted on from the cached one over ``after``
+        (the subject's messages after it, when already read) and remembered."""
+        head = _new() if last is None else self._base(subject, last)
+        if last is not None and head.seq != last.seq:
+            head = await self._count(subject, agg_type, head, last, after)
         self.cache.remember(subject, head)
         return head
 
-    async def _count(self, subject: str, agg_type: str, base: Head, last: StoredMessage) -> Head:
+    async def _count(
+        self,
+        subject: str,
+        agg_type: str,
+        base: Head,
+        last: StoredMessage,
+        after: list[StoredMessage] | None = None,
+    ) -> Head:
         """``base`` moved on over the subject's messages after it, up to its ``last`` message,
-        by the version rule; transitions checked by the aggregate's machine, as the fold does."""
+        by the version rule; transitions checked by the aggregate's machine, as the fold does.
+        ``after``: those messages, read already (used only if they reach ``last``)."""
         last_seq = last.seq
         machine = self.machines.get(agg_type)
         version, state = base.version, base.state
         valid: Event | None = None  # the last valid event that took a position
         unchecked: list[StoredMessage] = []  # took a position since; validity not looked at
         foreign = 0
-        async for batch in self._messages_after(subject, base.seq, last):
+        if after and after[-1].seq == last_seq and after[0].seq > base.seq:
+            batches = _once(after)
+        else:
+            batches = self._messages_after(subject, base.seq, last)
+        async for batch in batches:
             for m in batch:
                 taken = next_version(version, m.data)
                 if taken is None:

@@ -25,7 +25,8 @@ import time
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from eventstore.clocks import VectorClock, observable
+from eventstore.batching import BatchBuilder, Message
+from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
 from eventstore.counters import AppendCounters
 from eventstore.duplicates import Reconciler
@@ -37,7 +38,6 @@ from eventstore.errors import (
     PermissionDenied,
     Retryable,
     ServerError,
-    VersionConflict,
 )
 from eventstore.events import AppendResult
 from eventstore.failfast import FailFast, refused_publish, subject_matches
@@ -64,9 +64,6 @@ from eventstore.reader import LogReader
 __all__ = ["MAX_EVENTS_PER_APPEND", "Committer", "refused_publish"]
 
 log = get_logger("eventstore.producer")
-
-STATE_HEADER = "Eventstore-State"
-_BATCH_BYTES = 4 << 20
 
 
 class Committer:
@@ -98,7 +95,14 @@ class Committer:
         self._reconciler = Reconciler(js, stream, self._heads, url=url, transient=self._transient)
         self.fail_fast = FailFast()
         self.counters = AppendCounters()
-        self._vc = VectorClock()
+        self._builder = BatchBuilder(
+            producer=producer,
+            clock=clock,
+            machines=machines,
+            counters=self.counters,
+            reserve=self._reserve,
+            max_payload=lambda: self._nc.max_payload,
+        )
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -153,7 +157,7 @@ class Committer:
 
     @property
     def vclock(self) -> VectorClock:
-        return self._vc
+        return self._builder.vc
 
     # -- heads -----------------------------------------------------------------------------
 
@@ -290,93 +294,13 @@ class Committer:
     async def _prepare(
         self, group: list[Pending], heads: dict[str, Head], *, fresh: bool
     ) -> list[Pending]:
-        """Assign versions, clocks and bodies; fail what cannot be appended. Returns the batch."""
-        work: dict[str, Head] = {}
-        bases: dict[str, tuple[int, int]] = {}  # subject -> (head seq, events so far)
-        ready: list[Pending] = []
-        stale = False
-        total_bytes = 0
-        for p in group:
-            if p.future.done():
-                continue
-            head = work.get(p.subject) or heads.get(p.subject)
-            if head is None:
-                continue
-            if p.expected_version is not None and head.version != p.expected_version:
-                if p.subject in work or fresh:
-                    self.counters.conflicts += 1
-                    p.future.set_exception(
-                        VersionConflict(p.agg_type, p.agg_id, p.expected_version, head.version)
-                    )
-                else:
-                    stale = True  # the cache may be behind: ask the server before failing
-                continue
-            machine = self.machines.get(p.agg_type)
-            state = head.state
-            states: list[str] = []
-            try:
-                if machine is not None:
-                    state = state or machine.initial
-                    for ev in p.events:
-                        if ev.step is not None:
-                            state = machine.check(p.agg_id, state, ev.step)
-                        states.append(state)
-            except InvalidEvent as exc:
-                if p.subject in work or fresh:
-                    p.future.set_exception(exc)
-                else:
-                    stale = True
-                continue
-            if len(ready) and total_bytes > _BATCH_BYTES and not p.whole:
-                break  # the rest waits for the next round
-            context = dict(p.context)
-            if p.expected_version is not None:
-                # A counter above the ceiling (a raw client's) is not taken in: see OBSERVE_MAX.
-                context = VectorClock(context).merge(observable(head.vclock)).to_dict()
-            context = observable(context)
-            observed = max([head.lamport if p.expected_version is not None else 0])
-            if self.clock.needs_reservation(p.size, observed):
-                await self._reserve(p.size, observed)
-            try:
-                envelopes, bodies, vc, lamport = p.encode(
-                    producer=self.producer,
-                    clock=self.clock,
-                    vc=self._vc.merge(context),
-                    version=head.version,
-                    observed=observed,
-                    max_payload=self._nc.max_payload,
-                )
-            except InvalidEvent as exc:
-                p.fail(exc)
-                continue
-            self._vc = vc
-            base, before = bases.get(p.subject, (head.seq, 0))
-            bases[p.subject] = (base, before + p.size)
-            p.envelopes, p.bodies, p.base_seq, p.offset = envelopes, bodies, base, before
-            p.state_after, p.states = state, states
-            total_bytes += sum(len(b) for b in bodies)
-            work[p.subject] = Head(-1, envelopes[-1].version, vc.to_dict(), lamport, state)
-            ready.append(p)
-        if stale and not ready:
-            return []
-        return ready
+        """Assign versions, clocks and bodies (``BatchBuilder.prepare``)."""
+        return await self._builder.prepare(group, heads, fresh=fresh)
 
     # -- sending ---------------------------------------------------------------------------
 
-    def _messages(self, ready: list[Pending]) -> list[tuple[str, bytes, dict[str, str]]]:
-        msgs: list[tuple[str, bytes, dict[str, str]]] = []
-        first_of: set[str] = set()
-        for p in ready:
-            stateful = p.agg_type in self.machines
-            for i, (env, body) in enumerate(zip(p.envelopes, p.bodies, strict=True)):
-                h = {"Nats-Msg-Id": env.id}
-                if p.subject not in first_of:
-                    first_of.add(p.subject)
-                    h["Nats-Expected-Last-Subject-Sequence"] = str(p.base_seq)
-                if stateful:
-                    h[STATE_HEADER] = p.states[i]
-                msgs.append((p.subject, body, h))
-        return msgs
+    def _messages(self, ready: list[Pending]) -> list[Message]:
+        return self._builder.messages(ready)
 
     async def _send(self, ready: list[Pending]) -> Ack | Refusal:
         """Publish the batch (one atomic batch; one event: a plain publish)."""
