@@ -158,6 +158,7 @@ async def last_messages(
     url: str,
     refused: Callable[[str], PermissionDenied | None],
     timeout: float = 5.0,
+    batch: int | None = None,
 ) -> dict[str, StoredMessage]:
     """The last message of each subject that has one (absent: it has none), by ``multi_last``
     direct gets of at most ``MULTI_LAST_MAX`` subjects each: a few requests for thousands of
@@ -167,6 +168,7 @@ async def last_messages(
     has a message); ``Nats-Num-Pending`` > 0 says ``batch`` truncated the answer, and the
     subjects not answered yet are asked again. A direct get may lag on a replicated stream:
     a caller that decides a write on this must keep the server-checked expectation on it.
+    ``batch`` (default: the chunk's size) is the most replies asked for per request.
     """
     api = f"$JS.API.DIRECT.GET.{stream}"
     what = f"heads on {stream}"
@@ -177,7 +179,7 @@ async def last_messages(
     try:
         while todo:
             chunk, todo = todo[:MULTI_LAST_MAX], todo[MULTI_LAST_MAX:]
-            req = msgspec.json.encode({"multi_last": chunk, "batch": len(chunk)})
+            req = msgspec.json.encode({"multi_last": chunk, "batch": batch or len(chunk)})
             with translating(what=what, url=url, timeout=timeout, nc=nc):
                 got = await replies.ask(api, req, timeout)
             if got is None:

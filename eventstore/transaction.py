@@ -262,7 +262,7 @@ async def commit_atomic(
     that stopped it (the first failing append's, a ``BoundaryConflict``) with nothing stored."""
     if c._closed:
         raise NotConnected(c.url, "event store closed")
-    async with c._lock:
+    async with c.exclusive():
         try:
             await _commit(c, reader, group, boundaries)
         except Exception as exc:
