@@ -5,9 +5,22 @@ a refused or unconfirmed batch, a duplicate) is checked with the server before i
 write. A head older than the log is still a correct place to count on from: each is exactly
 what the fold's version rule gives for the subject up to its ``seq``.
 
-``HeadReader`` asks the server for a head that decides a write: the subject's real last
-message from the leader, and the version counted by the fold's rule over the messages after
-the cached head.
+``HeadReader`` asks the server for a head that decides a write, counting the version by the
+fold's rule over the messages after the cached head. Where the last message comes from:
+
+- aggregates never seen before (a cold batch): batched ``multi_last`` direct gets, up to 500
+  subjects a request (``directget.last_messages``), instead of one get per aggregate;
+- after a refused batch or a stale mark: the stream's LEADER, one ``STREAM.MSG.GET`` per
+  subject, all in flight together (the leader-only get rejects ``multi_last``, err 10003),
+  then the messages after the cached heads in one ranged direct read when they are few, each
+  checked to reach the leader's last sequence (a lagging replica is read past by the leader).
+
+Direct gets are not read-after-write consistent on replicated (R3) streams: any replica may
+answer, and one that lags returns an older last message, or none. That is safe here only
+because no head is trusted by the server: every batch carries each aggregate's
+expected-last-subject-sequence, so a head from a lagging replica gets the whole batch refused
+(nothing stored), and the refresh that follows asks the leader. A lag costs a retry, never a
+gap or a second version N.
 """
 
 from __future__ import annotations

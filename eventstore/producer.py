@@ -3,7 +3,9 @@
 Every ``append`` becomes a pending request on a queue. One committer task takes whatever is
 queued (up to ``max_batch`` events), checks versions and state machines against its cache of
 each aggregate's head, assigns versions and clocks, and publishes the lot as ONE atomic batch:
-one fsync for hundreds of events, which is how a durable log stays fast. Each aggregate's first
+one fsync for hundreds of events, which is how a durable log stays fast. Up to ``depth`` (2)
+batches are in flight at once on disjoint aggregates, so the client prepares the next batch
+while the server stores the one before. Each aggregate's first
 message carries the server-side expected-last-subject-sequence, so a stale cache can never
 produce a gap or a second version N; the server rejects the batch instead, and the committer
 refreshes the heads and retries (splitting nothing: requests whose explicit expectation no
