@@ -11,6 +11,7 @@ from bench import (
     audit,
     catchup,
     compare_eventsourcing,
+    groupcommit,
     live,
     publish,
     serving,
@@ -24,6 +25,7 @@ async def run_all(quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, module in (
         ("publish", publish),
+        ("groupcommit", groupcommit),
         ("catchup", catchup),
         ("live", live),
         ("timetravel", timetravel),
