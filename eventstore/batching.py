@@ -10,6 +10,7 @@ store a gap or a second version N.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from eventstore.clocks import VectorClock, observable
@@ -48,12 +49,21 @@ class BatchBuilder:
         self._reserve = reserve
         self._max_payload = max_payload
         self.vc = VectorClock()
+        # One preparation at a time (two batches may be in flight): between checking that
+        # clock values are reserved and ticking them, another batch must not take them.
+        self._preparing = asyncio.Lock()
 
     async def prepare(
         self, group: list[Pending], heads: dict[str, Head], *, fresh: bool
     ) -> list[Pending]:
         """Assign versions, clocks and bodies; fail what cannot be appended. Returns the batch
         (empty when a cached head looked stale and nothing could go: ask the server)."""
+        async with self._preparing:
+            return await self._prepare(group, heads, fresh=fresh)
+
+    async def _prepare(
+        self, group: list[Pending], heads: dict[str, Head], *, fresh: bool
+    ) -> list[Pending]:
         work: dict[str, Head] = {}
         bases: dict[str, tuple[int, int]] = {}  # subject -> (head seq, events so far)
         ready: list[Pending] = []

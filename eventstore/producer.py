@@ -171,8 +171,13 @@ class Committer:
         while True:
             if not carry:
                 carry.append(await self._queue.get())
-            async with self._lock:
-                carry = await self._pipeline(carry)
+            try:
+                async with self._lock:
+                    carry = await self._pipeline(carry)
+            except asyncio.CancelledError:  # closed while waiting for a transaction
+                for p in carry:
+                    p.fail(NotConnected(self.url, "event store closed"))
+                raise
 
     async def _pipeline(self, carry: list[Pending]) -> list[Pending]:
         """Commit what is queued with up to ``depth`` batches in flight, on disjoint subjects.

@@ -206,3 +206,38 @@ async def test_batches_in_flight_keep_each_aggregates_order(store: EventStore) -
         assert [v for v, _ in mine] == list(range(1, len(mine) + 1))
         events = [e async for e in store.read("agent", agg)]
         assert [e.data["k"] for e in events] == [k for _, k in mine]
+
+
+async def test_a_transaction_gets_its_turn_while_batches_are_in_flight(store: EventStore) -> None:
+    """A transaction started while thousands of appends are being group-committed gets the
+    committer between batches (the pipeline drains for it), and everything is stored."""
+    reqs = _one_each("agent", [f"bulk-{k}" for k in range(4000)])
+    bulk = asyncio.ensure_future(store.append_many(reqs))
+    await asyncio.sleep(0)  # the bulk appends are queued and the first batches go out
+    async with store.transaction() as tx:
+        tx.append("agent", "tx-a", NewEvent("Tick"))
+        tx.append("agent", "tx-b", NewEvent("Tick"))
+    results = await _ok(await bulk)
+    assert {r.version for r in results} == {1}
+    stored = [e async for e in store.read("agent", "tx-a")]
+    stored += [e async for e in store.read("agent", "tx-b")]
+    assert [e.version for e in stored] == [1, 1]
+    # It went in between the bulk's batches, not after all of them.
+    assert max(e.seq for e in stored) < max(r.last_seq for r in results)
+
+
+async def test_batches_in_flight_never_share_clock_values(
+    nats_url: str, settings: StreamSettings
+) -> None:
+    """Two batches in flight that both have to reserve clock values (a tiny ``clock_block``:
+    a bucket write every other append) still tick within their reservations: every append is
+    stored and no counter or Lamport time is used twice."""
+    async with await EventStore.connect(
+        nats_url, producer="clocky", stream=settings, clock_block=1, max_batch=100
+    ) as s:
+        results = await _ok(
+            await s.append_many(_one_each("agent", [f"c-{k}" for k in range(1500)]))
+        )
+        counters = [r.vclock["clocky"] for r in results]
+        assert len(set(counters)) == len(counters) == 1500
+        assert len({r.lamport for r in results}) == 1500
