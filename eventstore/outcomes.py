@@ -41,15 +41,18 @@ class Outcomes:
     def success(self, ready: list[Pending], first_seq: int) -> None:
         """Settle every request of a stored batch and remember the heads it made."""
         seq = first_seq
+        remember = self._heads.remember
         for p in ready:
-            first, last = seq, seq + p.size - 1
-            seq += p.size
-            env = p.envelopes[-1]
-            self._heads.remember(
-                p.subject, Head(last, env.version, dict(env.vclock), env.lamport, p.state_after)
-            )
+            envelopes = p.envelopes
+            n = len(envelopes)
+            first, last = seq, seq + n - 1
+            seq += n
+            env = envelopes[-1]
+            # The head shares the envelope's clock (neither is ever changed); the caller's
+            # result gets a copy of its own.
+            remember(p.subject, Head(last, env.version, env.vclock, env.lamport, p.state_after))
             if not p.future.done():
-                ids = tuple(e.id for e in p.envelopes)
+                ids = (env.id,) if n == 1 else tuple([e.id for e in envelopes])
                 p.future.set_result(AppendResult.of(first, env, last, ids, duplicate=False))
 
     async def refusal(self, ready: list[Pending], rej: Refusal) -> None:
