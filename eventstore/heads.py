@@ -11,9 +11,10 @@ fold's rule over the messages after the cached head. Where the last message come
 - aggregates never seen before (a cold batch): batched ``multi_last`` direct gets, up to 500
   subjects a request (``directget.last_messages``), instead of one get per aggregate;
 - after a refused batch or a stale mark: the stream's LEADER, one ``STREAM.MSG.GET`` per
-  subject, all in flight together (the leader-only get rejects ``multi_last``, err 10003),
-  then the messages after the cached heads in one ranged direct read when they are few, each
-  checked to reach the leader's last sequence (a lagging replica is read past by the leader).
+  subject, all in flight together (the leader-only get rejects ``multi_last`` and ``batch``
+  alike, err 10003, checked on nats-server 2.15.1), then the messages after the cached heads
+  in one ranged direct read when they are few, each checked to reach the leader's last
+  sequence (what a lagging replica did not return is read from the leader).
 
 Direct gets are not read-after-write consistent on replicated (R3) streams: any replica may
 answer, and one that lags returns an older last message, or none. That is safe here only
