@@ -70,9 +70,12 @@ async def test_every_final_version_is_notified_across_sigkills(
     nc, got = await subscribe(store.url, store.settings.name)
     rng = random.Random(7)
     done = asyncio.Event()
+    serving = [asyncio.Event() for _ in range(3)]
 
     async def produce() -> None:
         for round_ in range(40):
+            if round_ in (0, 10, 20):  # group commit is fast: keep appending through each kill
+                await serving[round_ // 10].wait()
             await store.append_many(
                 AppendRequest("agent", f"a{rng.randrange(60)}", [NewEvent("E", {"r": round_})])
                 for _ in range(25)
@@ -82,10 +85,11 @@ async def test_every_final_version_is_notified_across_sigkills(
 
     writer = asyncio.create_task(produce())
     try:
-        for _ in range(3):
+        for started in serving:
             proc = start_worker(store.url, store.settings, db, log)
             await wait_serving(db, proc, log)
             before = checkpoint(db)
+            started.set()  # the next appends land while this worker runs
             while checkpoint(db) == before and not done.is_set():
                 assert proc.poll() is None, tail(log)
                 await asyncio.sleep(0.001)
