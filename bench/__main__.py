@@ -15,6 +15,7 @@ from bench import (
     catchup,
     compare_eventsourcing,
     failover,
+    groupcommit,
     live,
     plots,
     publish,
@@ -26,6 +27,7 @@ from eventstore.logging import configure_logging
 
 BENCHMARKS: dict[str, Any] = {
     "publish": publish,
+    "groupcommit": groupcommit,
     "catchup": catchup,
     "live": live,
     "timetravel": timetravel,

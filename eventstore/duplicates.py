@@ -83,17 +83,19 @@ class Reconciler:
 
     async def recognise_own(self, ready: list[Pending]) -> bool:
         """Settle as duplicates the requests whose events are stored where an earlier attempt
-        put them (after the head it expected, past the events batched before them).
+        put them (after the head it expected, past the events batched before them). Only the
+        attempts that went unanswered (``Pending.unsure``) are looked at: a refused batch
+        stored nothing, so a request never left unanswered costs no request at all.
 
         Returns False when the server could not be asked (the check is then retried later).
         """
         for p in ready:
-            if p.future.done() or not p.envelopes:
+            if p.future.done() or not p.envelopes or not p.unsure:
                 continue
             ours = [e.id for e in p.envelopes]
             stored: list[tuple[int, str, Event]] = []
             try:
-                for base, offset in sorted(p.tried):
+                for base, offset in sorted(p.unsure):
                     found = await self.stored_after(p.subject, base, offset + p.size)
                     stored = found[offset:]
                     if stored and stored[0][1] == ours[0]:

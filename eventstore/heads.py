@@ -5,20 +5,34 @@ a refused or unconfirmed batch, a duplicate) is checked with the server before i
 write. A head older than the log is still a correct place to count on from: each is exactly
 what the fold's version rule gives for the subject up to its ``seq``.
 
-``HeadReader`` asks the server for a head that decides a write: the subject's real last
-message from the leader, and the version counted by the fold's rule over the messages after
-the cached head.
+``HeadReader`` asks the server for a head that decides a write, counting the version by the
+fold's rule over the messages after the cached head. Where the last message comes from:
+
+- aggregates never seen before (a cold batch): batched ``multi_last`` direct gets, up to 500
+  subjects a request (``directget.last_messages``), instead of one get per aggregate;
+- after a refused batch or a stale mark: the stream's LEADER, one ``STREAM.MSG.GET`` per
+  subject, all in flight together (the leader-only get rejects ``multi_last`` and ``batch``
+  alike, err 10003, checked on nats-server 2.15.1), then the messages after the cached heads
+  in one ranged direct read when they are few, each checked to reach the leader's last
+  sequence (what a lagging replica did not return is read from the leader).
+
+Direct gets are not read-after-write consistent on replicated (R3) streams: any replica may
+answer, and one that lags returns an older last message, or none. That is safe here only
+because no head is trusted by the server: every batch carries each aggregate's
+expected-last-subject-sequence, so a head from a lagging replica gets the whole batch refused
+(nothing stored), and the refresh that follows asks the leader. A lag costs a retry, never a
+gap or a second version N.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
 
 from eventstore.clockstore import ProducerClock
 from eventstore.errors import EventStoreError, InvalidEvent, InvalidTransition
@@ -46,7 +60,16 @@ class Head:
     state: str | None
 
 
-NEW = Head(0, 0, {}, 0, None)  # an aggregate with no message yet (copied before use)
+_RANGE_MAX = 2048  # messages a refresh reads in one ranged direct read, at most
+
+
+def _new() -> Head:
+    """The head of an aggregate with no message yet (a new one each time: heads change)."""
+    return Head(0, 0, {}, 0, None)
+
+
+async def _once(batch: list[StoredMessage]) -> AsyncIterator[list[StoredMessage]]:
+    yield batch
 
 
 class HeadCache:
@@ -115,52 +138,146 @@ class HeadReader:
         fetched fails with ``translate`` of the error."""
         subjects = {p.subject: p.agg_type for p in pendings}
         missing = [s for s in subjects if refresh or not self.cache.fresh(s)]
+        failed: dict[str, BaseException] = {}
+        if missing and not refresh:
+            unknown = [s for s in missing if s not in self.cache]
+            if len(unknown) > 1:
+                failed = await self._learn(unknown, subjects)
+                missing = [s for s in missing if s not in self.cache or s in failed]
         if missing:
-            got = await asyncio.gather(
-                *(self.fetch(s, subjects[s]) for s in missing), return_exceptions=True
-            )
-            for s, g in zip(missing, got, strict=True):
-                if isinstance(g, BaseException):
-                    for p in pendings:
-                        if p.subject == s:
-                            p.fail(translate(g, s))
+            failed.update(await self._refresh(missing, subjects))
+        if failed:
+            for p in pendings:
+                if p.subject in failed:
+                    p.fail(translate(failed[p.subject], p.subject))
         return {s: self.cache[s] for s in subjects if s in self.cache}
+
+    async def _learn(self, unknown: list[str], types: dict[str, str]) -> dict[str, BaseException]:
+        """Heads of subjects never seen, from batched ``multi_last`` direct gets: a few
+        requests for a whole batch of new aggregates. Returns what failed (left uncached: a
+        failed batched read falls back to one leader get per subject)."""
+        try:
+            lasts = await self._reader.last_messages(unknown)
+        except Exception as exc:
+            log.debug("batched head lookup failed, asking one by one", error=str(exc))
+            return {}
+        for s in unknown:
+            if s not in lasts:
+                self.cache.remember(s, _new())
+        found = list(lasts)
+        got = await asyncio.gather(
+            *(self._count(s, types[s], _new(), lasts[s]) for s in found), return_exceptions=True
+        )
+        failed: dict[str, BaseException] = {}
+        for s, g in zip(found, got, strict=True):
+            if isinstance(g, BaseException):
+                failed[s] = g
+            else:
+                self.cache.remember(s, g)
+        return failed
+
+    async def _refresh(
+        self, subjects: list[str], types: dict[str, str]
+    ) -> dict[str, BaseException]:
+        """Heads that decide a write after a refusal (or a stale mark): each subject's last
+        sequence from the LEADER (one ``STREAM.MSG.GET`` each, all in flight together; a
+        direct get may lag on a replicated stream), then the messages after the cached heads
+        in one ranged direct read of the whole prefix when they are few (``_RANGE_MAX``), each
+        checked to reach the leader's last sequence (else read per subject). Returns what
+        failed."""
+        got = await asyncio.gather(*(self._leader_last(s) for s in subjects),
+                                   return_exceptions=True)  # fmt: skip
+        failed: dict[str, BaseException] = {}
+        lasts: dict[str, StoredMessage | None] = {}
+        for s, g in zip(subjects, got, strict=True):
+            if isinstance(g, BaseException):
+                failed[s] = g
+            else:
+                lasts[s] = g
+        moved = {s: (self._base(s, m), m) for s, m in lasts.items() if m is not None}
+        moved = {s: (b, m) for s, (b, m) in moved.items() if b.seq != m.seq}
+        after: dict[str, list[StoredMessage]] = {}
+        if len(moved) > 1:
+            lo = min(b.seq for b, _ in moved.values())
+            hi = max(m.seq for _, m in moved.values())
+            if hi - lo <= max(_RANGE_MAX, 16 * len(moved)):
+                with contextlib.suppress(Exception):  # the per-subject read stays the answer
+                    async for batch in self._reader.direct_batches(
+                        f"{self.prefix}.>", start_seq=lo + 1, stop_seq=hi
+                    ):
+                        for m in batch:
+                            if m.subject in moved and m.seq > moved[m.subject][0].seq:
+                                after.setdefault(m.subject, []).append(m)
+        heads = await asyncio.gather(
+            *(self._advance(s, types[s], lasts[s], after.get(s)) for s in lasts),
+            return_exceptions=True,
+        )
+        failed.update((s, h) for s, h in zip(lasts, heads, strict=True)
+                      if isinstance(h, BaseException))  # fmt: skip
+        return failed
 
     async def fetch(self, subject: str, agg_type: str) -> Head:
         """The aggregate's head from the server (not the cache's answer): it decides a write.
 
-        ``seq`` is the subject's real last message (what the append must expect) and
-        ``version`` the aggregate's version by the fold's rule (``eventstore.versions``): the
-        messages after the cached head (all of them, the first time) are counted, so a raw
-        stale, gap or malformed message never decides the next version. The clock is the last
-        valid event's that took a position, the machine state the fold's.
+        ``seq`` is the subject's real last message from the leader (what the append must
+        expect) and ``version`` the aggregate's version by the fold's rule
+        (``eventstore.versions``): the messages after the cached head (all of them, the first
+        time) are counted, so a raw stale, gap or malformed message never decides the next
+        version. The clock is the last valid event's that took a position, the machine state
+        the fold's.
         """
+        return await self._advance(subject, agg_type, await self._leader_last(subject))
+
+    async def _leader_last(self, subject: str) -> StoredMessage | None:
         with translating(what=f"head of {subject}", url=self._reader.url, timeout=5.0):
             msg = await last_msg(self._js, self.stream, subject)
         if msg is None:
-            head = Head(0, 0, {}, 0, None)
-            self.cache.remember(subject, head)
-            return head
-        last_seq = int(msg.seq or 0)
+            return None
+        at = msg.time or utcnow()
+        return StoredMessage(int(msg.seq or 0), subject, msg.data or b"", at, msg.headers)
+
+    def _base(self, subject: str, last: StoredMessage) -> Head:
+        """The cached head to count on from, if it is not past the subject's last message."""
         known = self.cache.get(subject)
-        head = (
-            known if known is not None and 0 <= known.seq <= last_seq else Head(0, 0, {}, 0, None)
-        )
-        if head.seq != last_seq:
-            head = await self._count(subject, agg_type, head, msg)
+        return known if known is not None and 0 <= known.seq <= last.seq else _new()
+
+    async def _advance(
+        self,
+        subject: str,
+        agg_type: str,
+        last: StoredMessage | None,
+        after: list[StoredMessage] | None = None,
+    ) -> Head:
+        """The head at ``last`` (the leader's), counted on from the cached one over ``after``
+        (the subject's messages after it, when already read) and remembered."""
+        head = _new() if last is None else self._base(subject, last)
+        if last is not None and head.seq != last.seq:
+            head = await self._count(subject, agg_type, head, last, after)
         self.cache.remember(subject, head)
         return head
 
-    async def _count(self, subject: str, agg_type: str, base: Head, last: RawStreamMsg) -> Head:
+    async def _count(
+        self,
+        subject: str,
+        agg_type: str,
+        base: Head,
+        last: StoredMessage,
+        after: list[StoredMessage] | None = None,
+    ) -> Head:
         """``base`` moved on over the subject's messages after it, up to its ``last`` message,
-        by the version rule; transitions checked by the aggregate's machine, as the fold does."""
-        last_seq = int(last.seq or 0)
+        by the version rule; transitions checked by the aggregate's machine, as the fold does.
+        ``after``: those messages, read already (used only if they reach ``last``)."""
+        last_seq = last.seq
         machine = self.machines.get(agg_type)
         version, state = base.version, base.state
         valid: Event | None = None  # the last valid event that took a position
         unchecked: list[StoredMessage] = []  # took a position since; validity not looked at
         foreign = 0
-        async for batch in self._messages_after(subject, base.seq, last):
+        if after and after[-1].seq == last_seq and after[0].seq > base.seq:
+            batches = _once(after)
+        else:
+            batches = self._messages_after(subject, base.seq, last)
+        async for batch in batches:
             for m in batch:
                 taken = next_version(version, m.data)
                 if taken is None:
@@ -204,15 +321,14 @@ class HeadReader:
             return None
 
     async def _messages_after(
-        self, subject: str, after: int, last: RawStreamMsg
+        self, subject: str, after: int, last: StoredMessage
     ) -> AsyncIterator[list[StoredMessage]]:
-        """The subject's messages after seq ``after`` up to its ``last`` message (as the
-        leader returned it): batched direct gets, and the leader's get for any the direct read
-        did not reach yet (a lagging replica)."""
-        last_seq = int(last.seq or 0)
+        """The subject's messages after seq ``after`` up to its ``last`` message: batched
+        direct gets, and the leader's get for any the direct read did not reach yet (a
+        lagging replica)."""
+        last_seq = last.seq
         if last_seq == after + 1:  # nothing else was stored since, on any subject
-            at = last.time or utcnow()
-            yield [StoredMessage(last_seq, subject, last.data or b"", at, last.headers)]
+            yield [last]
             return
         seen = after
         reader = self._reader

@@ -52,6 +52,9 @@ class Pending:
     # Head sequences of attempts that may have been stored (sent, never confirmed): a stored
     # copy of this append sits right after one of them.
     tried: set[tuple[int, int]] = field(default_factory=set)  # (head seq, offset after it)
+    # The attempts among them that went unanswered (a timeout, a lost ack): only these may
+    # be stored. A refused batch stored nothing, so a refusal never needs looking for a copy.
+    unsure: set[tuple[int, int]] = field(default_factory=set)
     offset: int = 0  # events of earlier requests on the same subject in this attempt
     rejections: int = 0
     whole: bool = False  # a member of a transaction: never left for the next batch

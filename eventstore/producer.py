@@ -3,7 +3,9 @@
 Every ``append`` becomes a pending request on a queue. One committer task takes whatever is
 queued (up to ``max_batch`` events), checks versions and state machines against its cache of
 each aggregate's head, assigns versions and clocks, and publishes the lot as ONE atomic batch:
-one fsync for hundreds of events, which is how a durable log stays fast. Each aggregate's first
+one fsync for hundreds of events, which is how a durable log stays fast. Up to ``depth`` (2)
+batches are in flight at once on disjoint aggregates, so the client prepares the next batch
+while the server stores the one before. Each aggregate's first
 message carries the server-side expected-last-subject-sequence, so a stale cache can never
 produce a gap or a second version N; the server rejects the batch instead, and the committer
 refreshes the heads and retries (splitting nothing: requests whose explicit expectation no
@@ -21,52 +23,43 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import AsyncIterator
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from eventstore.clocks import VectorClock, observable
+from eventstore.batching import BatchBuilder, Message
+from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
 from eventstore.counters import AppendCounters
 from eventstore.duplicates import Reconciler
 from eventstore.errors import (
     AppendTimeout,
     EventStoreError,
-    InvalidEvent,
     NotConnected,
     PermissionDenied,
     Retryable,
-    ServerError,
-    VersionConflict,
 )
 from eventstore.events import AppendResult
 from eventstore.failfast import FailFast, refused_publish, subject_matches
 from eventstore.heads import Head, HeadCache, HeadReader
 from eventstore.health import unanswered_detail
 from eventstore.jetstream import (
-    BATCH_INCOMPLETE,
-    DUPLICATE_ID,
-    MAXIMUM_MESSAGE_SIZE,
-    WRONG_LAST_SEQUENCE,
-    WRONG_LAST_SEQUENCE_CONSTANT,
     Ack,
     Refusal,
     publish_batch,
-    refusal_hint,
     request,
     translate,
 )
 from eventstore.logging import get_logger
 from eventstore.machines import Machines
+from eventstore.outcomes import Outcomes
 from eventstore.pending import MAX_EVENTS_PER_APPEND, Pending
 from eventstore.reader import LogReader
 
 __all__ = ["MAX_EVENTS_PER_APPEND", "Committer", "refused_publish"]
 
 log = get_logger("eventstore.producer")
-
-STATE_HEADER = "Eventstore-State"
-_BATCH_BYTES = 4 << 20
 
 
 class Committer:
@@ -96,13 +89,23 @@ class Committer:
         self._heads = HeadCache(cache_size)
         self._head_reader = HeadReader(js, reader, self._heads, machines=machines, clock=clock)
         self._reconciler = Reconciler(js, stream, self._heads, url=url, transient=self._transient)
+        self._outcomes = Outcomes(self._heads, self._reconciler)
         self.fail_fast = FailFast()
         self.counters = AppendCounters()
-        self._vc = VectorClock()
+        self._builder = BatchBuilder(
+            producer=producer,
+            clock=clock,
+            machines=machines,
+            counters=self.counters,
+            reserve=self._reserve,
+            max_payload=lambda: self._nc.max_payload,
+        )
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._lock = asyncio.Lock()  # one batch in flight: held by the committer or a caller
+        self._lock = asyncio.Lock()  # batches in flight: held by the committer or a caller
+        self._waiting = 0  # callers waiting for the lock (``exclusive``)
+        self.depth = 2  # batches in flight at once (on disjoint subjects)
         self._batch_no = 0
         self._batch_prefix = f"{producer[:40]}-{random.getrandbits(48):012x}"
 
@@ -153,7 +156,7 @@ class Committer:
 
     @property
     def vclock(self) -> VectorClock:
-        return self._vc
+        return self._builder.vc
 
     # -- heads -----------------------------------------------------------------------------
 
@@ -166,32 +169,101 @@ class Committer:
     async def _run(self) -> None:
         carry: list[Pending] = []
         while True:
-            group = carry
-            carry = []
-            if not group:
-                group.append(await self._queue.get())
+            if not carry:
+                carry.append(await self._queue.get())
             try:
                 async with self._lock:
-                    # Collect under the lock: what queued up during an inline commit joins.
-                    n = sum(p.size for p in group)
-                    while not self._queue.empty() and n < self.max_batch:
-                        p = self._queue.get_nowait()
-                        if n + p.size > MAX_EVENTS_PER_APPEND:
-                            carry.append(p)
-                            break
-                        group.append(p)
-                        n += p.size
-                    await self._commit(group)
-            except asyncio.CancelledError:
-                for p in group + carry:
-                    if not p.future.done():
-                        p.future.set_exception(NotConnected(self.url, "event store closed"))
+                    carry = await self._pipeline(carry)
+            except asyncio.CancelledError:  # closed while waiting for a transaction
+                for p in carry:
+                    p.fail(NotConnected(self.url, "event store closed"))
                 raise
-            except Exception as exc:  # never let the committer die with callers waiting
-                log.exception("committer failed a batch", error=str(exc))
-                for p in group:
-                    if not p.future.done():
-                        p.future.set_exception(self._translate(exc, p.subject))
+
+    async def _pipeline(self, carry: list[Pending]) -> list[Pending]:
+        """Commit what is queued with up to ``depth`` batches in flight, on disjoint subjects.
+
+        The next batch is prepared and sent while the server still stores the one before
+        (the client's work hides behind the fsync). Batches in flight share no aggregate, so
+        each stands or falls on its own; appends to an aggregate in flight wait for it, in
+        order. Returns what is left when a transaction waits for the lock (or nothing).
+        """
+        flying: dict[asyncio.Task[None], tuple[set[str], list[Pending]]] = {}
+        try:
+            while True:
+                group: list[Pending] = []
+                if not self._waiting:
+                    busy: set[str] = set().union(*(s for s, _ in flying.values()))
+                    group, carry = self._collect(carry, busy)
+                    if flying and sum(p.size for p in group) < self.max_batch // 2:
+                        carry, group = group + carry, []  # a small one waits to grow
+                if group:
+                    task = asyncio.create_task(self._commit_group(group))
+                    flying[task] = ({p.subject for p in group}, group)
+                if not flying:
+                    return carry
+                if not group or len(flying) >= self.depth:
+                    done, _ = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        del flying[task]
+        except asyncio.CancelledError:
+            for task in flying:
+                task.cancel()
+            await asyncio.gather(*flying, return_exceptions=True)
+            for p in carry + [p for _, g in flying.values() for p in g]:
+                if not p.future.done():
+                    p.future.set_exception(NotConnected(self.url, "event store closed"))
+            raise
+
+    def _collect(self, carry: list[Pending], busy: set[str]) -> tuple[list[Pending], list[Pending]]:
+        """The next group (``carry`` first, then the queue) of about ``max_batch`` events, none
+        on a ``busy`` subject; and what is left over, in order."""
+        group: list[Pending] = []
+        later: list[Pending] = []
+        n = 0
+        full = False
+
+        def take(p: Pending) -> None:
+            nonlocal n, full
+            if full or p.subject in busy:
+                later.append(p)
+            elif group and (n >= self.max_batch or n + p.size > MAX_EVENTS_PER_APPEND):
+                full = True
+                later.append(p)
+            else:
+                group.append(p)
+                n += p.size
+
+        for p in carry:
+            take(p)
+        while not full and not self._queue.empty():
+            take(self._queue.get_nowait())
+        return group, later
+
+    async def _commit_group(self, group: list[Pending]) -> None:
+        try:
+            await self._commit(group)
+        except asyncio.CancelledError:
+            for p in group:
+                p.fail(NotConnected(self.url, "event store closed"))
+            raise
+        except Exception as exc:  # never let the committer die with callers waiting
+            log.exception("committer failed a batch", error=str(exc))
+            for p in group:
+                p.fail(self._translate(exc, p.subject))
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the committer for one caller (a transaction): the pipeline drains first and
+        takes nothing new while someone waits, so a caller never starves under load."""
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     async def _commit(self, group: list[Pending]) -> None:
         refresh = False
@@ -248,6 +320,8 @@ class Committer:
                 # The batch may have been stored: next round checks heads with the server and
                 # recognises our own ids after the expected sequence.
                 refresh = True
+                for p in ready:
+                    p.unsure.add((p.base_seq, p.offset))
                 await self._reconciler.recognise_own(ready)
                 continue
             if isinstance(answer, Refusal):
@@ -288,93 +362,13 @@ class Committer:
     async def _prepare(
         self, group: list[Pending], heads: dict[str, Head], *, fresh: bool
     ) -> list[Pending]:
-        """Assign versions, clocks and bodies; fail what cannot be appended. Returns the batch."""
-        work: dict[str, Head] = {}
-        bases: dict[str, tuple[int, int]] = {}  # subject -> (head seq, events so far)
-        ready: list[Pending] = []
-        stale = False
-        total_bytes = 0
-        for p in group:
-            if p.future.done():
-                continue
-            head = work.get(p.subject) or heads.get(p.subject)
-            if head is None:
-                continue
-            if p.expected_version is not None and head.version != p.expected_version:
-                if p.subject in work or fresh:
-                    self.counters.conflicts += 1
-                    p.future.set_exception(
-                        VersionConflict(p.agg_type, p.agg_id, p.expected_version, head.version)
-                    )
-                else:
-                    stale = True  # the cache may be behind: ask the server before failing
-                continue
-            machine = self.machines.get(p.agg_type)
-            state = head.state
-            states: list[str] = []
-            try:
-                if machine is not None:
-                    state = state or machine.initial
-                    for ev in p.events:
-                        if ev.step is not None:
-                            state = machine.check(p.agg_id, state, ev.step)
-                        states.append(state)
-            except InvalidEvent as exc:
-                if p.subject in work or fresh:
-                    p.future.set_exception(exc)
-                else:
-                    stale = True
-                continue
-            if len(ready) and total_bytes > _BATCH_BYTES and not p.whole:
-                break  # the rest waits for the next round
-            context = dict(p.context)
-            if p.expected_version is not None:
-                # A counter above the ceiling (a raw client's) is not taken in: see OBSERVE_MAX.
-                context = VectorClock(context).merge(observable(head.vclock)).to_dict()
-            context = observable(context)
-            observed = max([head.lamport if p.expected_version is not None else 0])
-            if self.clock.needs_reservation(p.size, observed):
-                await self._reserve(p.size, observed)
-            try:
-                envelopes, bodies, vc, lamport = p.encode(
-                    producer=self.producer,
-                    clock=self.clock,
-                    vc=self._vc.merge(context),
-                    version=head.version,
-                    observed=observed,
-                    max_payload=self._nc.max_payload,
-                )
-            except InvalidEvent as exc:
-                p.fail(exc)
-                continue
-            self._vc = vc
-            base, before = bases.get(p.subject, (head.seq, 0))
-            bases[p.subject] = (base, before + p.size)
-            p.envelopes, p.bodies, p.base_seq, p.offset = envelopes, bodies, base, before
-            p.state_after, p.states = state, states
-            total_bytes += sum(len(b) for b in bodies)
-            work[p.subject] = Head(-1, envelopes[-1].version, vc.to_dict(), lamport, state)
-            ready.append(p)
-        if stale and not ready:
-            return []
-        return ready
+        """Assign versions, clocks and bodies (``BatchBuilder.prepare``)."""
+        return await self._builder.prepare(group, heads, fresh=fresh)
 
     # -- sending ---------------------------------------------------------------------------
 
-    def _messages(self, ready: list[Pending]) -> list[tuple[str, bytes, dict[str, str]]]:
-        msgs: list[tuple[str, bytes, dict[str, str]]] = []
-        first_of: set[str] = set()
-        for p in ready:
-            stateful = p.agg_type in self.machines
-            for i, (env, body) in enumerate(zip(p.envelopes, p.bodies, strict=True)):
-                h = {"Nats-Msg-Id": env.id}
-                if p.subject not in first_of:
-                    first_of.add(p.subject)
-                    h["Nats-Expected-Last-Subject-Sequence"] = str(p.base_seq)
-                if stateful:
-                    h[STATE_HEADER] = p.states[i]
-                msgs.append((p.subject, body, h))
-        return msgs
+    def _messages(self, ready: list[Pending]) -> list[Message]:
+        return self._builder.messages(ready)
 
     async def _send(self, ready: list[Pending]) -> Ack | Refusal:
         """Publish the batch (one atomic batch; one event: a plain publish)."""
@@ -401,50 +395,10 @@ class Committer:
         async with self.fail_fast.block(lambda p: any(subject_matches(p, s) for s in subjects)):
             return await request(self._nc, subject, body, headers, timeout)
 
-    # -- outcomes --------------------------------------------------------------------------
+    # -- outcomes (``eventstore.outcomes``) ------------------------------------------------
 
     def _settle_success(self, ready: list[Pending], first_seq: int) -> None:
-        seq = first_seq
-        for p in ready:
-            first, last = seq, seq + p.size - 1
-            seq += p.size
-            env = p.envelopes[-1]
-            self._heads.remember(
-                p.subject, Head(last, env.version, dict(env.vclock), env.lamport, p.state_after)
-            )
-            if not p.future.done():
-                ids = tuple(e.id for e in p.envelopes)
-                p.future.set_result(AppendResult.of(first, env, last, ids, duplicate=False))
+        self._outcomes.success(ready, first_seq)
 
     async def _settle_rejection(self, ready: list[Pending], rej: Refusal) -> None:
-        if rej.code in (WRONG_LAST_SEQUENCE, DUPLICATE_ID, WRONG_LAST_SEQUENCE_CONSTANT):
-            # Wrong last sequence or duplicate id: perhaps our own earlier attempt was stored.
-            checked = await self._reconciler.recognise_own(ready)
-            for p in ready:
-                self._heads.mark_stale(p.subject)
-                if p.future.done() or rej.code == WRONG_LAST_SEQUENCE or not checked:
-                    continue
-                p.rejections += 1
-                if p.rejections >= 3:
-                    # The id is stored somewhere we did not send it: another aggregate or an
-                    # unrelated writer used it. Ids must be unique across the whole stream.
-                    p.future.set_exception(
-                        InvalidEvent(
-                            f"the server already holds an event with one of the ids "
-                            f"{[e.id for e in p.envelopes]}, but not as this append on "
-                            f"{p.subject}; event ids must be unique in the stream"
-                        )
-                    )
-            return
-        if "incomplete" in rej.description.lower() or rej.code in BATCH_INCOMPLETE:
-            # Part of the batch was lost on the way (a reconnect): nothing was stored.
-            log.info("atomic batch arrived incomplete, resending", error=rej.description)
-            await asyncio.sleep(0.05)
-            return
-        if rej.code == MAXIMUM_MESSAGE_SIZE or "maximum" in rej.description.lower():
-            err: EventStoreError = InvalidEvent(f"the server refused the events: {rej.description}")
-        else:
-            hint = refusal_hint(rej.code)  # a full store says what to do
-            err = ServerError(f"the server refused the append: {rej.description}{hint}")
-        for p in ready:
-            p.fail(err)
+        await self._outcomes.refusal(ready, rej)

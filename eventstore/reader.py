@@ -269,6 +269,13 @@ class LogReader:
         ):
             yield got
 
+    async def last_messages(self, subjects: list[str]) -> dict[str, StoredMessage]:
+        """The last message of each subject that has one, in a few batched direct gets
+        (``directget.last_messages``: may lag on a replicated stream)."""
+        return await directget.last_messages(
+            self._nc, self.stream, subjects, url=self.url, refused=self._refused
+        )
+
     async def history(
         self,
         subject: str,

@@ -250,12 +250,17 @@ class EventStore(LogReading):
         committer = self._open_committer()
         slots: list[AppendResult | asyncio.Future[AppendResult]] = []
         pendings: list[Pending | None] = []
+        queued = 0
         for r in requests:
             pending = await self._pending(
                 r.aggregate_type, r.aggregate_id, r.events, r.expected_version, r.context, timeout
             )
             if isinstance(pending, Pending):
                 committer.submit(pending)
+                queued += pending.size
+                if queued >= committer.max_batch:  # let a full batch go out while we go on
+                    queued = 0
+                    await asyncio.sleep(0)
             slots.append(pending.future if isinstance(pending, Pending) else pending)
             pendings.append(pending if isinstance(pending, Pending) else None)
         out: list[AppendResult | EventStoreError] = []

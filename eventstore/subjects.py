@@ -35,6 +35,11 @@ _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _ESCAPE_RE = re.compile(r"%([0-9A-F]{2})")
 
 
+# Any character ``_needs_escape`` says yes to (``\s`` is exactly ``str.isspace``): one C scan
+# tells that an id needs no escaping at all, the common case.
+_NEEDS_ESCAPE_RE = re.compile(r"[.*>%\s\x00-\x1f\x7f-\x9f\u200b\u200c\u200d\u2028\u2029\ufeff]")
+
+
 def _needs_escape(ch: str) -> bool:
     return (
         ch in ".*>%"
@@ -49,6 +54,12 @@ def encode_id(aggregate_id: str) -> str:
     """Encode an aggregate id (1-256 UTF-8 bytes) as one subject token."""
     if not isinstance(aggregate_id, str):
         raise InvalidEvent(f"aggregate id must be a string, got {type(aggregate_id).__name__}")
+    if (
+        aggregate_id.isascii()  # then its UTF-8 bytes are its characters
+        and 0 < len(aggregate_id) <= MAX_ID_BYTES
+        and _NEEDS_ESCAPE_RE.search(aggregate_id) is None
+    ):
+        return aggregate_id
     try:
         raw = aggregate_id.encode("utf-8")
     except UnicodeEncodeError as exc:

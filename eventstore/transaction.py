@@ -262,7 +262,7 @@ async def commit_atomic(
     that stopped it (the first failing append's, a ``BoundaryConflict``) with nothing stored."""
     if c._closed:
         raise NotConnected(c.url, "event store closed")
-    async with c._lock:
+    async with c.exclusive():
         try:
             await _commit(c, reader, group, boundaries)
         except Exception as exc:
@@ -325,6 +325,8 @@ async def _commit(
                 raise
             backoff = await c._sleep_backoff(backoff)
             refresh = True
+            for p in ready:
+                p.unsure.add((p.base_seq, p.offset))
             await c._reconciler.recognise_own(ready)  # stored after all? then it is settled
             continue
         if isinstance(answer, Ack):

@@ -17,6 +17,7 @@ from bench import (  # noqa: E402
     audit,
     catchup,
     compare_eventsourcing,
+    groupcommit,
     live,
     serving,
     timetravel,
@@ -154,3 +155,16 @@ async def test_serving_tiny_reports_watch_latency_beside_raw(
     keys += ["catchup_latest_s"]
     assert_positive(figures, keys)
     assert '"catchup_resync_s"' in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+async def test_groupcommit_quick_reports_its_cells(capsys: pytest.CaptureFixture[str]) -> None:
+    """The group-commit benchmark runs cold, warm and contended appends beside raw atomic
+    batches and raw publish_async, and reports their ratios."""
+    figures = await groupcommit.run(quick=True)
+    keys = ["raw_new_events_per_s", "raw_known_events_per_s", "raw_shared_events_per_s"]
+    keys += ["raw_async_events_per_s"]
+    for cell in ("cold", "warm", "contended"):
+        keys += [f"{cell}_events_per_s", f"{cell}_ratio", f"{cell}_vs_publish_async"]
+    assert_positive(figures, keys)
+    assert '"contended_ratio"' in capsys.readouterr().out.strip().splitlines()[-1]

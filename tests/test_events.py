@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime
 
@@ -124,3 +125,21 @@ def test_names_are_matched_whole_every_time(field: str, value: str) -> None:
         decode_event(msgspec.json.encode(body))
     with pytest.raises(InvalidEvent, match=field):
         decode_event(msgspec.json.encode(body))  # never remembered as valid
+
+
+def test_a_forked_child_never_reuses_its_parents_random_bits() -> None:
+    """uuid7 draws OS randomness in blocks; a forked child starts a block of its own, so its
+    next id never repeats the random bits of the parent's next id."""
+    uuid7()  # the parent holds a block of random bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next id and leave at once
+        os.write(write, uuid7().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    parent = uuid7()
+    assert is_uuid7(child)
+    assert child[-12:] != parent[-12:]

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventstore import EventStore, InvalidEvent, NewEvent, decode_id, encode_id
-from eventstore.subjects import aggregate_subject, parse_subject
+from eventstore.subjects import _NEEDS_ESCAPE_RE, _needs_escape, aggregate_subject, parse_subject
 
 AWKWARD = [
     "a.b",
@@ -107,3 +107,25 @@ async def test_awkward_ids_round_trip_through_the_server(store: EventStore) -> N
     for value in AWKWARD:
         events = [ev async for ev in store.read("agent", value)]
         assert [(e.aggregate_id, e.version, e.data) for e in events] == [(value, 1, {"id": value})]
+
+
+def _escaped_one_by_one(aggregate_id: str) -> str:
+    from_chars = [
+        "".join(f"%{b:02X}" for b in ch.encode()) if _needs_escape(ch) else ch
+        for ch in aggregate_id
+    ]
+    return "".join(from_chars)
+
+
+@given(st.text(min_size=1, max_size=64).filter(lambda s: len(s.encode()) <= 256))
+def test_the_fast_path_encodes_as_the_character_rule_does(aggregate_id: str) -> None:
+    """Ids that need no escaping skip the per-character loop: the token is still exactly what
+    the per-character rule gives, for any id."""
+    assert encode_id(aggregate_id) == _escaped_one_by_one(aggregate_id)
+
+
+def test_every_character_is_escaped_by_the_one_rule() -> None:
+    """The one-scan pattern and the per-character rule agree on every code point."""
+    assert [
+        c for c in range(0x110000) if bool(_NEEDS_ESCAPE_RE.match(chr(c))) != _needs_escape(chr(c))
+    ] == []
