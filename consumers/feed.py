@@ -14,7 +14,8 @@ after publishing them); at start it re-publishes the current state of every aggr
 state seq is above that mark before the runner folds anything new. A subscriber may thus see
 a version twice (it deduplicates by version), never miss the last one. A batch whose
 notifications could not be handed to the connection (its buffer full during a long
-disconnect) holds the mark before it until the next start.
+disconnect) holds the mark before it until the next start or the re-publication after the
+reconnect (below).
 
 Publishing happens inside the commit callback without waiting for the server (the flush and
 the mark are a background task's), so the fold waits only for encoding and buffering.
@@ -24,6 +25,14 @@ commit, and the last one of each type (``last_of_type``) and of the batch (``las
 say so: a subscriber then knows it has every notification up to that checkpoint for its
 filter (``consumers.watching``'s floor, ``LiveView.seq``) without waiting for a heartbeat.
 Once a batch failed to publish, that checkpoint is held before it, as the heartbeats' is.
+
+Reconnects. A flush that completes on a connection re-established since the last confirmed
+one says nothing of what the old connection lost (core NATS publications written before the
+drop that never reached the server): the feed remembers the connection's reconnect count at
+each confirmed flush, and when it changed it confirms nothing but re-publishes every state
+past the confirmed seq (as a start does, ``last=False``: no floor moves on them), flushes
+again and confirms only then. Until then a batch's notifications carry the confirmed seq as
+their checkpoint, so no watcher's floor passes what may be lost.
 """
 
 from __future__ import annotations
@@ -48,6 +57,13 @@ log = structlog.get_logger("consumers.feed")
 MARK_KEY = "feed.notified."  # + projection name: the seq notified (and flushed) through
 _encode = msgspec.json.Encoder().encode
 _FLUSH_TIMEOUT = 10  # seconds (nats-py takes an int)
+_TICK = 0.1  # how often a flush in progress looks at the connection's reconnect count
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Consume the outcome of a flush given up on (its PING went to a dropped connection)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class ChangeFeed:
@@ -76,6 +92,8 @@ class ChangeFeed:
         self.flushed: dict[str, int] = {}  # ... and confirmed by the server
         self.marked: dict[str, int] = {}  # ... and recorded in the database
         self.hold: dict[str, int] = {}  # the mark may not pass this (a batch failed to publish)
+        self.failures = 0  # batches that failed to publish
+        self._reconnects = 0  # the connection's reconnect count at the last confirmed flush
         self.notifications = 0
         self.truncated = 0
         self._db: ProjectionDB | None = None
@@ -89,9 +107,11 @@ class ChangeFeed:
     async def start(self) -> None:
         """Re-publish what a previous run may not have delivered, then follow the commits."""
         self._db = db = await self.runner.db.sibling()
+        self._reconnects = self._count()
         checkpoints = self.runner.checkpoints()
         for name in self.names:
             mark = int(await db.meta(MARK_KEY + name) or 0)
+            self.flushed[name] = mark
             again = await self._republish(db, name, mark)
             if again:
                 self._log.info(
@@ -101,8 +121,9 @@ class ChangeFeed:
                     aggregates=again,
                 )
             self.published[name] = checkpoints[name]
-        await self.nc.flush(_FLUSH_TIMEOUT)
-        self.flushed = dict(self.published)
+        pending = dict(self.published)
+        if await self._confirm():  # else the background task re-publishes past the marks
+            self.flushed = pending
         await self._write_marks()
         self.runner.on_commit.append(self._on_commit)
         self._task = asyncio.create_task(self._background())
@@ -123,9 +144,9 @@ class ChangeFeed:
         try:
             if not self.nc.is_closed:
                 pending = dict(self.published)
-                await self.nc.flush(_FLUSH_TIMEOUT)
-                self.flushed = pending
-                await self._write_marks()
+                if await self._confirm():  # else the next start re-publishes past the mark
+                    self.flushed = pending
+                    await self._write_marks()
         except Exception:  # a lost server at shutdown: the next start re-publishes
             self._log.warning("change feed could not record its last mark", exc_info=True)
         finally:
@@ -154,12 +175,15 @@ class ChangeFeed:
             try:
                 if states:
                     ordered = sorted(states, key=lambda s: s[0].aggregate_type)
+                    at = min(info.last_seq, self.hold.get(name, info.last_seq))
+                    if self._unsure():  # what the old connection held may be lost
+                        at = min(at, self.flushed.get(name, 0))
                     await self._publish(
                         name, ((a.aggregate_type, a.aggregate_id, a.version, a.seq, a.state, prev)
-                               for a, prev in ordered),
-                        min(info.last_seq, self.hold.get(name, info.last_seq)),
+                               for a, prev in ordered), at,
                     )  # fmt: skip
             except Exception:  # the connection's buffer is full, or it is closed
+                self.failures += 1
                 # Never record a mark past this batch: the next start re-publishes it.
                 self.hold.setdefault(name, info.first_seq - 1)
                 self._log.warning(
@@ -219,8 +243,13 @@ class ChangeFeed:
                 return
             try:
                 pending = dict(self.published)
-                await self.nc.flush(_FLUSH_TIMEOUT)
-                self.flushed = pending
+                if await self._confirm():
+                    self.flushed = pending
+                elif self.nc.is_connected:
+                    await self._recover()
+                else:  # reconnecting: look again soon
+                    await asyncio.sleep(_TICK)
+                    self._wake.set()
                 now = time.monotonic()
                 if now - last_mark >= self.mark_interval:
                     await self._write_marks()
@@ -233,6 +262,58 @@ class ChangeFeed:
             except Exception:  # a reconnect in progress, a busy file: try again next round
                 self._log.warning("change feed flush or mark failed", exc_info=True)
                 await asyncio.sleep(min(1.0, self.beat_interval))
+
+    def _count(self) -> int:
+        return int(self.nc.stats["reconnects"])
+
+    def _unsure(self) -> bool:
+        """Whether the connection dropped since the last confirmed flush (or is down now)."""
+        return not self.nc.is_connected or self._count() != self._reconnects
+
+    async def _confirm(self) -> bool:
+        """Flush; whether the server has received everything published before the call."""
+        return not self._unsure() and await self._flush_on(self._reconnects)
+
+    async def _flush_on(self, count: int) -> bool:
+        """Flush; whether it completed with the connection still the one of reconnect
+        ``count`` (a PING sent before a drop is never answered: no waiting for its timeout)."""
+        nc = self.nc
+        # nats-py writes a flush's PING ahead of what its flusher task has not written yet.
+        await asyncio.wait_for(nc._flush_pending(force_flush=True), _FLUSH_TIMEOUT)
+        flush = asyncio.ensure_future(nc.flush(_FLUSH_TIMEOUT))
+        flush.add_done_callback(_retrieve)
+        while not flush.done():
+            if not nc.is_connected or self._count() != count:
+                return False
+            await asyncio.wait({flush}, timeout=_TICK)
+        flush.result()
+        return nc.is_connected and self._count() == count
+
+    async def _recover(self) -> None:
+        """The connection was re-established since the last confirmed flush: re-publish every
+        state past the confirmed seqs (and past a hold), then confirm them."""
+        db = self._db
+        if db is None or not self.nc.is_connected:
+            return
+        count, failures = self._count(), self.failures
+        pending, holds = dict(self.published), dict(self.hold)
+        again = 0
+        for name in self.names:
+            since = min(self.flushed.get(name, 0), holds.get(name, 1 << 62))
+            again += await self._republish(db, name, since)
+        if not await self._flush_on(count):
+            return  # dropped again: the next round starts over
+        self._reconnects = count
+        self.flushed = pending
+        if self.failures == failures:  # every batch that failed is re-published
+            for name, seq in holds.items():
+                if self.hold.get(name) == seq:
+                    del self.hold[name]
+        self._log.info(
+            "change feed re-published states past its confirmed mark after a reconnect",
+            aggregates=again,
+            marks=self.flushed,
+        )
 
     async def _beat(self) -> None:
         for name in self.names:
