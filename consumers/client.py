@@ -6,7 +6,7 @@ NATS URL.
 (no JetStream permissions needed) and closes it with the client (``async with``). Each call is
 one request to ``_ES.Q.<stream>.<projection>.<op>`` (``consumers.protocol``), answered by any
 worker of the stream that runs the projection; replies are decoded into the protocol's typed
-structs and error replies raised as our exceptions:
+structs and error replies raised as our exceptions (the one table: ``consumers.querycall``):
 
 * ``not_found``: ``AggregateNotFound``;
 * ``timeout`` (``min_seq`` not reached in time): ``RequestTimeout`` with ``.projection`` and
