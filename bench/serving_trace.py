@@ -41,7 +41,7 @@ from bench.common import bench_server, connect, main_for, percentile, report
 from consumers import ProjectionClient, protocol
 from consumers.cli_worker import worker_main
 from consumers.feed import ChangeFeed
-from eventstore import NewEvent, reader
+from eventstore import NewEvent, ordered
 from eventstore.jetstream import parse_reply
 from projections import runner as runner_mod
 from projections.recorder import Recorder
@@ -69,7 +69,7 @@ def _install(out: Path) -> None:
     batches: list[dict[str, float]] = []
     current: dict[str, float] = {}
     on_msg, apply_, fold, commit, on_commit = (
-        reader._Feed.on_msg, runner_mod.Runner._apply, runner_mod.Runner._fold,
+        ordered.OrderedFeed.on_msg, runner_mod.Runner._apply, runner_mod.Runner._fold,
         Recorder.commit_batch, ChangeFeed._on_commit,
     )  # fmt: skip
 
@@ -95,7 +95,7 @@ def _install(out: Path) -> None:
         await on_commit(self, info)
         batches.append({**current, "published": now()})
 
-    reader._Feed.on_msg = traced_on_msg  # type: ignore[method-assign]
+    ordered.OrderedFeed.on_msg = traced_on_msg  # type: ignore[method-assign]
     runner_mod.Runner._apply = traced_apply  # type: ignore[method-assign]
     runner_mod.Runner._fold = traced_fold  # type: ignore[method-assign]
     Recorder.commit_batch = traced_commit  # type: ignore[method-assign]

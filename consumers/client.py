@@ -6,7 +6,7 @@ NATS URL.
 (no JetStream permissions needed) and closes it with the client (``async with``). Each call is
 one request to ``_ES.Q.<stream>.<projection>.<op>`` (``consumers.protocol``), answered by any
 worker of the stream that runs the projection; replies are decoded into the protocol's typed
-structs and error replies raised as our exceptions:
+structs and error replies raised as our exceptions (the one table: ``consumers.querycall``):
 
 * ``not_found``: ``AggregateNotFound``;
 * ``timeout`` (``min_seq`` not reached in time): ``RequestTimeout`` with ``.projection`` and
@@ -26,29 +26,18 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-import msgspec
-import nats
-import nats.errors
-import structlog
 from nats.aio.client import Client
-from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 from consumers import protocol as wire
 from consumers.connection import CONNECT_TIMEOUT
 from consumers.liveview import LiveView, OnChange
+from consumers.querycall import call, connect_plain
 from consumers.watching import DEFAULT_BUFFER, DEFAULT_PATIENCE, Watcher
 from eventstore import (
     DEFAULT_URL,
-    AggregateNotFound,
     EventStore,
-    InvalidPoint,
     InvalidRequest,
-    NotConnected,
-    ProjectionError,
     RequestTimeout,
-    UnknownProjection,
-    client_options,
-    guarded_connect,
     validate_stream_name,
 )
 from projections import DEFAULT_LIMIT, Point, Scalar, StateRecord
@@ -56,23 +45,8 @@ from projections import DEFAULT_LIMIT, Point, Scalar, StateRecord
 __all__ = ["DEFAULT_PROJECTION", "ProjectionClient"]
 
 DEFAULT_PROJECTION = "entities"
-# Beyond a request's own wait (min_seq), how long the reply may take to arrive.
-_MARGIN = 2.0
 
 R = TypeVar("R")
-_encode = msgspec.json.Encoder().encode
-_error_decoder = msgspec.json.Decoder(wire.ErrorReply)
-log = structlog.get_logger("consumers.client")
-
-
-async def _quiet(exc: Exception) -> None:
-    """nats-py's default error callback prints a traceback; ours logs (errors that matter
-    reach the caller as exceptions)."""
-    log.debug("nats connection error", error=str(exc) or type(exc).__name__)
-
-
-async def _nothing() -> None:
-    return None
 
 
 class ProjectionClient:
@@ -112,20 +86,7 @@ class ProjectionClient:
         (``creds``/``tls_ca``: see ``ConnectSettings``; refused: ``PermissionDenied`` or
         ``ConfigError``)."""
         validate_stream_name(stream)
-        nc = Client()
-        options = {
-            "disconnected_cb": _nothing,
-            "reconnected_cb": _nothing,
-            "connect_timeout": max(1, int(connect_timeout)),
-            "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 0.5,
-            **client_options(creds, tls_ca),
-        }
-        try:
-            await asyncio.wait_for(guarded_connect(nc, url, options, _quiet), connect_timeout)
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            raise NotConnected(url, str(exc) or type(exc).__name__) from exc
+        nc = await connect_plain(url, connect_timeout=connect_timeout, creds=creds, tls_ca=tls_ca)
         client = cls.__new__(cls)
         client._setup(nc, stream, projection, timeout, owns=True)
         return client
@@ -365,7 +326,7 @@ class ProjectionClient:
                 if exc.projection is None or loop.time() >= deadline - 0.001:
                     raise
 
-    # -- one request -----------------------------------------------------------------------
+    # -- one request (consumers.querycall) -------------------------------------------------
 
     async def _call(
         self,
@@ -375,74 +336,7 @@ class ProjectionClient:
         reply_type: type[R],
         aggregate: tuple[str, str] | None = None,
     ) -> R:
-        name = projection or self.projection
-        subject = wire.endpoint_subject(self.stream, name, op)
-        wait = self.timeout
-        if body.min_seq is not None:
-            wait = (body.timeout or wire.DEFAULT_TIMEOUT) + _MARGIN
-        try:
-            msg = await self.nc.request(subject, _encode(body), timeout=wait)
-        except nats.errors.NoRespondersError:
-            raise UnknownProjection(
-                name,
-                f"no worker serves projection {name} on stream {self.stream}: start "
-                "`eventstore worker` (running that projection) for this stream",
-            ) from None
-        except nats.errors.TimeoutError:
-            raise RequestTimeout(
-                f"{op} of projection {name} on stream {self.stream}", wait
-            ) from None
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
-            raise NotConnected(self._url(), type(exc).__name__) from exc
-        except nats.errors.Error as exc:
-            raise ProjectionError(f"{op} of projection {name}: {exc}") from exc
-        headers = msg.headers or {}
-        if ERROR_CODE_HEADER in headers:
-            raise self._error(name, op, headers, msg.data, aggregate, wait)
-        try:
-            return msgspec.json.decode(msg.data, type=reply_type)
-        except msgspec.DecodeError as exc:
-            raise ProjectionError(
-                f"{op} of projection {name}: the worker's reply cannot be read ({exc}); is it "
-                "the same eventstore version?"
-            ) from exc
-
-    def _url(self) -> str:
-        url = self.nc.connected_url
-        return url.geturl() if url is not None else "the NATS server"
-
-    def _error(
-        self,
-        name: str,
-        op: str,
-        headers: Mapping[str, str],
-        data: bytes,
-        aggregate: tuple[str, str] | None,
-        wait: float,
-    ) -> Exception:
-        try:
-            body = _error_decoder.decode(data).error
-        except msgspec.DecodeError:
-            body = wire.ErrorBody(
-                code=headers.get(ERROR_CODE_HEADER, "internal"),
-                message=headers.get(ERROR_HEADER, "error without a message"),
-            )
-        code, message = body.code, body.message
-        if code == "not_found" and aggregate is not None:
-            prefix = f"{aggregate[0]}/{aggregate[1]}: "
-            return AggregateNotFound(*aggregate, message.removeprefix(prefix))
-        if code == "timeout":
-            return RequestTimeout(
-                f"{op} of projection {name} on stream {self.stream}",
-                wait,
-                message,
-                projection=name,
-                checkpoint=body.checkpoint,
-            )
-        if code == "unknown_projection":
-            return UnknownProjection(name, message)
-        if code == "bad_request" and body.reason == "invalid_point":
-            return InvalidPoint(message)
-        if code in ("bad_request", "too_large"):
-            return InvalidRequest(message, code=code)
-        return ProjectionError(f"the query service of stream {self.stream} failed: {message}")
+        return await call(
+            self.nc, self.stream, projection or self.projection, op, body, reply_type,
+            timeout=self.timeout, aggregate=aggregate,
+        )  # fmt: skip

@@ -1,4 +1,5 @@
-"""Reading the log: bounded replays and a live follow, both on ordered push consumers.
+"""Reading the log: bounded replays and a live follow, both on ordered push consumers
+(``eventstore.ordered``).
 
 An ordered consumer needs no acks and no durable state; the reader remembers the last stream
 sequence it handed out and, after any interruption (reconnect, gap, stall), subscribes again
@@ -15,16 +16,12 @@ warning), and the read goes on.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from eventstore import directget
 from eventstore.errors import (
@@ -36,16 +33,20 @@ from eventstore.errors import (
     UpcastFailed,
 )
 from eventstore.events import Event, decode_event
-from eventstore.flowcontrol import FlowControl
 from eventstore.jetstream import (
     StoredMessage,
     last_msg,
-    parse_reply,
-    recorded_at,
     stream_info,
     translate,
 )
 from eventstore.logging import get_logger
+from eventstore.ordered import (
+    BACKLOG_HIGH,
+    PENDING_BYTES,
+    PENDING_MSGS,
+    OrderedFeed,
+    subscribe_ordered,
+)
 from eventstore.subjects import parse_subject
 from eventstore.versions import misplaced, next_version
 
@@ -59,13 +60,6 @@ __all__ = [
 ]
 
 log = get_logger("eventstore.reader")
-
-_BACKLOG_HIGH = 20_000  # messages buffered before the subscription callback waits
-# While the callback waits, nats-py keeps queueing what the server pushes, and silently drops
-# past this limit (the reader then sees the gap and resubscribes, correct but slower): large
-# enough that a catch-up behind a slow projection does not hit it.
-_PENDING_MSGS = 500_000
-_PENDING_BYTES = 512 << 20
 
 
 class Malformed(NamedTuple):
@@ -113,84 +107,6 @@ def decode_message(prefix: str, msg: StoredMessage) -> Event:
             f"but was stored on the subject of {agg_type}/{agg_id}"
         )
     return event
-
-
-async def subscribe_ordered(
-    js: JetStreamContext,
-    subject: str,
-    stream: str,
-    cb: Callable[[Msg], Awaitable[None]],
-    *,
-    start_seq: int | None,
-    start_time: datetime | None,
-    pending_msgs: int,
-    pending_bytes: int,
-    flow: FlowControl | None = None,
-) -> Any:
-    """An ordered push consumer on ``subject`` from ``start_seq`` (or ``start_time``);
-    ``flow`` (whose ``answer`` the callback awaits) holds the server back to our pace."""
-    if start_time is not None:
-        cfg = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start_time.astimezone(UTC)
-        )
-    else:
-        cfg = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq or 1)
-        )
-    sub = await js.subscribe(
-        subject,
-        stream=stream,
-        cb=cb,
-        ordered_consumer=True,
-        config=cfg,
-        idle_heartbeat=2.0,
-        pending_msgs_limit=pending_msgs,
-        pending_bytes_limit=pending_bytes,
-    )
-    if flow is not None:
-        flow.attach(sub)
-    return sub
-
-
-class _Feed:
-    """One ordered push subscription, buffered in a deque for batch consumption."""
-
-    def __init__(self, backlog: int = _BACKLOG_HIGH) -> None:
-        self.backlog = backlog
-        self.buf: collections.deque[StoredMessage] = collections.deque()
-        self.ready = asyncio.Event()
-        self.room = asyncio.Event()
-        self.room.set()
-        self.sub: Any = None
-        self.flow = FlowControl()
-
-    async def on_msg(self, msg: Msg) -> None:
-        await self.flow.answer()
-        seq, us = parse_reply(msg.reply)
-        buf = self.buf
-        buf.append(StoredMessage(seq, msg.subject, msg.data, recorded_at(us), msg.headers))
-        self.ready.set()
-        if len(buf) >= self.backlog:
-            self.room.clear()
-            await self.room.wait()
-
-    def take(self, limit: int) -> list[StoredMessage]:
-        out: list[StoredMessage] = []
-        buf = self.buf
-        while buf and len(out) < limit:
-            out.append(buf.popleft())
-        if not buf:
-            self.ready.clear()
-        if len(buf) < self.backlog // 2:
-            self.room.set()
-        return out
-
-    async def close(self) -> None:
-        self.room.set()
-        if self.sub is not None:
-            with contextlib.suppress(Exception):
-                await self.sub.unsubscribe()
-            self.sub = None
 
 
 class LogReader:
@@ -332,7 +248,7 @@ class LogReader:
         max_batch: int = 1000,
         idle_timeout: float = 30.0,
         contiguous: bool = False,
-        backlog: int = _BACKLOG_HIGH,
+        backlog: int = BACKLOG_HIGH,
     ) -> AsyncIterator[list[StoredMessage]]:
         """Yield batches of raw messages on ``subject`` from ``start_seq`` (or ``start_time``).
 
@@ -352,7 +268,7 @@ class LogReader:
         use_time = start_time
         reconnects = self._nc.stats.get("reconnects", 0)
         while True:
-            feed = _Feed(backlog)
+            feed = OrderedFeed(backlog)
             try:
                 feed.sub = await subscribe_ordered(
                     self._js,
@@ -361,8 +277,8 @@ class LogReader:
                     feed.on_msg,
                     start_seq=last + 1,
                     start_time=use_time,
-                    pending_msgs=_PENDING_MSGS,
-                    pending_bytes=_PENDING_BYTES,
+                    pending_msgs=PENDING_MSGS,
+                    pending_bytes=PENDING_BYTES,
                     flow=feed.flow,
                 )
             except Exception as exc:

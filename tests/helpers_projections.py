@@ -7,10 +7,13 @@ shared code with ``projections``), so a bug in the library cannot hide in both.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
 import sys
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +161,12 @@ def tail(log: Path, size: int = 3000) -> str:
     return log.read_text(errors="replace")[-size:] if log.exists() else "(no log)"
 
 
+# Each worker process start_worker spawned: its log, and how long the log was before it.
+_SPAWNED: weakref.WeakKeyDictionary[subprocess.Popen[Any], tuple[Path, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def start_worker(
     url: str,
     settings: StreamSettings,
@@ -168,7 +177,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """A real worker process (``python -m consumers.cli_worker``) on ``settings``' stream,
     logging (on stdout, as a service does) into ``log``; the environment's EVENTSTORE_ and
-    systemd variables are left out, ``env`` added."""
+    systemd variables are left out, ``env`` added. ``await wait_ready(proc)`` waits for it."""
     base = {
         k: v
         for k, v in os.environ.items()
@@ -177,6 +186,35 @@ def start_worker(
     command = [sys.executable, "-m", "consumers.cli_worker", "--url", url, "--stream",
                settings.name, "--prefix", settings.prefix, "--db", str(db), *extra]  # fmt: skip
     with log.open("ab") as out:
-        return subprocess.Popen(
+        offset = out.tell()
+        proc = subprocess.Popen(
             command, cwd=ROOT, env=base | (env or {}), stdout=out, stderr=subprocess.STDOUT
         )
+    _SPAWNED[proc] = (log, offset)
+    return proc
+
+
+async def wait_ready(
+    proc: subprocess.Popen[Any],
+    log: Path | None = None,
+    *,
+    event: str = "worker ready",
+    timeout: float = 30.0,
+) -> None:
+    """Until this process has logged ``event`` (default "worker ready": its database open and
+    accepted, about to follow the log). Only what it wrote counts, never an earlier worker's
+    line in a shared log: for a ``start_worker`` process from where the log ended when it
+    started, for another one (``log`` given) the whole file. Fails, with the log's end, if the
+    process dies first or ``timeout`` passes."""
+    spawned, since = _SPAWNED.get(proc, (log, 0))
+    if log is None:
+        assert spawned is not None, "wait_ready: give the log of a process not from start_worker"
+        log = spawned
+    elif log != spawned:
+        since = 0
+    mark = f'"{event}"'.encode()
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and mark in log.read_bytes()[since:]):
+        assert proc.poll() is None, f"the worker exited {proc.returncode}: {tail(log)}"
+        assert time.monotonic() < deadline, f"no {event!r} within {timeout} s: {tail(log)}"
+        await asyncio.sleep(0.02)

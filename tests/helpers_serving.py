@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from helpers_projections import scalar, start_worker, tail
+from helpers_projections import scalar, start_worker, tail, wait_ready
 
 from eventstore import EventStore, NewEvent
 
@@ -64,12 +64,9 @@ async def running_worker(
 
 
 async def wait_serving(db: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Until the worker logged that its query service is up."""
-    deadline = time.monotonic() + 30
-    while "query service started" not in tail(log, 1_000_000):
-        assert proc.poll() is None, tail(log)
-        assert time.monotonic() < deadline, tail(log)
-        await asyncio.sleep(0.02)
+    """Until this worker (not an earlier one of the same log) logged that its query service
+    is up."""
+    await wait_ready(proc, log, event="query service started")
 
 
 def sqlite_states(db: Path) -> dict[tuple[str, str], dict[str, Any]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_projections import tail
+from helpers_projections import tail, wait_ready
 
 from eventstore import EmbeddedServer, EventStore, NewEvent, StreamSettings
 from eventstore.server import free_port
@@ -207,10 +207,7 @@ async def test_a_worker_refuses_a_reset_store_status_flags_it_and_reset_starts_o
         "worker", "--log-level", "info", *_globals(url, settings, db), log=log, logs_too=True
     )
     try:
-        deadline = time.monotonic() + 30  # "worker ready": it opened and accepted the file
-        while '"worker ready"' not in log.read_text():
-            assert worker.poll() is None and time.monotonic() < deadline, tail(log)
-            await asyncio.sleep(0.05)
+        await wait_ready(worker, log)  # it opened and accepted the file
     finally:
         worker.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(worker.wait, 20) == 0

@@ -18,6 +18,7 @@ from helpers_projections import (
     start_worker,
     stored_states,
     tail,
+    wait_ready,
 )
 from test_worker import checkpoint, produce
 
@@ -48,9 +49,7 @@ async def test_repeated_sigterm_during_appends_loses_and_doubles_nothing(
         try:
             for n in range(STOPS):
                 proc = start_worker(nats_url, settings, db, log, "--log-level", "info")
-                while log.read_text().count('"worker ready"') < n + 1:
-                    assert proc.poll() is None, tail(log)
-                    await asyncio.sleep(0.05)
+                await wait_ready(proc)
                 await asyncio.sleep(rng.uniform(0.3, 0.9))
                 assert not producer.done()  # every SIGTERM lands while the log grows
                 proc.send_signal(signal.SIGTERM)

@@ -22,115 +22,51 @@ The last line printed is one JSON object with the figures checked; exit 0 only i
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from consumers import ProjectionClient, WorkerProcess
-from eventstore import DEFAULT_URL, EventStore, EventStoreError, Rules, StreamSettings
+from consumers import ProjectionClient
+from eventstore import EventStore, Rules, StreamSettings
+from examples._shell import Context, fresh_stream, run_example, verify_worker, worker
 from examples.awa_network.realms import RealmProjection
 from examples.awa_network.recovery import carving_logs, concurrent_agents, crash_and_reconcile
-from examples.awa_network.steps import (
-    Checks,
-    expiry_and_fencing,
-    initialise,
-    lock_and_operate,
-    staleness,
-)
-from projections import ProjectionDB, verify
+from examples.awa_network.steps import expiry_and_fencing, initialise, lock_and_operate, staleness
 
 RULES = Path(__file__).with_name("rules.toml")
 PROJECTION = "examples.awa_network.realms:RealmProjection"
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m examples.awa_network",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--url",
-        default=os.environ.get("EVENTSTORE_URL", DEFAULT_URL),
-        help=f"NATS server URL (env EVENTSTORE_URL, default {DEFAULT_URL})",
-    )
-    p.add_argument("--stream", default="AWA", help="a stream of its own (default AWA)")
-    p.add_argument("--prefix", default=None, help="subject prefix (default: the stream, lower)")
-    p.add_argument("--dir", default=None, help="keep the worker's files here (default: temp)")
-    return p.parse_args(argv)
-
-
-async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    settings = StreamSettings(name=args.stream, prefix=args.prefix or args.stream.lower())
-    checks = Checks()
-    figures: dict[str, Any] = {"example": "awa_network", "stream": settings.name}
-    async with await EventStore.connect(args.url, producer="kitenga_whiro", stream=settings) as s:
-        if await s.head() > 0:
-            raise EventStoreError(
-                f"stream {settings.name} already holds events (an earlier run?): the example "
-                "needs a stream of its own, give another with --stream NAME"
-            )
-        rules = await s.set_rules(Rules.from_toml(RULES), comment="awa_network example")
-        print(f"rules version {rules.version} stored: realms resolve conflicts by lww")
-        worker = WorkerProcess(
-            args.url,
-            stream=settings,
-            directory=workdir,
-            projections=[PROJECTION],
-            serves="realms",
+async def run(ctx: Context) -> dict[str, Any]:
+    checks = ctx.checks
+    figures: dict[str, Any] = {"example": "awa_network", "stream": ctx.settings.name}
+    async with await EventStore.connect(
+        ctx.url, producer="kitenga_whiro", stream=ctx.settings
+    ) as s:
+        version = await fresh_stream(s, Rules.from_toml(RULES), "awa_network example")
+        print(f"rules version {version} stored: realms resolve conflicts by lww")
+        async with worker(
+            ctx, check_stop=True, projections=[PROJECTION], serves="realms",
             settings={"snapshot_every": 10},
-        )
-        await worker.start()
-        try:
-            print(f"worker pid {worker.pid} folds the realms projection into {worker.db}")
+        ) as w:  # fmt: skip
+            print(f"worker pid {w.pid} folds the realms projection into {w.db}")
             client = ProjectionClient(s, projection="realms")
             figures["realms"] = await initialise(s, client, checks)
             figures["stale_before"] = await staleness(client, checks, expect_stale=True)
             figures["lock"] = await lock_and_operate(s, client, checks)
             figures["stale_after"] = await staleness(client, checks, expect_stale=False)
-            figures["expiry"] = await expiry_and_fencing(s, client, worker, checks)
-            figures["concurrent"] = await concurrent_agents(args.url, s, client, worker, checks)
-            figures["crash"] = await crash_and_reconcile(args.url, s, client, checks)
-            figures["carving"] = await carving_logs(s, workdir, checks)
-            await client.wait_for(await s.head(), timeout=30)
-            async with await ProjectionDB.open(worker.db, readonly=True) as db:
-                report = await verify(s, db, [RealmProjection()])
-            checks.check(
-                "verify: an independent fold of the log equals the worker's database",
-                report.ok,
-                str(report.mismatches[:3]),
-            )
-            figures["verify_ok"] = report.ok
-        finally:
-            code = await worker.stop()
-            checks.check("the worker stopped cleanly on SIGTERM (exit 0)", code == 0, str(code))
-    figures["checks"] = checks.results
-    figures["ok"] = checks.ok
+            figures["expiry"] = await expiry_and_fencing(s, client, w, checks)
+            figures["concurrent"] = await concurrent_agents(ctx.url, s, client, w, checks)
+            figures["crash"] = await crash_and_reconcile(ctx.url, s, client, checks)
+            figures["carving"] = await carving_logs(s, ctx.workdir, checks)
+            figures["verify_ok"] = await verify_worker(ctx, s, client, w, RealmProjection())
     return figures
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    try:
-        if args.dir is not None:
-            Path(args.dir).mkdir(parents=True, exist_ok=True)
-            figures = asyncio.run(run(args, Path(args.dir)))
-        else:
-            with tempfile.TemporaryDirectory(prefix="awa-") as tmp:
-                figures = asyncio.run(run(args, Path(tmp)))
-    except (EventStoreError, OSError, subprocess.SubprocessError) as exc:
-        sys.stderr.write(f"awa_network: {type(exc).__name__}: {' '.join(str(exc).split())}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps(figures, sort_keys=True))
-    return 0 if figures["ok"] else 1
+    return run_example(
+        "awa_network", __doc__, run, argv,
+        stream=StreamSettings(name="AWA", prefix="awa"), own_stream=True, report="claims",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

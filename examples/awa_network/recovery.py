@@ -13,8 +13,9 @@ from typing import Any
 
 from consumers import ProjectionClient, WorkerProcess
 from eventstore import EventStore, NewEvent, export_events
+from examples._shell import Checks
 from examples.awa_network.realms import RealmProjection, carving_entry
-from examples.awa_network.steps import GUARDIAN, LOCK, Checks, carving, heading, iso
+from examples.awa_network.steps import GUARDIAN, LOCK, carving, heading, iso
 from projections import ProjectionDB, TimeTravel, list_conflicts
 
 __all__ = ["carving_logs", "concurrent_agents", "crash_and_reconcile", "reconcile"]

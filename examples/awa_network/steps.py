@@ -17,6 +17,7 @@ from eventstore import (
     NewEvent,
     fenced_events,
 )
+from examples._shell import Checks
 from examples.awa_network.realms import (
     seed_state,
     shape,
@@ -27,7 +28,6 @@ from projections import ProjectionDB, list_quarantine
 __all__ = [
     "GUARDIAN",
     "LOCK",
-    "Checks",
     "carving",
     "expiry_and_fencing",
     "heading",
@@ -39,22 +39,6 @@ __all__ = [
 
 LOCK = "realm:te_po"
 GUARDIAN = {"guardian": "kitenga_whiro"}
-
-
-class Checks:
-    """Every claim the example makes, printed as it is checked, kept for the JSON line."""
-
-    def __init__(self) -> None:
-        self.results: dict[str, bool] = {}
-
-    def check(self, claim: str, ok: bool, detail: str = "") -> bool:
-        self.results[claim] = bool(ok)
-        print(f"  {'ok  ' if ok else 'FAIL'} {claim}" + ("" if ok or not detail else f": {detail}"))
-        return ok
-
-    @property
-    def ok(self) -> bool:
-        return all(self.results.values())
 
 
 def iso(t: datetime | None = None) -> str:

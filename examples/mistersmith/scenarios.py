@@ -7,7 +7,7 @@ import asyncio
 import tempfile
 import urllib.request
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from eventstore import (
     free_port,
     import_events,
 )
+from examples._shell import Checks
 from projections import EntitiesProjection, ProjectionDB, Repository, verify
 
 HEALTHY = [
@@ -49,22 +50,6 @@ def rules() -> Rules:
     ]
     machines = {"agent": {"initial": "Created", "transitions": pairs}}
     return Rules.from_mapping({"machines": machines}, source="examples.mistersmith")
-
-
-@dataclass
-class Checks:
-    """What the example claims, each with whether it held; the exit code is their AND."""
-
-    failed: list[str] = field(default_factory=list)
-    passed: int = 0
-
-    def check(self, what: str, ok: bool) -> bool:
-        print(f"  [{'ok' if ok else 'FAILED'}] {what}")
-        if ok:
-            self.passed += 1
-        else:
-            self.failed.append(what)
-        return ok
 
 
 @dataclass

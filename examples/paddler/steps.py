@@ -12,12 +12,12 @@ from typing import Any
 
 from consumers import ProjectionClient, WorkerProcess
 from eventstore import AggregateNotFound, EventStore, InvalidTransition, NewEvent
+from examples._shell import Checks
 from examples.paddler.desired import PRODUCERS, PaddlerProjection
 from examples.paddler.reconciler import model_ref
 from projections import Point, TimeTravel
 
 __all__ = [
-    "Checks",
     "converged",
     "desired_sources",
     "re_reconcile",
@@ -28,22 +28,6 @@ __all__ = [
 
 CONFIG = Path(__file__).with_name("paddler.toml")
 LLAMA3 = {"source": "huggingface", "model_id": "meta-llama/Llama-3-8B", "revision": "main"}
-
-
-class Checks:
-    """Every claim the example makes, printed as it is checked, kept for the JSON line."""
-
-    def __init__(self) -> None:
-        self.results: dict[str, bool] = {}
-
-    def check(self, claim: str, ok: bool, detail: str = "") -> bool:
-        self.results[claim] = bool(ok)
-        print(f"  {'ok  ' if ok else 'FAIL'} {claim}" + ("" if ok or not detail else f": {detail}"))
-        return ok
-
-    @property
-    def ok(self) -> bool:
-        return all(self.results.values())
 
 
 def heading(text: str) -> None:

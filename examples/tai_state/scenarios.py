@@ -8,7 +8,7 @@ import io
 import json
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from consumers import ProjectionClient
@@ -22,25 +22,10 @@ from eventstore import (
     VersionConflict,
     export_events,
 )
+from examples._shell import Checks
 from projections import Repository
 
 T = TypeVar("T")
-
-
-@dataclass
-class Checks:
-    """What the example claims, each with whether it held; the exit code is their AND."""
-
-    failed: list[str] = field(default_factory=list)
-    passed: int = 0
-
-    def check(self, what: str, ok: bool) -> bool:
-        print(f"  [{'ok' if ok else 'FAILED'}] {what}")
-        if ok:
-            self.passed += 1
-        else:
-            self.failed.append(what)
-        return ok
 
 
 @dataclass

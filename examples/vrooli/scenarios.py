@@ -12,24 +12,9 @@ from typing import Any
 
 from consumers import ProjectionClient
 from eventstore import EventStore, NewEvent
+from examples._shell import Checks
 from examples.vrooli.cache import ChatCache
 from projections import EntitiesProjection, Point, ProjectionDB, TimeTravel
-
-
-@dataclass
-class Checks:
-    """What the example claims, each with whether it held; the exit code is their AND."""
-
-    failed: list[str] = field(default_factory=list)
-    passed: int = 0
-
-    def check(self, what: str, ok: bool) -> bool:
-        print(f"  [{'ok' if ok else 'FAILED'}] {what}")
-        if ok:
-            self.passed += 1
-        else:
-            self.failed.append(what)
-        return ok
 
 
 @dataclass

@@ -3,32 +3,15 @@ processes it starts: the domain outcome, from its JSON line and read back throug
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+from helpers_examples import run_example
 
 from eventstore import EventStore, NewEvent, StreamSettings, export_events
 from examples.awa_network.realms import RealmProjection, seed_state, shape
 from projections import ProjectionDB, TimeTravel, list_conflicts, list_quarantine, verify
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_example(
-    url: str, settings: StreamSettings, workdir: Path
-) -> tuple[subprocess.CompletedProcess[str], Any]:
-    """``python -m examples.awa_network`` on the stream; (the process, its last JSON line)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "examples.awa_network", "--url", url, "--stream", settings.name,
-         "--prefix", settings.prefix, "--dir", str(workdir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    lines = proc.stdout.strip().splitlines()
-    return proc, json.loads(lines[-1]) if lines else None
 
 
 async def test_awa_network_runs_seed_000_end_to_end(nats_url: str, tmp_path: Path) -> None:
@@ -38,7 +21,7 @@ async def test_awa_network_runs_seed_000_end_to_end(nats_url: str, tmp_path: Pat
     settings = StreamSettings(
         name=f"AWA_{uuid.uuid4().hex[:8]}", prefix="awa" + uuid.uuid4().hex[:8]
     )
-    proc, figures = run_example(nats_url, settings, tmp_path)
+    proc, figures = run_example("awa_network", nats_url, settings=settings, workdir=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert figures["ok"] is True and all(figures["checks"].values())
     assert figures["stale_before"] == ["vector_store"] and figures["stale_after"] == []
@@ -81,7 +64,7 @@ async def test_awa_network_refuses_a_stream_that_already_holds_events(
     """A stream with history is refused with one line and exit 1, and nothing is written."""
     await store.append("realm", "te_po", NewEvent("Existing"))
     head = await store.head()
-    proc, _ = run_example(nats_url, store.settings, tmp_path)
+    proc, _ = run_example("awa_network", nats_url, settings=store.settings, workdir=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "already holds events" in proc.stderr
     assert await store.head() == head

@@ -3,37 +3,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
+from helpers_examples import run_example
 
 from eventstore import EventStore, StreamSettings
 from projections import Repository
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_example(name: str, url: str, timeout: float = 240) -> tuple[int, str, dict[str, Any]]:
-    """``python -m examples.NAME --url URL`` as a user runs it: exit code, output, last line."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
-    done = subprocess.run(
-        [sys.executable, "-m", f"examples.{name}", "--url", url],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-    lines = done.stdout.strip().splitlines()
-    assert lines, f"no output; stderr: {done.stderr[-3000:]}"
-    return done.returncode, done.stdout + done.stderr, json.loads(lines[-1])
 
 
 async def test_mistersmith_supervises_replays_and_migrates(nats_url: str) -> None:
     """Exit 0 with every check held; in the log: each lifecycle event stored once despite
     the retries, three restarts caused by the failures they answer, one escalation, and a
     migration that imported every event and verified."""
-    code, output, figures = run_example("mistersmith", nats_url)
-    assert code == 0, output[-4000:]
+    proc, figures = run_example("mistersmith", nats_url)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert figures["ok"] and figures["failed"] == []
     assert figures["lifecycles"] == {"agents": 3, "duplicates": 15, "stored": 15}
     sup = figures["supervision"]

@@ -4,33 +4,15 @@ back through the public API."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers_examples import run_example
 
 from eventstore import EventStore, InvalidTransition, NewEvent, StreamSettings
 from examples.paddler.desired import PaddlerProjection
 from projections import ProjectionDB, TimeTravel, query_states, verify
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_example(
-    url: str, settings: StreamSettings, workdir: Path
-) -> tuple[subprocess.CompletedProcess[str], Any]:
-    """``python -m examples.paddler`` on the stream; (the process, its last JSON line)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "examples.paddler", "--url", url, "--stream", settings.name,
-         "--prefix", settings.prefix, "--dir", str(workdir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    lines = proc.stdout.strip().splitlines()
-    return proc, json.loads(lines[-1]) if lines else None
 
 
 async def test_paddler_runs_seed_001_end_to_end(nats_url: str, tmp_path: Path) -> None:
@@ -39,7 +21,7 @@ async def test_paddler_runs_seed_001_end_to_end(nats_url: str, tmp_path: Path) -
     right source; the reconciler loaded each model once; the worker's database verifies."""
     tag = uuid.uuid4().hex[:8]
     settings = StreamSettings(name=f"PADDLER_{tag}", prefix=f"paddler{tag}")
-    proc, figures = run_example(nats_url, settings, tmp_path)
+    proc, figures = run_example("paddler", nats_url, settings=settings, workdir=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert figures["ok"] is True and all(figures["checks"].values())
     assert figures["desired"]["origin"] == {

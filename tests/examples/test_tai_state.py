@@ -3,37 +3,18 @@ domain outcome from its last JSON line, and read back from the log through the p
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
+from helpers_examples import run_example
 
 from eventstore import EventStore, StreamSettings, VectorClock
 from projections import Repository
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_example(name: str, url: str, timeout: float = 240) -> tuple[int, str, dict[str, Any]]:
-    """``python -m examples.NAME --url URL`` as a user runs it: exit code, output, last line."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
-    done = subprocess.run(
-        [sys.executable, "-m", f"examples.{name}", "--url", url],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-    lines = done.stdout.strip().splitlines()
-    assert lines, f"no output; stderr: {done.stderr[-3000:]}"
-    return done.returncode, done.stdout + done.stderr, json.loads(lines[-1])
 
 
 async def test_tai_state_runs_every_scenario_of_the_seed(nats_url: str) -> None:
     """Exit 0, every check held, and the log holds what the example claims: exact counts
     under contention and under the lock, an all-or-nothing transfer, a concurrent pair of
     governor writes, a past state from a snapshot."""
-    code, output, figures = run_example("tai_state", nats_url)
-    assert code == 0, output[-4000:]
+    proc, figures = run_example("tai_state", nats_url)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert figures["ok"] and figures["failed"] == [] and figures["checks_passed"] >= 20
     assert figures["contention"]["count"] == 200
     assert figures["lock"] == {"conflicts": 0, "count": 60, "grants": 60}

@@ -4,37 +4,18 @@ last JSON line and read back from the log and the past states it reports."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
+from helpers_examples import run_example
 
 from eventstore import EventStore, StreamSettings
 from projections import EntitiesProjection, Repository, TimeTravel
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_example(name: str, url: str, timeout: float = 240) -> tuple[int, str, dict[str, Any]]:
-    """``python -m examples.NAME --url URL`` as a user runs it: exit code, output, last line."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
-    done = subprocess.run(
-        [sys.executable, "-m", f"examples.{name}", "--url", url],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-    lines = done.stdout.strip().splitlines()
-    assert lines, f"no output; stderr: {done.stderr[-3000:]}"
-    return done.returncode, done.stdout + done.stderr, json.loads(lines[-1])
 
 
 async def test_vrooli_read_models_cache_and_swarm_debugging(nats_url: str) -> None:
     """Exit 0 with every check held; the cache served reads from memory and every write
     reached it; the log holds the rename, every posted message, and a swarm whose budget
     first went negative at version 4."""
-    code, output, figures = run_example("vrooli", nats_url)
-    assert code == 0, output[-4000:]
+    proc, figures = run_example("vrooli", nats_url)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert figures["ok"] and figures["failed"] == []
     assert figures["read_models"]["bots"] == 3 and figures["read_models"]["chats"] == 2
     cache = figures["cache"]
