@@ -30,8 +30,8 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
+import msgspec
 from nats.js import JetStreamContext
 
 from eventstore.clockstore import ProducerClock
@@ -49,9 +49,9 @@ __all__ = ["Head", "HeadCache", "HeadReader"]
 log = get_logger("eventstore.heads")
 
 
-@dataclass(slots=True)
-class Head:
-    """What the committer knows of an aggregate's last stored event."""
+class Head(msgspec.Struct, gc=False):
+    """What the committer knows of an aggregate's last stored event (untracked by the garbage
+    collector: the cache holds up to 100,000 of them, and they hold no cycles)."""
 
     seq: int
     version: int

@@ -44,17 +44,12 @@ from eventstore.events import AppendResult
 from eventstore.failfast import FailFast, refused_publish, subject_matches
 from eventstore.heads import Head, HeadCache, HeadReader
 from eventstore.health import unanswered_detail
-from eventstore.jetstream import (
-    Ack,
-    Refusal,
-    publish_batch,
-    request,
-    translate,
-)
+from eventstore.jetstream import Ack, Refusal, request, translate
 from eventstore.logging import get_logger
 from eventstore.machines import Machines
 from eventstore.outcomes import Outcomes
 from eventstore.pending import MAX_EVENTS_PER_APPEND, Pending
+from eventstore.publishing import publish_batch
 from eventstore.reader import LogReader
 
 __all__ = ["MAX_EVENTS_PER_APPEND", "Committer", "refused_publish"]
@@ -319,8 +314,7 @@ class Committer:
                     continue
                 return
             for p in ready:
-                self.counters.retries += bool(p.tried)  # sent before: this is a retry
-                p.tried.add((p.base_seq, p.offset))
+                self.counters.retries += p.sent()  # sent before: this is a retry
             try:
                 answer = await self._send(ready)
             except PermissionDenied as exc:
@@ -340,7 +334,7 @@ class Committer:
                 # recognises our own ids after the expected sequence.
                 refresh = True
                 for p in ready:
-                    p.unsure.add((p.base_seq, p.offset))
+                    p.unanswered()
                 await self._reconciler.recognise_own(ready)
                 continue
             if isinstance(answer, Refusal):
