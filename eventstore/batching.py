@@ -138,6 +138,8 @@ class BatchBuilder:
             last = envelopes[-1]
             work[p.subject] = Head(-1, last.version, last.vclock, lamport, state)
             ready.append(p)
+        if ready:
+            self.clock.reserve_ahead()
         if stale and not ready:
             return []
         return ready

@@ -24,6 +24,7 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -109,6 +110,10 @@ class Committer:
             max_payload=lambda: self._nc.max_payload,
         )
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self._queued = 0  # events in the queue, not yet taken into a group
+        self._room = asyncio.Event()  # set while fewer than ``max_batch`` events are queued
+        self._room.set()
+        self._enough = asyncio.Event()  # set once half a batch is queued (wakes the pipeline)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._lock = asyncio.Lock()  # batches in flight: held by the committer or a caller
@@ -128,6 +133,8 @@ class Committer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._room.set()  # nobody waits for a committer that is gone
+        await self.clock.close()
         while not self._queue.empty():
             p = self._queue.get_nowait()
             if not p.future.done():
@@ -143,6 +150,25 @@ class Committer:
         if self._task is None or self._task.done():
             self.start()
         self._queue.put_nowait(p)
+        self._queued += p.size
+        if self._queued >= self.max_batch // 2:
+            self._enough.set()  # worth a batch of its own beside one in flight
+            if self._queued >= self.max_batch:
+                self._room.clear()
+
+    async def room(self) -> None:
+        """Wait until the committer has taken what is queued into batches (fewer than
+        ``max_batch`` events wait): a caller that submits thousands of appends lets the first
+        batch go out while it builds the rest, so the server stores one batch while the
+        client prepares the next, instead of idling until every request is built."""
+        if not self._closed and self._task is not None and not self._task.done():
+            await self._room.wait()
+
+    def _taken(self, p: Pending) -> Pending:
+        self._queued -= p.size
+        if self._queued < self.max_batch:
+            self._room.set()
+        return p
 
     async def append(self, p: Pending) -> AppendResult:
         """Commit ``p``: inline when the committer is idle, else through the queue.
@@ -178,7 +204,7 @@ class Committer:
         carry: list[Pending] = []
         while True:
             if not carry:
-                carry.append(await self._queue.get())
+                carry.append(self._taken(await self._queue.get()))
             try:
                 async with self._lock:
                     carry = await self._pipeline(carry)
@@ -196,6 +222,7 @@ class Committer:
         order. Returns what is left when a transaction waits for the lock (or nothing).
         """
         flying: dict[asyncio.Task[None], tuple[set[str], list[Pending]]] = {}
+        arrival: asyncio.Future[Any] | None = None
         try:
             while True:
                 group: list[Pending] = []
@@ -216,10 +243,23 @@ class Committer:
                     return carry
                 batches = sum(1 for _, g in flying.values() if len(g) > 1 or g[0].size > 1)
                 if not group or batches >= self.depth or len(flying) >= _MAX_FLYING:
-                    done, _ = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        del flying[task]
+                    waits: set[asyncio.Future[Any]] = set(flying)
+                    if batches < self.depth and len(flying) < _MAX_FLYING and not self._waiting:
+                        # Room for another batch: wake when enough has been queued for one
+                        # (``append_many`` submits as the batches go out), not only when one
+                        # in flight is answered.
+                        self._enough.clear()
+                        arrival = asyncio.ensure_future(self._enough.wait())
+                        waits.add(arrival)
+                    done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    if arrival is not None:
+                        arrival.cancel()
+                        arrival = None
+                    for finished in done:
+                        flying.pop(finished, None)  # type: ignore[call-overload]
         except asyncio.CancelledError:
+            if arrival is not None:
+                arrival.cancel()
             for task in flying:
                 task.cancel()
             await asyncio.gather(*flying, return_exceptions=True)
@@ -250,7 +290,7 @@ class Committer:
         for p in carry:
             take(p)
         while not full and not self._queue.empty():
-            take(self._queue.get_nowait())
+            take(self._taken(self._queue.get_nowait()))
         return group, later
 
     async def _commit_group(self, group: list[Pending]) -> None:

@@ -35,9 +35,10 @@ _KEY_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # nats-py's rule for head
 _KEYS_OK: set[str] = {"Nats-Msg-Id", "Nats-Expected-Last-Subject-Sequence"}
 
 
-def _header_block(headers: dict[str, str], batch_tail: str) -> bytes:
-    """``NATS/1.0`` header block of one message, as ``Client.publish`` encodes it."""
-    lines = ["NATS/1.0\r\n"]
+def _header_lines(headers: dict[str, str]) -> str:
+    """The header lines of one message (after ``NATS/1.0``), as ``Client.publish`` encodes
+    them: names checked (once per distinct name), values stripped, CR/LF made spaces."""
+    lines = []
     for k, v in headers.items():
         if k not in _KEYS_OK:
             key = k.strip()
@@ -54,8 +55,7 @@ def _header_block(headers: dict[str, str], batch_tail: str) -> bytes:
         if not v.isprintable() or v[:1] == " " or v[-1:] == " ":
             v = v.strip().translate(_NEWLINES)
         lines.append(f"{k}: {v}\r\n")
-    lines.append(batch_tail)
-    return "".join(lines).encode()
+    return "".join(lines)
 
 
 def hpub_frames(msgs: Iterable[Message], batch_id: str, first: int, max_payload: int) -> bytes:
@@ -64,16 +64,30 @@ def hpub_frames(msgs: Iterable[Message], batch_id: str, first: int, max_payload:
     parts: list[bytes] = []
     append = parts.append
     seq = first
+    tail = f"Nats-Batch-Id: {batch_id}\r\nNats-Batch-Sequence: "
     for subject, body, headers in msgs:
         if len(body) > max_payload:
             raise InvalidEvent(f"a message to {subject} is {len(body)} bytes; the server "
                                f"accepts at most {max_payload}")  # fmt: skip
-        block = _header_block(
-            headers, f"Nats-Batch-Id: {batch_id}\r\nNats-Batch-Sequence: {seq}\r\n\r\n"
-        )
-        n = len(block)
-        append(f"HPUB {subject}  {n} {n + len(body)}\r\n".encode())
-        append(block)
+        msg_id = headers.get("Nats-Msg-Id")
+        if (
+            len(headers) == 1
+            and msg_id is not None
+            and msg_id.isascii()
+            and msg_id.isprintable()
+            and " " not in msg_id
+        ):
+            # The common case (one dedup id, ASCII): one string, its length its byte count.
+            block = f"NATS/1.0\r\nNats-Msg-Id: {msg_id}\r\n{tail}{seq}\r\n\r\n"
+        else:
+            block = f"NATS/1.0\r\n{_header_lines(headers)}{tail}{seq}\r\n\r\n"
+        if block.isascii():
+            n = len(block)
+            append(f"HPUB {subject}  {n} {n + len(body)}\r\n{block}".encode())
+        else:
+            raw = block.encode()
+            n = len(raw)
+            append(f"HPUB {subject}  {n} {n + len(body)}\r\n".encode() + raw)
         append(body)
         append(b"\r\n")
         seq += 1

@@ -45,6 +45,7 @@ __all__ = ["DEFAULT_URL", "AppendRequest", "EventStore", "StreamIdentity"]
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 log = get_logger("eventstore.store")
+_YIELD_EVERY = 64  # appends ``append_many`` builds between two turns of the event loop
 
 
 class EventStore(LogReading):
@@ -250,17 +251,15 @@ class EventStore(LogReading):
         committer = self._open_committer()
         slots: list[AppendResult | asyncio.Future[AppendResult]] = []
         pendings: list[Pending | None] = []
-        queued = 0
-        for r in requests:
+        for i, r in enumerate(requests, 1):
             pending = await self._pending(
                 r.aggregate_type, r.aggregate_id, r.events, r.expected_version, r.context, timeout
             )
             if isinstance(pending, Pending):
                 committer.submit(pending)
-                queued += pending.size
-                if queued >= committer.max_batch:  # let a full batch go out while we go on
-                    queued = 0
-                    await asyncio.sleep(0)
+                await committer.room()  # a full batch queued: it goes out while we go on
+            if not i % _YIELD_EVERY:
+                await asyncio.sleep(0)  # a batch ready to go is sent before we build more
             slots.append(pending.future if isinstance(pending, Pending) else pending)
             pendings.append(pending if isinstance(pending, Pending) else None)
         out: list[AppendResult | EventStoreError] = []
