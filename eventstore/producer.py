@@ -29,6 +29,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from eventstore.appendqueue import AppendQueue
 from eventstore.batching import BatchBuilder, Message
 from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
@@ -94,7 +95,6 @@ class Committer:
         self.clock = clock
         self.machines = machines
         self.url = url
-        self.max_batch = max_batch
         self._heads = HeadCache(cache_size)
         self._head_reader = HeadReader(js, reader, self._heads, machines=machines, clock=clock)
         self._reconciler = Reconciler(js, stream, self._heads, url=url, transient=self._transient)
@@ -109,11 +109,7 @@ class Committer:
             reserve=self._reserve,
             max_payload=lambda: self._nc.max_payload,
         )
-        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
-        self._queued = 0  # events in the queue, not yet taken into a group
-        self._room = asyncio.Event()  # set while fewer than ``max_batch`` events are queued
-        self._room.set()
-        self._enough = asyncio.Event()  # set once half a batch is queued (wakes the pipeline)
+        self._queue = AppendQueue(max_batch)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._lock = asyncio.Lock()  # batches in flight: held by the committer or a caller
@@ -133,10 +129,9 @@ class Committer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._room.set()  # nobody waits for a committer that is gone
+        self._queue.release()  # nobody waits for a committer that is gone
         await self.clock.close()
-        while not self._queue.empty():
-            p = self._queue.get_nowait()
+        for p in self._queue.drain():
             if not p.future.done():
                 p.future.set_exception(NotConnected(self.url, "event store closed"))
 
@@ -149,26 +144,20 @@ class Committer:
             raise NotConnected(self.url, "event store closed")
         if self._task is None or self._task.done():
             self.start()
-        self._queue.put_nowait(p)
-        self._queued += p.size
-        if self._queued >= self.max_batch // 2:
-            self._enough.set()  # worth a batch of its own beside one in flight
-            if self._queued >= self.max_batch:
-                self._room.clear()
+        self._queue.put(p)
+
+    @property
+    def max_batch(self) -> int:
+        return self._queue.max_batch
+
+    @max_batch.setter
+    def max_batch(self, events: int) -> None:
+        self._queue.max_batch = events
 
     async def room(self) -> None:
-        """Wait until the committer has taken what is queued into batches (fewer than
-        ``max_batch`` events wait): a caller that submits thousands of appends lets the first
-        batch go out while it builds the rest, so the server stores one batch while the
-        client prepares the next, instead of idling until every request is built."""
+        """Wait while a full batch is queued and not taken yet (``AppendQueue``)."""
         if not self._closed and self._task is not None and not self._task.done():
-            await self._room.wait()
-
-    def _taken(self, p: Pending) -> Pending:
-        self._queued -= p.size
-        if self._queued < self.max_batch:
-            self._room.set()
-        return p
+            await self._queue.room()
 
     async def append(self, p: Pending) -> AppendResult:
         """Commit ``p``: inline when the committer is idle, else through the queue.
@@ -204,7 +193,7 @@ class Committer:
         carry: list[Pending] = []
         while True:
             if not carry:
-                carry.append(self._taken(await self._queue.get()))
+                carry.append(await self._queue.get())
             try:
                 async with self._lock:
                     carry = await self._pipeline(carry)
@@ -229,7 +218,7 @@ class Committer:
                 singles = False
                 if not self._waiting:
                     busy: set[str] = set().union(*(s for s, _ in flying.values()))
-                    group, carry = self._collect(carry, busy)
+                    group, carry = self._queue.collect(carry, busy)
                     singles = _singles(group)
                     if not singles and flying and sum(p.size for p in group) < self.max_batch // 2:
                         carry, group = group + carry, []  # a small one waits to grow
@@ -248,8 +237,8 @@ class Committer:
                         # Room for another batch: wake when enough has been queued for one
                         # (``append_many`` submits as the batches go out), not only when one
                         # in flight is answered.
-                        self._enough.clear()
-                        arrival = asyncio.ensure_future(self._enough.wait())
+                        self._queue.enough.clear()
+                        arrival = asyncio.ensure_future(self._queue.enough.wait())
                         waits.add(arrival)
                     done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                     if arrival is not None:
@@ -267,31 +256,6 @@ class Committer:
                 if not p.future.done():
                     p.future.set_exception(NotConnected(self.url, "event store closed"))
             raise
-
-    def _collect(self, carry: list[Pending], busy: set[str]) -> tuple[list[Pending], list[Pending]]:
-        """The next group (``carry`` first, then the queue) of about ``max_batch`` events, none
-        on a ``busy`` subject; and what is left over, in order."""
-        group: list[Pending] = []
-        later: list[Pending] = []
-        n = 0
-        full = False
-
-        def take(p: Pending) -> None:
-            nonlocal n, full
-            if full or p.subject in busy:
-                later.append(p)
-            elif group and (n >= self.max_batch or n + p.size > MAX_EVENTS_PER_APPEND):
-                full = True
-                later.append(p)
-            else:
-                group.append(p)
-                n += p.size
-
-        for p in carry:
-            take(p)
-        while not full and not self._queue.empty():
-            take(self._taken(self._queue.get_nowait()))
-        return group, later
 
     async def _commit_group(self, group: list[Pending]) -> None:
         try:
