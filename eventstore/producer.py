@@ -87,6 +87,7 @@ class Committer:
         url: str,
         max_batch: int = 500,
         cache_size: int = 100_000,
+        direct_refresh: bool = False,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -95,6 +96,7 @@ class Committer:
         self.clock = clock
         self.machines = machines
         self.url = url
+        self.direct_refresh = direct_refresh  # the stream has one copy (see ``_commit``)
         self._heads = HeadCache(cache_size)
         self._head_reader = HeadReader(js, reader, self._heads, machines=machines, clock=clock)
         self._reconciler = Reconciler(js, stream, self._heads, url=url, transient=self._transient)
@@ -285,6 +287,8 @@ class Committer:
 
     async def _commit(self, group: list[Pending]) -> None:
         refresh = False
+        direct = False  # the refresh may read the heads with batched direct gets
+        refusals = 0  # in a row
         backoff = 0.05
         while group:
             group = [p for p in group if not p.future.done()]
@@ -298,7 +302,7 @@ class Committer:
             if not group:
                 return
             try:
-                heads = await self._head_reader.lookup(group, refresh, self._translate)
+                heads = await self._head_reader.lookup(group, refresh, self._translate, direct)
             except Exception as exc:
                 if not self._transient(exc):
                     raise
@@ -306,7 +310,7 @@ class Committer:
                 continue
             group = [p for p in group if not p.future.done()]
             try:
-                ready = await self._prepare(group, heads, fresh=refresh)
+                ready = await self._prepare(group, heads, fresh=refresh and not direct)
             except Exception as exc:  # reserving clock values met a restart: try again
                 if not self._transient(exc):
                     raise
@@ -314,7 +318,7 @@ class Committer:
                 continue
             if not ready:
                 if any(not p.future.done() for p in group):
-                    refresh = True  # a cached head looked stale: check with the server
+                    refresh, direct = True, False  # a head looked stale: ask the leader
                     continue
                 return
             for p in ready:
@@ -336,21 +340,26 @@ class Committer:
                 backoff = await self._sleep_backoff(backoff)
                 # The batch may have been stored: next round checks heads with the server and
                 # recognises our own ids after the expected sequence.
-                refresh = True
+                refresh, direct = True, False
                 for p in ready:
                     p.unanswered()
                 await self._reconciler.recognise_own(ready)
                 continue
             if isinstance(answer, Refusal):
                 await self._settle_rejection(ready, answer)
-                refresh = True
+                # Another writer moved on (contention): on a single-copy stream one batched
+                # direct read of the heads is as good as the leader's get per subject; every
+                # third refusal in a row asks the leader anyway (``HeadReader.lookup``).
+                refusals += 1
+                refresh, direct = True, self.direct_refresh and refusals % 3 != 0
                 continue
             if answer.duplicate and len(ready) == 1 and ready[0].size == 1:
                 await self._reconciler.settle_duplicate(ready[0], answer.seq)
             else:
                 self._settle_success(ready, answer.first_seq)
             group = [p for p in group if not p.future.done()]
-            refresh = False
+            refresh = direct = False
+            refusals = 0
 
     async def _sleep_backoff(self, base: float) -> float:
         return await asyncio.sleep(base * (0.5 + random.random()), min(base * 2, 2.0))  # next

@@ -76,6 +76,7 @@ class EventStore(LogReading):
         self._rules = RulesWatch(nc, self.reader, settings.prefix, self.machines)
         self.rules: RuleBook = self._rules.book
         self._committer: Committer | None = None
+        self._one_copy = False  # the stream has one copy (known once ``ensure`` looked)
         self._closing = False
         self.presence: Presence | None = None  # this connection's claim on its producer name
         self.leases = Leases(nc, self._js, settings.name, url=url, replicas=settings.replicas)
@@ -112,7 +113,8 @@ class EventStore(LogReading):
                               replicas=settings_.replicas)  # fmt: skip
         store._committer = Committer(nc, store._js, reader=store.reader, producer=producer,
                                      clock=clock, machines=store.machines, url=url,
-                                     max_batch=opts.max_batch)  # fmt: skip
+                                     max_batch=opts.max_batch,
+                                     direct_refresh=store._one_copy)  # fmt: skip
         store._committer.start()
         return store
 
@@ -128,7 +130,9 @@ class EventStore(LogReading):
 
     async def ensure(self) -> Any:
         """Create the stream, or check that the existing one keeps the log immutable."""
-        return await ensure_stream(self._js, self.settings, url=self.url)
+        info = await ensure_stream(self._js, self.settings, url=self.url)
+        self._one_copy = (getattr(info.config, "num_replicas", 0) or 1) == 1
+        return info
 
     async def close(self) -> None:
         self._closing = True
