@@ -41,10 +41,10 @@ from eventstore.jetstream import (
     WRONG_LAST_SEQUENCE_CONSTANT,
     Ack,
     Refusal,
-    publish_batch,
     request,
     translate,
 )
+from eventstore.publishing import publish_batch
 from eventstore.reader import (
     Malformed,
     OnMalformed,

@@ -17,6 +17,7 @@ from eventstore.clocks import VectorClock, observable
 from eventstore.clockstore import ProducerClock
 from eventstore.counters import AppendCounters
 from eventstore.errors import InvalidEvent, VersionConflict
+from eventstore.events import utcnow
 from eventstore.heads import Head
 from eventstore.machines import Machines
 from eventstore.pending import Pending
@@ -70,6 +71,7 @@ class BatchBuilder:
         stale = False
         total_bytes = 0
         max_payload = self._max_payload()
+        now = utcnow()  # the batch's occurred time: one clock read, not one per append
         for p in group:
             if p.future.done():
                 continue
@@ -87,10 +89,11 @@ class BatchBuilder:
                 continue
             machine = self.machines.get(p.agg_type)
             state = head.state
-            states: list[str] = []
+            states: list[str] | tuple[()] = ()
             try:
                 if machine is not None:
                     state = state or machine.initial
+                    states = []
                     for ev in p.events:
                         if ev.step is not None:
                             state = machine.check(p.agg_id, state, ev.step)
@@ -121,6 +124,7 @@ class BatchBuilder:
                     version=head.version,
                     observed=observed,
                     max_payload=max_payload,
+                    now=now,
                 )
             except InvalidEvent as exc:
                 p.fail(exc)
@@ -134,6 +138,8 @@ class BatchBuilder:
             last = envelopes[-1]
             work[p.subject] = Head(-1, last.version, last.vclock, lamport, state)
             ready.append(p)
+        if ready:
+            self.clock.reserve_ahead()
         if stale and not ready:
             return []
         return ready

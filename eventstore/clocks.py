@@ -79,6 +79,17 @@ class VectorClock:
         clock._entries = entries
         return clock
 
+    @classmethod
+    def trusted(cls, entries: dict[str, int]) -> VectorClock:
+        """Wrap ``entries`` (positive counters, never changed afterwards by anyone) without a
+        copy or a check: the write path's clock per event (``Pending.encode``)."""
+        return cls._trusted(entries)
+
+    @property
+    def entries(self) -> Mapping[str, int]:
+        """The entries themselves, read-only by contract (no copy; ``to_dict`` copies)."""
+        return self._entries
+
     def increment(self, producer: str, to: int | None = None) -> VectorClock:
         """This clock with ``producer``'s entry advanced by one (or set to ``to`` if larger)."""
         entries = dict(self._entries)

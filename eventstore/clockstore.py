@@ -20,6 +20,8 @@ not count events.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import msgspec
@@ -66,6 +68,7 @@ class ProducerClock:
         self._reserved = _Reserved()
         self._revision: int | None = None
         self._spare = 0  # values reserved beyond the append at hand: 0, 1, 2, 4 ... block
+        self._ahead: asyncio.Task[None] | None = None  # a reservation made before it is due
 
     async def _open(self) -> None:
         """Find (or create) the bucket and start above everything reserved before."""
@@ -103,8 +106,44 @@ class ProducerClock:
         top_l = max(self.lamport, observed) + events
         return top_l > self._reserved.lamport or self.counter + events > self._reserved.counter
 
+    def reserve_ahead(self) -> None:
+        """Start the next block's reservation in the background once less than half of the
+        current one is left (full-size blocks only), so a steady writer never waits for the
+        fsynced bucket write: it used to stop the write path for a round trip every ``block``
+        events. The bound holds: at most ``block`` values are ever reserved beyond those used
+        (the new high mark is taken from the values used when it starts)."""
+        if self._kv is None or self._ahead is not None or self._spare < self.block:
+            return
+        left = min(self._reserved.lamport - self.lamport, self._reserved.counter - self.counter)
+        if 2 * left >= self.block:
+            return
+        self._ahead = asyncio.get_running_loop().create_task(self._reserve_ahead())
+
+    async def _reserve_ahead(self) -> None:
+        try:
+            await self._reserve(0, 0)
+        except Exception as exc:  # the reservation when due says what is wrong, if anything
+            log.debug("reserving clock values ahead failed", error=str(exc) or repr(exc))
+        finally:
+            self._ahead = None
+
+    async def close(self) -> None:
+        """Stop a reservation made ahead (its values are simply never used)."""
+        if (ahead := self._ahead) is not None:
+            ahead.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ahead
+            self._ahead = None  # a task cancelled before it ran never reached its ``finally``
+
     async def reserve(self, events: int, observed: int = 0) -> None:
         """Make sure the next ``events`` ticks are covered by a persisted reservation."""
+        if (ahead := self._ahead) is not None:  # one bucket write at a time
+            await asyncio.shield(ahead)
+            if not self.needs_reservation(events, observed):
+                return
+        await self._reserve(events, observed)
+
+    async def _reserve(self, events: int, observed: int) -> None:
         observed = observed if observed <= OBSERVE_MAX else 0
         if self._kv is None:
             await self._open()
@@ -124,7 +163,11 @@ class ProducerClock:
                 continue
             self._reserved, self._revision = new, revision
             self._spare = min(self.block, max(1, 2 * self._spare))
-            return
+            # While the write was on its way, an event read may have moved the Lamport time
+            # past what it covers (``observe``, from a head lookup of another batch): then
+            # reserve again from there, or the next tick would use an unreserved value.
+            if not self.needs_reservation(events, observed):
+                return
         raise ServerError(f"could not reserve clock values for producer {self.producer!r}")
 
     def tick(self, observed: int = 0) -> tuple[int, int]:

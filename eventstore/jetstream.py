@@ -4,15 +4,15 @@ The committer and the reader decide; this module speaks (httpx's client/transpor
 atomic batch publish with typed answers (``Ack``, ``Refusal``, parsed by ``eventstore.replies``
 and re-exported here) and named error codes; gets that say "none" instead of raising;
 key-value and probe requests whose outcomes are decisions (ordered subscriptions are
-``eventstore.ordered``, batched direct gets ``eventstore.directget``); ``install_parsers``, the
-only use of nats-py private attributes in the tree, each behind a ``getattr`` guard; and
-``translate``, the one table from nats-py errors to ``eventstore.errors``.
+``eventstore.ordered``, batched direct gets ``eventstore.directget``); ``install_parsers`` and
+``write_frames``, the only uses of nats-py private attributes in the tree, each behind a
+``getattr`` guard; and ``translate``, the one table from nats-py errors to ``eventstore.errors``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -333,41 +333,31 @@ async def request_data(nc: Client, subject: str, timeout: float) -> bytes | None
     return msg.data
 
 
-# -- publishing -------------------------------------------------------------------------------
-
-Request = Callable[[str, bytes, dict[str, str], float, frozenset[str]], Awaitable[bytes]]
+# -- publishing (atomic batches: ``eventstore.publishing``) -------------------------------
 
 
-async def publish_batch(
-    nc: Client,
-    msgs: list[tuple[str, bytes, dict[str, str]]],
-    batch_id: str,
-    timeout: float,
-    request: Request,
-) -> Ack | Refusal:
-    """Publish ``msgs`` as one atomic batch (one message: a plain publish) and return the
-    server's answer. ``request`` sends one message and returns its reply's bytes (the caller's
-    fail-fast wrapper); the middle of a batch goes by plain publish."""
-    if len(msgs) == 1:
-        subject, body, headers = msgs[0]
-        return parse_ack(await request(subject, body, headers, timeout, frozenset()), 1)
-    subjects = frozenset(m[0] for m in msgs)
-    last = len(msgs)
-    for i, (subject, body, headers) in enumerate(msgs, 1):
-        headers["Nats-Batch-Id"] = batch_id
-        headers["Nats-Batch-Sequence"] = str(i)
-        if i == last:
-            headers["Nats-Batch-Commit"] = "1"
-            return parse_ack(await request(subject, body, headers, timeout, subjects), last)
-        if i == 1:
-            # The first message by request: the server confirms the batch is open, and an
-            # early refusal (permissions, no stream) surfaces before sending the rest.
-            first = await request(subject, body, headers, timeout, subjects)
-            if first and isinstance(got := parse_ack(first, last), Refusal):
-                return got
-        else:
-            await nc.publish(subject, body, headers=headers)
-    raise AssertionError("unreachable")
+async def write_frames(nc: Client, frames: bytes, messages: int, payload: int) -> bool:
+    """Queue ready ``PUB``/``HPUB`` frames on the client's outgoing buffer in one call, with
+    ``Client.publish``'s checks (closed, draining, reconnect buffer full); False if this
+    nats-py lacks the internals (then publish message by message)."""
+    send = getattr(nc, "_send_command", None)
+    flush = getattr(nc, "_flush_pending", None)
+    if send is None or flush is None or not hasattr(nc, "_flush_queue"):
+        return False
+    if nc.is_closed:
+        raise nats.errors.ConnectionClosedError
+    if nc.is_draining_pubs:
+        raise nats.errors.ConnectionDrainingError
+    if not nc.is_connected:
+        limit = nc._max_pending_size
+        if limit <= 0 or len(frames) + nc._pending_data_size > limit:
+            raise nats.errors.OutboundBufferLimitError
+    nc.stats["out_msgs"] += messages
+    nc.stats["out_bytes"] += payload
+    await send(frames)
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await flush()
+    return True
 
 
 async def request(

@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 
 import msgspec
 
 from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
 from eventstore.errors import InvalidEvent
-from eventstore.events import MAX_INT, AppendResult, Envelope, NewEvent, encode_envelope, utcnow
+from eventstore.events import (
+    MAX_INT,
+    AppendResult,
+    Envelope,
+    NewEvent,
+    Transition,
+    encode_envelope,
+    utcnow,
+)
 from eventstore.validate import check_optional_int
 
 __all__ = ["MAX_EVENTS_PER_APPEND", "AppendRequest", "Pending", "checked_events", "merge_context"]
@@ -20,7 +29,7 @@ __all__ = ["MAX_EVENTS_PER_APPEND", "AppendRequest", "Pending", "checked_events"
 MAX_EVENTS_PER_APPEND = 1000  # the server's atomic batch limit
 
 
-class AppendRequest(msgspec.Struct, frozen=True):
+class AppendRequest(msgspec.Struct, frozen=True, gc=False):
     """One append of :meth:`EventStore.append_many`."""
 
     aggregate_type: str
@@ -37,27 +46,45 @@ class Pending:
     agg_type: str
     agg_id: str
     subject: str
-    events: list[NewEvent]
+    events: Sequence[NewEvent]  # a tuple: untracked by the garbage collector once it looked
     expected_version: int | None
     context: dict[str, int]
     future: asyncio.Future[AppendResult]
     deadline: float
     timeout: float
-    # assigned per attempt
-    envelopes: list[Envelope] = field(default_factory=list)
-    bodies: list[bytes] = field(default_factory=list)
+    # Assigned per attempt. The defaults are shared immutable empties, and the attempts are
+    # tuples: a batch holds thousands of these until it is answered, and every container
+    # allocated per append is work for the garbage collector (it was a quarter of an append's
+    # client time).
+    envelopes: Sequence[Envelope] = ()
+    bodies: Sequence[bytes] = ()
     base_seq: int = 0  # the head sequence this attempt expected
     state_after: str | None = None
-    states: list[str] = field(default_factory=list)  # state after each event (machines only)
+    states: Sequence[str] = ()  # state after each event (machines only)
     # Head sequences of attempts that may have been stored (sent, never confirmed): a stored
     # copy of this append sits right after one of them.
-    tried: set[tuple[int, int]] = field(default_factory=set)  # (head seq, offset after it)
+    tried: tuple[tuple[int, int], ...] = ()  # (head seq, offset after it)
     # The attempts among them that went unanswered (a timeout, a lost ack): only these may
     # be stored. A refused batch stored nothing, so a refusal never needs looking for a copy.
-    unsure: set[tuple[int, int]] = field(default_factory=set)
+    unsure: tuple[tuple[int, int], ...] = ()
     offset: int = 0  # events of earlier requests on the same subject in this attempt
     rejections: int = 0
     whole: bool = False  # a member of a transaction: never left for the next batch
+
+    def sent(self) -> bool:
+        """Record the attempt being sent (its head sequence and offset); whether it is a
+        retry (sent before)."""
+        attempt = (self.base_seq, self.offset)
+        retry = bool(self.tried)
+        if attempt not in self.tried:
+            self.tried += (attempt,)
+        return retry
+
+    def unanswered(self) -> None:
+        """Record the attempt just sent as unanswered: it may have been stored."""
+        attempt = (self.base_seq, self.offset)
+        if attempt not in self.unsure:
+            self.unsure += (attempt,)
 
     @classmethod
     def new(
@@ -65,7 +92,7 @@ class Pending:
         agg_type: str,
         agg_id: str,
         subject: str,
-        events: list[NewEvent],
+        events: Sequence[NewEvent],
         expected_version: int | None,
         context: dict[str, int],
         timeout: float,
@@ -89,14 +116,20 @@ class Pending:
         version: int,
         observed: int,
         max_payload: int,
-    ) -> tuple[list[Envelope], list[bytes], VectorClock, int]:
+        now: datetime | None = None,
+    ) -> tuple[tuple[Envelope, ...], tuple[bytes, ...], VectorClock, int]:
         """The envelopes and bodies of this append's events after ``version``, ticking the
         producer's clock (reserved beforehand); with the clock after them and the last Lamport
-        time. ``InvalidEvent`` if a clock would overflow or an event exceeds ``max_payload``."""
+        time. ``InvalidEvent`` if a clock would overflow or an event exceeds ``max_payload``.
+        ``now``: the occurred time (the batch's; default: the wall clock now)."""
         envelopes: list[Envelope] = []
         bodies: list[bytes] = []
         lamport = 0
-        now = utcnow()
+        if now is None:
+            now = utcnow()
+        base = vc.entries
+        entries: dict[str, int] = {}
+        agg_type, agg_id = self.agg_type, self.agg_id
         for ev in self.events:
             lamport, counter = clock.tick(observed)
             if lamport > MAX_INT or counter > MAX_INT:
@@ -105,20 +138,26 @@ class Pending:
                     f"counter would pass 2**63-1 (an event it read carries Lamport time "
                     f"{clock.lamport - 1}); no reader could decode such an event"
                 )
-            vc = vc.increment(producer, to=counter)
+            # One new dict per event, shared by the envelope and the producer's clock: neither
+            # is ever changed in place (``VectorClock`` is immutable, envelopes are frozen).
+            entries = dict(base)
+            base = entries
+            mine = entries.get(producer, 0) + 1
+            entries[producer] = mine if mine > counter else counter
             version += 1
+            transition = ev.transition
             env = Envelope(
                 id=ev.id or "",
                 type=ev.type,
-                aggregate_type=self.agg_type,
-                aggregate_id=self.agg_id,
+                aggregate_type=agg_type,
+                aggregate_id=agg_id,
                 version=version,
                 schema=ev.schema,
                 occurred_at=now,
                 producer=producer,
                 lamport=lamport,
-                vclock=vc.to_dict(),
-                transition=ev.step,
+                vclock=entries,
+                transition=transition if isinstance(transition, Transition) else None,
                 data=ev.data,
                 causation_id=ev.causation_id,
                 correlation_id=ev.correlation_id,
@@ -132,7 +171,8 @@ class Pending:
                 )
             envelopes.append(env)
             bodies.append(body)
-        return envelopes, bodies, vc, lamport
+        clock_after = VectorClock.trusted(entries) if entries else vc
+        return tuple(envelopes), tuple(bodies), clock_after, lamport
 
     def fail(self, exc: BaseException) -> None:
         """Fail the call unless it is settled already."""
@@ -142,9 +182,17 @@ class Pending:
 
 def checked_events(
     events: Sequence[NewEvent] | NewEvent, expected_version: int | None
-) -> tuple[list[NewEvent], bool]:
+) -> tuple[tuple[NewEvent, ...], bool]:
     """The events of one append, each with its id, and whether the caller chose any id;
     ``InvalidEvent`` for what cannot be appended."""
+    if expected_version is not None:
+        check_optional_int(expected_version, "expected_version")
+    # One event (the common case): no list of ids to compare.
+    one = events if type(events) is NewEvent else None
+    if one is None and type(events) is list and len(events) == 1 and type(events[0]) is NewEvent:
+        one = events[0]
+    if one is not None:
+        return ((one,), True) if one.id is not None else ((one.with_id(),), False)
     batch = [events] if isinstance(events, NewEvent) else list(events)
     if not batch:
         raise InvalidEvent("an append needs at least one event")
@@ -155,11 +203,10 @@ def checked_events(
         )
     if not all(isinstance(e, NewEvent) for e in batch):
         raise InvalidEvent("events must be NewEvent objects")
-    check_optional_int(expected_version, "expected_version")
     user_ids = [e.id for e in batch if e.id is not None]
     if len(set(user_ids)) != len(user_ids):
         raise InvalidEvent("the same event id appears twice in one append")
-    return [e.with_id() for e in batch], bool(user_ids)
+    return tuple([e.with_id() for e in batch]), bool(user_ids)
 
 
 def merge_context(context: VectorClock | Mapping[str, int] | None) -> dict[str, int]:

@@ -24,10 +24,12 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from eventstore.appendqueue import AppendQueue
 from eventstore.batching import BatchBuilder, Message
 from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
@@ -44,17 +46,12 @@ from eventstore.events import AppendResult
 from eventstore.failfast import FailFast, refused_publish, subject_matches
 from eventstore.heads import Head, HeadCache, HeadReader
 from eventstore.health import unanswered_detail
-from eventstore.jetstream import (
-    Ack,
-    Refusal,
-    publish_batch,
-    request,
-    translate,
-)
+from eventstore.jetstream import Ack, Refusal, request, translate
 from eventstore.logging import get_logger
 from eventstore.machines import Machines
 from eventstore.outcomes import Outcomes
 from eventstore.pending import MAX_EVENTS_PER_APPEND, Pending
+from eventstore.publishing import publish_batch
 from eventstore.reader import LogReader
 
 __all__ = ["MAX_EVENTS_PER_APPEND", "Committer", "refused_publish"]
@@ -90,6 +87,7 @@ class Committer:
         url: str,
         max_batch: int = 500,
         cache_size: int = 100_000,
+        direct_refresh: bool = False,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -98,7 +96,7 @@ class Committer:
         self.clock = clock
         self.machines = machines
         self.url = url
-        self.max_batch = max_batch
+        self.direct_refresh = direct_refresh  # the stream has one copy (see ``_commit``)
         self._heads = HeadCache(cache_size)
         self._head_reader = HeadReader(js, reader, self._heads, machines=machines, clock=clock)
         self._reconciler = Reconciler(js, stream, self._heads, url=url, transient=self._transient)
@@ -113,7 +111,7 @@ class Committer:
             reserve=self._reserve,
             max_payload=lambda: self._nc.max_payload,
         )
-        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self._queue = AppendQueue(max_batch)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._lock = asyncio.Lock()  # batches in flight: held by the committer or a caller
@@ -133,8 +131,9 @@ class Committer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while not self._queue.empty():
-            p = self._queue.get_nowait()
+        self._queue.release()  # nobody waits for a committer that is gone
+        await self.clock.close()
+        for p in self._queue.drain():
             if not p.future.done():
                 p.future.set_exception(NotConnected(self.url, "event store closed"))
 
@@ -147,7 +146,20 @@ class Committer:
             raise NotConnected(self.url, "event store closed")
         if self._task is None or self._task.done():
             self.start()
-        self._queue.put_nowait(p)
+        self._queue.put(p)
+
+    @property
+    def max_batch(self) -> int:
+        return self._queue.max_batch
+
+    @max_batch.setter
+    def max_batch(self, events: int) -> None:
+        self._queue.max_batch = events
+
+    async def room(self) -> None:
+        """Wait while a full batch is queued and not taken yet (``AppendQueue``)."""
+        if not self._closed and self._task is not None and not self._task.done():
+            await self._queue.room()
 
     async def append(self, p: Pending) -> AppendResult:
         """Commit ``p``: inline when the committer is idle, else through the queue.
@@ -201,13 +213,14 @@ class Committer:
         order. Returns what is left when a transaction waits for the lock (or nothing).
         """
         flying: dict[asyncio.Task[None], tuple[set[str], list[Pending]]] = {}
+        arrival: asyncio.Future[Any] | None = None
         try:
             while True:
                 group: list[Pending] = []
                 singles = False
                 if not self._waiting:
                     busy: set[str] = set().union(*(s for s, _ in flying.values()))
-                    group, carry = self._collect(carry, busy)
+                    group, carry = self._queue.collect(carry, busy)
                     singles = _singles(group)
                     if not singles and flying and sum(p.size for p in group) < self.max_batch // 2:
                         carry, group = group + carry, []  # a small one waits to grow
@@ -221,10 +234,23 @@ class Committer:
                     return carry
                 batches = sum(1 for _, g in flying.values() if len(g) > 1 or g[0].size > 1)
                 if not group or batches >= self.depth or len(flying) >= _MAX_FLYING:
-                    done, _ = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        del flying[task]
+                    waits: set[asyncio.Future[Any]] = set(flying)
+                    if batches < self.depth and len(flying) < _MAX_FLYING and not self._waiting:
+                        # Room for another batch: wake when enough has been queued for one
+                        # (``append_many`` submits as the batches go out), not only when one
+                        # in flight is answered.
+                        self._queue.enough.clear()
+                        arrival = asyncio.ensure_future(self._queue.enough.wait())
+                        waits.add(arrival)
+                    done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    if arrival is not None:
+                        arrival.cancel()
+                        arrival = None
+                    for finished in done:
+                        flying.pop(finished, None)  # type: ignore[call-overload]
         except asyncio.CancelledError:
+            if arrival is not None:
+                arrival.cancel()
             for task in flying:
                 task.cancel()
             await asyncio.gather(*flying, return_exceptions=True)
@@ -232,31 +258,6 @@ class Committer:
                 if not p.future.done():
                     p.future.set_exception(NotConnected(self.url, "event store closed"))
             raise
-
-    def _collect(self, carry: list[Pending], busy: set[str]) -> tuple[list[Pending], list[Pending]]:
-        """The next group (``carry`` first, then the queue) of about ``max_batch`` events, none
-        on a ``busy`` subject; and what is left over, in order."""
-        group: list[Pending] = []
-        later: list[Pending] = []
-        n = 0
-        full = False
-
-        def take(p: Pending) -> None:
-            nonlocal n, full
-            if full or p.subject in busy:
-                later.append(p)
-            elif group and (n >= self.max_batch or n + p.size > MAX_EVENTS_PER_APPEND):
-                full = True
-                later.append(p)
-            else:
-                group.append(p)
-                n += p.size
-
-        for p in carry:
-            take(p)
-        while not full and not self._queue.empty():
-            take(self._queue.get_nowait())
-        return group, later
 
     async def _commit_group(self, group: list[Pending]) -> None:
         try:
@@ -286,6 +287,8 @@ class Committer:
 
     async def _commit(self, group: list[Pending]) -> None:
         refresh = False
+        direct = False  # the refresh may read the heads with batched direct gets
+        refusals = 0  # in a row
         backoff = 0.05
         while group:
             group = [p for p in group if not p.future.done()]
@@ -299,7 +302,7 @@ class Committer:
             if not group:
                 return
             try:
-                heads = await self._head_reader.lookup(group, refresh, self._translate)
+                heads = await self._head_reader.lookup(group, refresh, self._translate, direct)
             except Exception as exc:
                 if not self._transient(exc):
                     raise
@@ -307,7 +310,7 @@ class Committer:
                 continue
             group = [p for p in group if not p.future.done()]
             try:
-                ready = await self._prepare(group, heads, fresh=refresh)
+                ready = await self._prepare(group, heads, fresh=refresh and not direct)
             except Exception as exc:  # reserving clock values met a restart: try again
                 if not self._transient(exc):
                     raise
@@ -315,12 +318,11 @@ class Committer:
                 continue
             if not ready:
                 if any(not p.future.done() for p in group):
-                    refresh = True  # a cached head looked stale: check with the server
+                    refresh, direct = True, False  # a head looked stale: ask the leader
                     continue
                 return
             for p in ready:
-                self.counters.retries += bool(p.tried)  # sent before: this is a retry
-                p.tried.add((p.base_seq, p.offset))
+                self.counters.retries += p.sent()  # sent before: this is a retry
             try:
                 answer = await self._send(ready)
             except PermissionDenied as exc:
@@ -338,21 +340,26 @@ class Committer:
                 backoff = await self._sleep_backoff(backoff)
                 # The batch may have been stored: next round checks heads with the server and
                 # recognises our own ids after the expected sequence.
-                refresh = True
+                refresh, direct = True, False
                 for p in ready:
-                    p.unsure.add((p.base_seq, p.offset))
+                    p.unanswered()
                 await self._reconciler.recognise_own(ready)
                 continue
             if isinstance(answer, Refusal):
                 await self._settle_rejection(ready, answer)
-                refresh = True
+                # Another writer moved on (contention): on a single-copy stream one batched
+                # direct read of the heads is as good as the leader's get per subject; every
+                # third refusal in a row asks the leader anyway (``HeadReader.lookup``).
+                refusals += 1
+                refresh, direct = True, self.direct_refresh and refusals % 3 != 0
                 continue
             if answer.duplicate and len(ready) == 1 and ready[0].size == 1:
                 await self._reconciler.settle_duplicate(ready[0], answer.seq)
             else:
                 self._settle_success(ready, answer.first_seq)
             group = [p for p in group if not p.future.done()]
-            refresh = False
+            refresh = direct = False
+            refusals = 0
 
     async def _sleep_backoff(self, base: float) -> float:
         return await asyncio.sleep(base * (0.5 + random.random()), min(base * 2, 2.0))  # next

@@ -45,6 +45,7 @@ __all__ = ["DEFAULT_URL", "AppendRequest", "EventStore", "StreamIdentity"]
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 log = get_logger("eventstore.store")
+_YIELD_EVERY = 64  # appends ``append_many`` builds between two turns of the event loop
 
 
 class EventStore(LogReading):
@@ -75,6 +76,7 @@ class EventStore(LogReading):
         self._rules = RulesWatch(nc, self.reader, settings.prefix, self.machines)
         self.rules: RuleBook = self._rules.book
         self._committer: Committer | None = None
+        self._one_copy = False  # the stream has one copy (known once ``ensure`` looked)
         self._closing = False
         self.presence: Presence | None = None  # this connection's claim on its producer name
         self.leases = Leases(nc, self._js, settings.name, url=url, replicas=settings.replicas)
@@ -111,7 +113,8 @@ class EventStore(LogReading):
                               replicas=settings_.replicas)  # fmt: skip
         store._committer = Committer(nc, store._js, reader=store.reader, producer=producer,
                                      clock=clock, machines=store.machines, url=url,
-                                     max_batch=opts.max_batch)  # fmt: skip
+                                     max_batch=opts.max_batch,
+                                     direct_refresh=store._one_copy)  # fmt: skip
         store._committer.start()
         return store
 
@@ -127,7 +130,9 @@ class EventStore(LogReading):
 
     async def ensure(self) -> Any:
         """Create the stream, or check that the existing one keeps the log immutable."""
-        return await ensure_stream(self._js, self.settings, url=self.url)
+        info = await ensure_stream(self._js, self.settings, url=self.url)
+        self._one_copy = (getattr(info.config, "num_replicas", 0) or 1) == 1
+        return info
 
     async def close(self) -> None:
         self._closing = True
@@ -250,17 +255,15 @@ class EventStore(LogReading):
         committer = self._open_committer()
         slots: list[AppendResult | asyncio.Future[AppendResult]] = []
         pendings: list[Pending | None] = []
-        queued = 0
-        for r in requests:
+        for i, r in enumerate(requests, 1):
             pending = await self._pending(
                 r.aggregate_type, r.aggregate_id, r.events, r.expected_version, r.context, timeout
             )
             if isinstance(pending, Pending):
                 committer.submit(pending)
-                queued += pending.size
-                if queued >= committer.max_batch:  # let a full batch go out while we go on
-                    queued = 0
-                    await asyncio.sleep(0)
+                await committer.room()  # a full batch queued: it goes out while we go on
+            if not i % _YIELD_EVERY:
+                await asyncio.sleep(0)  # a batch ready to go is sent before we build more
             slots.append(pending.future if isinstance(pending, Pending) else pending)
             pendings.append(pending if isinstance(pending, Pending) else None)
         out: list[AppendResult | EventStoreError] = []

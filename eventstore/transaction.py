@@ -40,9 +40,10 @@ from eventstore.errors import (
     ServerError,
 )
 from eventstore.events import AppendResult, NewEvent, validate_aggregate_type
-from eventstore.jetstream import Ack, Refusal, publish_batch
+from eventstore.jetstream import Ack, Refusal
 from eventstore.pending import MAX_EVENTS_PER_APPEND, Pending, checked_events, merge_context
 from eventstore.producer import Committer
+from eventstore.publishing import publish_batch
 from eventstore.reader import LogReader
 from eventstore.subjects import aggregate_subject, filter_subject
 from eventstore.validate import check_int
@@ -313,8 +314,7 @@ async def _commit(
         msgs = c._messages(ready)
         place_boundaries(msgs, expect)
         for p in ready:
-            c.counters.retries += bool(p.tried)
-            p.tried.add((p.base_seq, p.offset))
+            c.counters.retries += p.sent()
         try:
             answer = await _send(c, ready, msgs)
         except PermissionDenied as exc:
@@ -326,7 +326,7 @@ async def _commit(
             backoff = await c._sleep_backoff(backoff)
             refresh = True
             for p in ready:
-                p.unsure.add((p.base_seq, p.offset))
+                p.unanswered()
             await c._reconciler.recognise_own(ready)  # stored after all? then it is settled
             continue
         if isinstance(answer, Ack):

@@ -8,6 +8,7 @@ subjects the producer uses to read heads (``$JS.API.DIRECT.GET.>`` and
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import nats
 import pytest
 
-from eventstore import AppendRequest, EventStore, NewEvent, StreamSettings
+from eventstore import AppendRequest, EventStore, NewEvent, StreamSettings, VersionConflict
 from eventstore.directget import MULTI_LAST_MAX, last_messages
 
 
@@ -24,11 +25,14 @@ class Wire:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.leader_heads: Counter[str] = Counter()  # leader's last-message gets by subject
         self.nc: Any = None
 
     async def _on(self, msg: Any) -> None:
         kind = "direct" if msg.subject.startswith("$JS.API.DIRECT.GET.") else "leader"
         self.counts[kind] += 1
+        if kind == "leader" and b"last_by_subj" in msg.data:
+            self.leader_heads[json.loads(msg.data)["last_by_subj"]] += 1
 
     async def open(self, url: str, stream: str) -> None:
         self.nc = await nats.connect(url)
@@ -45,6 +49,7 @@ class Wire:
 
     def reset(self) -> None:
         self.counts.clear()
+        self.leader_heads.clear()
 
 
 @pytest.fixture
@@ -126,12 +131,16 @@ async def test_multi_last_reads_every_head_even_when_truncated(
     assert (await wire.settled())["direct"] >= 3  # 5 answers at 2 a request: truncated twice
 
 
+@pytest.mark.parametrize("one_copy", [True, False], ids=["one-copy", "replicated"])
 async def test_a_refused_batch_is_resolved_per_subject_not_per_append(
-    nats_url: str, settings: StreamSettings, store: EventStore, wire: Wire
+    nats_url: str, settings: StreamSettings, store: EventStore, wire: Wire, one_copy: bool
 ) -> None:
     """When another producer moved 10 cached aggregates, the refused batch of 200 appends is
-    resolved with one leader get per aggregate (10), not one request per append, and every
-    append is then stored once with contiguous versions."""
+    resolved with one batched direct read of the heads on a single-copy stream, or one leader
+    get per aggregate (10) where replicas may lag, never one request per append; every append
+    is then stored once with contiguous versions."""
+    assert store._committer is not None and store._committer.direct_refresh  # R1 here
+    store._committer.direct_refresh = one_copy  # as a replicated stream's committer would be
     ids = [f"shared-{i}" for i in range(10)]
     await _ok(await store.append_many(_one_each("agent", ids)))  # cached at version 1
     async with await EventStore.connect(nats_url, producer="other", stream=settings) as other:
@@ -142,11 +151,47 @@ async def test_a_refused_batch_is_resolved_per_subject_not_per_append(
     results = await _ok(await store.append_many(_one_each("agent", ids * 20)))
     counts = await wire.settled()
     assert store.counters.retries > retries  # the first attempt was refused
-    assert counts["leader"] == 10
-    assert counts["direct"] <= 2  # the messages after the cached heads: one ranged read
+    if one_copy:
+        assert counts["leader"] == 0
+        assert counts["direct"] <= 3  # one multi_last, one ranged read of what came after
+    else:
+        assert counts["leader"] == 10
+        assert counts["direct"] <= 2  # the messages after the cached heads: one ranged read
     assert sorted(r.version for r in results) == sorted(list(range(4, 24)) * 10)
     for i in ids:
         assert [e.version async for e in store.read("agent", i)] == list(range(1, 24))
+
+
+async def test_an_expected_version_is_checked_with_the_leader_after_a_direct_refresh(
+    nats_url: str, settings: StreamSettings, store: EventStore
+) -> None:
+    """After a refusal refreshed by direct reads, an append whose expected version does not
+    match is failed only once the leader confirmed the head: a conflict from a direct read
+    alone could come from a lagging copy. A matching expectation is simply stored."""
+    ids = [f"exp-{i}" for i in range(6)]
+    await _ok(await store.append_many(_one_each("agent", ids)))  # cached at version 1
+    async with await EventStore.connect(nats_url, producer="other", stream=settings) as other:
+        await _ok(await other.append_many(_one_each("agent", ids)))  # now at version 2
+    assert store._committer is not None
+    reader = store._committer._head_reader
+    asked: list[str] = []
+    leader_last = reader._leader_last
+
+    async def counted(subject: str) -> Any:
+        asked.append(subject)
+        return await leader_last(subject)
+
+    reader._leader_last = counted  # type: ignore[method-assign]
+    reqs = [AppendRequest("agent", i, [NewEvent("Tick")]) for i in ids[:4] * 3]  # a batch
+    reqs.append(AppendRequest("agent", ids[4], [NewEvent("Tick")], expected_version=1))
+    reqs.append(AppendRequest("agent", ids[5], [NewEvent("Tick")], expected_version=2))
+    results = await store.append_many(reqs)
+    assert [getattr(r, "version", r) for r in results[:12]] == [3] * 4 + [4] * 4 + [5] * 4
+    assert isinstance(results[12], VersionConflict)  # the cache said 1: the batch was refused
+    assert (results[12].expected, results[12].actual) == (1, 2)
+    assert getattr(results[13], "version", results[13]) == 3
+    # The conflict was confirmed by the leader's get of that head before it was reported.
+    assert asked.count(store.subject("agent", ids[4])) == 1
 
 
 async def test_two_producers_interleaving_store_every_append_exactly_once(
