@@ -27,7 +27,7 @@ from eventstore import Event, StoredMessage
 from projections.db import ProjectionDB
 from projections.dbfile import translate
 from projections.rows import StateCodec
-from projections.snapshots import SNAPSHOT_COLUMNS
+from projections.snapshots import SNAPSHOT_COLUMNS, SNAPSHOT_ORDER
 from projections.times import to_us
 
 __all__ = [
@@ -139,10 +139,10 @@ class _Point(NamedTuple):
 
 _POS_SQL = "SELECT events_from, checkpoint FROM projections WHERE name = ?"
 _SNAP_WHERE = "projection = ? AND aggregate_type = ? AND aggregate_id = ? AND code_version = ?"
-_SNAP_SQL = {
+_SNAP_SQL = {  # by the column of the point: its index gives the newest at once
     column: f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {_SNAP_WHERE}"
     + (f" AND {column} <= ?" if column else "")
-    + " ORDER BY version DESC LIMIT 1"
+    + f" ORDER BY {SNAPSHOT_ORDER[column]} LIMIT 1"
     for column in ("version", "seq", "recorded_us", "")
 }
 _ROWS_SQL = (

@@ -314,14 +314,14 @@ class TimeTravel:
         key = agg.key
         subject = self.store.subject(*key)
         at_us = to_us(until.at)
+        stop = until.version if until.version is not None else 1 << 63  # past any version
+        feed, decoder = self.folder.feed, self.decoder  # the loop is the hot path
         count = 0
         for seq, us, data in rows:
-            if at_us is not None and us > at_us:
-                return count, position, True
-            if until.version is not None and agg.version >= until.version:
+            if agg.version >= stop or (at_us is not None and us > at_us):
                 return count, position, True
             msg = StoredMessage(seq, subject, data, EPOCH + timedelta(microseconds=us), None)
-            out = self.folder.feed(agg, msg, key, self.decoder)
+            out = feed(agg, msg, key, decoder)
             count += 1
             position = seq
             if entries is not None:
