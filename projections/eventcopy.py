@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar, cast
 
 from eventstore import Event, StoredMessage
 from projections.db import ProjectionDB
-from projections.dbfile import translate
+from projections.dbfile import read_only_uri, translate
 from projections.rows import StateCodec
 from projections.snapshots import SNAPSHOT_COLUMNS, SNAPSHOT_ORDER
 from projections.times import to_us
@@ -112,20 +113,67 @@ async def read_local(
     after: int = 0,
     after_version: int = 0,
 ) -> LocalRows:
-    """ONE thread hop: the projection's copy range, with ``snapshot`` its nearest snapshot at
-    or before the point, and the aggregate's messages after it (or after ``after``, at version
+    """The projection's copy range, with ``snapshot`` its nearest snapshot at or before the
+    point, and the aggregate's messages after it (or after ``after``, at version
     ``after_version``) up to the point and the checkpoint, about as many as the point needs.
 
-    The statements run one after the other in the connection's thread, in one read
-    transaction (so the checkpoint bounds what the messages statement sees): each is a plain
-    index search, where one compound statement made SQLite evaluate its shared parts several
-    times and cost twice their sum."""
+    Three index searches in one read transaction (so the checkpoint bounds what the messages
+    statement sees), run at once in this thread on a read-only connection of the same file
+    (``_reader``). A thread hop cost as much as the statements themselves on a quiet machine
+    and most of the query on a busy one (the other thread waits for a core twice), and this
+    read is bounded (a few hundred rows at most, found by index; the fold that follows runs
+    here anyway). Where SQLite would wait for a lock (busy), or no second connection can be
+    opened (a file read as immutable), it runs in the database connection's thread instead,
+    as one hop."""
     point = _Point(codec.name, codec.projection.version, key, version, seq, to_us(at))
     read = functools.partial(_read, point, snapshot, after, after_version)
+    reader = _reader(db)
+    if reader is not None:
+        try:
+            return read(reader)
+        except sqlite3.Error as exc:  # busy: this once; else never again (the thread decides)
+            if not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+                _close_reader(db, reader)
     try:
         return await _in_thread(db, read)
     except sqlite3.Error as exc:
         raise translate(db.path, exc) from exc
+
+
+_READERS: weakref.WeakKeyDictionary[ProjectionDB, sqlite3.Connection | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _reader(db: ProjectionDB) -> sqlite3.Connection | None:
+    """The read-only connection beside ``db`` for ``read_local`` (None: there is none), opened
+    once and closed with ``db``: it never waits for a lock (``timeout=0``: ``read_local``
+    then takes the thread), and reads the file exactly as ``db`` does (WAL mode, same file)."""
+    try:
+        return _READERS[db]
+    except KeyError:
+        pass
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(
+            read_only_uri(db.path), uri=True, timeout=0, isolation_level=None,
+            check_same_thread=False,
+        )  # fmt: skip
+        conn.execute("PRAGMA query_only=ON")
+    except sqlite3.Error:
+        if conn is not None:
+            conn.close()
+        conn = None
+    if conn is not None:
+        db.closing.append(functools.partial(_close_reader, db, conn))
+    _READERS[db] = conn
+    return conn
+
+
+def _close_reader(db: ProjectionDB, conn: sqlite3.Connection) -> None:
+    """Close ``db``'s reader for good (``db`` closes, or the reader cannot read the file)."""
+    _READERS[db] = None
+    conn.close()
 
 
 class _Point(NamedTuple):
@@ -168,8 +216,8 @@ def _read(
     try:
         return _statements(point, snapshot, after, after_version, conn)
     finally:
-        if own:
-            conn.execute("COMMIT")
+        if own and conn.in_transaction:
+            conn.execute("COMMIT")  # a read: nothing to keep or undo
 
 
 def _statements(
