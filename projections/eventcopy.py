@@ -7,9 +7,9 @@ beside the states and the checkpoint, so the copy is exactly as complete as the 
 projection records from which seq on the copy holds every message of its aggregates
 (``projections.events_from``): up to its checkpoint, from there on, the copy is the log.
 
-Time travel (``projections.timetravel``) then reads a past state in ONE thread hop (three
-index searches in one read transaction): the nearest snapshot, the projection's position and
-the messages after the snapshot, and folds
+Time travel (``projections.timetravel``) then reads a past state in one read (three index
+searches in one read transaction, in the calling thread: ``read_local``): the nearest
+snapshot, the projection's position and the messages after the snapshot, and folds
 them exactly as the runner folds the log; points past the checkpoint, before the copy starts,
 or of aggregates no projection of the file follows are replayed from the log. Its statements
 are here; ``projections.recorder`` runs ``EVENT_SQL`` in ``commit_batch``.

@@ -4,10 +4,10 @@ A past state is the nearest snapshot at or before the target (of the projection'
 version) plus the aggregate's messages after it, folded exactly as the runner folds them. A
 snapshot every N versions (and their retention, ``projections.snapshots``) keeps the replay
 under N events however long the history is. The messages come from the database's copy of the
-log (``projections.eventcopy``: the snapshot and the messages in ONE thread hop), and from the
-log only past the checkpoint, before the copy starts, or without a database; history, diff and
-ranges of states (``states``) read the copy the same way. The result says which snapshot was
-used and how many messages were replayed.
+log (``projections.eventcopy``: the snapshot and the messages in one read, no thread hop), and
+from the log only past the checkpoint, before the copy starts, or without a database; history,
+diff and ranges of states (``states``) read the copy the same way. The result says which
+snapshot was used and how many messages were replayed.
 
 ``at`` is the log's recorded time (the stream timestamp), not the producer's clock: it is the
 one time that is monotonic along the log. History lists an aggregate's messages between two
