@@ -21,7 +21,7 @@ projection runner folds the log into SQLite (snapshot every 100 versions) before
     ``repository.get(id, version=v)`` at random past versions, against ours ``current()``
     (the state row the projection keeps in SQLite) and ``state_at(version=v)`` with the
     runner's DEFAULT settings (nearest snapshot + the events after it, both from the local
-    copy in SQLite, in one statement). Ratio = ours / theirs in time.
+    copy in SQLite, read in the calling thread). Ratio = ours / theirs in time.
 """
 
 from __future__ import annotations

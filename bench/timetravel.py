@@ -7,7 +7,7 @@ newest 5 and every 100th version kept, the local copy of the events on). Then, i
 the three histories round by round (so machine drift hits them alike), ``--queries`` queries
 per history at a random point of the whole history, cycling through ``version=``, ``seq=``
 and ``at=`` (the recorded time of a random version). Each query reads the nearest snapshot
-and the events after it from SQLite in one statement and folds them.
+and the events after it from SQLite (three index searches in the calling thread) and folds them.
 
 Baseline: the median at the shortest history. The figures are the ratios of the longer
 histories' median and p95 to it: flat means close to 1.0; and the p99. For contrast, the

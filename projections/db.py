@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,8 @@ class ProjectionDB:
         self.readonly = readonly
         self.lock = lock
         self.generation = ""
+        # Run first by ``close``: what was opened beside this connection (eventcopy's reader).
+        self.closing: list[Callable[[], None]] = []
         self._key = file_key(path)
         if self._key is not None:
             OPEN_HERE[self._key] = OPEN_HERE.get(self._key, 0) + 1
@@ -313,6 +315,8 @@ class ProjectionDB:
         return int(row[0]) if row else 0
 
     async def close(self) -> None:
+        while self.closing:
+            self.closing.pop()()
         with contextlib.suppress(sqlite3.Error, ValueError):
             await self.conn.close()
         if self._key is not None and OPEN_HERE.get(self._key):

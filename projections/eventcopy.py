@@ -7,8 +7,9 @@ beside the states and the checkpoint, so the copy is exactly as complete as the 
 projection records from which seq on the copy holds every message of its aggregates
 (``projections.events_from``): up to its checkpoint, from there on, the copy is the log.
 
-Time travel (``projections.timetravel``) then reads a past state in ONE statement (one thread
-hop): the projection's position, the nearest snapshot and the messages after it, and folds
+Time travel (``projections.timetravel``) then reads a past state in one read (three index
+searches in one read transaction, in the calling thread: ``read_local``): the nearest
+snapshot, the projection's position and the messages after the snapshot, and folds
 them exactly as the runner folds the log; points past the checkpoint, before the copy starts,
 or of aggregates no projection of the file follows are replayed from the log. Its statements
 are here; ``projections.recorder`` runs ``EVENT_SQL`` in ``commit_batch``.
@@ -17,14 +18,17 @@ are here; ``projections.recorder`` runs ``EVENT_SQL`` in ``commit_batch``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import sqlite3
+import weakref
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 from eventstore import Event, StoredMessage
 from projections.db import ProjectionDB
+from projections.dbfile import read_only_uri, translate
 from projections.rows import StateCodec
-from projections.snapshots import SNAPSHOT_COLUMNS
+from projections.snapshots import SNAPSHOT_COLUMNS, SNAPSHOT_ORDER
 from projections.times import to_us
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
 ]
 
 Key = tuple[str, str]
+T = TypeVar("T")
 
 EVENT_SQL = (
     "INSERT OR IGNORE INTO events (seq, aggregate_type, aggregate_id, version, recorded_us, "
@@ -62,7 +67,6 @@ def flat_chunks(rows: list[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
     return out
 
 
-_PAD = ", NULL" * 7  # the arms have 12 columns, as the snapshot one
 ROWS = 1024  # messages read at once when nothing bounds the replay better
 
 
@@ -109,83 +113,151 @@ async def read_local(
     after: int = 0,
     after_version: int = 0,
 ) -> LocalRows:
-    """One statement: the projection's copy range, with ``snapshot`` its nearest snapshot at or
-    before the point, and the aggregate's messages after it (or after ``after``, at version
-    ``after_version``) up to the point and the checkpoint, about as many as the point needs."""
-    kind = "version" if version is not None else "seq" if seq is not None else "at" if at else ""
-    target = version if version is not None else seq if seq is not None else to_us(at)
-    params: list[Any] = [codec.name]
-    if snapshot:
-        params += [codec.name, *key, codec.projection.version]
-        params += [target] if kind else []
-    if kind == "version":
-        limit_params: list[Any] = [version, after_version]
-    elif kind == "at":
-        limit_params = [codec.name, *key, target, codec.name, *key, after_version, ROWS]
-    else:
-        limit_params = [ROWS]
-    params += [*limit_params, *key, after, *([seq] if kind == "seq" else []), after]
-    params += limit_params
-    return _parse(await db.fetchall(_statement(snapshot, kind), params), after)
+    """The projection's copy range, with ``snapshot`` its nearest snapshot at or before the
+    point, and the aggregate's messages after it (or after ``after``, at version
+    ``after_version``) up to the point and the checkpoint, about as many as the point needs.
+
+    Three index searches in one read transaction (so the checkpoint bounds what the messages
+    statement sees), run at once in this thread on a read-only connection of the same file
+    (``_reader``). A thread hop cost as much as the statements themselves on a quiet machine
+    and most of the query on a busy one (the other thread waits for a core twice), and this
+    read is bounded (a few hundred rows at most, found by index; the fold that follows runs
+    here anyway). Where SQLite would wait for a lock (busy), or no second connection can be
+    opened (a file read as immutable), it runs in the database connection's thread instead,
+    as one hop."""
+    point = _Point(codec.name, codec.projection.version, key, version, seq, to_us(at))
+    read = functools.partial(_read, point, snapshot, after, after_version)
+    reader = _reader(db)
+    if reader is not None:
+        try:
+            return read(reader)
+        except sqlite3.Error as exc:  # busy: this once; else never again (the thread decides)
+            if not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+                _close_reader(db, reader)
+    try:
+        return await _in_thread(db, read)
+    except sqlite3.Error as exc:
+        raise translate(db.path, exc) from exc
 
 
-@functools.cache
-def _statement(snapshot: bool, kind: str) -> str:
-    """The one statement of ``read_local`` for a point of ``kind`` (version, seq, at or "")."""
-    sql = "WITH pos AS (SELECT events_from, checkpoint FROM projections WHERE name = ?)"
-    base, lower = "?", "?"
-    if snapshot:
-        where = "projection = ? AND aggregate_type = ? AND aggregate_id = ? AND code_version = ?"
-        column = {"version": "version", "seq": "seq", "at": "recorded_us"}.get(kind)
-        where += f" AND {column} <= ?" if column else ""
-        sql += f", snap AS (SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {where} "
-        sql += "ORDER BY version DESC LIMIT 1)"
-        base = "coalesce((SELECT version FROM snap), ?)"
-        lower = "max(?, coalesce((SELECT seq FROM snap), 0))"
-    if kind == "version":  # from a snapshot to a version: the versions between, and a few
-        limit = f"max(1, ? - {base} + 8)"
-    elif kind == "at":  # to a time: up to the next later snapshot, else the current state
-        limit = (
-            "coalesce((SELECT version FROM snapshots WHERE projection = ? AND aggregate_type = ?"
-            " AND aggregate_id = ? AND recorded_us > ? ORDER BY recorded_us LIMIT 1),"
-            " (SELECT version FROM states WHERE projection = ? AND aggregate_type = ?"
-            f" AND aggregate_id = ?)) - {base} + 1"
-        )
-        limit = f"max(1, coalesce({limit}, ?))"
-    else:
-        limit = "?"
-    sql += f" SELECT 0, events_from, checkpoint, {limit}" + ", NULL" * 8 + " FROM pos"
-    if snapshot:
-        sql += f" UNION ALL SELECT 1, {SNAPSHOT_COLUMNS} FROM snap"
-    upper = "(SELECT checkpoint FROM pos)"
-    if kind == "seq":
-        upper = f"min(?, {upper})"
-    return sql + (
-        " UNION ALL SELECT * FROM (SELECT 2, seq, recorded_us, data" + _PAD + ", NULL"
-        f" FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND seq > {lower}"
-        f" AND seq <= {upper} AND (SELECT events_from FROM pos) <= {lower} + 1"
-        f" ORDER BY seq LIMIT {limit})"
-    )
+_READERS: weakref.WeakKeyDictionary[ProjectionDB, sqlite3.Connection | None] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _parse(found: list[Any], after: int) -> LocalRows:
+def _reader(db: ProjectionDB) -> sqlite3.Connection | None:
+    """The read-only connection beside ``db`` for ``read_local`` (None: there is none), opened
+    once and closed with ``db``: it never waits for a lock (``timeout=0``: ``read_local``
+    then takes the thread), and reads the file exactly as ``db`` does (WAL mode, same file)."""
+    try:
+        return _READERS[db]
+    except KeyError:
+        pass
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(
+            read_only_uri(db.path), uri=True, timeout=0, isolation_level=None,
+            check_same_thread=False,
+        )  # fmt: skip
+        conn.execute("PRAGMA query_only=ON")
+    except sqlite3.Error:
+        if conn is not None:
+            conn.close()
+        conn = None
+    if conn is not None:
+        db.closing.append(functools.partial(_close_reader, db, conn))
+    _READERS[db] = conn
+    return conn
+
+
+def _close_reader(db: ProjectionDB, conn: sqlite3.Connection) -> None:
+    """Close ``db``'s reader for good (``db`` closes, or the reader cannot read the file)."""
+    _READERS[db] = None
+    conn.close()
+
+
+class _Point(NamedTuple):
+    projection: str
+    code_version: str
+    key: Key
+    version: int | None
+    seq: int | None
+    at_us: int | None
+
+
+_POS_SQL = "SELECT events_from, checkpoint FROM projections WHERE name = ?"
+_SNAP_WHERE = "projection = ? AND aggregate_type = ? AND aggregate_id = ? AND code_version = ?"
+_SNAP_SQL = {  # by the column of the point: its index gives the newest at once
+    column: f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {_SNAP_WHERE}"
+    + (f" AND {column} <= ?" if column else "")
+    + f" ORDER BY {SNAPSHOT_ORDER[column]} LIMIT 1"
+    for column in ("version", "seq", "recorded_us", "")
+}
+_ROWS_SQL = (
+    "SELECT seq, recorded_us, data FROM events WHERE aggregate_type = ? AND aggregate_id = ? "
+    "AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+)
+# To a time: the messages up to the next later snapshot, else up to the current state.
+_NEXT_SQL = (
+    "SELECT coalesce((SELECT version FROM snapshots WHERE projection = ?1 AND "
+    "aggregate_type = ?2 AND aggregate_id = ?3 AND recorded_us > ?4 ORDER BY recorded_us "
+    "LIMIT 1), (SELECT version FROM states WHERE projection = ?1 AND aggregate_type = ?2 AND "
+    "aggregate_id = ?3))"
+)
+
+
+def _read(
+    point: _Point, snapshot: bool, after: int, after_version: int, conn: sqlite3.Connection
+) -> LocalRows:
+    """``read_local`` in the connection's thread."""
+    own = not conn.in_transaction  # a writer's open transaction already is one snapshot
+    if own:
+        conn.execute("BEGIN")
+    try:
+        return _statements(point, snapshot, after, after_version, conn)
+    finally:
+        if own and conn.in_transaction:
+            conn.execute("COMMIT")  # a read: nothing to keep or undo
+
+
+def _statements(
+    point: _Point, snapshot: bool, after: int, after_version: int, conn: sqlite3.Connection
+) -> LocalRows:
+    key = point.key
     snap: Any = None
-    rows: list[tuple[int, int, bytes]] = []
-    events_from = checkpoint = None
-    limit = 0
-    for row in found:
-        kind = row[0]
-        if kind == 2:
-            rows.append((row[1], row[2], row[3]))
-        elif kind == 1:
-            snap = row[1:]
-        else:
-            events_from, checkpoint, limit = row[1], row[2], row[3]
-    start = max(after, snap[3] if snap is not None else 0)  # snapshot column 3: its seq
-    covered: int | None = None
-    if events_from is not None and checkpoint is not None and events_from <= start + 1:
-        covered = int(checkpoint)
-    return LocalRows(covered, snap, rows, len(rows) >= int(limit or 0) > 0)
+    if snapshot:
+        column, target = (
+            ("version", point.version) if point.version is not None
+            else ("seq", point.seq) if point.seq is not None
+            else ("recorded_us", point.at_us) if point.at_us is not None
+            else ("", None)
+        )  # fmt: skip
+        params: tuple[Any, ...] = (point.projection, *key, point.code_version)
+        snap = conn.execute(_SNAP_SQL[column], (*params, target) if column else params).fetchone()
+    lower, base = after, after_version
+    if snap is not None:  # snapshot columns 2 and 3: its version and seq
+        lower, base = max(after, int(snap[3])), int(snap[2])
+    pos = conn.execute(_POS_SQL, (point.projection,)).fetchone()
+    if pos is None or pos[0] is None or pos[1] is None or pos[0] > lower + 1:
+        return LocalRows(None, snap, [], False)  # no copy, or it starts after what is needed
+    checkpoint = int(pos[1])
+    if point.version is not None:  # the versions between, and a few (quarantined) more
+        limit = max(1, point.version - base + 8)
+    elif point.at_us is not None:
+        found = conn.execute(_NEXT_SQL, (point.projection, *key, point.at_us)).fetchone()
+        limit = ROWS if found is None or found[0] is None else max(1, int(found[0]) - base + 1)
+    else:
+        limit = ROWS
+    upper = checkpoint if point.seq is None else min(point.seq, checkpoint)
+    rows = conn.execute(_ROWS_SQL, (*key, lower, upper, limit)).fetchall()
+    return LocalRows(checkpoint, snap, rows, len(rows) >= limit)
+
+
+async def _in_thread(db: ProjectionDB, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(connection)`` in the database connection's own thread: several statements for
+    the cost of one hop (aiosqlite's queue; ``projections.dbfile`` patches its thread too)."""
+    execute = cast(Callable[..., Awaitable[T]], db.conn._execute)
+    return await execute(fn, db.conn._conn)
 
 
 async def copied(db: ProjectionDB, first: int, last: int) -> dict[int, tuple[Any, ...]]:

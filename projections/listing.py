@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import math
-from collections.abc import Callable, Mapping
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
@@ -37,16 +36,12 @@ from eventstore import (
     MAX_INT,
     InvalidPoint,
     InvalidRequest,
-    StoredMessage,
     UnknownProjection,
     check_optional_int,
 )
 from projections.db import ProjectionDB
-from projections.fold import AggregateState, Folder, MessageDecoder, Rejected
-from projections.points import PastState, Point
+from projections.points import PastState
 from projections.projection import Projection
-from projections.records import ConflictRecord
-from projections.rulecheck import check_rules
 from projections.timetravel import TimeTravel, current_state
 
 __all__ = [
@@ -258,59 +253,17 @@ async def read_state(
     return await current_state(db, _ByName(projection), aggregate_type, aggregate_id)
 
 
-class _Noting:
-    """A folder that calls ``seen(agg)`` each time the replay moves ``agg`` to a new version."""
-
-    def __init__(self, folder: Folder, seen: Callable[[AggregateState], None]) -> None:
-        self._folder, self._seen = folder, seen
-
-    def new(self, key: tuple[str, str]) -> AggregateState:
-        return self._folder.new(key)
-
-    def feed(
-        self, agg: AggregateState, msg: StoredMessage, key: tuple[str, str], dec: MessageDecoder
-    ) -> Rejected | ConflictRecord | None:
-        before = agg.version
-        out = self._folder.feed(agg, msg, key, dec)
-        if agg.version != before:
-            self._seen(agg)
-        return out
-
-
 async def states_between(
     travel: TimeTravel, aggregate_type: str, aggregate_id: str, first: int, last: int, limit: int
 ) -> list[PastState]:
     """The states of one aggregate at versions ``first`` to ``last``, at most ``limit`` of them
-    (fewer when its history ends before ``last``), in ONE replay from the nearest snapshot at
-    or before ``first``: what ``state_at`` gives for each version, for the cost of one. A
-    subscriber that missed many versions reads them this way in a request or two instead of
-    one per version. (States are kept by reference: a fold never mutates its input state.)"""
+    (fewer when its history ends before ``last``), in ONE fold from the nearest snapshot at or
+    before ``first`` (``TimeTravel.states``: from the file's copy of the events, the log only
+    past the checkpoint or outside the copy): what ``state_at`` gives for each version, for
+    the cost of one. A subscriber that missed many versions reads them this way in a request
+    or two instead of one per version."""
     for value, what in ((first, "first version"), (last, "last version"), (limit, "limit")):
         check_optional_int(value, what, error=InvalidPoint)
     if first < 1 or last < first or limit < 1:
         raise InvalidPoint(f"versions {first} to {last} (limit {limit}): need 1 <= first <= last")
-    key = (aggregate_type, aggregate_id)
-    snapshot = None
-    if travel.recorder is not None and travel.db is not None:
-        if not travel._rules_checked:  # its snapshots are the log's meaning (as _fold_to)
-            await check_rules(travel.db, travel.store.rules)
-            travel._rules_checked = True
-        snapshot = await travel.recorder.nearest_snapshot(travel.codec, *key, version=first)
-    agg = snapshot or travel.folder.new(key)
-    used = (snapshot.version, snapshot.seq) if snapshot is not None else None
-    out: list[PastState] = []
-
-    def seen(state: AggregateState) -> None:
-        if state.version >= first:
-            out.append(travel._result(state, used, state.version - (used or (0, 0))[0]))
-
-    if snapshot is not None and snapshot.version >= first:
-        seen(snapshot)
-    noting = copy.copy(travel)
-    noting.folder = cast(Folder, _Noting(travel.folder, seen))
-    start = snapshot.seq + 1 if snapshot is not None else 1
-    await noting._replay(agg, start, Point(version=min(last, first + limit - 1)), None)
-    if not out:
-        await travel._require_exists(*key)
-        raise InvalidPoint(f"{key[0]}/{key[1]} has no version {first}: it is at {agg.version}")
-    return out
+    return await travel.states(aggregate_type, aggregate_id, first, last, limit)

@@ -40,6 +40,16 @@ STATE_COLUMNS = (
     "base, snapshot_version"
 )
 SNAPSHOT_COLUMNS = STATE_COLUMNS.replace("snapshot_version", "version")
+# The newest snapshot at or before a point, ordered by the point's own column so that its index
+# finds it in one step (by version, a point by seq or time sorted every earlier snapshot:
+# 0.2-0.4 ms at 1,000 snapshots). An aggregate's seqs grow with its versions, and so do its
+# recorded times (ties: the higher version, as by version).
+SNAPSHOT_ORDER = {
+    "version": "version DESC",
+    "seq": "seq DESC",
+    "recorded_us": "recorded_us DESC, version DESC",
+    "": "version DESC",
+}
 
 SNAPSHOT_SQL = (
     "INSERT OR REPLACE INTO snapshots (projection, aggregate_type, aggregate_id, version, seq, "
@@ -134,8 +144,11 @@ class SnapshotRows:
     ) -> AggregateState | None:
         """The newest snapshot of the current code version at or before the target, if any."""
         where, params = _where(codec, aggregate_type, aggregate_id, version, seq, at)
+        only = {"version": version, "seq": seq, "recorded_us": at}
+        given = [column for column, value in only.items() if value is not None]
+        order = SNAPSHOT_ORDER[given[0] if len(given) == 1 else ""]
         row = await self.db.fetchone(
-            f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {where} ORDER BY version DESC LIMIT 1",
+            f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {where} ORDER BY {order} LIMIT 1",
             params,
         )
         return None if row is None else codec.load(row)
@@ -162,9 +175,10 @@ class SnapshotRows:
         column, target = ("seq", seq) if seq is not None else ("recorded_us", to_us(at))
         key = (projection, aggregate_type, aggregate_id, target)
         where = f"projection = ? AND aggregate_type = ? AND aggregate_id = ? AND {column} > ?"
-        row = await self.db.fetchone(
-            f"SELECT min(v) FROM (SELECT min(version) AS v FROM snapshots WHERE {where} "
-            f"UNION ALL SELECT version FROM states WHERE {where})",
+        row = await self.db.fetchone(  # the first later snapshot by the column's index
+            f"SELECT min(v) FROM (SELECT * FROM (SELECT version AS v FROM snapshots WHERE "
+            f"{where} ORDER BY {column} LIMIT 1) UNION ALL SELECT version FROM states WHERE "
+            f"{where})",
             (*key, *key),
         )
         return None if row is None or row[0] is None else int(row[0])

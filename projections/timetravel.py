@@ -4,10 +4,10 @@ A past state is the nearest snapshot at or before the target (of the projection'
 version) plus the aggregate's messages after it, folded exactly as the runner folds them. A
 snapshot every N versions (and their retention, ``projections.snapshots``) keeps the replay
 under N events however long the history is. The messages come from the database's copy of the
-log (``projections.eventcopy``: the snapshot and the messages in ONE statement), and from the
-log only past the checkpoint, before the copy starts, or without a database; history and diff
-read the copy the same way. The result says which snapshot was used and how many messages were
-replayed.
+log (``projections.eventcopy``: the snapshot and the messages in one read, no thread hop), and
+from the log only past the checkpoint, before the copy starts, or without a database; history,
+diff and ranges of states (``states``) read the copy the same way. The result says which
+snapshot was used and how many messages were replayed.
 
 ``at`` is the log's recorded time (the stream timestamp), not the producer's clock: it is the
 one time that is monotonic along the log. History lists an aggregate's messages between two
@@ -22,7 +22,7 @@ database folded with other rules than the log's is refused (``RulesMismatch``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -50,6 +50,8 @@ from projections.schema import SCHEMA_VERSION
 from projections.times import EPOCH, to_us
 
 __all__ = ["TimeTravel", "current_state"]
+
+Seen = Callable[[AggregateState], None]
 
 
 async def current_state(
@@ -143,6 +145,29 @@ class TimeTravel:
         """The messages after ``start`` up to ``end`` (default: the whole history)."""
         _, entries = await self._between(aggregate_type, aggregate_id, start, end)
         return entries
+
+    async def states(
+        self, aggregate_type: str, aggregate_id: str, first: int, last: int, limit: int
+    ) -> list[PastState]:
+        """The states at versions ``first`` to ``last``, at most ``limit`` of them (fewer when
+        the history ends before ``last``), in ONE fold from the nearest snapshot at or before
+        ``first``, read like ``state_at`` (the file's copy, then the log): what ``state_at``
+        gives for each version, for the cost of one. States are kept by reference (a fold
+        never mutates its input state)."""
+        key = (aggregate_type, aggregate_id)
+        agg, snap, replayed, position = await self._fold_to(*key, Point(version=first))
+        out = [self._result(agg, snap, replayed)]
+
+        def seen(state: AggregateState) -> None:  # after each message folded
+            nonlocal replayed
+            replayed += 1
+            if state.version != out[-1].version:
+                out.append(self._result(state, snap, replayed))
+
+        end = min(last, first + limit - 1)
+        if agg.version < end:
+            await self._advance(agg, position, Point(version=end), None, seen=seen)
+        return out
 
     async def diff(self, aggregate_type: str, aggregate_id: str, start: Point, end: Point) -> Diff:
         """What changed between two points of one aggregate, and through which messages."""
@@ -250,9 +275,11 @@ class TimeTravel:
         until: Point,
         entries: list[HistoryEntry] | None,
         local: LocalRows | None = None,
+        seen: Seen | None = None,
     ) -> tuple[int, int]:
         """Feed ``agg`` its messages after seq ``after`` up to ``until``: from the file's copy
-        while it holds them (``local``: the first read, done), then from the log."""
+        while it holds them (``local``: the first read, done), then from the log. ``seen(agg)``
+        after each message."""
         count, position = 0, after
         if self.db is not None and self._local(agg.aggregate_type):
             while True:
@@ -263,7 +290,7 @@ class TimeTravel:
                     )  # fmt: skip
                 if local.covered is None:
                     break
-                n, position, stopped = self._feed(agg, local.rows, until, entries, position)
+                n, position, stopped = self._feed(agg, local.rows, until, entries, position, seen)
                 count += n
                 if stopped or (until.seq is not None and until.seq <= local.covered):
                     return count, position
@@ -271,7 +298,7 @@ class TimeTravel:
                     position = max(position, local.covered)
                     break
                 local = None
-        n, position = await self._replay(agg, position + 1, until, entries)
+        n, position = await self._replay(agg, position + 1, until, entries, seen=seen)
         return count + n, position
 
     def _feed(
@@ -281,23 +308,26 @@ class TimeTravel:
         until: Point,
         entries: list[HistoryEntry] | None,
         position: int,
+        seen: Seen | None = None,
     ) -> tuple[int, int, bool]:
         """Fold rows of the copy as ``_replay`` folds the log: (count, last seq, target met)."""
         key = agg.key
         subject = self.store.subject(*key)
         at_us = to_us(until.at)
+        stop = until.version if until.version is not None else 1 << 63  # past any version
+        feed, decoder = self.folder.feed, self.decoder  # the loop is the hot path
         count = 0
         for seq, us, data in rows:
-            if at_us is not None and us > at_us:
-                return count, position, True
-            if until.version is not None and agg.version >= until.version:
+            if agg.version >= stop or (at_us is not None and us > at_us):
                 return count, position, True
             msg = StoredMessage(seq, subject, data, EPOCH + timedelta(microseconds=us), None)
-            out = self.folder.feed(agg, msg, key, self.decoder)
+            out = feed(agg, msg, key, decoder)
             count += 1
             position = seq
             if entries is not None:
                 entries.append(self._entry(msg, key, out))
+            if seen is not None:
+                seen(agg)
         return count, position, until.version is not None and agg.version >= until.version
 
     async def _replay(
@@ -307,6 +337,7 @@ class TimeTravel:
         until: Point,
         entries: list[HistoryEntry] | None,
         bound: int | None = None,
+        seen: Seen | None = None,
     ) -> tuple[int, int]:
         """Feed ``agg`` its messages from ``start_seq`` up to ``until``: (count, last seq).
 
@@ -347,6 +378,8 @@ class TimeTravel:
                     position = msg.seq
                     if entries is not None:
                         entries.append(self._entry(msg, key, out))
+                    if seen is not None:
+                        seen(agg)
         return count, position
 
     def _entry(

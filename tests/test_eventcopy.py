@@ -119,6 +119,14 @@ async def test_state_at_from_the_copy_equals_the_fold_from_the_log(
                 a = await local.history("agent", agg_id, None, point)
                 b = await log.history("agent", agg_id, None, point)
                 assert msgspec.json.encode(a) == msgspec.json.encode(b)
+            for kind, where in picks:  # ranges: each version as state_at gives it
+                lo, limit = min(last, 1 + int(where * last)), 1 + int(where * 8)
+                hi = lo + int(where * 5) if kind == "version" else last + 3
+                got = await local.states("agent", agg_id, lo, hi, limit)
+                want = [await log.state_at("agent", agg_id, version=s.version) for s in got]
+                count = min(limit, hi - lo + 1, last - lo + 1)
+                assert [s.version for s in got] == list(range(lo, lo + count))
+                assert [same(a, b) for a, b in zip(got, want, strict=True)]
             first = Point(version=min(last, 2))
             assert msgspec.json.encode(
                 await local.history("agent", agg_id, first, Point())
