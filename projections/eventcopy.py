@@ -11,13 +11,14 @@ Time travel (``projections.timetravel``) then reads a past state in ONE statemen
 hop): the projection's position, the nearest snapshot and the messages after it, and folds
 them exactly as the runner folds the log; points past the checkpoint, before the copy starts,
 or of aggregates no projection of the file follows are replayed from the log. Its statements
-are here; ``projections.recorder`` runs ``EVENT_SQL`` in ``commit_batch``.
+are here; ``projections.commit`` runs ``insert_events`` in the batch's transaction.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -33,33 +34,45 @@ __all__ = [
     "copied",
     "copy_differs",
     "event_rows",
-    "flat_chunks",
+    "insert_events",
+    "multi_rows",
     "read_local",
 ]
 
 Key = tuple[str, str]
 
-EVENT_SQL = (
+EVENT_INSERT = (
     "INSERT OR IGNORE INTO events (seq, aggregate_type, aggregate_id, version, recorded_us, "
-    "data) VALUES (?, ?, ?, ?, ?, ?)"
+    "data) VALUES "
 )
+EVENT_SQL = EVENT_INSERT + "(?, ?, ?, ?, ?, ?)"
 CHUNK = 1000  # rows per INSERT: one statement step and one bind pass for many rows
 
 
 @functools.cache
-def insert_rows(rows: int) -> str:
-    """``EVENT_SQL`` for ``rows`` rows at once: a batch of 20,000 is 20 statements, not 20,000
-    steps each giving the GIL away and taking it back while the reader runs."""
-    return EVENT_SQL + ", (?, ?, ?, ?, ?, ?)" * (rows - 1)
+def _values(columns: int, rows: int) -> str:
+    one = "(" + ", ".join("?" * columns) + ")"
+    return ", ".join([one] * rows)
 
 
-def flat_chunks(rows: list[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
-    """The ``(statement, parameters)`` that insert ``rows``, ``CHUNK`` at a time."""
+def multi_rows(
+    head: str, rows: Sequence[tuple[Any, ...]], tail: str = ""
+) -> list[tuple[str, list[Any]]]:
+    """The ``(statement, parameters)`` of ``head VALUES... tail`` inserting ``rows``, ``CHUNK``
+    rows a statement: a batch of 20,000 is 20 statements, not 20,000 steps each giving the GIL
+    away and waiting to take it back while the event loop reads the log."""
     out: list[tuple[str, list[Any]]] = []
+    columns = len(rows[0]) if rows else 0
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
-        out.append((insert_rows(len(chunk)), [v for row in chunk for v in row]))
+        out.append((head + _values(columns, len(chunk)) + tail, [v for r in chunk for v in r]))
     return out
+
+
+def insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert ``EVENT_SQL`` rows on ``conn`` (blocking, inside the caller's transaction)."""
+    for sql, params in multi_rows(EVENT_INSERT, rows):
+        conn.execute(sql, params)
 
 
 _PAD = ", NULL" * 7  # the arms have 12 columns, as the snapshot one
