@@ -18,6 +18,7 @@ translated to ``ProjectionError`` by ``ProjectionDB.run``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from projections.eventcopy import insert_events, multi_rows
+from projections.failures import FAILED_KEY
 from projections.readmodels import ReadModelWrites, run_statements
 from projections.snapshots import (
     PERIODIC_MARK_SQL,
@@ -114,6 +116,19 @@ class CommitPlan:
     marks: list[tuple[str, str]] = field(default_factory=list)  # failure marks (meta rows)
     cleared: list[str] = field(default_factory=list)  # failure marks to delete (meta keys)
     meta: list[tuple[str, str]] = field(default_factory=list)  # the rules at the checkpoint
+
+    def without(self, name: str, marks: list[tuple[str, str]]) -> CommitPlan:
+        """This plan without projection ``name``'s rows (its read models failed), recording
+        the failure ``marks`` instead of this plan's: the rows are the ones encoded when the
+        batch was planned, whatever the runner folded since."""
+        return dataclasses.replace(
+            self,
+            states=[r for r in self.states if r[0] != name],
+            slots=[s for s in self.slots if s.name != name],
+            checkpoint_rows=[r for r in self.checkpoint_rows if r[3] != name],
+            marks=marks,
+            cleared=[k for k in self.cleared if k != FAILED_KEY + name],
+        )
 
 
 def commit(conn: sqlite3.Connection, plan: CommitPlan) -> None:

@@ -226,7 +226,11 @@ class Recorder(SnapshotRows):
 
     # -- the batch -------------------------------------------------------------------------
 
-    async def commit_batch(
+    async def commit_batch(self, slots: Sequence[SlotBatch], **batch: Any) -> None:
+        """``commit_plan(plan_batch(slots, ...))``: see ``plan_batch``."""
+        await self.commit_plan(self.plan_batch(slots, **batch))
+
+    def plan_batch(
         self,
         slots: Sequence[SlotBatch],
         *,
@@ -241,20 +245,24 @@ class Recorder(SnapshotRows):
         cleared: Sequence[str] = (),
         spacing: int = 0,
         events: Sequence[tuple[Any, ...]] | None = None,
-    ) -> None:
-        """Commit one batch in ONE transaction: the guard, then for every projection in
-        ``slots`` its states, snapshots (pruned to the newest ``keep`` and older ones every
-        ``spacing`` versions, ``projections.snapshots``), conflicts, quarantined messages,
-        read models and periodic snapshot, and its checkpoint ``seq``; the ``meta`` rows given;
-        the ``failed`` marks and the deletion of the ``cleared`` ones (``projections.failures``);
-        the local copy of the ``events`` (``projections.eventcopy``; None: none kept).
+    ) -> CommitPlan:
+        """Every row of one batch, for ``commit_plan`` to commit in ONE transaction: the
+        guard, then for every projection in ``slots`` its states, snapshots (pruned to the
+        newest ``keep`` and older ones every ``spacing`` versions, ``projections.snapshots``),
+        conflicts, quarantined messages, read models and periodic snapshot, and its checkpoint
+        ``seq``; the ``meta`` rows given; the ``failed`` marks and the deletion of the
+        ``cleared`` ones (``projections.failures``); the local copy of the ``events``
+        (``projections.eventcopy``; None: none kept).
 
         ``generation`` and ``checkpoints`` (of every projection of the runner) are what the
         caller read: a file that says otherwise raises ``FileChanged`` and nothing is written.
-        A projection's ``write`` (or its statements) failing raises ``failures.Failed``
-        (``projections.readmodels``) and nothing is written.
+        A projection's ``write`` (here) or its statements (``commit_plan``) failing raises
+        ``failures.Failed`` (``projections.readmodels``) and nothing is written.
+
+        Every row is encoded here, before anything is committed: the caller may change the
+        states it folded as soon as this returns (``projections.inflight``).
         """
-        plan = CommitPlan(
+        return CommitPlan(
             path=self.db.path,
             generation=generation,
             checkpoints=checkpoints,
@@ -268,15 +276,23 @@ class Recorder(SnapshotRows):
             keep=keep,
             spacing=spacing,
             events=events,
-            marks=[(FAILED_KEY + f.projection, _encode(f).decode()) for f in failed],
+            marks=failure_marks(failed),
             cleared=[FAILED_KEY + name for name in cleared],
             meta=[*meta.items()] if meta else [],  # the rules at the checkpoint (rulecheck)
         )
+
+    async def commit_plan(self, plan: CommitPlan) -> None:
+        """Commit ``plan`` (``plan_batch``) in one call on the database's thread."""
         try:
             await self.db.run(lambda conn: commit(conn, plan))
         except FileChanged as exc:
             log.warning(exc.reason, db=str(self.db.path), **exc.context)
             raise
+
+
+def failure_marks(failed: Iterable[ProjectionFailure]) -> list[tuple[str, str]]:
+    """The ``meta`` rows marking ``failed`` projections (``projections.failures``)."""
+    return [(FAILED_KEY + f.projection, _encode(f).decode()) for f in failed]
 
 
 def _slot_rows(slot: SlotBatch) -> SlotRows:

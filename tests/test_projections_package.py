@@ -132,8 +132,8 @@ def test_projections_use_only_the_eventstore_facade() -> None:
 
 
 def test_every_statement_on_projection_rows_is_the_recorders() -> None:
-    """SQL lives in ``recorder`` (rows), its two parts ``snapshots`` (snapshot statements) and
-    ``eventcopy`` (the copy of the events), ``listing`` (read-only pages of states), ``db``
+    """SQL lives in ``recorder`` (rows), its parts ``commit`` (the batch's transaction),
+    ``snapshots`` (snapshot statements) and ``eventcopy`` (the copy of the events), ``listing`` (read-only pages of states), ``db``
     (pragmas, migrations) and ``schema`` (tables)."""
     import re
 
@@ -141,6 +141,7 @@ def test_every_statement_on_projection_rows_is_the_recorders() -> None:
     for name, text in _modules().items():
         allowed = (
             "recorder.py",
+            "commit.py",
             "snapshots.py",
             "eventcopy.py",
             "listing.py",

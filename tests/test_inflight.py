@@ -1,0 +1,110 @@
+"""A catch-up folds the next batch while the one before commits (``projections.inflight``):
+the result is exactly the serial fold's, and a projection whose read-model statements SQLite
+refuses in a commit in flight loses that batch only, the others committing it whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from helpers_projections import brute_entities, log_events, scalar, stored_states
+
+from eventstore import AppendRequest, EventStore, NewEvent
+from projections import (
+    EntitiesProjection,
+    Projection,
+    ProjectionDB,
+    Runner,
+    RunnerSettings,
+    Statement,
+)
+from projections.failures import stored_failures
+
+SMALL = RunnerSettings(batch_size=50)
+
+
+class Refusing(Projection[dict[str, Any]]):
+    """Counts changes in a read model; a batch with version ``FAIL`` of any aggregate gets a
+    statement SQLite refuses (write() itself succeeds: the failure is inside the commit)."""
+
+    name = "refusing"
+    version = "1"
+    schema = ("CREATE TABLE IF NOT EXISTS refusing_rows (id TEXT PRIMARY KEY, v INTEGER)",)
+    tables = ("refusing_rows",)
+    FAIL = 30
+
+    def initial(self, aggregate_type: str, aggregate_id: str) -> dict[str, Any]:
+        return {}
+
+    def apply(self, state: dict[str, Any], event: Any) -> dict[str, Any]:
+        return state
+
+    def write(self, changes: Any) -> list[Statement]:
+        rows = [(c.aggregate_id, c.version) for c in changes]
+        out = [Statement("INSERT OR REPLACE INTO refusing_rows VALUES (?, ?)", rows)]
+        if any(c.version >= self.FAIL for c in changes):
+            out.append(Statement("INSERT INTO no_such_table VALUES (?)", [(1,)]))
+        return out
+
+
+async def _fill(store: EventStore, n: int, aggregates: int) -> None:
+    for start in range(0, n, 500):
+        await store.append_many(
+            AppendRequest("agent", f"a{i % aggregates}", [NewEvent("Set", {"i": i})])
+            for i in range(start, min(n, start + 500))
+        )
+
+
+async def test_a_catch_up_folds_while_committing_and_equals_the_serial_fold(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """Over 40 batches, folds start while the batch before is still committing, and the file
+    ends exactly as the brute-force fold of the log says, with every message in its copy."""
+    n = 2000
+    await _fill(store, n, 40)
+    overlapped = 0
+    async with await ProjectionDB.open(tmp_path / "p.db") as db:
+        runner = Runner(store, db, [EntitiesProjection()], settings=SMALL)
+        fold = runner._fold
+
+        def watched(batch: Any) -> None:
+            nonlocal overlapped
+            flight = runner._flight
+            overlapped += flight is not None and flight.task is not None and not flight.task.done()
+            fold(batch)
+
+        runner._fold = watched  # type: ignore[method-assign]
+        assert await runner.catch_up() == n
+    assert overlapped > 0
+    expected = brute_entities(await log_events(store))
+    stored = stored_states(tmp_path / "p.db")
+    assert {k: (v["version"], v["state"]) for k, v in stored.items()} == {
+        k: (v["version"], v["state"]) for k, v in expected.items()
+    }
+    assert scalar(tmp_path / "p.db", "SELECT count(*) FROM events") == n
+    assert scalar(tmp_path / "p.db", "SELECT min(checkpoint) FROM projections") == n
+
+
+async def test_statements_refused_in_a_commit_in_flight_drop_only_that_projection(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """The refused batch of ``refusing`` is dropped whole (its checkpoint stays before it, its
+    read model holds the batches before), the mark says so, and ``entities`` commits every
+    batch, the refused one included."""
+    n = 2000
+    await _fill(store, n, 40)  # version 30 of each aggregate: seqs 1161..1200
+    async with await ProjectionDB.open(tmp_path / "p.db") as db:
+        runner = Runner(store, db, [EntitiesProjection(), Refusing()], settings=SMALL)
+        assert await runner.catch_up() == n
+        assert set(runner.failures) == {"refusing"}
+        marks = await stored_failures(db)
+    path = tmp_path / "p.db"
+    checkpoint = scalar(path, "SELECT checkpoint FROM projections WHERE name = 'refusing'")
+    assert 0 < checkpoint < 1161
+    assert marks["refusing"].seq > checkpoint
+    assert scalar(path, "SELECT max(v) FROM refusing_rows") == (checkpoint + 39) // 40
+    assert scalar(path, "SELECT checkpoint FROM projections WHERE name = 'entities'") == n
+    expected = brute_entities(await log_events(store))
+    assert {k: v["version"] for k, v in stored_states(path).items()} == {
+        k: v["version"] for k, v in expected.items()
+    }
