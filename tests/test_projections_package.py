@@ -133,8 +133,8 @@ def test_projections_use_only_the_eventstore_facade() -> None:
 
 def test_every_statement_on_projection_rows_is_the_recorders() -> None:
     """SQL lives in ``recorder`` (rows), its parts ``commit`` (the batch's transaction),
-    ``snapshots`` (snapshot statements) and ``eventcopy`` (the copy of the events), ``listing`` (read-only pages of states), ``db``
-    (pragmas, migrations) and ``schema`` (tables)."""
+    ``snapshots`` (snapshot statements) and ``eventcopy`` (the copy of the events), ``listing``
+    (read-only pages of states), ``db`` (pragmas, migrations) and ``schema`` (tables)."""
     import re
 
     sql = re.compile(r"""f?["'](SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|PRAGMA|BEGIN)\b""")
