@@ -65,7 +65,8 @@ def _retrieve(task: asyncio.Future[None]) -> None:
 
 @dataclass(eq=False)
 class InFlight:
-    """A batch being committed (``task``) and what finishing it needs."""
+    """A batch to commit and what finishing it needs; ``task`` is its commit in flight (None:
+    ``Runner._finish`` commits it, no task in between)."""
 
     batch: list[StoredMessage]
     started: float

@@ -360,22 +360,22 @@ class Runner:
                 continue
             break
         flight = InFlight(batch, started, now_us, [take(s) for s in moving], meta, marks, plan)
-        flight.start(asyncio.ensure_future(self.recorder.commit_plan(plan)))
         self._flight = flight
         serial = self.on_commit or any(s.periodic for s in plan.slots)
         if serial or self._intake is None or not self._intake.behind():
-            await self._finish()
-        else:  # what the next batch folds is only cached: keep the cache bounded now
-            for t in flight.taken:
+            await self._finish()  # commits it here and now
+        else:
+            flight.start(asyncio.ensure_future(self.recorder.commit_plan(plan)))
+            for t in flight.taken:  # what the next batch folds is only cached: bound it now
                 if len(t.slot.cache) > self.settings.cache_size:
                     self._evict(t.slot)
 
     async def _finish(self) -> None:
         """Wait for the batch in flight (if any) to commit, and take note of it."""
         flight, self._flight = self._flight, None
-        if flight is None or flight.task is None:
+        if flight is None:
             return
-        task: Awaitable[None] = flight.task
+        task: Awaitable[None] = flight.task or self.recorder.commit_plan(flight.plan)
         while True:  # again without a projection whose statements failed: its batch is dropped
             try:
                 await task
