@@ -7,7 +7,8 @@ So batches size themselves: a quiet stream commits each event a couple of millis
 its append, a catch-up thousands per transaction.
 
 While the reading is behind its ``target`` (the head it is catching up to), a batch waits up
-to ``CATCH_UP_DELAY`` for more messages, up to ``batch_size``: the reading goes on meanwhile
+to ``CATCH_UP_DELAY`` for more messages, up to ``batch_size`` (a reading idle for
+``CATCH_UP_IDLE`` is caught up, whatever the target said): the reading goes on meanwhile
 (and so does the commit of the batch before, ``projections.inflight``), and fewer, larger
 transactions write each changed state and each touched index page once for more events.
 """
@@ -24,6 +25,7 @@ from eventstore import EventStore, EventStoreError, StoredMessage
 __all__ = ["Intake"]
 
 CATCH_UP_DELAY = 0.05  # seconds a batch waits for more while the reading is behind its target
+CATCH_UP_IDLE = 0.005  # ... unless nothing arrives for this long: then it is caught up
 _END = object()
 _STOP = object()
 
@@ -105,20 +107,25 @@ class Intake:
         batch: list[StoredMessage] = list(item)
         size = self._size
         loop = asyncio.get_running_loop()
-        delay = self._delay
-        if self._target is not None and batch[-1].seq < self._target:
-            delay = max(delay, CATCH_UP_DELAY)
-        deadline = loop.time() + delay
+        behind = self._target is not None and batch[-1].seq < self._target
+        started = loop.time()
+        deadline = started + (max(self._delay, CATCH_UP_DELAY) if behind else self._delay)
         while len(batch) < size and batch[-1].seq != self._target:
             try:
                 item = queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
+                now = loop.time()
+                remaining = deadline - now
                 if remaining <= 0 or self._stopping():
                     break
+                # Behind, past batch_delay: a reading idle for CATCH_UP_IDLE is at the live
+                # edge whatever the target said (it may name a message never delivered).
+                idle = behind and now - started >= self._delay and remaining > CATCH_UP_IDLE
                 try:
-                    item = await asyncio.wait_for(queue.get(), remaining)
+                    item = await asyncio.wait_for(queue.get(), CATCH_UP_IDLE if idle else remaining)
                 except TimeoutError:
+                    if idle:
+                        self._target = None
                     break
             if item is _END or item is _STOP:
                 queue.put_nowait(item)  # seen again by the next call

@@ -1,6 +1,7 @@
 """A catch-up folds the next batch while the one before commits (``projections.inflight``):
 the result is exactly the serial fold's, and a projection whose read-model statements SQLite
-refuses in a commit in flight loses that batch only, the others committing it whole."""
+refuses in a commit in flight loses that batch only, the others committing it whole; a
+reading that goes idle short of its target is caught up."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from projections import (
     RunnerSettings,
     Statement,
 )
+from projections.batches import Intake
 from projections.failures import stored_failures
 
 SMALL = RunnerSettings(batch_size=50)
@@ -108,3 +110,25 @@ async def test_statements_refused_in_a_commit_in_flight_drop_only_that_projectio
     assert {k: v["version"] for k, v in stored_states(path).items()} == {
         k: v["version"] for k, v in expected.items()
     }
+
+
+async def test_a_reading_idle_short_of_its_target_counts_as_caught_up(store: EventStore) -> None:
+    """A target past what the log delivers (a head that names no message of the reading) does
+    not keep the intake waiting batch after batch: once the reading is idle it is caught up,
+    and the runner then commits each batch before taking the next."""
+    await _fill(store, 5, 5)
+    intake = Intake(
+        store, 1, follow=True, until=None, batch_size=20000, batch_delay=0.0,
+        queue_batches=64, stopping=lambda: False, target=1000,
+    )  # fmt: skip
+    try:
+        assert intake.behind()
+        seqs: list[int] = []
+        while 5 not in seqs:  # (a loaded machine may deliver the five in more than one batch)
+            batch = await intake.next()
+            assert batch is not None
+            seqs += [m.seq for m in batch]
+        assert seqs == [1, 2, 3, 4, 5]
+        assert not intake.behind()
+    finally:
+        await intake.close()
