@@ -364,11 +364,10 @@ class Runner:
         serial = self.on_commit or any(s.periodic for s in plan.slots)
         if serial or self._intake is None or not self._intake.behind():
             await self._finish()  # commits it here and now
-        else:
+        else:  # one yield: the commit's first step queues it on the connection, so every
+            # later read of the file (the next batch's preload) sees it committed
             flight.start(asyncio.ensure_future(self.recorder.commit_plan(plan)))
-            for t in flight.taken:  # what the next batch folds is only cached: bound it now
-                if len(t.slot.cache) > self.settings.cache_size:
-                    self._evict(t.slot)
+            await asyncio.sleep(0)
 
     async def _finish(self) -> None:
         """Wait for the batch in flight (if any) to commit, and take note of it."""
