@@ -25,7 +25,7 @@ from eventstore import EventStore, EventStoreError, StoredMessage
 __all__ = ["Intake"]
 
 CATCH_UP_DELAY = 0.05  # seconds a batch waits for more while the reading is behind its target
-CATCH_UP_IDLE = 0.005  # ... unless nothing arrives for this long: then it is caught up
+CATCH_UP_IDLE = 0.02  # ... unless nothing arrives for this long: then it is caught up
 _END = object()
 _STOP = object()
 
