@@ -70,7 +70,7 @@ def _install(out: Path) -> None:
     current: dict[str, float] = {}
     on_msg, apply_, fold, commit, on_commit = (
         ordered.OrderedFeed.on_msg, runner_mod.Runner._apply, runner_mod.Runner._fold,
-        Recorder.commit_batch, ChangeFeed._on_commit,
+        Recorder.commit_plan, ChangeFeed._on_commit,
     )  # fmt: skip
 
     async def traced_on_msg(self: Any, msg: Any) -> None:
@@ -98,7 +98,7 @@ def _install(out: Path) -> None:
     ordered.OrderedFeed.on_msg = traced_on_msg  # type: ignore[method-assign]
     runner_mod.Runner._apply = traced_apply  # type: ignore[method-assign]
     runner_mod.Runner._fold = traced_fold  # type: ignore[method-assign]
-    Recorder.commit_batch = traced_commit  # type: ignore[method-assign]
+    Recorder.commit_plan = traced_commit  # type: ignore[method-assign]
     ChangeFeed._on_commit = traced_on_commit  # type: ignore[method-assign]
 
     def dump() -> None:

@@ -18,7 +18,8 @@ disconnect) holds the mark before it until the next start or the re-publication 
 reconnect (below).
 
 Publishing happens inside the commit callback without waiting for the server (the flush and
-the mark are a background task's), so the fold waits only for encoding and buffering.
+the mark are a background task's, one flush confirming every commit published before it, a
+few milliseconds apart at most), so the fold waits only for encoding and buffering.
 
 A batch's notifications go out sorted by aggregate type, each carrying the checkpoint of its
 commit, and the last one of each type (``last_of_type``) and of the batch (``last_of_batch``)
@@ -58,6 +59,7 @@ MARK_KEY = "feed.notified."  # + projection name: the seq notified (and flushed)
 _encode = msgspec.json.Encoder().encode
 _FLUSH_TIMEOUT = 10  # seconds (nats-py takes an int)
 _TICK = 0.1  # how often a flush in progress looks at the connection's reconnect count
+_CONFIRM_GAP = 0.005  # seconds between two flushes of the background task at least
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
@@ -233,11 +235,16 @@ class ChangeFeed:
     # -- flush, mark, beat -----------------------------------------------------------------
 
     async def _background(self) -> None:
-        last_mark = last_beat = time.monotonic()
+        last_mark = last_beat = last_flush = time.monotonic()
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.beat_interval):
                     await self._wake.wait()
+            # One flush (a PING round trip) confirms every commit published before it: at most
+            # one per _CONFIRM_GAP, so a busy worker does not pay a round trip per commit.
+            if (gap := last_flush + _CONFIRM_GAP - time.monotonic()) > 0:
+                await asyncio.sleep(gap)
+            last_flush = time.monotonic()
             self._wake.clear()
             if self._stopping:
                 return

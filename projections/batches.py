@@ -5,6 +5,12 @@ of them ahead, so reading goes on while a batch commits but memory stays bounded
 takes what is queued, up to ``batch_size`` messages, waiting at most ``batch_delay`` for more.
 So batches size themselves: a quiet stream commits each event a couple of milliseconds after
 its append, a catch-up thousands per transaction.
+
+While the reading is behind its ``target`` (the head it is catching up to), a batch waits up
+to ``CATCH_UP_DELAY`` for more messages, up to ``batch_size`` (a reading idle for
+``CATCH_UP_IDLE`` is caught up, whatever the target said): the reading goes on meanwhile
+(and so does the commit of the batch before, ``projections.inflight``), and fewer, larger
+transactions write each changed state and each touched index page once for more events.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import contextlib
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, cast
 
-from eventstore import EventStore, StoredMessage
+from eventstore import EventStore, EventStoreError, StoredMessage
 
 __all__ = ["Intake"]
 
+CATCH_UP_DELAY = 0.05  # seconds a batch waits for more while the reading is behind its target
+CATCH_UP_IDLE = 0.02  # ... unless nothing arrives for this long: then it is caught up
 _END = object()
 _STOP = object()
 
@@ -36,7 +44,10 @@ class Intake:
         batch_delay: float,
         queue_batches: int,
         stopping: Callable[[], bool],
+        target: int | None = None,
     ) -> None:
+        self._target = target  # the head this reading catches up to (None: the head now)
+        self._taken = start - 1  # the last seq ``next`` returned
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._room = asyncio.Event()
         self._size = batch_size
@@ -44,6 +55,10 @@ class Intake:
         self._limit = queue_batches
         self._stopping = stopping
         self._feeder = asyncio.create_task(self._feed(store, start, follow, until))
+
+    def behind(self) -> bool:
+        """Whether the messages taken so far are short of the target (catching up)."""
+        return self._target is not None and self._taken < self._target
 
     def stop(self) -> None:
         """Let ``next`` return None as soon as it can (the runner is stopping)."""
@@ -58,6 +73,9 @@ class Intake:
 
     async def _feed(self, store: EventStore, start: int, follow: bool, until: int | None) -> None:
         queue, limit = self._queue, self._limit
+        if self._target is None:  # following: catching up to the head as it is now, first
+            with contextlib.suppress(EventStoreError):
+                self._target = await store.head()
         reading = cast(
             AsyncGenerator[list[StoredMessage], None],
             store.raw(start, follow=follow, stop_seq=until),
@@ -89,17 +107,25 @@ class Intake:
         batch: list[StoredMessage] = list(item)
         size = self._size
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._delay
-        while len(batch) < size:
+        behind = self._target is not None and batch[-1].seq < self._target
+        started = loop.time()
+        deadline = started + (max(self._delay, CATCH_UP_DELAY) if behind else self._delay)
+        while len(batch) < size and batch[-1].seq != self._target:
             try:
                 item = queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
+                now = loop.time()
+                remaining = deadline - now
                 if remaining <= 0 or self._stopping():
                     break
+                # Behind, past batch_delay: a reading idle for CATCH_UP_IDLE is at the live
+                # edge whatever the target said (it may name a message never delivered).
+                idle = behind and now - started >= self._delay and remaining > CATCH_UP_IDLE
                 try:
-                    item = await asyncio.wait_for(queue.get(), remaining)
+                    item = await asyncio.wait_for(queue.get(), CATCH_UP_IDLE if idle else remaining)
                 except TimeoutError:
+                    if idle:
+                        self._target = None
                     break
             if item is _END or item is _STOP:
                 queue.put_nowait(item)  # seen again by the next call
@@ -110,4 +136,5 @@ class Intake:
             batch.extend(item)
         if queue.qsize() < self._limit // 2:
             self._room.set()
+        self._taken = batch[-1].seq
         return batch

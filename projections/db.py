@@ -33,7 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -55,6 +55,8 @@ from projections.times import to_us
 __all__ = ["SCHEMA_VERSION", "DatabaseLock", "ProjectionDB", "copy_database"]
 
 log = get_logger("projections.db")
+
+T = TypeVar("T")
 
 
 def _exists(path: Path) -> bool:
@@ -350,6 +352,18 @@ class ProjectionDB:
             return list(await self.conn.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise translate(self.path, exc) from exc
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(connection)`` on the connection's own thread, in ONE hop (aiosqlite runs every
+        call there, one at a time, through its ``_execute``): a batch of many statements costs
+        one round trip instead of one per statement. ``fn`` is plain blocking code; its
+        ``sqlite3`` errors become ``ProjectionError`` here, anything else it raises is raised."""
+        conn = self.conn
+        try:
+            result: T = await conn._execute(lambda: fn(conn._conn))  # type: ignore[no-untyped-call]
+        except sqlite3.Error as exc:
+            raise translate(self.path, exc) from exc
+        return result
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = await self.fetchall(sql, params)

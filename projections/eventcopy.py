@@ -12,7 +12,7 @@ searches in one read transaction, in the calling thread: ``read_local``): the ne
 snapshot, the projection's position and the messages after the snapshot, and folds
 them exactly as the runner folds the log; points past the checkpoint, before the copy starts,
 or of aggregates no projection of the file follows are replayed from the log. Its statements
-are here; ``projections.recorder`` runs ``EVENT_SQL`` in ``commit_batch``.
+are here; ``projections.commit`` runs ``insert_events`` in the batch's transaction.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from __future__ import annotations
 import functools
 import sqlite3
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar
 
 from eventstore import Event, StoredMessage
 from projections.db import ProjectionDB
-from projections.dbfile import read_only_uri, translate
+from projections.dbfile import read_only_uri
 from projections.rows import StateCodec
 from projections.snapshots import SNAPSHOT_COLUMNS, SNAPSHOT_ORDER
 from projections.times import to_us
@@ -37,34 +37,46 @@ __all__ = [
     "copied",
     "copy_differs",
     "event_rows",
-    "flat_chunks",
+    "insert_events",
+    "multi_rows",
     "read_local",
 ]
 
 Key = tuple[str, str]
 T = TypeVar("T")
 
-EVENT_SQL = (
+EVENT_INSERT = (
     "INSERT OR IGNORE INTO events (seq, aggregate_type, aggregate_id, version, recorded_us, "
-    "data) VALUES (?, ?, ?, ?, ?, ?)"
+    "data) VALUES "
 )
+EVENT_SQL = EVENT_INSERT + "(?, ?, ?, ?, ?, ?)"
 CHUNK = 1000  # rows per INSERT: one statement step and one bind pass for many rows
 
 
 @functools.cache
-def insert_rows(rows: int) -> str:
-    """``EVENT_SQL`` for ``rows`` rows at once: a batch of 20,000 is 20 statements, not 20,000
-    steps each giving the GIL away and taking it back while the reader runs."""
-    return EVENT_SQL + ", (?, ?, ?, ?, ?, ?)" * (rows - 1)
+def _values(columns: int, rows: int) -> str:
+    one = "(" + ", ".join("?" * columns) + ")"
+    return ", ".join([one] * rows)
 
 
-def flat_chunks(rows: list[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
-    """The ``(statement, parameters)`` that insert ``rows``, ``CHUNK`` at a time."""
+def multi_rows(
+    head: str, rows: Sequence[tuple[Any, ...]], tail: str = ""
+) -> list[tuple[str, list[Any]]]:
+    """The ``(statement, parameters)`` of ``head VALUES... tail`` inserting ``rows``, ``CHUNK``
+    rows a statement: a batch of 20,000 is 20 statements, not 20,000 steps each giving the GIL
+    away and waiting to take it back while the event loop reads the log."""
     out: list[tuple[str, list[Any]]] = []
+    columns = len(rows[0]) if rows else 0
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
-        out.append((insert_rows(len(chunk)), [v for row in chunk for v in row]))
+        out.append((head + _values(columns, len(chunk)) + tail, [v for r in chunk for v in r]))
     return out
+
+
+def insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert ``EVENT_SQL`` rows on ``conn`` (blocking, inside the caller's transaction)."""
+    for sql, params in multi_rows(EVENT_INSERT, rows):
+        conn.execute(sql, params)
 
 
 ROWS = 1024  # messages read at once when nothing bounds the replay better
@@ -134,10 +146,7 @@ async def read_local(
         except sqlite3.Error as exc:  # busy: this once; else never again (the thread decides)
             if not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
                 _close_reader(db, reader)
-    try:
-        return await _in_thread(db, read)
-    except sqlite3.Error as exc:
-        raise translate(db.path, exc) from exc
+    return await db.run(read)
 
 
 _READERS: weakref.WeakKeyDictionary[ProjectionDB, sqlite3.Connection | None] = (
@@ -251,13 +260,6 @@ def _statements(
     upper = checkpoint if point.seq is None else min(point.seq, checkpoint)
     rows = conn.execute(_ROWS_SQL, (*key, lower, upper, limit)).fetchall()
     return LocalRows(checkpoint, snap, rows, len(rows) >= limit)
-
-
-async def _in_thread(db: ProjectionDB, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """``fn(connection)`` in the database connection's own thread: several statements for
-    the cost of one hop (aiosqlite's queue; ``projections.dbfile`` patches its thread too)."""
-    execute = cast(Callable[..., Awaitable[T]], db.conn._execute)
-    return await execute(fn, db.conn._conn)
 
 
 async def copied(db: ProjectionDB, first: int, last: int) -> dict[int, tuple[Any, ...]]:

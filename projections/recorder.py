@@ -11,7 +11,9 @@ migrations, its stream, failure marks) is ``ProjectionDB.meta``'s.
 runner (states, snapshots and their pruning, conflicts, quarantined messages, read models,
 periodic snapshots and the new checkpoints) in ONE transaction, after checking that the file is
 still the one the runner read (its generation and checkpoints): a batch is committed with its
-checkpoint or not at all (``eventsourcing``'s recorders work the same way).
+checkpoint or not at all (``eventsourcing``'s recorders work the same way). It prepares every
+row here and runs the whole transaction in one call on the database's thread
+(``projections.commit``: its statements are there).
 """
 
 from __future__ import annotations
@@ -19,23 +21,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from eventstore import get_logger
+from projections.commit import CONFLICT_COLUMNS, CommitPlan, FileChanged, SlotRows, commit
 from projections.db import ProjectionDB
-from projections.eventcopy import flat_chunks
-from projections.failures import ProjectionFailure, record_failures
+from projections.failures import FAILED_KEY, ProjectionFailure
 from projections.fold import AggregateState
 from projections.projection import Projection
-from projections.readmodels import write_read_models
+from projections.readmodels import read_model_statements
 from projections.records import ConflictRecord, Position, ProjectionInfo, QuarantineRecord
 from projections.rows import SlotBatch, StateCodec, conflict_record, quarantine_record
 from projections.schema import TABLES
 from projections.snapshots import (
-    PERIODIC_MARK_SQL,
-    PERIODIC_PRUNE_SQL,
-    PERIODIC_SQL,
-    PRUNE_SQL,
     SNAPSHOT_COLUMNS,
-    SNAPSHOT_SQL,
     SNAPSHOT_TIME_SQL,
     STATE_COLUMNS,
     SnapshotRows,
@@ -47,49 +46,13 @@ __all__ = ["FileChanged", "Recorder", "list_conflicts", "list_quarantine"]
 log = get_logger("projections.runner")
 
 Key = tuple[str, str]
+_encode = msgspec.json.Encoder().encode
 
-UPSERT_STATE_SQL = (
-    "INSERT INTO states (projection, aggregate_type, aggregate_id, version, seq, state, vclock, "
-    "lamport, recorded_us, resume, base, snapshot_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-    "?, ?) ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET "
-    "version = excluded.version, seq = excluded.seq, state = excluded.state, "
-    "vclock = excluded.vclock, lamport = excluded.lamport, recorded_us = excluded.recorded_us, "
-    "resume = excluded.resume, base = excluded.base, snapshot_version = excluded.snapshot_version"
-)
-# The new checkpoint, and where the local copy of the events starts (``?5``: kept in this
-# batch from ``?6``, the seq after the projection's previous checkpoint, unless known earlier).
-CHECKPOINT_SQL = (
-    "UPDATE projections SET checkpoint = ?1, checkpoint_us = ?2, updated_us = ?3, "
-    "events_from = CASE WHEN ?5 THEN coalesce(events_from, ?6) END WHERE name = ?4"
-)
-GUARD_SQL = (
-    "SELECT name, checkpoint, code_version, (SELECT value FROM meta WHERE key = 'generation') "
-    "FROM projections"
-)
-# The columns of ``rows.conflict_row`` and ``rows.conflict_record``.
-CONFLICT_COLUMNS = (
-    "projection, aggregate_type, aggregate_id, seq, version, event_id, event_producer, "
-    "event_lamport, event_vclock, previous_id, previous_seq, previous_producer, "
-    "previous_lamport, previous_vclock, resolver, winner, recorded_us"
-)
-CONFLICT_SQL = (
-    f"INSERT INTO conflicts ({CONFLICT_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-QUARANTINE_SQL = (
-    "INSERT INTO quarantine (projection, seq, subject, aggregate_type, aggregate_id, version, "
-    "event_id, kind, reason, data, recorded_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 # The columns of ``rows.quarantine_record``.
 QUARANTINE_COLUMNS = (
     "projection, seq, subject, kind, reason, aggregate_type, aggregate_id, version, event_id, "
     "recorded_us, data"
 )
-
-
-class FileChanged(Exception):
-    """The file is not the one the runner read (swapped by a rebuild, or written by another
-    worker): nothing was committed; reload it and resume from its checkpoints."""
 
 
 def _filter(
@@ -263,7 +226,11 @@ class Recorder(SnapshotRows):
 
     # -- the batch -------------------------------------------------------------------------
 
-    async def commit_batch(
+    async def commit_batch(self, slots: Sequence[SlotBatch], **batch: Any) -> None:
+        """``commit_plan(plan_batch(slots, ...))``: see ``plan_batch``."""
+        await self.commit_plan(self.plan_batch(slots, **batch))
+
+    def plan_batch(
         self,
         slots: Sequence[SlotBatch],
         *,
@@ -278,79 +245,68 @@ class Recorder(SnapshotRows):
         cleared: Sequence[str] = (),
         spacing: int = 0,
         events: Sequence[tuple[Any, ...]] | None = None,
-    ) -> None:
-        """Commit one batch in ONE transaction: the guard, then for every projection in
-        ``slots`` its states, snapshots (pruned to the newest ``keep`` and older ones every
-        ``spacing`` versions, ``projections.snapshots``), conflicts, quarantined messages,
-        read models and periodic snapshot, and its checkpoint ``seq``; the ``meta`` rows given;
-        the ``failed`` marks and the deletion of the ``cleared`` ones (``projections.failures``);
-        the local copy of the ``events`` (``projections.eventcopy``; None: none kept).
+    ) -> CommitPlan:
+        """Every row of one batch, for ``commit_plan`` to commit in ONE transaction: the
+        guard, then for every projection in ``slots`` its states, snapshots (pruned to the
+        newest ``keep`` and older ones every ``spacing`` versions, ``projections.snapshots``),
+        conflicts, quarantined messages, read models and periodic snapshot, and its checkpoint
+        ``seq``; the ``meta`` rows given; the ``failed`` marks and the deletion of the
+        ``cleared`` ones (``projections.failures``); the local copy of the ``events``
+        (``projections.eventcopy``; None: none kept).
 
         ``generation`` and ``checkpoints`` (of every projection of the runner) are what the
         caller read: a file that says otherwise raises ``FileChanged`` and nothing is written.
-        A projection's ``write`` (or its statements) failing raises ``failures.Failed``
-        (``projections.readmodels``) and nothing is written.
-        """
-        db = self.db
-        state_rows = [s.codec.row(a) for s in slots for a in s.changed.values()]
-        async with db.transaction():
-            await self._guard(generation, checkpoints)
-            await record_failures(db, failed, cleared)
-            if state_rows:
-                await db.executemany(UPSERT_STATE_SQL, state_rows)
-            for sql, params in flat_chunks(list(events)) if events else ():
-                await db.execute(sql, params)
-            for slot in slots:
-                name = slot.projection.name
-                if slot.snapshots:
-                    await db.executemany(SNAPSHOT_SQL, slot.snapshots)
-                    pruned = {(r[1], r[2]) for r in slot.snapshots}
-                    rows = [(name, t, i, keep, spacing) for t, i in pruned]
-                    await db.executemany(PRUNE_SQL, rows)
-                if slot.conflicts:
-                    await db.executemany(CONFLICT_SQL, slot.conflicts)
-                if slot.quarantine:
-                    await db.executemany(QUARANTINE_SQL, slot.quarantine)
-                if slot.changed and slot.writes:
-                    await write_read_models(db, slot)
-                if slot.periodic:
-                    version = slot.projection.version
-                    await db.execute(PERIODIC_SQL, (name, version, now_us))
-                    await db.execute(PERIODIC_PRUNE_SQL, (name, keep, spacing))
-                    await db.execute(PERIODIC_MARK_SQL, (name,))
-                    await db.execute(SNAPSHOT_TIME_SQL, (now_us, name))
-            kept = events is not None
-            await db.executemany(
-                CHECKPOINT_SQL,
-                [
-                    (seq, recorded_us, now_us, name, kept, checkpoints.get(name, 0) + 1)
-                    for name in (s.projection.name for s in slots)
-                ],
-            )
-            if meta:  # the rules in force at the checkpoint (projections.rulecheck)
-                await db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [*meta.items()])
+        A projection's ``write`` (here) or its statements (``commit_plan``) failing raises
+        ``failures.Failed`` (``projections.readmodels``) and nothing is written.
 
-    async def _guard(self, generation: str, checkpoints: Mapping[str, int]) -> None:
-        """Refuse to commit onto a file that changed since the runner read it."""
-        rows = await self.db.fetchall(GUARD_SQL)
-        stored = {r[0]: int(r[1]) for r in rows}
-        found = rows[0][3] if rows else await self.db.meta("generation")
-        if found != generation:
-            log.warning(
-                "projection database was replaced (rebuild?): resuming from its checkpoints",
-                db=str(self.db.path),
-            )
-            raise FileChanged()
-        for name, checkpoint in checkpoints.items():
-            if stored.get(name) != checkpoint:
-                log.warning(
-                    "projection checkpoint moved under this worker (another worker on the "
-                    "same file?): resuming from the file's checkpoint",
-                    projection=name,
-                    ours=checkpoint,
-                    theirs=stored.get(name),
-                )
-                raise FileChanged()
+        Every row is encoded here, before anything is committed: the caller may change the
+        states it folded as soon as this returns (``projections.inflight``).
+        """
+        return CommitPlan(
+            path=self.db.path,
+            generation=generation,
+            checkpoints=checkpoints,
+            states=[s.codec.row(a) for s in slots for a in s.changed.values()],
+            slots=[_slot_rows(s) for s in slots],
+            checkpoint_rows=[
+                (seq, recorded_us, now_us, name, events is not None, checkpoints.get(name, 0) + 1)
+                for name in (s.projection.name for s in slots)
+            ],
+            now_us=now_us,
+            keep=keep,
+            spacing=spacing,
+            events=events,
+            marks=failure_marks(failed),
+            cleared=[FAILED_KEY + name for name in cleared],
+            meta=[*meta.items()] if meta else [],  # the rules at the checkpoint (rulecheck)
+        )
+
+    async def commit_plan(self, plan: CommitPlan) -> None:
+        """Commit ``plan`` (``plan_batch``) in one call on the database's thread."""
+        try:
+            await self.db.run(lambda conn: commit(conn, plan))
+        except FileChanged as exc:
+            log.warning(exc.reason, db=str(self.db.path), **exc.context)
+            raise
+
+
+def failure_marks(failed: Iterable[ProjectionFailure]) -> list[tuple[str, str]]:
+    """The ``meta`` rows marking ``failed`` projections (``projections.failures``)."""
+    return [(FAILED_KEY + f.projection, _encode(f).decode()) for f in failed]
+
+
+def _slot_rows(slot: SlotBatch) -> SlotRows:
+    """What ``slot`` writes besides its states; its ``write`` is called here."""
+    p = slot.projection
+    return SlotRows(
+        name=p.name,
+        code_version=p.version,
+        snapshots=slot.snapshots,
+        conflicts=slot.conflicts,
+        quarantine=slot.quarantine,
+        writes=read_model_statements(slot) if slot.changed and slot.writes else None,
+        periodic=slot.periodic,
+    )
 
 
 async def list_conflicts(

@@ -47,10 +47,11 @@ from projections.batches import Intake
 from projections.db import ProjectionDB
 from projections.eventcopy import event_rows
 from projections.failures import Failed, ProjectionFailure, stored_failures
-from projections.fold import AggregateState, Folder, MessageDecoder
+from projections.fold import Folder, MessageDecoder
+from projections.inflight import InFlight, announce, index_of, take
 from projections.origins import record_origin
 from projections.projection import Projection
-from projections.recorder import FileChanged, Recorder
+from projections.recorder import FileChanged, Recorder, failure_marks
 from projections.rows import StateCodec
 from projections.runsettings import CommitInfo, RunnerSettings
 from projections.slot import Slot
@@ -112,6 +113,7 @@ class Runner:
         self._expect = 1  # the stream sequence the next batch must start with
         self._rules_meta: dict[str, str] = {}  # the rules record the file has
         self._events: list[tuple[Any, ...]] | None = None  # the batch's copy (eventcopy)
+        self._flight: InFlight | None = None  # the batch committing (projections.inflight)
         self._watch = identity.StreamWatch(store, db)  # the stream the file folds (open)
 
     @property
@@ -236,17 +238,20 @@ class Runner:
                 batch_delay=settings.batch_delay,
                 queue_batches=settings.queue_batches,
                 stopping=lambda: self._stopping,
+                target=until,
             )
             try:
                 while (batch := await intake.next()) is not None:
                     await self._apply(batch)
                     if self._stopping:
                         break
+                await self._finish()
             except _Resync:
                 self.resyncs += 1
                 await self._load()
                 continue
             except BaseException:
+                self._flight = None  # its outcome is consumed (inflight); the file knows it
                 self._forget()
                 raise
             finally:
@@ -271,9 +276,11 @@ class Runner:
                 last=last,
                 count=len(batch),
             )
+            await self._finish()
             raise _Resync()
         self._expect = last + 1
         if not await self._watch.check(lambda: self._stopping):
+            await self._finish()
             raise _Resync()
         await self._preload(batch)
         self._fold(batch)
@@ -319,6 +326,10 @@ class Runner:
         )
 
     async def _commit(self, batch: list[StoredMessage], started: float) -> None:
+        """Start committing the folded batch (after finishing the one before); with no
+        ``on_commit`` callback and no periodic snapshot due, while catching up the next batch
+        folds meanwhile (``projections.inflight``)."""
+        await self._finish()
         last = batch[-1]
         now_us = to_us(datetime.now(UTC)) or 0
         interval_us = int(self.settings.snapshots.interval * 1_000_000)
@@ -330,7 +341,7 @@ class Runner:
         while True:  # again without a projection whose write() failed: its batch is dropped
             marks = [s for s in self._slots if s.failure is not None and not s.recorded]
             try:
-                await self.recorder.commit_batch(
+                plan = self.recorder.plan_batch(
                     moving,
                     generation=self._generation,
                     checkpoints=self.checkpoints(),
@@ -344,55 +355,61 @@ class Runner:
                     cleared=[s.projection.name for s in moving if s.marked],
                     meta=meta if meta != self._rules_meta else None,
                 )
+            except Failed as failed:
+                self._fail(moving.pop(index_of(moving, failed.projection)), failed)
+                continue
+            break
+        flight = InFlight(batch, started, now_us, [take(s) for s in moving], meta, marks, plan)
+        self._flight = flight
+        serial = self.on_commit or any(s.periodic for s in plan.slots)
+        if serial or self._intake is None or not self._intake.behind():
+            await self._finish()  # commits it here and now
+        else:  # one yield: the commit's first step queues it on the connection, so every
+            # later read of the file (the next batch's preload) sees it committed
+            flight.start(asyncio.ensure_future(self.recorder.commit_plan(plan)))
+            await asyncio.sleep(0)
+
+    async def _finish(self) -> None:
+        """Wait for the batch in flight (if any) to commit, and take note of it."""
+        flight, self._flight = self._flight, None
+        if flight is None:
+            return
+        task: Awaitable[None] = flight.task or self.recorder.commit_plan(flight.plan)
+        while True:  # again without a projection whose statements failed: its batch is dropped
+            try:
+                await task
             except FileChanged:
                 raise _Resync() from None
             except Failed as failed:
-                slot = next(s for s in moving if s.projection.name == failed.projection)
-                moving.remove(slot)
-                self._fail(slot, failed)
+                t = flight.taken.pop(index_of([t.slot for t in flight.taken], failed.projection))
+                self._fail(t.slot, failed)
+                flight.marks = [s for s in self._slots if s.failure and not s.recorded]
+                marks = failure_marks(s.failure for s in flight.marks if s.failure is not None)
+                flight.plan = flight.plan.without(failed.projection, marks)
+                task = self.recorder.commit_plan(flight.plan)
                 continue
             break
-        self._rules_meta = meta
-        for slot in marks:
+        batch, now_us, last = flight.batch, flight.now_us, flight.batch[-1]
+        self._rules_meta = flight.meta
+        for slot in flight.marks:
             slot.recorded = slot.marked = True
         if not self._active():
             raise ProjectionError("; ".join(f.error for f in self.failures.values()))
         self.events_applied += len(batch)
-        changed: dict[str, list[Key]] = {}
-        states: dict[str, list[tuple[AggregateState, int]]] = {}
-        for slot in moving:
+        for t in flight.taken:
+            slot = t.slot
             slot.marked = False
-            if slot.periodic:
+            if t.rows.periodic:
                 slot.snapshot_us = now_us
                 for agg in slot.cache.values():
                     agg.snapshot_version = agg.version
             slot.checkpoint = last.seq
             slot.checkpoint_us = to_us(last.recorded_at)
-            changed[slot.projection.name] = list(slot.changed)
-            previous = slot.previous
-            states[slot.projection.name] = [(a, previous[k]) for k, a in slot.changed.items()]
-            slot.clear_batch()
             if len(slot.cache) > self.settings.cache_size:
                 self._evict(slot)
-        info = CommitInfo(
-            batch[0].seq, last.seq, len(batch), changed, time.perf_counter() - started, states
-        )
-        log.debug(
-            "batch committed",
-            first=info.first_seq,
-            last=info.last_seq,
-            messages=info.messages,
-            seconds=round(info.seconds, 4),
-        )
         async with self._committed:
             self._committed.notify_all()
-        for callback in self.on_commit:
-            try:
-                result = callback(info)
-                if result is not None:
-                    await result
-            except Exception:
-                log.exception("on_commit callback failed")
+        await announce(self.on_commit, flight.info())
 
     def _fail(self, slot: Slot, failed: Failed) -> None:
         """Mark a projection failed (its code raised): the others go on folding."""
