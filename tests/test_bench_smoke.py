@@ -16,11 +16,13 @@ if ROOT not in sys.path:  # bench/ is not an installed package; run from the che
 from bench import (  # noqa: E402
     audit,
     catchup,
+    commit,
     compare_eventsourcing,
     groupcommit,
     live,
     serving,
     timetravel,
+    timetravel_pieces,
     writemodel,
 )
 
@@ -168,3 +170,24 @@ async def test_groupcommit_quick_reports_its_cells(capsys: pytest.CaptureFixture
         keys += [f"{cell}_events_per_s", f"{cell}_ratio", f"{cell}_vs_publish_async"]
     assert_positive(figures, keys)
     assert '"contended_ratio"' in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+async def test_commit_quick_reports_both_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    """Both commit paths run their rounds and the ratio of their medians is reported."""
+    figures = await commit.run(quick=True)
+    for key in ("one_p50_ms", "one_p99_ms", "many_p50_ms", "many_p99_ms", "p50_ratio"):
+        assert isinstance(figures[key], float) and figures[key] > 0, key
+    assert '"p50_ratio"' in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+async def test_timetravel_pieces_reports_each_piece(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every piece of a state_at is measured at each history length, and the last line of the
+    output is the JSON of the figures."""
+    figures = await timetravel_pieces.run(events=3000, queries=4)
+    for piece in timetravel_pieces.PIECES:
+        for key in ("30", "300", "3k"):
+            assert figures[f"{piece}_us_{key}"] >= 0, (piece, key)
+    assert figures["state_at_us_3k"] > 0 and figures["fold_us_3k"] > 0
+    assert '"state_at_us_3k"' in capsys.readouterr().out.strip().splitlines()[-1]
