@@ -6,7 +6,9 @@ server's. Now a submitter waits (``room``) while a full batch is queued and not 
 the first batch goes out after ``max_batch`` requests are built and the server stores one batch
 while the client builds and prepares the next; and the committer, waiting for a batch in flight
 with room for another, wakes once half a batch is queued (``enough``), not only when the one in
-flight is answered.
+flight is answered. With every batch slot taken, the committer wakes (``ahead``) when the queue
+crosses half a batch and a full one, to look up the heads of the next batch's new aggregates
+while the batches in flight are stored (``HeadReader.look_ahead``).
 """
 
 from __future__ import annotations
@@ -21,23 +23,29 @@ __all__ = ["AppendQueue"]
 class AppendQueue:
     """Pending appends in order, with the count of their events."""
 
-    def __init__(self, max_batch: int) -> None:
+    def __init__(self, max_batch: int, backlog: int = 2) -> None:
         self.max_batch = max_batch
+        self.backlog = backlog  # full batches queued before a submitter waits
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._events = 0  # events queued, not yet taken into a group
         self._room = asyncio.Event()  # set while less than a full batch is queued
         self._room.set()
         self.enough = asyncio.Event()  # set once half a batch is queued
+        self.ahead = asyncio.Event()  # set when the queue crosses half a batch or a full one
 
     def empty(self) -> bool:
         return self._queue.empty()
 
     def put(self, p: Pending) -> None:
         self._queue.put_nowait(p)
+        before = self._events
         self._events += p.size
+        full = self.max_batch
+        if before // full < self._events // full:
+            self.ahead.set()  # once a batch: each wake scans the queue
         if self._events >= self.max_batch // 2:
             self.enough.set()  # worth a batch of its own beside one in flight
-            if self._events >= self.max_batch:
+            if self._events >= self.backlog * self.max_batch:
                 self._room.clear()
 
     async def room(self) -> None:
@@ -50,12 +58,23 @@ class AppendQueue:
 
     def _taken(self, p: Pending) -> Pending:
         self._events -= p.size
-        if self._events < self.max_batch:
+        if self._events < self.backlog * self.max_batch:
             self._room.set()
         return p
 
     async def get(self) -> Pending:
         return self._taken(await self._queue.get())
+
+    def peek(self, events: int) -> list[Pending]:
+        """The first queued appends, up to about ``events`` events, left in the queue."""
+        out: list[Pending] = []
+        n = 0
+        for p in self._queue._queue:  # type: ignore[attr-defined]  # asyncio.Queue's deque
+            if n >= events:
+                break
+            out.append(p)
+            n += p.size
+        return out
 
     def drain(self) -> list[Pending]:
         """Everything queued, taken out."""

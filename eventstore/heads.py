@@ -9,7 +9,10 @@ what the fold's version rule gives for the subject up to its ``seq``.
 fold's rule over the messages after the cached head. Where the last message comes from:
 
 - aggregates never seen before (a cold batch): batched ``multi_last`` direct gets, up to 500
-  subjects a request (``directget.last_messages``), instead of one get per aggregate;
+  subjects a request (``directget.last_messages``), instead of one get per aggregate; asked
+  AHEAD (``look_ahead``) for the queued appends while the batches in flight are stored, so a
+  freed batch slot does not wait for a lookup (a cold run drained the pipeline: a lookup took
+  20-30 ms beside batches being fsynced); a batch's lookup waits for those asked ahead;
 - after a refused batch or a stale mark: the stream's LEADER, one ``STREAM.MSG.GET`` per
   subject, all in flight together (the leader-only get rejects ``multi_last`` and ``batch``
   alike, err 10003, checked on nats-server 2.15.1), then the messages after the cached heads
@@ -35,12 +38,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import msgspec
 from nats.js import JetStreamContext
 
 from eventstore.clockstore import ProducerClock
+from eventstore.directget import MULTI_LAST_MAX
 from eventstore.errors import EventStoreError, InvalidEvent, InvalidTransition
 from eventstore.events import Event, utcnow
 from eventstore.jetstream import StoredMessage, last_msg, next_msg, translating
@@ -132,6 +136,46 @@ class HeadReader:
         self.clock = clock
         self.stream = reader.stream
         self.prefix = reader.prefix
+        self._ahead: dict[str, asyncio.Task[None]] = {}  # subjects being looked up ahead
+        self.asked_ahead = 0  # subjects whose heads were asked ahead (tests, benchmarks)
+
+    def look_ahead(self, pendings: Iterable[Pending], busy: set[str]) -> None:
+        """Start looking up the heads of the queued appends' aggregates never seen (not
+        cached, not in a batch in flight, not asked already), in the background: a freed
+        batch slot then finds them cached. What is learned only fills heads still unknown
+        when the answer comes (a write's own outcome is newer); a head that is stale by then
+        (another writer) costs a refusal, as any stale head does."""
+        types: dict[str, str] = {}
+        cache, ahead = self.cache, self._ahead
+        for p in pendings:
+            s = p.subject
+            if s not in types and s not in busy and s not in cache and s not in ahead:
+                types[s] = p.agg_type
+                if len(types) == MULTI_LAST_MAX:  # one request: the next batch's worth
+                    break
+        if len(types) < 2:  # one head alone is the leader's get, in the batch's lookup
+            return
+        subjects = list(types)
+        self.asked_ahead += len(subjects)
+        task = asyncio.create_task(self._learn_ahead(subjects, types))
+        for s in subjects:
+            ahead[s] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            for s in subjects:
+                if ahead.get(s) is t:
+                    del ahead[s]
+
+        task.add_done_callback(done)
+
+    async def _learn_ahead(self, subjects: list[str], types: dict[str, str]) -> None:
+        with contextlib.suppress(Exception):  # what failed stays unknown: the batch asks
+            await self._learn(subjects, types, absent_only=True)
+
+    def close(self) -> None:
+        """Stop the lookups ahead (the committer closes)."""
+        for task in set(self._ahead.values()):
+            task.cancel()
 
     async def lookup(
         self,
@@ -149,6 +193,9 @@ class HeadReader:
         missing = [s for s in subjects if refresh or not self.cache.fresh(s)]
         failed: dict[str, BaseException] = {}
         if missing and not refresh:
+            if asked := {self._ahead[s] for s in missing if s in self._ahead}:
+                await asyncio.wait(asked)  # being looked up ahead: wait, do not ask twice
+                missing = [s for s in missing if not self.cache.fresh(s)]
             unknown = [s for s in missing if s not in self.cache]
             if len(unknown) > 1:
                 failed = await self._learn(unknown, subjects)
@@ -161,17 +208,20 @@ class HeadReader:
                     p.fail(translate(failed[p.subject], p.subject))
         return {s: self.cache[s] for s in subjects if s in self.cache}
 
-    async def _learn(self, unknown: list[str], types: dict[str, str]) -> dict[str, BaseException]:
+    async def _learn(
+        self, unknown: list[str], types: dict[str, str], absent_only: bool = False
+    ) -> dict[str, BaseException]:
         """Heads of subjects never seen, from batched ``multi_last`` direct gets: a few
         requests for a whole batch of new aggregates. Returns what failed (left uncached: a
-        failed batched read falls back to one leader get per subject)."""
+        failed batched read falls back to one leader get per subject). ``absent_only``: a
+        subject cached meanwhile keeps its head (looked up ahead: see ``look_ahead``)."""
         try:
             lasts = await self._reader.last_messages(unknown)
         except Exception as exc:
             log.debug("batched head lookup failed, asking one by one", error=str(exc))
             return {}
         for s in unknown:
-            if s not in lasts:
+            if s not in lasts and not (absent_only and s in self.cache):
                 self.cache.remember(s, _new())
         found = list(lasts)
         got = await asyncio.gather(
@@ -181,7 +231,7 @@ class HeadReader:
         for s, g in zip(found, got, strict=True):
             if isinstance(g, BaseException):
                 failed[s] = g
-            else:
+            elif not (absent_only and s in self.cache):
                 self.cache.remember(s, g)
         return failed
 
