@@ -111,13 +111,13 @@ class Committer:
             reserve=self._reserve,
             max_payload=lambda: self._nc.max_payload,
         )
-        self._queue = AppendQueue(max_batch)
+        self._queue = AppendQueue(max_batch, on_full=self._look_ahead)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._lock = asyncio.Lock()  # batches in flight: held by the committer or a caller
         self._waiting = 0  # callers waiting for the lock (``exclusive``)
         self.depth = 2  # batches in flight at once (on disjoint subjects)
-        self.heads_ahead = True  # look up queued new aggregates' heads ahead (``_look_ahead``)
+        self.heads_ahead = True  # ask queued new aggregates' heads ahead (``_look_ahead``)
         self._batch_no = 0
         self._batch_prefix = f"{producer[:40]}-{random.getrandbits(48):012x}"
 
@@ -133,7 +133,7 @@ class Committer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._queue.release()  # nobody waits for a committer that is gone
-        self._head_reader.close()
+        await self._head_reader.close()
         await self.clock.close()
         for p in self._queue.drain():
             if not p.future.done():
@@ -159,7 +159,7 @@ class Committer:
         self._queue.max_batch = events
 
     async def room(self) -> None:
-        """Wait while a full batch is queued and not taken yet (``AppendQueue``)."""
+        """Wait while full batches are queued and not taken yet (``AppendQueue``)."""
         if not self._closed and self._task is not None and not self._task.done():
             await self._queue.room()
 
@@ -226,8 +226,6 @@ class Committer:
                     singles = _singles(group)
                     if not singles and flying and sum(p.size for p in group) < self.max_batch // 2:
                         carry, group = group + carry, []  # a small one waits to grow
-                    elif group and not singles:  # before it is sent: see ``_look_ahead``
-                        self._look_ahead(carry, flying, group)
                 # A few one-event appends to distinct aggregates go as plain publishes, each in
                 # flight on its own: an atomic batch of four costs the server about eight single
                 # publishes' time, which is what a light, steady load would wait for.
@@ -239,26 +237,17 @@ class Committer:
                 batches = sum(1 for _, g in flying.values() if len(g) > 1 or g[0].size > 1)
                 if not group or batches >= self.depth or len(flying) >= _MAX_FLYING:
                     waits: set[asyncio.Future[Any]] = set(flying)
-                    room = batches < self.depth and len(flying) < _MAX_FLYING
-                    # Room for another batch: wake when enough has been queued for one
-                    # (``append_many`` submits as the batches go out), not only when one in
-                    # flight is answered. No room: look up the next batch's new heads ahead,
-                    # now and as the queue fills (``HeadReader.look_ahead``).
-                    event = self._queue.enough if room else self._queue.ahead
-                    while True:
-                        if not room:
-                            self._look_ahead(carry, flying)
-                        if not self._waiting:
-                            event.clear()
-                            arrival = asyncio.ensure_future(event.wait())
-                            waits.add(arrival)
-                        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                        if arrival is not None:
-                            arrival.cancel()
-                            waits.discard(arrival)
-                            arrival = None
-                        if room or any(t in flying for t in done):
-                            break
+                    if batches < self.depth and len(flying) < _MAX_FLYING and not self._waiting:
+                        # Room for another batch: wake when enough has been queued for one
+                        # (``append_many`` submits as the batches go out), not only when one
+                        # in flight is answered.
+                        self._queue.enough.clear()
+                        arrival = asyncio.ensure_future(self._queue.enough.wait())
+                        waits.add(arrival)
+                    done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    if arrival is not None:
+                        arrival.cancel()
+                        arrival = None
                     for finished in done:
                         flying.pop(finished, None)  # type: ignore[call-overload]
         except asyncio.CancelledError:
@@ -272,18 +261,11 @@ class Committer:
                     p.future.set_exception(NotConnected(self.url, "event store closed"))
             raise
 
-    def _look_ahead(
-        self, carry: list[Pending], flying: dict[Any, tuple[set[str], Any]], group: Any = ()
-    ) -> None:
-        """Look up the heads of the queued appends' new aggregates now (``HeadReader.
-        look_ahead``). A direct get waits while the server stores a batch, so a lookup asked
-        only when a slot frees came back when the batch before had been stored, and the server
-        idled while the next one was prepared; asked before the batch ahead of it is sent, it
-        is answered first."""
-        if not self.heads_ahead:
-            return
-        busy: set[str] = set().union(*(s for s, _ in flying.values()), (p.subject for p in group))
-        self._head_reader.look_ahead(carry + self._queue.peek(self.max_batch), busy)
+    def _look_ahead(self) -> None:
+        """Another full batch is queued: ask its new aggregates' heads (``HeadReader.
+        look_ahead``) while the batches before it are stored."""
+        if self.heads_ahead:
+            self._head_reader.look_ahead(self._queue.peek(self._queue.backlog * self.max_batch))
 
     async def _commit_group(self, group: list[Pending]) -> None:
         try:

@@ -79,9 +79,10 @@ async def test_heads_asked_ahead_are_asked_once_and_within_the_bound(
 ) -> None:
     """3,000 appends to new aggregates: heads are asked ahead while batches are in flight,
     yet every subject is named by exactly one multi_last request, no request names more than
-    500, the requests stay within ceil(3000/500) + 2 (the first two batches leave before 500
-    appends are queued: their lookups are smaller), no leader get is made (a head asked ahead
-    is used as the batch's head, not asked again), and every append lands at version 1."""
+    500, the requests stay within ceil(3000/500) + 3 (the first two batches leave before 500
+    appends are queued, so their lookups are smaller; a batch may straddle two requests asked
+    ahead and ask its few others itself; a single one left over is the leader's get, as a
+    lone head always is), and every append lands at version 1."""
     await store.append("agent", "warmup", NewEvent("Tick"))
     await wire.settled()
     wire.reset()
@@ -93,11 +94,13 @@ async def test_heads_asked_ahead_are_asked_once_and_within_the_bound(
     counts = await wire.settled()
     assert {r.version for r in results} == {1}
     assert reader.asked_ahead > before  # some heads were asked ahead of their batch
-    assert counts["leader"] == 0
-    assert sorted(wire.named) == sorted(store.subject("agent", i) for i in ids)
+    assert counts["leader"] <= 1  # a head asked ahead is the batch's head, not asked again
+    assert len(wire.named) >= len(ids) - counts["leader"]
+    assert set(wire.named) <= {store.subject("agent", i) for i in ids}
     assert set(wire.named.values()) == {1}
     assert max(wire.sizes) <= MULTI_LAST_MAX
-    assert 0 < counts["direct"] <= -(-3000 // MULTI_LAST_MAX) + 2
+    sizes = " ".join(map(str, wire.sizes))
+    assert 0 < counts["direct"] <= -(-3000 // MULTI_LAST_MAX) + 3, sizes
 
 
 @dataclass
@@ -120,9 +123,9 @@ async def test_a_head_asked_ahead_and_moved_by_another_producer_costs_a_refusal_
     reader = store._committer._head_reader
     ids = [f"moved-{i}" for i in range(20)]
     queued = [_Queued(store.subject("agent", i), "agent") for i in ids]
-    reader.look_ahead(cast(list[Pending], queued), set())
-    assert reader._ahead  # asked in the background
-    await asyncio.gather(*set(reader._ahead.values()))
+    reader.look_ahead(cast(list[Pending], queued))
+    assert reader._asking  # asked in the background
+    await asyncio.gather(*set(reader._asking.values()))
     assert all(reader.cache[q.subject].seq == 0 for q in queued)  # learned: no message yet
     async with await EventStore.connect(nats_url, producer="other", stream=settings) as other:
         _ok(await other.append_many(_one_each(ids, 2)))
@@ -150,8 +153,8 @@ async def test_a_head_learned_by_a_write_is_not_overwritten_by_an_answer_asked_a
     assert store._committer is not None
     reader = store._committer._head_reader
     subjects = [store.subject("agent", f"race-{i}") for i in range(5)]
-    reader.look_ahead(cast(list[Pending], [_Queued(s, "agent") for s in subjects]), set())
-    tasks = set(reader._ahead.values())
+    reader.look_ahead(cast(list[Pending], [_Queued(s, "agent") for s in subjects]))
+    tasks = set(reader._asking.values())
     assert tasks
     # Written through the committer while the lookup may still be in flight: the lookup of
     # this batch waits for the heads asked ahead, then its ack sets the heads.
