@@ -26,8 +26,10 @@ from projections.collector import catching_up
 
 __all__ = ["Intake"]
 
-CATCH_UP_DELAY = 0.05  # seconds a batch waits for more while the reading is behind its target
-CATCH_UP_IDLE = 0.02  # ... unless nothing arrives for this long: then it is caught up
+CATCH_UP_DELAY = 0.25  # seconds a batch waits for more while the reading is behind its target
+# ... unless nothing arrives for this long: then it is caught up. A busy machine pauses a
+# delivery for 20 ms now and then, which ended catch-ups early (small batches from there on).
+CATCH_UP_IDLE = 0.1
 _END = object()
 _STOP = object()
 
