@@ -11,6 +11,7 @@ to ``CATCH_UP_DELAY`` for more messages, up to ``batch_size`` (a reading idle fo
 ``CATCH_UP_IDLE`` is caught up, whatever the target said): the reading goes on meanwhile
 (and so does the commit of the batch before, ``projections.inflight``), and fewer, larger
 transactions write each changed state and each touched index page once for more events.
+While it is behind, the garbage collector runs less often (``projections.collector``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any, cast
 
 from eventstore import EventStore, EventStoreError, StoredMessage
+from projections.collector import catching_up
 
 __all__ = ["Intake"]
 
-CATCH_UP_DELAY = 0.05  # seconds a batch waits for more while the reading is behind its target
-CATCH_UP_IDLE = 0.02  # ... unless nothing arrives for this long: then it is caught up
+CATCH_UP_DELAY = 0.25  # seconds a batch waits for more while the reading is behind its target
+# ... unless nothing arrives for this long: then it is caught up. A busy machine pauses a
+# delivery for 20 ms now and then, which ended catch-ups early (small batches from there on).
+CATCH_UP_IDLE = 0.1
 _END = object()
 _STOP = object()
 
@@ -55,6 +59,8 @@ class Intake:
         self._limit = queue_batches
         self._stopping = stopping
         self._feeder = asyncio.create_task(self._feed(store, start, follow, until))
+        self._collector = contextlib.ExitStack()  # catching_up() while behind
+        self._collecting = False
 
     def behind(self) -> bool:
         """Whether the messages taken so far are short of the target (catching up)."""
@@ -65,8 +71,19 @@ class Intake:
         self._queue.put_nowait(_STOP)
         self._room.set()
 
+    def _collect(self) -> None:
+        """Collect garbage less often while behind, as usual once caught up."""
+        behind = self.behind()
+        if behind and not self._collecting:
+            self._collector.enter_context(catching_up())
+        elif not behind and self._collecting:
+            self._collector.close()
+        self._collecting = behind
+
     async def close(self) -> None:
         """Stop reading the log."""
+        self._collector.close()
+        self._collecting = False
         self._feeder.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._feeder
@@ -137,4 +154,5 @@ class Intake:
         if queue.qsize() < self._limit // 2:
             self._room.set()
         self._taken = batch[-1].seq
+        self._collect()
         return batch

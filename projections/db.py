@@ -64,6 +64,10 @@ def _exists(path: Path) -> bool:
 
 
 OUR_TABLES = ("meta", "projections", "schema_migrations")
+# Pages the write-ahead log grows to before a commit copies it into the file (SQLite's default
+# is 1,000, 4 MB): a catch-up writes the copy of the events, and each page checkpointed less
+# often is copied and fsynced once for more commits; the log may grow to ~40 MB meanwhile.
+WAL_AUTOCHECKPOINT = 10_000
 # Errors of a read-only open in a directory the reader cannot write (no -shm can be made).
 READONLY_RETRY = ("SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN", "SQLITE_READONLY_CANTINIT")
 
@@ -250,6 +254,7 @@ class ProjectionDB:
         await self._check_schema()  # before the first write: a foreign file stays untouched
         await self.execute("PRAGMA journal_mode=WAL")
         await self.execute("PRAGMA synchronous=NORMAL")
+        await self.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
         await self.execute("PRAGMA busy_timeout=30000")
         await self.execute("PRAGMA temp_store=MEMORY")
         await self.execute("PRAGMA cache_size=-65536")

@@ -14,6 +14,10 @@ batch's rows. The cache may hold states of the batch being folded that are not c
 nothing reads them from the file before its commit (one connection: every read queues behind
 the commit), and a failed commit makes the runner drop the cache (``FileChanged``) or the
 failed projection's (``Failed``).
+
+While catching up, what the reader brings is folded piece by piece and ``Held`` until a
+batch is full (``holds``); eviction never drops a held state (``Slot.evict``), so a held
+aggregate is never read back from the file, which has it older.
 """
 
 from __future__ import annotations
@@ -22,19 +26,22 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from eventstore import StoredMessage, get_logger
+from projections.batches import Intake
 from projections.commit import CommitPlan
 from projections.fold import AggregateState
 from projections.rows import SlotBatch
 from projections.runsettings import CommitInfo
 from projections.slot import Slot
 
-__all__ = ["InFlight", "Taken", "announce", "index_of", "take"]
+__all__ = ["Held", "InFlight", "Taken", "announce", "holds", "index_of", "take"]
 
 log = get_logger("projections.runner")
 
 Key = tuple[str, str]
+Rows = list[tuple[Any, ...]]
 
 
 @dataclass(eq=False)
@@ -92,6 +99,36 @@ class InFlight:
             states[name] = [(a, t.previous[k]) for k, a in t.rows.changed.items()]
         seconds = time.perf_counter() - self.started
         return CommitInfo(batch[0].seq, batch[-1].seq, len(batch), changed, seconds, states)
+
+
+@dataclass(eq=False)
+class Held:
+    """What was folded since the last commit was planned: its messages, when its first was
+    taken, and its rows of the local copy (``projections.eventcopy``; None: no copy kept)."""
+
+    messages: list[StoredMessage] = field(default_factory=list)
+    started: float = 0.0
+    events: Rows | None = None
+
+    def add(self, batch: list[StoredMessage], started: float, rows: Rows | None) -> None:
+        if not self.messages:
+            self.started = started
+        self.messages.extend(batch)
+        if self.events is None:
+            self.events = rows
+        elif rows is not None:
+            self.events.extend(rows)
+
+
+def holds(held: Held, limit: int, intake: Intake | None) -> bool:
+    """Whether to fold what the reader brings next before committing what is ``held``: while
+    catching up (the ``intake`` behind the head), until ``limit`` messages are held. The event
+    loop both reads the log and folds it, and it is what limits a catch-up: a batch of
+    ``limit`` encodes each changed state once for all its events (committing what a few
+    milliseconds of reading brought encoded a state row for about every event) and writes
+    each of its index pages once. The commit before runs meanwhile; a reading that stops
+    short of the head commits what it holds (``projections.batches``: no longer behind)."""
+    return intake is not None and intake.behind() and len(held.messages) < limit
 
 
 def index_of(slots: list[Slot], name: str) -> int:

@@ -48,7 +48,7 @@ from projections.db import ProjectionDB
 from projections.eventcopy import event_rows
 from projections.failures import Failed, ProjectionFailure, stored_failures
 from projections.fold import Folder, MessageDecoder
-from projections.inflight import InFlight, announce, index_of, take
+from projections.inflight import Held, InFlight, announce, holds, index_of, take
 from projections.origins import record_origin
 from projections.projection import Projection
 from projections.recorder import FileChanged, Recorder, failure_marks
@@ -113,6 +113,7 @@ class Runner:
         self._expect = 1  # the stream sequence the next batch must start with
         self._rules_meta: dict[str, str] = {}  # the rules record the file has
         self._events: list[tuple[Any, ...]] | None = None  # the batch's copy (eventcopy)
+        self._held = Held()  # folded, not yet planned for a commit (projections.inflight)
         self._flight: InFlight | None = None  # the batch committing (projections.inflight)
         self._watch = identity.StreamWatch(store, db)  # the stream the file folds (open)
 
@@ -187,6 +188,7 @@ class Runner:
         """Read generation and checkpoints from the file; forget every cached state."""
         await self._watch.check_file()  # after a swap (rebuild): still this stream's fold?
         self._generation = await self.db.meta("generation") or ""
+        self._held = Held()
         positions = await self.recorder.positions()
         marks = await stored_failures(self.db)
         for slot in self._slots:
@@ -245,6 +247,8 @@ class Runner:
                     await self._apply(batch)
                     if self._stopping:
                         break
+                if self._held.messages:
+                    await self._commit()
                 await self._finish()
             except _Resync:
                 self.resyncs += 1
@@ -284,7 +288,9 @@ class Runner:
             raise _Resync()
         await self._preload(batch)
         self._fold(batch)
-        await self._commit(batch, started)
+        self._held.add(batch, started, self._events)
+        if not holds(self._held, self.settings.batch_size, self._intake):
+            await self._commit()
 
     async def _preload(self, batch: list[StoredMessage]) -> None:
         """Load from the file the states of aggregates this batch touches and the cache lacks."""
@@ -325,10 +331,12 @@ class Runner:
             None if memo is None or not keep else event_rows(batch, memo, self.decoder.key)
         )
 
-    async def _commit(self, batch: list[StoredMessage], started: float) -> None:
-        """Start committing the folded batch (after finishing the one before); with no
+    async def _commit(self) -> None:
+        """Start committing what was folded (after finishing the batch before); with no
         ``on_commit`` callback and no periodic snapshot due, while catching up the next batch
         folds meanwhile (``projections.inflight``)."""
+        held, self._held = self._held, Held()
+        batch, started = held.messages, held.started
         await self._finish()
         last = batch[-1]
         now_us = to_us(datetime.now(UTC)) or 0
@@ -350,7 +358,7 @@ class Runner:
                     now_us=now_us,
                     keep=self.settings.snapshots.keep,
                     spacing=self.settings.snapshots.thin,
-                    events=self._events,
+                    events=held.events,
                     failed=[s.failure for s in marks if s.failure is not None],
                     cleared=[s.projection.name for s in moving if s.marked],
                     meta=meta if meta != self._rules_meta else None,
@@ -406,7 +414,7 @@ class Runner:
             slot.checkpoint = last.seq
             slot.checkpoint_us = to_us(last.recorded_at)
             if len(slot.cache) > self.settings.cache_size:
-                self._evict(slot)
+                slot.evict(self.settings.cache_size // 2)
         async with self._committed:
             self._committed.notify_all()
         await announce(self.on_commit, flight.info())
@@ -424,10 +432,8 @@ class Runner:
             exc_info=failed.exc,
         )
 
-    def _evict(self, slot: Slot) -> None:
-        slot.evict(self.settings.cache_size // 2)
-
     def _forget(self) -> None:
+        self._held = Held()
         for slot in self._slots:
             slot.forget()
 

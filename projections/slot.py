@@ -50,9 +50,12 @@ class Slot(SlotBatch):
         self.clear_batch()
 
     def evict(self, keep: int) -> None:
-        """Drop all but the newest ``keep`` cached states (they are all committed)."""
+        """Drop all but the newest ``keep`` cached states, never one the batch changed (it is
+        not committed yet: the file has an older state, ``projections.inflight.holds``)."""
+        changed = self.changed
         for key in list(self.cache)[: len(self.cache) - keep]:
-            del self.cache[key]
+            if key not in changed:
+                del self.cache[key]
         self.complete = False
 
     def forget(self) -> None:
