@@ -3,9 +3,6 @@
 Three cells, each beside raw nats-py baselines measured in the same interleaved rounds:
 
 - cold: 2,000 appends (one event each) to 2,000 aggregates never written before;
-- cold, before: the cold cell with the heads of queued appends NOT asked ahead and one batch
-  queued at most (``Committer.heads_ahead = False``, ``backlog = 1``: the committer before
-  issue 15's look-ahead), so the gain shows in the same run;
 - warm: 2,000 more appends to the same aggregates (their heads are cached);
 - contended: two producers (two connections) each appending 2,000 events round-robin over the
   same 100 aggregates at the same time, so their batches keep invalidating each other's heads.
@@ -103,11 +100,7 @@ def _requests(ids: list[str]) -> list[AppendRequest]:
     return [AppendRequest("agent", i, [NewEvent("Progressed", _DATA)]) for i in ids]
 
 
-async def _ours(store: EventStore, ids: list[str], ahead: bool = True) -> float:
-    committer = store._committer
-    assert committer is not None
-    committer.heads_ahead = ahead
-    committer._queue.backlog = 2 if ahead else 1
+async def _ours(store: EventStore, ids: list[str]) -> float:
     with timed() as t:
         results = await store.append_many(_requests(ids))
     if failed := [r for r in results if isinstance(r, Exception)]:
@@ -134,9 +127,9 @@ async def run(
     shared = 100
     rounds = rounds or (2 if quick else 5)
     body = b"x" * _body_size()
-    cells = ("cold", "cold_before", "warm", "contended")
+    cells = ("cold", "warm", "contended")
     rates: dict[str, list[float]] = {
-        k: [] for k in ("raw_new", "raw_new2", "raw_known", "raw_shared", "raw_async", *cells)
+        k: [] for k in ("raw_new", "raw_known", "raw_shared", "raw_async", *cells)
     }
     ratios: dict[str, list[float]] = {k: [] for k in cells}
     with bench_server() as (server, _):
@@ -159,20 +152,16 @@ async def run(
                 ids = [f"r{r}-{i:05d}" for i in range(n)]
                 rn = await _raw_atomic(raw, raw_subjects, body)
                 cold = await _ours(a, ids)
-                rn2 = await _raw_atomic(raw, [f"raw.before.r{r}-{i:05d}" for i in range(n)], body)
-                before = await _ours(a, [f"b{r}-{i:05d}" for i in range(n)], ahead=False)
                 rk = await _raw_atomic(raw, raw_subjects, body)
                 warm = await _ours(a, ids)
                 ra = await _raw_async(js, [f"raw.async.r{r}-{i:05d}" for i in range(n)], body)
                 rs = await _raw_atomic(raw, [f"raw.shared.{i % shared}" for i in range(n)], body)
                 contended = await _ours_contended([a, b], shared_ids)
-                for k, v in (("raw_new", rn), ("raw_new2", rn2), ("raw_known", rk),
-                             ("raw_shared", rs), ("raw_async", ra), ("cold", cold),
-                             ("cold_before", before), ("warm", warm),
+                for k, v in (("raw_new", rn), ("raw_known", rk), ("raw_shared", rs),
+                             ("raw_async", ra), ("cold", cold), ("warm", warm),
                              ("contended", contended)):  # fmt: skip
                     rates[k].append(v)
                 ratios["cold"].append(cold / rn)
-                ratios["cold_before"].append(before / rn2)
                 ratios["warm"].append(warm / rk)
                 ratios["contended"].append(contended / rs)
         finally:
@@ -199,13 +188,6 @@ async def run(
                 f"{med['raw_new']:.0f}/s",
                 f"{_spread(ratios['cold'])} (>= 0.8)",
                 figures["cold_vs_publish_async"],
-            ),
-            (
-                "cold, heads not asked ahead (before)",
-                f"{med['cold_before']:.0f}/s",
-                f"{med['raw_new2']:.0f}/s",
-                _spread(ratios["cold_before"]),
-                figures["cold_before_vs_publish_async"],
             ),
             (
                 f"warm: the same {n} again",

@@ -2,19 +2,16 @@
 
 ``append_many`` of thousands of appends used to build every request before the committer sent
 its first batch: the server idled through the client's work, then the client through the
-server's. Now a submitter waits (``room``) while ``backlog`` (2) full batches are queued and not
-yet taken, so the first batch goes out after a few requests are built and the server stores one
-batch while the client builds and prepares the next; and the committer, waiting for a batch in
-flight with room for another, wakes once half a batch is queued (``enough``), not only when the
-one in flight is answered. Each full batch more queued calls ``on_full``: the committer asks
-the heads of their new aggregates while the batches in flight are stored (a backlog of one
-batch left nothing queued to ask ahead for: ``HeadReader.look_ahead``).
+server's. Now a submitter waits (``room``) while a full batch is queued and not yet taken, so
+the first batch goes out after ``max_batch`` requests are built and the server stores one batch
+while the client builds and prepares the next; and the committer, waiting for a batch in flight
+with room for another, wakes once half a batch is queued (``enough``), not only when the one in
+flight is answered.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from eventstore.pending import MAX_EVENTS_PER_APPEND, Pending
 
@@ -24,15 +21,11 @@ __all__ = ["AppendQueue"]
 class AppendQueue:
     """Pending appends in order, with the count of their events."""
 
-    def __init__(
-        self, max_batch: int, backlog: int = 2, on_full: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, max_batch: int) -> None:
         self.max_batch = max_batch
-        self.backlog = backlog  # full batches queued before a submitter waits
-        self.on_full = on_full  # called each time another full batch is queued
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._events = 0  # events queued, not yet taken into a group
-        self._room = asyncio.Event()  # set while less than ``backlog`` full batches are queued
+        self._room = asyncio.Event()  # set while less than a full batch is queued
         self._room.set()
         self.enough = asyncio.Event()  # set once half a batch is queued
 
@@ -41,18 +34,14 @@ class AppendQueue:
 
     def put(self, p: Pending) -> None:
         self._queue.put_nowait(p)
-        before = self._events
         self._events += p.size
-        full = self.max_batch
-        if self.on_full is not None and before // full < self._events // full:
-            self.on_full()
         if self._events >= self.max_batch // 2:
             self.enough.set()  # worth a batch of its own beside one in flight
-            if self._events >= self.backlog * self.max_batch:
+            if self._events >= self.max_batch:
                 self._room.clear()
 
     async def room(self) -> None:
-        """Wait while ``backlog`` full batches are queued and not taken yet."""
+        """Wait while a full batch is queued and not taken yet."""
         await self._room.wait()
 
     def release(self) -> None:
@@ -61,23 +50,12 @@ class AppendQueue:
 
     def _taken(self, p: Pending) -> Pending:
         self._events -= p.size
-        if self._events < self.backlog * self.max_batch:
+        if self._events < self.max_batch:
             self._room.set()
         return p
 
     async def get(self) -> Pending:
         return self._taken(await self._queue.get())
-
-    def peek(self, events: int) -> list[Pending]:
-        """The first queued appends, up to about ``events`` events, left in the queue."""
-        out: list[Pending] = []
-        n = 0
-        for p in self._queue._queue:  # type: ignore[attr-defined]  # asyncio.Queue's deque
-            if n >= events:
-                break
-            out.append(p)
-            n += p.size
-        return out
 
     def drain(self) -> list[Pending]:
         """Everything queued, taken out."""

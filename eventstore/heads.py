@@ -9,10 +9,7 @@ what the fold's version rule gives for the subject up to its ``seq``.
 fold's rule over the messages after the cached head. Where the last message comes from:
 
 - aggregates never seen before (a cold batch): batched ``multi_last`` direct gets, up to 500
-  subjects a request (``directget.last_messages``), instead of one get per aggregate; asked
-  AHEAD (``look_ahead``) for queued appends while the batches in flight are stored, so a freed
-  batch slot does not wait for a lookup (a direct get waits while the server stores a batch:
-  10-30 ms here); a batch's lookup waits for those asked ahead, no subject is asked twice;
+  subjects a request (``directget.last_messages``), instead of one get per aggregate;
 - after a refused batch or a stale mark: the stream's LEADER, one ``STREAM.MSG.GET`` per
   subject, all in flight together (the leader-only get rejects ``multi_last`` and ``batch``
   alike, err 10003, checked on nats-server 2.15.1), then the messages after the cached heads
@@ -38,13 +35,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 from nats.js import JetStreamContext
 
 from eventstore.clockstore import ProducerClock
-from eventstore.directget import MULTI_LAST_MAX
 from eventstore.errors import EventStoreError, InvalidEvent, InvalidTransition
 from eventstore.events import Event, utcnow
 from eventstore.jetstream import StoredMessage, last_msg, next_msg, translating
@@ -136,57 +132,6 @@ class HeadReader:
         self.clock = clock
         self.stream = reader.stream
         self.prefix = reader.prefix
-        # Subjects being learned (asked ahead or by a batch): nobody asks one twice.
-        self._asking: dict[str, asyncio.Task[dict[str, BaseException]]] = {}
-        self.asked_ahead = 0  # subjects whose heads were asked ahead (tests, benchmarks)
-
-    def look_ahead(self, pendings: Iterable[Pending]) -> None:
-        """Start learning the heads of queued appends' aggregates never seen (not cached, not
-        being asked; one request's worth) in the background.
-
-        A direct get waits while the server stores a batch: a lookup asked when a batch slot
-        freed came back once the batch before had been stored, and the server idled while
-        the next batch was prepared. Asked when a full batch more is queued behind the
-        batches in flight (``AppendQueue.on_full``), the heads are there when the slot frees.
-        An answer fills only heads still unknown (a write's own outcome is newer); a head
-        stale by then (another writer) costs a refusal, as any stale head does."""
-        types: dict[str, str] = {}
-        cache, asking = self.cache, self._asking
-        for p in pendings:
-            s = p.subject
-            if s not in types and s not in cache and s not in asking:
-                types[s] = p.agg_type
-                if len(types) == MULTI_LAST_MAX:  # one request: the next batch's worth
-                    break
-        if len(types) > 1:  # one head alone is the leader's get, in the batch's lookup
-            self.asked_ahead += len(types)
-            self._ask(list(types), types, ahead=True)
-
-    def _ask(
-        self, subjects: list[str], types: dict[str, str], ahead: bool = False
-    ) -> asyncio.Task[dict[str, BaseException]]:
-        """``_learn`` in a task of its own, registered for its subjects while it runs."""
-        task = asyncio.create_task(self._learn(subjects, types, ahead))
-        asking = self._asking
-        for s in subjects:
-            asking[s] = task
-
-        def done(t: asyncio.Task[dict[str, BaseException]]) -> None:
-            for s in subjects:
-                if asking.get(s) is t:
-                    del asking[s]
-            if not t.cancelled():
-                t.exception()  # retrieved: a lookup ahead that failed is asked again
-
-        task.add_done_callback(done)
-        return task
-
-    async def close(self) -> None:
-        """Stop the lookups ahead (the committer closes)."""
-        tasks = set(self._asking.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def lookup(
         self,
@@ -204,12 +149,9 @@ class HeadReader:
         missing = [s for s in subjects if refresh or not self.cache.fresh(s)]
         failed: dict[str, BaseException] = {}
         if missing and not refresh:
-            if asked := {self._asking[s] for s in missing if s in self._asking}:
-                await asyncio.wait(asked)  # being asked already: wait, do not ask twice
-                missing = [s for s in missing if not self.cache.fresh(s)]
             unknown = [s for s in missing if s not in self.cache]
             if len(unknown) > 1:
-                failed = await asyncio.shield(self._ask(unknown, subjects))
+                failed = await self._learn(unknown, subjects)
                 missing = [s for s in missing if s not in self.cache or s in failed]
         if missing:
             failed.update(await self._refresh(missing, subjects, direct))
@@ -219,20 +161,17 @@ class HeadReader:
                     p.fail(translate(failed[p.subject], p.subject))
         return {s: self.cache[s] for s in subjects if s in self.cache}
 
-    async def _learn(
-        self, unknown: list[str], types: dict[str, str], ahead: bool = False
-    ) -> dict[str, BaseException]:
+    async def _learn(self, unknown: list[str], types: dict[str, str]) -> dict[str, BaseException]:
         """Heads of subjects never seen, from batched ``multi_last`` direct gets: a few
         requests for a whole batch of new aggregates. Returns what failed (left uncached: a
-        failed batched read falls back to one leader get per subject). ``ahead``: a subject
-        cached meanwhile keeps its head (``look_ahead``)."""
+        failed batched read falls back to one leader get per subject)."""
         try:
             lasts = await self._reader.last_messages(unknown)
         except Exception as exc:
             log.debug("batched head lookup failed, asking one by one", error=str(exc))
             return {}
         for s in unknown:
-            if s not in lasts and not (ahead and s in self.cache):
+            if s not in lasts:
                 self.cache.remember(s, _new())
         found = list(lasts)
         got = await asyncio.gather(
@@ -242,7 +181,7 @@ class HeadReader:
         for s, g in zip(found, got, strict=True):
             if isinstance(g, BaseException):
                 failed[s] = g
-            elif not (ahead and s in self.cache):
+            else:
                 self.cache.remember(s, g)
         return failed
 

@@ -111,13 +111,12 @@ class Committer:
             reserve=self._reserve,
             max_payload=lambda: self._nc.max_payload,
         )
-        self._queue = AppendQueue(max_batch, on_full=self._look_ahead)
+        self._queue = AppendQueue(max_batch)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._lock = asyncio.Lock()  # batches in flight: held by the committer or a caller
         self._waiting = 0  # callers waiting for the lock (``exclusive``)
         self.depth = 2  # batches in flight at once (on disjoint subjects)
-        self.heads_ahead = True  # ask queued new aggregates' heads ahead (``_look_ahead``)
         self._batch_no = 0
         self._batch_prefix = f"{producer[:40]}-{random.getrandbits(48):012x}"
 
@@ -133,7 +132,6 @@ class Committer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._queue.release()  # nobody waits for a committer that is gone
-        await self._head_reader.close()
         await self.clock.close()
         for p in self._queue.drain():
             if not p.future.done():
@@ -159,7 +157,7 @@ class Committer:
         self._queue.max_batch = events
 
     async def room(self) -> None:
-        """Wait while full batches are queued and not taken yet (``AppendQueue``)."""
+        """Wait while a full batch is queued and not taken yet (``AppendQueue``)."""
         if not self._closed and self._task is not None and not self._task.done():
             await self._queue.room()
 
@@ -260,12 +258,6 @@ class Committer:
                 if not p.future.done():
                     p.future.set_exception(NotConnected(self.url, "event store closed"))
             raise
-
-    def _look_ahead(self) -> None:
-        """Another full batch is queued: ask its new aggregates' heads (``HeadReader.
-        look_ahead``) while the batches before it are stored."""
-        if self.heads_ahead:
-            self._head_reader.look_ahead(self._queue.peek(self._queue.backlog * self.max_batch))
 
     async def _commit_group(self, group: list[Pending]) -> None:
         try:
