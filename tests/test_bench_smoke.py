@@ -3,6 +3,7 @@ performance assertions: these machines are too noisy for that)."""
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ if ROOT not in sys.path:  # bench/ is not an installed package; run from the che
 from bench import (  # noqa: E402
     audit,
     catchup,
+    catchup_pieces,
     commit,
     compare_eventsourcing,
     groupcommit,
@@ -25,6 +27,7 @@ from bench import (  # noqa: E402
     timetravel_pieces,
     writemodel,
 )
+from projections import recorder, runner, slot  # noqa: E402
 
 
 def assert_positive(figures: dict[str, Any], keys: list[str]) -> None:
@@ -191,3 +194,24 @@ async def test_timetravel_pieces_reports_each_piece(capsys: pytest.CaptureFixtur
             assert figures[f"{piece}_us_{key}"] >= 0, (piece, key)
     assert figures["state_at_us_3k"] > 0 and figures["fold_us_3k"] > 0
     assert '"state_at_us_3k"' in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+async def test_catchup_pieces_reports_each_piece_and_unwraps(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each round has every piece and the commits' batch sizes summing to the events; the
+    wrapped functions and the collector's callbacks are the originals afterwards."""
+    wrapped = [(slot.Slot, "fold"), (recorder.Recorder, "plan_batch"), (runner, "event_rows")]
+    wrapped.append((recorder, "commit"))
+    originals = [getattr(owner, name) for owner, name in wrapped]
+    callbacks = list(gc.callbacks)
+    figures = await catchup_pieces.run(events=2000, aggregates=20, rounds=1)
+    (one,) = figures["rounds"]
+    for piece in catchup_pieces.PIECES:
+        assert one[piece] >= 0, piece
+    assert one["fold"] > 0 and one["runner_loop_cpu_us"] > 0
+    assert sum(one["batch_sizes"]) == 2000 and one["commits"] == len(one["batch_sizes"])
+    assert [getattr(owner, name) for owner, name in wrapped] == originals
+    assert gc.callbacks == callbacks
+    assert '"rounds"' in capsys.readouterr().out.strip().splitlines()[-1]
