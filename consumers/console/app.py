@@ -84,8 +84,13 @@ def _error(request: Request, status: int, title: str, message: str) -> Response:
     return HTMLResponse(html.error_page(status, title, message), status_code=status)
 
 
-def page(render: Callable[[Request, Any], str], data: Handler) -> Handler:
-    """A route: ``data(request)`` as JSON, or rendered as HTML; errors as error pages."""
+def page(
+    render: Callable[[Request, Any], str],
+    data: Handler,
+    as_json: Callable[[Any], Any] = lambda got: got,
+) -> Handler:
+    """A route: ``data(request)`` as JSON (through ``as_json``), or rendered as HTML; errors
+    as error pages."""
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -93,7 +98,7 @@ def page(render: Callable[[Request, Any], str], data: Handler) -> Handler:
         except Exception as exc:
             return _failure(request, exc)
         if _wants_json(request):
-            return _json(got)
+            return _json(as_json(got))
         return HTMLResponse(render(request, got))
 
     return endpoint
@@ -225,15 +230,8 @@ def build_app(settings: ConsoleSettings, backend: Backend | None = None) -> Star
     def render_aggregate(request: Request, got: Any) -> str:
         return html.aggregate_page(got["aggregate"], got["point"])
 
-    async def aggregate_json(request: Request) -> Response:
-        # JSON of the page without a point is the aggregate alone (not wrapped).
-        try:
-            got = await aggregate_data(request)
-        except Exception as exc:
-            return _failure(request, exc)
-        if _wants_json(request):
-            return _json(got.get("aggregate", got))
-        return HTMLResponse(render_aggregate(request, got))
+    # JSON of the page without a point is the aggregate alone (not wrapped).
+    aggregate_page = page(render_aggregate, aggregate_data, lambda got: got.get("aggregate", got))
 
     async def tail_data(request: Request) -> Any:
         return await views.recent_events(be, request.query_params.get("type"))
@@ -271,7 +269,7 @@ def build_app(settings: ConsoleSettings, backend: Backend | None = None) -> Star
     routes = [
         Route("/", page(lambda r, d: html.overview_page(d), overview_data)),
         Route("/aggregates", page(render_aggregates, aggregates_data)),
-        Route("/aggregates/{type}/{id:path}", aggregate_json),
+        Route("/aggregates/{type}/{id:path}", aggregate_page),
         Route("/tail", page(lambda r, d: html.tail_page(d), tail_data)),
         Route("/live/aggregates/{type}/{id:path}", aggregate_live),
         Route("/live/tail", tail_live),
