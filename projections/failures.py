@@ -33,7 +33,7 @@ __all__ = [
     "ProjectionFailure",
     "database_fault",
     "failing_change",
-    "record_failures",
+    "failure_marks",
     "stored_failures",
 ]
 
@@ -136,12 +136,7 @@ async def stored_failures(db: ProjectionDB) -> dict[str, ProjectionFailure]:
     return out
 
 
-async def record_failures(
-    db: ProjectionDB, failures: Iterable[ProjectionFailure], cleared: Iterable[str]
-) -> None:
-    """Write new failure marks and delete those of projections that committed again (inside
-    the caller's transaction)."""
-    for failure in failures:
-        await db.set_meta(FAILED_KEY + failure.projection, _encode(failure).decode())
-    for name in cleared:
-        await db.delete_meta(FAILED_KEY + name)
+def failure_marks(failed: Iterable[ProjectionFailure]) -> list[tuple[str, str]]:
+    """The ``meta`` rows marking ``failed`` projections, as ``stored_failures`` reads them
+    (written in the batch's transaction by ``projections.commit``)."""
+    return [(FAILED_KEY + f.projection, _encode(f).decode()) for f in failed]

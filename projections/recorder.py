@@ -21,12 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import msgspec
-
 from eventstore import get_logger
 from projections.commit import CONFLICT_COLUMNS, CommitPlan, FileChanged, SlotRows, commit
 from projections.db import ProjectionDB
-from projections.failures import FAILED_KEY, ProjectionFailure
+from projections.failures import FAILED_KEY, ProjectionFailure, failure_marks
 from projections.fold import AggregateState
 from projections.projection import Projection
 from projections.readmodels import read_model_statements
@@ -46,7 +44,6 @@ __all__ = ["FileChanged", "Recorder", "list_conflicts", "list_quarantine"]
 log = get_logger("projections.runner")
 
 Key = tuple[str, str]
-_encode = msgspec.json.Encoder().encode
 
 # The columns of ``rows.quarantine_record``.
 QUARANTINE_COLUMNS = (
@@ -288,11 +285,6 @@ class Recorder(SnapshotRows):
         except FileChanged as exc:
             log.warning(exc.reason, db=str(self.db.path), **exc.context)
             raise
-
-
-def failure_marks(failed: Iterable[ProjectionFailure]) -> list[tuple[str, str]]:
-    """The ``meta`` rows marking ``failed`` projections (``projections.failures``)."""
-    return [(FAILED_KEY + f.projection, _encode(f).decode()) for f in failed]
 
 
 def _slot_rows(slot: SlotBatch) -> SlotRows:

@@ -46,12 +46,12 @@ from projections import identity, rulecheck
 from projections.batches import Intake
 from projections.db import ProjectionDB
 from projections.eventcopy import event_rows
-from projections.failures import Failed, ProjectionFailure, stored_failures
+from projections.failures import Failed, ProjectionFailure, failure_marks, stored_failures
 from projections.fold import Folder, MessageDecoder
 from projections.inflight import Held, InFlight, announce, holds, index_of, take
 from projections.origins import record_origin
 from projections.projection import Projection
-from projections.recorder import FileChanged, Recorder, failure_marks
+from projections.recorder import FileChanged, Recorder
 from projections.rows import StateCodec
 from projections.runsettings import CommitInfo, RunnerSettings
 from projections.slot import Slot
