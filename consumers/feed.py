@@ -48,7 +48,7 @@ import msgspec
 import structlog
 
 from consumers.protocol import Heartbeat, Notification, beat_subject, feed_subject
-from eventstore import EventStore
+from eventstore import EventStore, cancel_and_wait
 from projections import MAX_LIMIT, CommitInfo, ProjectionDB, Runner, query_states
 
 __all__ = ["MARK_KEY", "ChangeFeed"]
@@ -140,9 +140,7 @@ class ChangeFeed:
             self._wake.set()
             done, _ = await asyncio.wait({task}, timeout=_FLUSH_TIMEOUT + 5)
             if not done:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
         try:
             if not self.nc.is_closed:
                 pending = dict(self.published)

@@ -18,7 +18,6 @@ within a batch: a notification of one aggregate does not say that the batch's ot
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -26,6 +25,7 @@ from types import TracebackType
 import structlog
 
 from consumers.watching import DEFAULT_BUFFER, DEFAULT_PATIENCE, Key, Queries, Watcher
+from eventstore import cancel_and_wait
 from projections import StateRecord
 
 __all__ = ["LiveView", "OnChange"]
@@ -103,9 +103,7 @@ class LiveView:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
 
     async def __aenter__(self) -> LiveView:
         return self

@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from eventstore import ConfigError, EventStore
+from eventstore import ConfigError, EventStore, cancel_and_wait
 from projections import CommitInfo, ProjectionDB, ProjectionStatus, Runner, projection_status
 
 __all__ = [
@@ -227,9 +227,7 @@ async def worker_metrics(
     try:
         yield metrics
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         with contextlib.suppress(ValueError):
             runner.on_commit.remove(metrics.committed)
         server.shutdown()

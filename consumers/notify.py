@@ -30,7 +30,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 
-from eventstore import get_logger
+from eventstore import cancel_and_wait, get_logger
 from projections import CommitInfo, Runner
 
 __all__ = ["Notifier", "Supervision", "supervise", "watchdog_seconds"]
@@ -161,8 +161,7 @@ class Supervision:
     async def aclose(self) -> None:
         task = self._cancel()
         if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         with contextlib.suppress(ValueError):
             self.runner.on_commit.remove(self.committed)
         self.notifier.close()

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
+from eventstore import cancel_and_wait
+
 __all__ = ["reader_gone", "silence_stdout", "until_stopped"]
 
 
@@ -73,6 +75,6 @@ async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) ->
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
+    if not task.cancelled():
+        task.result()  # raise what stopped it, if it failed

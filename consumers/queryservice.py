@@ -39,6 +39,7 @@ from eventstore import (
     InvalidPoint,
     InvalidRequest,
     UnknownProjection,
+    cancel_and_wait,
     encode_id,
     validate_aggregate_type,
 )
@@ -152,9 +153,7 @@ class QueryService:
                 await service.stop()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=_STOP_GRACE)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(*(cancel_and_wait(task) for task in pending))
         db, self._db = self._db, None
         if db is not None:
             await db.close()

@@ -50,6 +50,7 @@ from eventstore import (
     NewEvent,
     VectorClock,
     VersionConflict,
+    cancel_and_wait,
     encode_id,
     get_logger,
 )
@@ -161,9 +162,7 @@ class ReactorRunner:
                 await asyncio.sleep(1.0)
             finally:
                 self.active = False
-                keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
+                await cancel_and_wait(keeper)
                 if not lease.lost:
                     with contextlib.suppress(EventStoreError):
                         await leases.release(self.lease_name, lease.token)
@@ -177,11 +176,7 @@ class ReactorRunner:
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in waits:
-                task.cancel()
-            for task in waits:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.gather(*(cancel_and_wait(task) for task in waits))
             for work in workers:
                 if not work.cancelled() and (failure := work.exception()) is not None:
                     raise failure

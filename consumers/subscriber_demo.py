@@ -22,7 +22,7 @@ import msgspec
 
 from consumers.client import ProjectionClient
 from consumers.worker import Worker
-from eventstore import EventStore, NewEvent, StreamSettings
+from eventstore import EventStore, NewEvent, StreamSettings, cancel_and_wait
 from projections import EntitiesProjection, StateRecord
 
 __all__ = ["NEWCOMER", "demo_subscriber"]
@@ -114,6 +114,4 @@ async def _follow(
             waiting.cancel()
             task.result()  # the watch failed: raise why
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)

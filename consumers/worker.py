@@ -31,7 +31,6 @@ SIGKILL included. A database folded from another stream is refused (``ForeignDat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +46,7 @@ from eventstore import (
     DEFAULT_URL,
     EventStore,
     StreamSettings,
+    cancel_and_wait,
     get_logger,
     load_upcasters,
     read_local_rules,
@@ -229,13 +229,10 @@ class Worker:
                 if reacting:  # they end (checkpoint written) once stop is set; else, now
                     stop.set()
                     _, late = await asyncio.wait(reacting, timeout=10)
-                    for reactor in late:
-                        reactor.cancel()
+                    await asyncio.gather(*(cancel_and_wait(reactor) for reactor in late))
                     await asyncio.gather(*reacting, return_exceptions=True)
                 if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    await cancel_and_wait(task)
                 await feed.stop()
                 await service.stop()
             self.log.info("worker stopped", checkpoint=checkpoint, applied=runner.events_applied)

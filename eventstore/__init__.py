@@ -2,6 +2,7 @@
 
 from eventstore.audit import ExportReport, ImportReport, export_events, import_events
 from eventstore.auth import AUTH_INCLUDE, AuthProfile, init_auth, producer_grant
+from eventstore.cancelling import cancel_and_wait
 from eventstore.clocks import LamportClock, Order, VectorClock
 from eventstore.cluster import LocalCluster, cluster_config, server_urls
 from eventstore.config import read_config
@@ -161,6 +162,7 @@ __all__ = [
     "Upcasters",
     "VectorClock",
     "VersionConflict",
+    "cancel_and_wait",
     "check_int",
     "check_local_config",
     "check_optional_int",

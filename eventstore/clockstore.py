@@ -21,12 +21,12 @@ not count events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
 
+from eventstore.cancelling import cancel_and_wait
 from eventstore.clocks import OBSERVE_MAX
 from eventstore.errors import ServerError
 from eventstore.jetstream import kv_get, kv_write, open_bucket, translating
@@ -130,9 +130,7 @@ class ProducerClock:
     async def close(self) -> None:
         """Stop a reservation made ahead (its values are simply never used)."""
         if (ahead := self._ahead) is not None:
-            ahead.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ahead
+            await cancel_and_wait(ahead)
             self._ahead = None  # a task cancelled before it ran never reached its ``finally``
 
     async def reserve(self, events: int, observed: int = 0) -> None:

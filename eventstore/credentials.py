@@ -29,6 +29,7 @@ from typing import Any
 import nkeys
 from nats.aio.client import Client
 
+from eventstore.cancelling import cancel_and_wait
 from eventstore.cluster import server_urls
 from eventstore.errors import ConfigError, EventStoreError, PermissionDenied
 
@@ -151,9 +152,7 @@ async def guarded_connect(
     finally:
         waiting.cancel()
         if not connecting.done():
-            connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await connecting
+            await cancel_and_wait(connecting)
     if refused:
         with contextlib.suppress(Exception):
             await nc.close()

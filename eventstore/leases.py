@@ -32,6 +32,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
+from eventstore.cancelling import cancel_and_wait
 from eventstore.errors import InvalidEvent, LeaseLost, LeaseUnavailable
 from eventstore.events import NewEvent
 from eventstore.jetstream import (
@@ -334,9 +335,7 @@ class Leases:
         try:
             yield lease
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await cancel_and_wait(renewer)
             if not lease.lost:
                 with contextlib.suppress(LeaseLost):
                     await self.release(name, lease.token)

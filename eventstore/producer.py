@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 
 from eventstore.appendqueue import AppendQueue
 from eventstore.batching import BatchBuilder, Message
+from eventstore.cancelling import cancel_and_wait
 from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
 from eventstore.counters import AppendCounters
@@ -128,9 +129,7 @@ class Committer:
     async def close(self) -> None:
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         self._queue.release()  # nobody waits for a committer that is gone
         await self.clock.close()
         for p in self._queue.drain():
@@ -251,12 +250,12 @@ class Committer:
         except asyncio.CancelledError:
             if arrival is not None:
                 arrival.cancel()
-            for task in flying:
-                task.cancel()
-            await asyncio.gather(*flying, return_exceptions=True)
-            for p in carry + [p for _, g in flying.values() for p in g]:
-                if not p.future.done():
-                    p.future.set_exception(NotConnected(self.url, "event store closed"))
+            try:
+                await asyncio.gather(*(cancel_and_wait(task) for task in flying))
+            finally:  # cancelled again meanwhile (close insists): no append is left waiting
+                for p in carry + [p for _, g in flying.values() for p in g]:
+                    if not p.future.done():
+                        p.future.set_exception(NotConnected(self.url, "event store closed"))
             raise
 
     async def _commit_group(self, group: list[Pending]) -> None:

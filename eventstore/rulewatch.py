@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from nats.aio.client import Client
 
+from eventstore.cancelling import cancel_and_wait
 from eventstore.errors import EventStoreError, InvalidEvent, PermissionDenied, RequestTimeout
 from eventstore.events import RULES_ID, RULES_TYPE, NewEvent, utcnow
 from eventstore.jetstream import StoredMessage, next_msg, translating
@@ -138,11 +139,7 @@ class RulesWatch:
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*(cancel_and_wait(task) for task in list(self._tasks)))
         if self._sub is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

@@ -21,7 +21,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, cast
 
-from eventstore import EventStore, EventStoreError, StoredMessage
+from eventstore import EventStore, EventStoreError, StoredMessage, cancel_and_wait
 from projections.collector import catching_up
 
 __all__ = ["Intake"]
@@ -84,9 +84,7 @@ class Intake:
         """Stop reading the log."""
         self._collector.close()
         self._collecting = False
-        self._feeder.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._feeder
+        await cancel_and_wait(self._feeder)  # a lost cancel would leave it following the log
 
     async def _feed(self, store: EventStore, start: int, follow: bool, until: int | None) -> None:
         queue, limit = self._queue, self._limit

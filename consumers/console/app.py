@@ -40,6 +40,7 @@ from eventstore import (
     NotConnected,
     RequestTimeout,
     UnknownProjection,
+    cancel_and_wait,
 )
 
 __all__ = ["COOKIE", "build_app"]
@@ -185,9 +186,7 @@ async def _stream(source: Source) -> AsyncIterator[bytes]:
             except TimeoutError:
                 yield b": keepalive\n\n"
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await cancel_and_wait(task)
 
 
 def build_app(settings: ConsoleSettings, backend: Backend | None = None) -> Starlette:

@@ -33,6 +33,7 @@ from eventstore import (
     NotConnected,
     StreamSettings,
     VectorClock,
+    cancel_and_wait,
 )
 
 __all__ = ["Backend", "Sample"]
@@ -97,11 +98,7 @@ class Backend:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*(cancel_and_wait(task) for task in self._tasks))
         if self._store is not None:
             with contextlib.suppress(Exception):
                 await self._store.close()
