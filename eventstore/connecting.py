@@ -40,6 +40,10 @@ class ConnectSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds to wait for the server when connecting."""
     max_batch: int = 500
     """Events the committer packs into one atomic batch at most."""
+    guess_new: bool = True
+    """Take aggregates this producer has never seen for new instead of looking their heads up
+    first (one round trip less per cold batch); a wrong guess costs one refused batch, after
+    which it looks up until lookups find new aggregates again (``eventstore.novelty``)."""
     clock_block: int = 1000
     """Spare clock values reserved at a time at most (blocks start at what one append needs
     and double up to this: fewer bucket writes, larger skips after a restart)."""

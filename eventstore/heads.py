@@ -46,6 +46,7 @@ from eventstore.events import Event, utcnow
 from eventstore.jetstream import StoredMessage, last_msg, next_msg, translating
 from eventstore.logging import get_logger
 from eventstore.machines import Machines
+from eventstore.novelty import NewGuess
 from eventstore.pending import Pending
 from eventstore.reader import LogReader, decode_message
 from eventstore.versions import next_version
@@ -132,6 +133,7 @@ class HeadReader:
         self.clock = clock
         self.stream = reader.stream
         self.prefix = reader.prefix
+        self.guess = NewGuess()
 
     async def lookup(
         self,
@@ -139,27 +141,46 @@ class HeadReader:
         refresh: bool,
         translate: Callable[[BaseException, str], EventStoreError],
         direct: bool = False,
+        guess: bool = False,
     ) -> dict[str, Head]:
         """The heads of the requests' subjects: the cache's, or the server's for those not
         cached, marked stale or all of them (``refresh``). A request whose head could not be
         fetched fails with ``translate`` of the error. ``direct``: the refresh may take the
         last messages from batched direct gets instead of the leader (a single-copy stream,
-        after a refusal by contention: see the module)."""
+        after a refusal by contention: see the module). ``guess``: unknown aggregates may be
+        taken for new without asking, while ``self.guess`` says it pays (``novelty``)."""
         subjects = {p.subject: p.agg_type for p in pendings}
         missing = [s for s in subjects if refresh or not self.cache.fresh(s)]
         failed: dict[str, BaseException] = {}
+        unknown: list[str] = []
         if missing and not refresh:
             unknown = [s for s in missing if s not in self.cache]
+            if guess and self.guess.on and unknown:
+                unknown = self._guess_new(unknown, pendings)
+                missing = [s for s in missing if not self.cache.fresh(s)]
             if len(unknown) > 1:
                 failed = await self._learn(unknown, subjects)
                 missing = [s for s in missing if s not in self.cache or s in failed]
         if missing:
             failed.update(await self._refresh(missing, subjects, direct))
+        if unknown:
+            known = [self.cache.get(s) for s in unknown if s not in failed]
+            self.guess.looked_up(len(known), sum(1 for h in known if h is not None and h.seq == 0))
         if failed:
             for p in pendings:
                 if p.subject in failed:
                     p.fail(translate(failed[p.subject], p.subject))
         return {s: self.cache[s] for s in subjects if s in self.cache}
+
+    def _guess_new(self, unknown: list[str], pendings: list[Pending]) -> list[str]:
+        """Take the unknown aggregates for new (the server's expected-sequence check says if
+        one is not); returns those that still need a lookup: an expected version above 0."""
+        versioned = {p.subject for p in pendings if p.expected_version}
+        guessed = [s for s in unknown if s not in versioned]
+        for s in guessed:
+            self.cache.remember(s, _new())
+        self.guess.guessed(guessed)
+        return [s for s in unknown if s in versioned]
 
     async def _learn(self, unknown: list[str], types: dict[str, str]) -> dict[str, BaseException]:
         """Heads of subjects never seen, from batched ``multi_last`` direct gets: a few

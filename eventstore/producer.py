@@ -50,6 +50,7 @@ from eventstore.health import unanswered_detail
 from eventstore.jetstream import Ack, Refusal, request, translate
 from eventstore.logging import get_logger
 from eventstore.machines import Machines
+from eventstore.novelty import NewGuess
 from eventstore.outcomes import Outcomes
 from eventstore.pending import MAX_EVENTS_PER_APPEND, Pending
 from eventstore.publishing import publish_batch
@@ -89,6 +90,7 @@ class Committer:
         max_batch: int = 500,
         cache_size: int = 100_000,
         direct_refresh: bool = False,
+        guess_new: bool = True,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -100,6 +102,7 @@ class Committer:
         self.direct_refresh = direct_refresh  # the stream has one copy (see ``_commit``)
         self._heads = HeadCache(cache_size)
         self._head_reader = HeadReader(js, reader, self._heads, machines=machines, clock=clock)
+        self._head_reader.guess = NewGuess(guess_new)
         self._reconciler = Reconciler(js, stream, self._heads, url=url, transient=self._transient)
         self._outcomes = Outcomes(self._heads, self._reconciler)
         self.fail_fast = FailFast()
@@ -301,7 +304,9 @@ class Committer:
             if not group:
                 return
             try:
-                heads = await self._head_reader.lookup(group, refresh, self._translate, direct)
+                heads = await self._head_reader.lookup(
+                    group, refresh, self._translate, direct, guess=True
+                )
             except Exception as exc:
                 if not self._transient(exc):
                     raise
@@ -424,6 +429,8 @@ class Committer:
 
     def _settle_success(self, ready: list[Pending], first_seq: int) -> None:
         self._outcomes.success(ready, first_seq)
+        self._head_reader.guess.settled([p.subject for p in ready], refused=False)
 
     async def _settle_rejection(self, ready: list[Pending], rej: Refusal) -> None:
+        self._head_reader.guess.settled([p.subject for p in ready], refused=True)
         await self._outcomes.refusal(ready, rej)

@@ -114,7 +114,8 @@ class EventStore(LogReading):
         store._committer = Committer(nc, store._js, reader=store.reader, producer=producer,
                                      clock=clock, machines=store.machines, url=url,
                                      max_batch=opts.max_batch,
-                                     direct_refresh=store._one_copy)  # fmt: skip
+                                     direct_refresh=store._one_copy,
+                                     guess_new=opts.guess_new)  # fmt: skip
         store._committer.start()
         return store
 

@@ -70,11 +70,21 @@ async def _ok(results: list[Any]) -> list[Any]:
     return results
 
 
+@pytest.fixture
+async def looking(nats_url: str, settings: StreamSettings) -> AsyncIterator[EventStore]:
+    """A producer that looks every unknown head up (never guesses them new)."""
+    async with await EventStore.connect(
+        nats_url, producer="looker", stream=settings, guess_new=False
+    ) as s:
+        yield s
+
+
 async def test_a_cold_batch_learns_every_head_in_a_few_requests(
-    store: EventStore, wire: Wire
+    looking: EventStore, wire: Wire
 ) -> None:
     """1,200 appends to new aggregates read their heads in ceil(1200/500) multi_last requests,
     with no per-aggregate get at all, and every append lands at version 1."""
+    store = looking
     await store.append("agent", "warmup", NewEvent("Tick"))  # opens the stream and clocks
     await wire.settled()
     wire.reset()
@@ -88,10 +98,11 @@ async def test_a_cold_batch_learns_every_head_in_a_few_requests(
 
 
 async def test_a_cold_batch_continues_aggregates_written_elsewhere(
-    nats_url: str, settings: StreamSettings, store: EventStore, wire: Wire
+    nats_url: str, settings: StreamSettings, looking: EventStore, wire: Wire
 ) -> None:
     """Aggregates another producer already wrote are found by the batched lookup and counted:
     the appends take the next versions, the new ones version 1."""
+    store = looking
     async with await EventStore.connect(nats_url, producer="other", stream=settings) as other:
         await _ok(await other.append_many(_one_each("agent", [f"old-{i}" for i in range(30)], 3)))
     await store.append("agent", "warmup", NewEvent("Tick"))
