@@ -155,7 +155,7 @@ class HeadReader:
         unknown: list[str] = []
         if missing and not refresh:
             unknown = [s for s in missing if s not in self.cache]
-            if guess and self.guess.on and unknown:
+            if guess and self.guess.on and len(unknown) > 1:  # a batch's worth, not one append
                 unknown = self._guess_new(unknown, pendings)
                 missing = [s for s in missing if not self.cache.fresh(s)]
             if len(unknown) > 1:

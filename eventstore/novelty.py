@@ -11,8 +11,13 @@ heads are refreshed from the server and the batch goes again with the same event
 The guess is made only while it pays. A refused batch that held a guessed head stops it;
 lookups that find (nearly) every unknown aggregate new start it again. A producer restarted
 on existing aggregates thus pays one refused batch, then learns heads as before (or never
-guesses: ``EventStore.connect(guess_new=False)``). Appends with an expected version above 0
-never rest on a guess (the version must come from the log).
+guesses: ``EventStore.connect(guess_new=False)``). The clock values of a refused batch are
+skipped, as after any refusal: gaps, never a reuse (a producer's clocks only increase).
+
+Only a group with several unknown aggregates is guessed, where the alternative was a batched
+lookup: one append to one unknown aggregate (``eventstore publish``, most often to one that
+exists) asks the leader as before, so a one-shot process still leaves no clock gap. Appends
+with an expected version above 0 never rest on a guess (the version must come from the log).
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ EXPORTED = [
     "Upcasters",
     "VectorClock",
     "VersionConflict",
+    "cancel_and_wait",
     "check_int",
     "check_local_config",
     "check_optional_int",
