@@ -153,11 +153,12 @@ class HeadReader:
         missing = [s for s in subjects if refresh or not self.cache.fresh(s)]
         failed: dict[str, BaseException] = {}
         unknown: list[str] = []
+        guessed: dict[str, Head] = {}  # kept out of the cache until the batch is stored
         if missing and not refresh:
             unknown = [s for s in missing if s not in self.cache]
             if guess and self.guess.on and len(unknown) > 1:  # a batch's worth, not one append
-                unknown = self._guess_new(unknown, pendings)
-                missing = [s for s in missing if not self.cache.fresh(s)]
+                guessed, unknown = self._guess_new(unknown, pendings)
+                missing = [s for s in missing if s not in guessed]
             if len(unknown) > 1:
                 failed = await self._learn(unknown, subjects)
                 missing = [s for s in missing if s not in self.cache or s in failed]
@@ -170,17 +171,21 @@ class HeadReader:
             for p in pendings:
                 if p.subject in failed:
                     p.fail(translate(failed[p.subject], p.subject))
-        return {s: self.cache[s] for s in subjects if s in self.cache}
+        heads = {s: self.cache[s] for s in subjects if s in self.cache}
+        if guessed:
+            heads.update(guessed)
+        return heads
 
-    def _guess_new(self, unknown: list[str], pendings: list[Pending]) -> list[str]:
+    def _guess_new(
+        self, unknown: list[str], pendings: list[Pending]
+    ) -> tuple[dict[str, Head], list[str]]:
         """Take the unknown aggregates for new (the server's expected-sequence check says if
-        one is not); returns those that still need a lookup: an expected version above 0."""
+        one is not): their heads, and those that still need a lookup (an expected version
+        above 0). A stored batch puts its heads in the cache, a refused one leaves none."""
         versioned = {p.subject for p in pendings if p.expected_version}
-        guessed = [s for s in unknown if s not in versioned]
-        for s in guessed:
-            self.cache.remember(s, _new())
+        guessed = {s: _new() for s in unknown if s not in versioned}
         self.guess.guessed(guessed)
-        return [s for s in unknown if s in versioned]
+        return guessed, [s for s in unknown if s in versioned]
 
     async def _learn(self, unknown: list[str], types: dict[str, str]) -> dict[str, BaseException]:
         """Heads of subjects never seen, from batched ``multi_last`` direct gets: a few
