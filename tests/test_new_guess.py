@@ -6,7 +6,10 @@ find new aggregates."""
 from __future__ import annotations
 
 import tomllib
+from typing import Any
 
+import nats
+import pytest
 from test_groupcommit import Wire, _ok, _one_each
 from test_groupcommit import wire as wire  # the fixture
 
@@ -137,3 +140,34 @@ _JOBS = """
 initial = "Idle"
 transitions = [["Idle", "Running"], ["Running", "Done"]]
 """
+
+
+async def test_a_lost_ack_on_a_guessed_batch_stores_nothing_twice(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold batch stored by the server whose ack is lost: the retry, from the guessed heads
+    (last sequence 0), recognises every append as its own stored copy; each aggregate holds
+    its one event."""
+    committer = store._committer
+    assert committer is not None
+    real = committer._request
+    lost: list[str] = []
+
+    async def lose_commit_ack(
+        subject: str, body: bytes, headers: dict[str, str], t: float, *rest: Any
+    ) -> bytes:
+        reply = await real(subject, body, headers, t, *rest)
+        if not lost and "Nats-Batch-Commit" in headers:
+            lost.append(subject)
+            raise nats.errors.TimeoutError  # stored on the server, the ack never reaches us
+        return reply
+
+    monkeypatch.setattr(committer, "_request", lose_commit_ack)
+    ids = [f"g{i}" for i in range(50)]
+    results = await _ok(await store.append_many(_one_each("agent", ids)))
+    assert lost
+    assert {r.version for r in results} == {1}
+    assert any(r.duplicate for r in results)  # the batch whose ack was lost
+    for agg in ids:
+        assert await _versions(store, agg) == [1]
+    assert await store.head() == 50
