@@ -47,6 +47,11 @@ class FlowControl:
         """Messages handed to the callback so far (received minus still queued)."""
         return int(self._jsi._fciseq) - int(self._queue.qsize())
 
+    def pending(self) -> bool:
+        """Whether a flow-control request is waiting for its answer (``answer`` may send it)."""
+        jsi = self._jsi
+        return jsi is not None and bool(jsi._fcr)
+
     async def answer(self) -> None:
         """Send the pending flow-control answer once its window has been handed over."""
         jsi = self._jsi

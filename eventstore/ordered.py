@@ -83,7 +83,9 @@ class OrderedFeed:
         self.flow = FlowControl()
 
     async def on_msg(self, msg: Msg) -> None:
-        await self.flow.answer()
+        flow = self.flow
+        if flow.pending():  # a flow-control request waits (rarely: once a window)
+            await flow.answer()
         seq, us = parse_reply(msg.reply)
         buf = self.buf
         buf.append(StoredMessage(seq, msg.subject, msg.data, recorded_at(us), msg.headers))
@@ -93,10 +95,12 @@ class OrderedFeed:
             await self.room.wait()
 
     def take(self, limit: int) -> list[StoredMessage]:
-        out: list[StoredMessage] = []
         buf = self.buf
-        while buf and len(out) < limit:
-            out.append(buf.popleft())
+        if len(buf) <= limit:  # all of it, in one C call
+            out = list(buf)
+            buf.clear()
+        else:
+            out = [buf.popleft() for _ in range(limit)]
         if not buf:
             self.ready.clear()
         if len(buf) < self.backlog // 2:

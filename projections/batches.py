@@ -61,6 +61,7 @@ class Intake:
         self._feeder = asyncio.create_task(self._feed(store, start, follow, until))
         self._collector = contextlib.ExitStack()  # catching_up() while behind
         self._collecting = False
+        self._collect()  # behind from the start: the first batch is read collecting less too
 
     def behind(self) -> bool:
         """Whether the messages taken so far are short of the target (catching up)."""
@@ -72,7 +73,9 @@ class Intake:
         self._room.set()
 
     def _collect(self) -> None:
-        """Collect garbage less often while behind, as usual once caught up."""
+        """Collect garbage less often while behind, as usual once caught up (decided when a
+        reading starts and when the next batch is asked for: the batch that reaches the target
+        is folded and committed still collecting less)."""
         behind = self.behind()
         if behind and not self._collecting:
             self._collector.enter_context(catching_up())
@@ -111,6 +114,7 @@ class Intake:
     async def next(self) -> list[StoredMessage] | None:
         """The next batch: what is queued, up to ``batch_size``, waiting ``batch_delay`` at
         most; None at the end of the reading or when stopping. A failed reading raises."""
+        self._collect()
         if self._stopping():
             return None
         queue = self._queue
@@ -152,5 +156,4 @@ class Intake:
         if queue.qsize() < self._limit // 2:
             self._room.set()
         self._taken = batch[-1].seq
-        self._collect()
         return batch

@@ -279,7 +279,7 @@ class Folder:
         if not rules.lo <= event.seq < rules.hi or rules.changes != self.book.changes:
             rules.switch(event.seq)
         version = event.version
-        if next_version(agg.version, event) is None:
+        if version != agg.version + 1:  # next_version(agg.version, event) is None
             if version <= agg.version:
                 return Rejected(
                     "duplicate",
@@ -298,7 +298,7 @@ class Folder:
             except UpcastFailed as exc:
                 self._advance(agg, event)
                 return Rejected(exc.kind, exc.reason)
-        if (fenced := fence(agg, event)) is not None:
+        if event.metadata and (fenced := fence(agg, event)) is not None:  # a lease's token
             return Rejected("fenced", fenced)
         machine_state = agg.machine_state
         machine = rules.machines.get(agg.aggregate_type) if rules.machines is not None else None

@@ -317,19 +317,20 @@ class Runner:
                     self._fail(slot, Failed(name, why, exc, max(seq, slot.checkpoint + 1)))
 
     def _fold(self, batch: list[StoredMessage]) -> None:
-        # Several projections decode each message once (memo); one needs no memo, unless the
-        # batch's messages are kept: the memo then holds each one some projection folded.
-        keep = self.settings.keep_events
-        memo: dict[int, Event | str] | None = {} if keep or len(self._slots) > 1 else None
+        # Projections share decoding (memo); the only one keeping the events writes their rows.
+        keep, active = self.settings.keep_events, self._active()
+        one = keep and len(active) == 1
+        copy: list[tuple[Any, ...]] | None = [] if one else None
+        memo: dict[int, Event | str] | None = None if one or not (keep or active[1:]) else {}
         taken_us = to_us(datetime.now(UTC)) or 0
-        for slot in self._active():
+        for slot in active:
             try:
-                slot.fold(batch, self.decoder, memo, taken_us, self.settings.snapshots.every)
+                slot.fold(batch, self.decoder, memo, taken_us, self.settings.snapshots.every, copy)
             except Failed as failed:
                 self._fail(slot, failed)
-        self._events = (
-            None if memo is None or not keep else event_rows(batch, memo, self.decoder.key)
-        )
+        if memo is not None and keep:
+            copy = event_rows(batch, memo, self.decoder.key)
+        self._events = copy
 
     async def _commit(self) -> None:
         """Start committing what was folded (after finishing the batch before); with no

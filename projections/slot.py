@@ -14,6 +14,7 @@ from eventstore import Event, InvalidEvent, StoredMessage, get_logger
 from projections.failures import Failed, ProjectionFailure
 from projections.fold import AggregateState, Folder, MessageDecoder, Rejected, describe_error
 from projections.rows import SlotBatch, conflict_row, quarantine_row, snapshot_row
+from projections.times import to_us
 
 __all__ = ["Slot"]
 
@@ -79,10 +80,14 @@ class Slot(SlotBatch):
         memo: dict[int, Event | str] | None,
         taken_us: int,
         every: int,
+        copy: list[tuple[Any, ...]] | None = None,
     ) -> None:
         """Fold the batch into the cached states (the runner's hot loop): the messages past
         the checkpoint, decoded once for all projections when ``memo`` is given; a snapshot
-        row for every aggregate reaching a multiple of ``every`` versions."""
+        row for every aggregate reaching a multiple of ``every`` versions. ``copy`` (the only
+        projection of a runner keeping the events) gets the ``EVENT_SQL`` row of each message
+        it folds, in order: what ``eventcopy.event_rows`` makes of the memo, without the
+        memo and a second pass over the batch."""
         slot = self
         p = slot.projection
         name, code_version, types = p.name, p.version, p.aggregate_types
@@ -125,8 +130,12 @@ class Slot(SlotBatch):
                     try:
                         event = decode(msg, key)
                     except InvalidEvent as exc:
+                        if copy is not None:
+                            copy.append(_row(msg, key, None))
                         out = reject(agg, msg, exc.reason)
                     else:
+                        if copy is not None:
+                            copy.append(_row(msg, key, event.version))
                         out = step(agg, event, len(msg.data))
                 else:
                     known = memo.get(msg.seq)
@@ -168,3 +177,8 @@ class Slot(SlotBatch):
                 f"{f' ({where})' if where else ''}: {describe_error(exc)}"
             )
             raise Failed(name, message, exc, seq, where) from exc
+
+
+def _row(msg: StoredMessage, key: Key, version: int | None) -> tuple[Any, ...]:
+    """The ``EVENT_SQL`` row of a folded message (``eventcopy.event_rows``'s columns)."""
+    return (msg.seq, key[0], key[1], version, to_us(msg.recorded_at), msg.data)

@@ -45,6 +45,7 @@ def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     take = Intake.next
 
     async def pieces(self: Intake) -> list[StoredMessage] | None:
+        self._collect()
         rest: list[StoredMessage] = self.__dict__.setdefault("rest", [])
         if not rest:
             batch = await take(self)
@@ -54,7 +55,6 @@ def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
         piece = rest[:PIECE]
         del rest[:PIECE]
         self._taken = piece[-1].seq
-        self._collect()
         return piece
 
     monkeypatch.setattr(Intake, "next", pieces)
@@ -101,3 +101,34 @@ async def test_the_collector_runs_less_often_only_while_catching_up(
         assert await runner.catch_up() == 1000
     assert gc.get_threshold() == before
     assert seen[0] == (collector.CATCH_UP_THRESHOLD, *before[1:])
+
+
+async def test_the_collector_runs_less_often_from_the_first_read_to_the_last_commit(
+    store: EventStore, tmp_path: Path, no_wait: None
+) -> None:
+    """The thresholds rise as the reading starts (the first batch is read ahead collecting
+    less: it was a third of a 100k catch-up's messages) and stay up until the batch reaching
+    the target is committed; a reading with nothing to catch up leaves them alone."""
+    await _fill(store, 600, 10)
+    before = gc.get_threshold()
+    raised = (collector.CATCH_UP_THRESHOLD, *before[1:])
+    intake = Intake(
+        store, 1, follow=False, until=600, batch_size=100, batch_delay=0.01,
+        queue_batches=4, stopping=lambda: False, target=600,
+    )  # fmt: skip
+    assert gc.get_threshold() == raised  # before any batch is taken
+    await intake.close()
+    assert gc.get_threshold() == before
+    seen: list[tuple[int, int, int]] = []
+    async with await ProjectionDB.open(tmp_path / "p.db") as db:
+        runner = Runner(store, db, [EntitiesProjection()], settings=RunnerSettings(batch_size=200))
+        runner.on_commit.append(lambda info: seen.append(gc.get_threshold()))
+        assert await runner.catch_up() == 600
+    assert len(seen) >= 2 and seen == [raised] * len(seen)  # the last commit's too
+    assert gc.get_threshold() == before
+    idle = Intake(
+        store, 601, follow=False, until=600, batch_size=100, batch_delay=0.01,
+        queue_batches=4, stopping=lambda: False, target=600,
+    )  # fmt: skip
+    assert gc.get_threshold() == before
+    await idle.close()

@@ -318,3 +318,31 @@ async def test_the_copy_holds_what_the_projections_follow_and_survives_batches_o
         before = store.nc.stats["in_msgs"]
         assert (await tt.state_at("agent", "a", version=2)).state == {"i": 2}
         assert store.nc.stats["in_msgs"] == before
+
+
+async def test_one_projection_copies_as_it_folds_exactly_what_several_copy_from_the_memo(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """The only projection of a runner writes the copy's rows while it folds (no memo); two
+    projections make them of their shared memo: both give the same rows, garbage included,
+    over several batches."""
+    for i in range(30):
+        await store.append("agent", f"a{i % 4}", NewEvent("Changed", {"i": i}))
+    await store.js.publish(store.subject("agent", "a1"), b"\xffnot json")
+    await store.append("task", "t", [NewEvent("Created"), NewEvent("Done", {"ok": True})])
+
+    async def copy_of(path: Path, projections: list[Any]) -> list[tuple[Any, ...]]:
+        async with await ProjectionDB.open(path) as db:
+            runner = Runner(store, db, projections, settings=RunnerSettings(batch_size=7))
+            assert await runner.catch_up() == 33
+            return await db.fetchall(
+                "SELECT seq, aggregate_type, aggregate_id, version, recorded_us, data FROM events "
+                "ORDER BY seq"
+            )
+
+    one = await copy_of(tmp_path / "one.db", [EntitiesProjection()])
+    two = await copy_of(
+        tmp_path / "two.db", [EntitiesProjection(), EntitiesProjection(name="also")]
+    )
+    assert len(one) == 33 and one == two
+    assert [r[3] for r in one if r[3] is None] == [None]
