@@ -6,12 +6,11 @@ find new aggregates."""
 from __future__ import annotations
 
 import tomllib
-from typing import Any
 
-import nats
 import pytest
 from test_groupcommit import Wire, _ok, _one_each
 from test_groupcommit import wire as wire  # the fixture
+from test_producer import losing_one_ack
 
 from eventstore import (
     AppendRequest,
@@ -150,19 +149,9 @@ async def test_a_lost_ack_on_a_guessed_batch_stores_nothing_twice(
     its one event."""
     committer = store._committer
     assert committer is not None
-    real = committer._request
     lost: list[str] = []
-
-    async def lose_commit_ack(
-        subject: str, body: bytes, headers: dict[str, str], t: float, *rest: Any
-    ) -> bytes:
-        reply = await real(subject, body, headers, t, *rest)
-        if not lost and "Nats-Batch-Commit" in headers:
-            lost.append(subject)
-            raise nats.errors.TimeoutError  # stored on the server, the ack never reaches us
-        return reply
-
-    monkeypatch.setattr(committer, "_request", lose_commit_ack)
+    losing = losing_one_ack(committer._request, lost, batches_only=True)
+    monkeypatch.setattr(committer, "_request", losing)
     ids = [f"g{i}" for i in range(50)]
     results = await _ok(await store.append_many(_one_each("agent", ids)))
     assert lost

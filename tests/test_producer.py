@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,26 @@ async def test_retry_after_the_dedup_window(nats_url: str, settings: StreamSetti
         assert await store.head() == 2
 
 
+def losing_one_ack(
+    real: Callable[..., Awaitable[bytes]], lost: list[str], *, batches_only: bool = False
+) -> Callable[..., Awaitable[bytes]]:
+    """A committer ``_request`` whose first commit (of a batch, or a single publish unless
+    ``batches_only``) is stored by the server but its ack never reaches the producer; the
+    subject goes into ``lost`` (clear it to lose the next one)."""
+
+    async def lose(
+        subject: str, body: bytes, headers: dict[str, str], t: float, *rest: Any
+    ) -> bytes:
+        reply = await real(subject, body, headers, t, *rest)
+        single = not batches_only and "Nats-Batch-Id" not in headers
+        if not lost and ("Nats-Batch-Commit" in headers or single):
+            lost.append(subject)
+            raise nats.errors.TimeoutError  # stored on the server, the ack never reaches us
+        return reply
+
+    return lose
+
+
 async def test_lost_ack_retry_stores_no_duplicate(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,17 +241,7 @@ async def test_lost_ack_retry_stores_no_duplicate(
     assert committer is not None
     real = committer._request
     lost: list[str] = []
-
-    async def lose_commit_ack(
-        subject: str, body: bytes, headers: dict[str, str], t: float, *rest: Any
-    ) -> bytes:
-        reply = await real(subject, body, headers, t, *rest)
-        if not lost and ("Nats-Batch-Commit" in headers or "Nats-Batch-Id" not in headers):
-            lost.append(subject)
-            raise nats.errors.TimeoutError  # stored on the server, ack never reaches us
-        return reply
-
-    monkeypatch.setattr(committer, "_request", lose_commit_ack)
+    monkeypatch.setattr(committer, "_request", losing_one_ack(real, lost))
     r = await store.append("agent", "lost", [NewEvent("A"), NewEvent("B"), NewEvent("C")])
     assert lost and r.duplicate and (r.version, r.last_seq - r.first_seq) == (3, 2)
     lost.clear()
