@@ -406,16 +406,7 @@ class Runner:
             raise ProjectionError("; ".join(f.error for f in self.failures.values()))
         self.events_applied += len(batch)
         for t in flight.taken:
-            slot = t.slot
-            slot.marked = False
-            if t.rows.periodic:
-                slot.snapshot_us = now_us
-                for agg in slot.cache.values():
-                    agg.snapshot_version = agg.version
-            slot.checkpoint = last.seq
-            slot.checkpoint_us = to_us(last.recorded_at)
-            if len(slot.cache) > self.settings.cache_size:
-                slot.evict(self.settings.cache_size // 2)
+            t.slot.committed(last, now_us, periodic=t.rows.periodic, cache=self.settings.cache_size)
         async with self._committed:
             self._committed.notify_all()
         await announce(self.on_commit, flight.info())

@@ -50,6 +50,19 @@ class Slot(SlotBatch):
         self.complete = False
         self.clear_batch()
 
+    def committed(self, last: StoredMessage, now_us: int, *, periodic: bool, cache: int) -> None:
+        """Take note of a batch committed up to ``last``: the checkpoint, the time of a
+        periodic snapshot, and the cache kept under ``cache`` states."""
+        self.marked = False  # the commit cleared the file's failure mark
+        if periodic:
+            self.snapshot_us = now_us
+            for agg in self.cache.values():
+                agg.snapshot_version = agg.version
+        self.checkpoint = last.seq
+        self.checkpoint_us = to_us(last.recorded_at)
+        if len(self.cache) > cache:
+            self.evict(cache // 2)
+
     def evict(self, keep: int) -> None:
         """Drop all but the newest ``keep`` cached states, never one the batch changed (it is
         not committed yet: the file has an older state, ``projections.inflight.holds``)."""
