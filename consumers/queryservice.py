@@ -153,7 +153,7 @@ class QueryService:
                 await service.stop()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=_STOP_GRACE)
-            await asyncio.gather(*(cancel_and_wait(task) for task in pending))
+            await cancel_and_wait(*pending)
         db, self._db = self._db, None
         if db is not None:
             await db.close()

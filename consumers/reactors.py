@@ -176,7 +176,7 @@ class ReactorRunner:
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await asyncio.gather(*(cancel_and_wait(task) for task in waits))
+            await cancel_and_wait(*waits)
             for work in workers:
                 if not work.cancelled() and (failure := work.exception()) is not None:
                     raise failure

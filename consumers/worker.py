@@ -229,7 +229,7 @@ class Worker:
                 if reacting:  # they end (checkpoint written) once stop is set; else, now
                     stop.set()
                     _, late = await asyncio.wait(reacting, timeout=10)
-                    await asyncio.gather(*(cancel_and_wait(reactor) for reactor in late))
+                    await cancel_and_wait(*late)
                     await asyncio.gather(*reacting, return_exceptions=True)
                 if not task.done():
                     await cancel_and_wait(task)

@@ -86,7 +86,7 @@ from eventstore.upcasting import (
     upcaster,
 )
 from eventstore.validate import MAX_INT, check_int, check_optional_int, check_time
-from eventstore.versions import next_version
+from eventstore.versions import misplaced, next_version
 
 __all__ = [
     "AUTH_INCLUDE",
@@ -183,6 +183,7 @@ __all__ = [
     "import_events",
     "init_auth",
     "load_upcasters",
+    "misplaced",
     "nesting_exceeds",
     "next_version",
     "parse_subject",

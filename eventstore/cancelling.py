@@ -23,13 +23,17 @@ __all__ = ["CANCEL_RETRY", "cancel_and_wait"]
 CANCEL_RETRY = 0.5
 
 
-async def cancel_and_wait(task: asyncio.Future[Any], *, retry: float = CANCEL_RETRY) -> None:
-    """Cancel ``task`` and return once it has ended (cancelled, failed or finished).
+async def cancel_and_wait(*tasks: asyncio.Future[Any], retry: float = CANCEL_RETRY) -> None:
+    """Cancel ``tasks`` and return once every one has ended (cancelled, failed or finished).
 
-    Its outcome is retrieved and dropped (a caller that wants it reads ``task`` afterwards).
-    If the caller itself is cancelled meanwhile, that cancellation propagates at once."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=retry)
-    if not task.cancelled():
-        task.exception()  # retrieved: no "exception was never retrieved" at garbage collection
+    Their outcomes are retrieved and dropped (a caller that wants one reads its task
+    afterwards). If the caller itself is cancelled meanwhile, that cancellation propagates at
+    once."""
+    running = {t for t in tasks if not t.done()}
+    while running:
+        for task in running:
+            task.cancel()
+        _, running = await asyncio.wait(running, timeout=retry)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" at collection

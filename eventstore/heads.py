@@ -125,6 +125,7 @@ class HeadReader:
         *,
         machines: Machines,
         clock: ProducerClock,
+        guess_new: bool = True,
     ) -> None:
         self._js = js
         self._reader = reader
@@ -133,7 +134,7 @@ class HeadReader:
         self.clock = clock
         self.stream = reader.stream
         self.prefix = reader.prefix
-        self.guess = NewGuess()
+        self.guess = NewGuess(guess_new)
 
     async def lookup(
         self,

@@ -40,7 +40,6 @@ class NewGuess:
         self._guessed: set[str] = set()
         self._looked = 0
         self._new = 0
-        self.refusals = 0  # batches refused while holding a guessed head
 
     def guessed(self, subjects: Iterable[str]) -> None:
         """These heads were taken for new without asking."""
@@ -69,5 +68,4 @@ class NewGuess:
                 hit = True
         if refused and hit:
             self.on = False
-            self.refusals += 1
             self._looked = self._new = 0

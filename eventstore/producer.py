@@ -50,7 +50,6 @@ from eventstore.health import unanswered_detail
 from eventstore.jetstream import Ack, Refusal, request, translate
 from eventstore.logging import get_logger
 from eventstore.machines import Machines
-from eventstore.novelty import NewGuess
 from eventstore.outcomes import Outcomes
 from eventstore.pending import MAX_EVENTS_PER_APPEND, Pending
 from eventstore.publishing import publish_batch
@@ -101,8 +100,9 @@ class Committer:
         self.url = url
         self.direct_refresh = direct_refresh  # the stream has one copy (see ``_commit``)
         self._heads = HeadCache(cache_size)
-        self._head_reader = HeadReader(js, reader, self._heads, machines=machines, clock=clock)
-        self._head_reader.guess = NewGuess(guess_new)
+        self._head_reader = HeadReader(
+            js, reader, self._heads, machines=machines, clock=clock, guess_new=guess_new
+        )
         self._reconciler = Reconciler(js, stream, self._heads, url=url, transient=self._transient)
         self._outcomes = Outcomes(self._heads, self._reconciler)
         self.fail_fast = FailFast()
@@ -254,7 +254,7 @@ class Committer:
             if arrival is not None:
                 arrival.cancel()
             try:
-                await asyncio.gather(*(cancel_and_wait(task) for task in flying))
+                await cancel_and_wait(*flying)
             finally:  # cancelled again meanwhile (close insists): no append is left waiting
                 for p in carry + [p for _, g in flying.values() for p in g]:
                     if not p.future.done():

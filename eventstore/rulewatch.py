@@ -139,7 +139,7 @@ class RulesWatch:
 
     async def close(self) -> None:
         self._closed = True
-        await asyncio.gather(*(cancel_and_wait(task) for task in list(self._tasks)))
+        await cancel_and_wait(*self._tasks)
         if self._sub is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

@@ -36,6 +36,7 @@ __all__ = [
     "LocalRows",
     "copied",
     "copy_differs",
+    "event_row",
     "event_rows",
     "insert_events",
     "multi_rows",
@@ -96,9 +97,14 @@ def event_rows(
         key = key_of(msg.subject)
         if key is None:  # only aggregates' messages are folded
             continue
-        version = None if isinstance(known, str) else known.version
-        rows.append((msg.seq, key[0], key[1], version, to_us(msg.recorded_at), msg.data))
+        rows.append(event_row(msg, key, None if isinstance(known, str) else known.version))
     return rows
+
+
+def event_row(msg: StoredMessage, key: Key, version: int | None) -> tuple[Any, ...]:
+    """The ``EVENT_SQL`` row of a message of ``key``'s aggregate (``version`` None for a
+    message that is no valid event)."""
+    return (msg.seq, key[0], key[1], version, to_us(msg.recorded_at), msg.data)
 
 
 class LocalRows(NamedTuple):

@@ -52,6 +52,7 @@ from eventstore import (
     RuleBook,
     StoredMessage,
     UpcastFailed,
+    misplaced,
     nesting_exceeds,
     next_version,
     parse_subject,
@@ -279,19 +280,9 @@ class Folder:
         if not rules.lo <= event.seq < rules.hi or rules.changes != self.book.changes:
             rules.switch(event.seq)
         version = event.version
-        if version != agg.version + 1:  # next_version(agg.version, event) is None
-            if version <= agg.version:
-                return Rejected(
-                    "duplicate",
-                    f"version {version} again: {agg.aggregate_type}/{agg.aggregate_id} is "
-                    f"already at version {agg.version}",
-                )
-            return Rejected(
-                "gap",
-                f"version gap: {agg.aggregate_type}/{agg.aggregate_id} is at version "
-                f"{agg.version}, this event is version {version}; versions "
-                f"{agg.version + 1}..{version - 1} are missing",
-            )
+        if next_version(agg.version, event) is None:  # the producer's rule (versions.py)
+            aggregate = f"{agg.aggregate_type}/{agg.aggregate_id}"
+            return Rejected(*misplaced(aggregate, agg.version, version))
         if event.type in UPCASTERS.latest:  # data at its type's current schema (upcasting.py)
             try:
                 event = event.current()

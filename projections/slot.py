@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventstore import Event, InvalidEvent, StoredMessage, get_logger
+from projections.eventcopy import event_row
 from projections.failures import Failed, ProjectionFailure
 from projections.fold import AggregateState, Folder, MessageDecoder, Rejected, describe_error
 from projections.rows import SlotBatch, conflict_row, quarantine_row, snapshot_row
@@ -144,11 +145,11 @@ class Slot(SlotBatch):
                         event = decode(msg, key)
                     except InvalidEvent as exc:
                         if copy is not None:
-                            copy.append(_row(msg, key, None))
+                            copy.append(event_row(msg, key, None))
                         out = reject(agg, msg, exc.reason)
                     else:
                         if copy is not None:
-                            copy.append(_row(msg, key, event.version))
+                            copy.append(event_row(msg, key, event.version))
                         out = step(agg, event, len(msg.data))
                 else:
                     known = memo.get(msg.seq)
@@ -190,8 +191,3 @@ class Slot(SlotBatch):
                 f"{f' ({where})' if where else ''}: {describe_error(exc)}"
             )
             raise Failed(name, message, exc, seq, where) from exc
-
-
-def _row(msg: StoredMessage, key: Key, version: int | None) -> tuple[Any, ...]:
-    """The ``EVENT_SQL`` row of a folded message (``eventcopy.event_rows``'s columns)."""
-    return (msg.seq, key[0], key[1], version, to_us(msg.recorded_at), msg.data)

@@ -101,6 +101,7 @@ EXPORTED = [
     "import_events",
     "init_auth",
     "load_upcasters",
+    "misplaced",
     "nesting_exceeds",
     "next_version",
     "parse_subject",

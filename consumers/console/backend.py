@@ -98,7 +98,7 @@ class Backend:
         ]
 
     async def close(self) -> None:
-        await asyncio.gather(*(cancel_and_wait(task) for task in self._tasks))
+        await cancel_and_wait(*self._tasks)
         if self._store is not None:
             with contextlib.suppress(Exception):
                 await self._store.close()
