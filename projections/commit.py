@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from projections.eventcopy import insert_events, multi_rows
+from projections.eventcopy import insert_events
 from projections.failures import FAILED_KEY
+from projections.multirows import multi_rows
 from projections.readmodels import ReadModelWrites, run_statements
 from projections.snapshots import (
     PERIODIC_MARK_SQL,

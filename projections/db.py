@@ -289,8 +289,11 @@ class ProjectionDB:
         for version, description, statements in MIGRATIONS:
             if version <= current:
                 continue
-            for sql in statements:
-                await self.execute(sql)
+            for step in statements:
+                if isinstance(step, str):
+                    await self.execute(step)
+                else:
+                    await self.run(step)
             await self.execute(
                 "INSERT INTO schema_migrations VALUES (?, ?, ?)",
                 (version, description, to_us(datetime.now(UTC))),

@@ -7,9 +7,10 @@ beside the states and the checkpoint, so the copy is exactly as complete as the 
 projection records from which seq on the copy holds every message of its aggregates
 (``projections.events_from``): up to its checkpoint, from there on, the copy is the log.
 
-Time travel (``projections.timetravel``) then reads a past state in one read (three index
+Time travel (``projections.timetravel``) then reads a past state in one read (four index
 searches in one read transaction, in the calling thread: ``read_local``): the nearest
-snapshot, the projection's position and the messages after the snapshot, and folds
+snapshot, the projection's position and the messages after the snapshot (found by their
+aggregate's runs, ``projections.eventruns``), and folds
 them exactly as the runner folds the log; points past the checkpoint, before the copy starts,
 or of aggregates no projection of the file follows are replayed from the log. Its statements
 are here; ``projections.commit`` runs ``insert_events`` in the batch's transaction.
@@ -24,9 +25,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
-from eventstore import Event, StoredMessage
+from eventstore import Event, StoredMessage, get_logger
 from projections.db import ProjectionDB
 from projections.dbfile import read_only_uri
+from projections.eventruns import add_runs, as_json, seqs_of
+from projections.multirows import multi_rows
 from projections.rows import StateCodec
 from projections.snapshots import SNAPSHOT_COLUMNS, SNAPSHOT_ORDER
 from projections.times import to_us
@@ -39,45 +42,38 @@ __all__ = [
     "event_row",
     "event_rows",
     "insert_events",
-    "multi_rows",
     "read_local",
 ]
 
 Key = tuple[str, str]
 T = TypeVar("T")
+log = get_logger(__name__)
 
 EVENT_INSERT = (
     "INSERT OR IGNORE INTO events (seq, aggregate_type, aggregate_id, version, recorded_us, "
     "data) VALUES "
 )
 EVENT_SQL = EVENT_INSERT + "(?, ?, ?, ?, ?, ?)"
-CHUNK = 1000  # rows per INSERT: one statement step and one bind pass for many rows
-
-
-@functools.cache
-def _values(columns: int, rows: int) -> str:
-    one = "(" + ", ".join("?" * columns) + ")"
-    return ", ".join([one] * rows)
-
-
-def multi_rows(
-    head: str, rows: Sequence[tuple[Any, ...]], tail: str = ""
-) -> list[tuple[str, list[Any]]]:
-    """The ``(statement, parameters)`` of ``head VALUES... tail`` inserting ``rows``, ``CHUNK``
-    rows a statement: a batch of 20,000 is 20 statements, not 20,000 steps each giving the GIL
-    away and waiting to take it back while the event loop reads the log."""
-    out: list[tuple[str, list[Any]]] = []
-    columns = len(rows[0]) if rows else 0
-    for start in range(0, len(rows), CHUNK):
-        chunk = rows[start : start + CHUNK]
-        out.append((head + _values(columns, len(chunk)) + tail, [v for r in chunk for v in r]))
-    return out
+_TOP_SQL = "SELECT max(seq) FROM events"
+_HELD_SQL = "SELECT seq FROM events WHERE seq BETWEEN ? AND ?"
 
 
 def insert_events(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert ``EVENT_SQL`` rows on ``conn`` (blocking, inside the caller's transaction)."""
+    """Insert ``EVENT_SQL`` rows on ``conn`` and list them in their aggregates' runs
+    (``projections.eventruns``), blocking, inside the caller's transaction. ``rows`` come in
+    seq order (a batch's); those the copy already holds (another projection of the file,
+    further on, copied them) are left out."""
+    if not rows:
+        return
+    first, last = rows[0][0], rows[-1][0]
+    top = conn.execute(_TOP_SQL).fetchone()[0]
+    after_all = top is None or first > top
+    if not after_all:
+        held = {s for (s,) in conn.execute(_HELD_SQL, (first, last))}
+        rows = [r for r in rows if r[0] not in held]
     for sql, params in multi_rows(EVENT_INSERT, rows):
         conn.execute(sql, params)
+    add_runs(conn, rows, after_all)
 
 
 ROWS = 1024  # messages read at once when nothing bounds the replay better
@@ -135,11 +131,11 @@ async def read_local(
     point, and the aggregate's messages after it (or after ``after``, at version
     ``after_version``) up to the point and the checkpoint, about as many as the point needs.
 
-    Three index searches in one read transaction (so the checkpoint bounds what the messages
-    statement sees), run at once in this thread on a read-only connection of the same file
-    (``_reader``). A thread hop cost as much as the statements themselves on a quiet machine
-    and most of the query on a busy one (the other thread waits for a core twice), and this
-    read is bounded (a few hundred rows at most, found by index; the fold that follows runs
+    Four index searches in one read transaction (so the checkpoint bounds what the messages
+    statements see: snapshot, position, the aggregate's runs, their rows by seq), run at once
+    in this thread on a read-only connection of the same file (``_reader``). A thread hop cost
+    as much as the statements themselves on a quiet machine and most of the query on a busy
+    one (the other thread waits for a core twice), and this read is bounded (a few hundred rows at most, found by index; the fold that follows runs
     here anyway). Where SQLite would wait for a lock (busy), or no second connection can be
     opened (a file read as immutable), it runs in the database connection's thread instead,
     as one hop."""
@@ -209,8 +205,8 @@ _SNAP_SQL = {  # by the column of the point: its index gives the newest at once
     for column in ("version", "seq", "recorded_us", "")
 }
 _ROWS_SQL = (
-    "SELECT seq, recorded_us, data FROM events WHERE aggregate_type = ? AND aggregate_id = ? "
-    "AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+    "SELECT seq, recorded_us, data FROM events WHERE seq IN (SELECT value FROM json_each(?)) "
+    "ORDER BY seq"
 )
 # To a time: the messages up to the next later snapshot, else up to the current state.
 _NEXT_SQL = (
@@ -264,8 +260,13 @@ def _statements(
     else:
         limit = ROWS
     upper = checkpoint if point.seq is None else min(point.seq, checkpoint)
-    rows = conn.execute(_ROWS_SQL, (*key, lower, upper, limit)).fetchall()
-    return LocalRows(checkpoint, snap, rows, len(rows) >= limit)
+    seqs = seqs_of(conn, key, lower, upper, limit)
+    rows = conn.execute(_ROWS_SQL, (as_json(seqs),)).fetchall() if seqs else []
+    if seqs is None or len(rows) != len(seqs):  # a damaged copy: the log still answers
+        why = "local copy of the events damaged, replaying from the log; run verify"
+        log.warning(why, projection=point.projection, aggregate_type=key[0], aggregate_id=key[1])
+        return LocalRows(None, snap, [], False)
+    return LocalRows(checkpoint, snap, rows, len(seqs) >= limit)
 
 
 async def copied(db: ProjectionDB, first: int, last: int) -> dict[int, tuple[Any, ...]]:

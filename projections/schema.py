@@ -7,9 +7,16 @@ A migration is never changed once released: a new one is added.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
+
+from projections.eventruns import runs_from_copy
+
 __all__ = ["INDEXES", "MIGRATIONS", "READABLE_FROM", "SCHEMA_VERSION", "TABLES"]
 
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+# A step is a statement, or blocking code run on the connection (a migration of rows).
+Step = str | Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[tuple[int, str, list[Step]]] = [
     (
         1,
         "projections, states, snapshots, conflicts, quarantine",
@@ -124,10 +131,29 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE projections ADD COLUMN events_from INTEGER",
         ],
     ),
+    (
+        4,
+        "the local copy's messages found by their aggregate's runs, not by an index",
+        [
+            # Up to RUN_SEQS seqs of one aggregate's messages in the copy, in order, as a JSON
+            # array; an aggregate's runs never overlap (projections.eventruns).
+            """CREATE TABLE event_runs (
+                aggregate_type TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                last_seq INTEGER NOT NULL,
+                first_seq INTEGER NOT NULL,
+                seqs TEXT NOT NULL,
+                PRIMARY KEY (aggregate_type, aggregate_id, last_seq)
+            ) WITHOUT ROWID""",
+            runs_from_copy,
+            "DROP INDEX events_by_aggregate",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-# The oldest schema a read-only open accepts: schema 3 only added the local copy of the events,
-# which a reader of an older file does without (time travel then replays from the log).
+# The oldest schema a read-only open accepts: schemas 3 and 4 only added the local copy of the
+# events and changed how it is found, which a reader of an older file does without (time travel
+# then replays from the log).
 READABLE_FROM = 2
 # The tables holding one projection's rows (all keyed by a ``projection`` column).
 TABLES = ("states", "snapshots", "conflicts", "quarantine")

@@ -5,7 +5,8 @@ of the log (up to its checkpoint, read in the same read transaction as the rows 
 running worker does not get in the way) is folded from version 1 with the projection's
 ``apply``, and every aggregate's version, sequence, state, vector clock and Lamport time is
 compared, as well as every stored snapshot of the current code version, the set of quarantined
-messages, the recorded conflicts and the local copy of the events (``projections.eventcopy``).
+messages, the recorded conflicts and the local copy of the events (``projections.eventcopy``,
+and that its runs list exactly its rows: ``projections.eventruns``).
 Every difference is reported; none is repaired (that is ``rebuild``).
 
 Two things fail verification that no rebuild changes, because the log itself holds them:
@@ -30,6 +31,7 @@ import msgspec
 from eventstore import EventStore, RuleBook, StoredMessage
 from projections.db import ProjectionDB
 from projections.eventcopy import copied, copy_differs
+from projections.eventruns import run_problems
 from projections.fold import (
     AggregateState,
     Folder,
@@ -239,6 +241,11 @@ async def verify(
         top = min(head, max((c.checkpoint for c in checks), default=0))
         if top:
             await _fold_log(store, checks, top, report, mismatches, db)
+        copying = [c.projection.name for c in checks if c.copy_from is not None]
+        if copying:  # the copy is the file's, shared: its runs are reported once
+            for t, i, what, detail in await db.run(run_problems):
+                mismatches.append(Mismatch(projection=copying[0], what=what, aggregate_type=t,
+                                           aggregate_id=i, detail=detail))  # fmt: skip
     for check in checks:
         name = check.projection.name
         have = stored.get(name, {})

@@ -50,11 +50,11 @@ async def test_a_file_of_schema_1_is_upgraded_in_place(
         generation = old.generation
     monkeypatch.undo()
     async with await ProjectionDB.open(path) as new:
-        assert await new.schema_version() == SCHEMA_VERSION == 3
+        assert await new.schema_version() == SCHEMA_VERSION == 4
         assert new.generation == generation
         assert await new.meta("stream") == "S"
         rows = await new.fetchall("SELECT version FROM schema_migrations ORDER BY version")
-        assert [r[0] for r in rows] == [1, 2, 3]
+        assert [r[0] for r in rows] == [1, 2, 3, 4]
         index = await new.fetchone(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'snapshots_by_time'"
         )
