@@ -135,10 +135,10 @@ async def read_local(
     statements see: snapshot, position, the aggregate's runs, their rows by seq), run at once
     in this thread on a read-only connection of the same file (``_reader``). A thread hop cost
     as much as the statements themselves on a quiet machine and most of the query on a busy
-    one (the other thread waits for a core twice), and this read is bounded (a few hundred rows at most, found by index; the fold that follows runs
-    here anyway). Where SQLite would wait for a lock (busy), or no second connection can be
-    opened (a file read as immutable), it runs in the database connection's thread instead,
-    as one hop."""
+    one (the other thread waits for a core twice), and this read is bounded (a few hundred
+    rows at most, found by index; the fold that follows runs here anyway). Where SQLite would
+    wait for a lock (busy), or no second connection can be opened (a file read as immutable),
+    it runs in the database connection's thread instead, as one hop."""
     point = _Point(codec.name, codec.projection.version, key, version, seq, to_us(at))
     read = functools.partial(_read, point, snapshot, after, after_version)
     reader = _reader(db)
