@@ -140,10 +140,10 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
             """CREATE TABLE event_runs (
                 aggregate_type TEXT NOT NULL,
                 aggregate_id TEXT NOT NULL,
-                last_seq INTEGER NOT NULL,
                 first_seq INTEGER NOT NULL,
+                last_seq INTEGER NOT NULL,
                 seqs TEXT NOT NULL,
-                PRIMARY KEY (aggregate_type, aggregate_id, last_seq)
+                PRIMARY KEY (aggregate_type, aggregate_id, first_seq)
             ) WITHOUT ROWID""",
             runs_from_copy,
             "DROP INDEX events_by_aggregate",
