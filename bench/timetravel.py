@@ -227,7 +227,7 @@ async def storage(db: ProjectionDB) -> dict[str, Any]:
 
     events = (await db.fetchone("SELECT count(*), sum(length(data)) FROM events")) or (0, 0)
     snaps = await db.fetchone("SELECT count(*) FROM snapshots")
-    ev_bytes = await size("events", "events_by_aggregate")
+    ev_bytes = await size("events", "event_runs")
     snap_bytes = await size(
         "snapshots", "sqlite_autoindex_snapshots_1", "snapshots_by_seq", "snapshots_by_time"
     )
