@@ -64,6 +64,7 @@ types = st.sets(st.sampled_from(["agent", "task", "widget"]), min_size=1)
     lead=st.floats(0, 1),
     sizes=st.lists(st.integers(1, 60), min_size=1, max_size=8),
     run_seqs=st.sampled_from([1, 3, 8, 128]),
+    few=st.sampled_from([0, 8]),  # last runs found all in one statement, or one by one
     reads=st.lists(
         st.tuples(st.integers(0, 4), st.floats(0, 1), st.floats(0, 1), st.integers(1, 50))
     ),
@@ -76,6 +77,7 @@ def test_runs_list_the_copy_exactly_whatever_the_batches(
     lead: float,
     sizes: list[int],
     run_seqs: int,
+    few: int,
     reads: list[tuple[int, float, float, int]],
 ) -> None:
     path = tmp_path_factory.mktemp("runs") / "r.db"
@@ -98,6 +100,7 @@ def test_runs_list_the_copy_exactly_whatever_the_batches(
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(eventruns, "RUN_SEQS", run_seqs)
+        mp.setattr(eventruns, "FEW", few)
         reached = copy(first, 1, max(1, int(len(log) * lead)))
         copy(second, 1, reached)  # behind the first one: among rows already held
         copy(first | second, reached + 1, len(log))  # both on, past every row
