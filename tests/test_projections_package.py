@@ -133,7 +133,8 @@ def test_projections_use_only_the_eventstore_facade() -> None:
 
 def test_every_statement_on_projection_rows_is_the_recorders() -> None:
     """SQL lives in ``recorder`` (rows), its parts ``commit`` (the batch's transaction),
-    ``snapshots`` (snapshot statements) and ``eventcopy`` (the copy of the events), ``listing``
+    ``snapshots`` (snapshot statements), ``eventcopy`` and ``eventruns`` (the copy of the events
+    and its runs), ``listing``
     (read-only pages of states), ``db`` (pragmas, migrations) and ``schema`` (tables)."""
     import re
 
@@ -144,6 +145,7 @@ def test_every_statement_on_projection_rows_is_the_recorders() -> None:
             "commit.py",
             "snapshots.py",
             "eventcopy.py",
+            "eventruns.py",
             "listing.py",
             "db.py",
             "schema.py",
