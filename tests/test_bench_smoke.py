@@ -20,6 +20,7 @@ from bench import (  # noqa: E402
     catchup_pieces,
     commit,
     compare_eventsourcing,
+    copylayout,
     groupcommit,
     live,
     serving,
@@ -182,6 +183,19 @@ async def test_commit_quick_reports_both_paths(capsys: pytest.CaptureFixture[str
     for key in ("one_p50_ms", "one_p99_ms", "many_p50_ms", "many_p99_ms", "p50_ratio"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
     assert '"p50_ratio"' in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+async def test_copylayout_tiny_measures_the_three_layouts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each layout inserts the same rows; its per-row times and ratio to the rows alone are
+    reported, and the last line is the JSON of the figures."""
+    figures = await copylayout.run(events=4000, aggregates=50, rounds=1)
+    for layout in ("rows", "index", "runs"):
+        assert len(figures[f"{layout}_wall_us"]) == 1 and figures[f"{layout}_wall_us"][0] > 0
+        assert figures[f"{layout}_ratio"] > 0
+    assert figures["rows_ratio"] == 1.0
+    assert '"runs_ratio"' in capsys.readouterr().out.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
