@@ -35,22 +35,25 @@ RUN_SEQS = 128  # seqs in one run at most: a read decodes at most this many it d
 _decode = msgspec.json.Decoder(list[int]).decode
 _encode = msgspec.json.Encoder().encode
 
-# The last run of each aggregate of a JSON array of keys, as one JSON value: one statement
-# step for a whole batch. (Each step gives the GIL away and takes it back while the event loop
-# is busy reading the log: a statement per aggregate made the copy cost twice the fold.)
-_LAST_SQL = (
-    "SELECT json_group_array(json_array(r.aggregate_type, r.aggregate_id, json(r.seqs))) "
-    "FROM json_each(?) k JOIN event_runs r ON r.aggregate_type = k.value->>0 "
-    "AND r.aggregate_id = k.value->>1 AND r.first_seq = (SELECT max(first_seq) FROM event_runs "
-    "WHERE aggregate_type = k.value->>0 AND aggregate_id = k.value->>1)"
+# The seqs of each aggregate's rows of the copy in ``?1``..``?2`` (a batch just inserted, past
+# every row before it) and its last run's, as one JSON value: SQLite groups the rows (with the
+# GIL given away) and the batch costs one statement step. (Each step gives the GIL away and
+# takes it back while the event loop is busy reading the log: a statement per aggregate made
+# the copy cost twice the fold, and grouping 20,000 rows in Python held the GIL 6 ms.)
+_BATCH_SQL = (
+    "SELECT json_group_array(json_array(g.t, g.i, json(g.seqs), json(coalesce((SELECT r.seqs "
+    "FROM event_runs r WHERE r.aggregate_type = g.t AND r.aggregate_id = g.i ORDER BY "
+    "r.first_seq DESC LIMIT 1), '[]')))) FROM (SELECT aggregate_type AS t, aggregate_id AS i, "
+    "json_group_array(seq) AS seqs FROM events WHERE seq BETWEEN ?1 AND ?2 "
+    "GROUP BY aggregate_type, aggregate_id) g"
 )
-_lasts = msgspec.json.Decoder(list[tuple[str, str, list[int]]]).decode
-# ... and of one aggregate: cheaper for the few of a batch of a live log (no JSON built).
+_batch = msgspec.json.Decoder(list[tuple[str, str, list[int], list[int]]]).decode
+# An aggregate's last run: cheaper for the few rows of a batch of a live log (no JSON built).
 _LAST_ONE_SQL = (
     "SELECT seqs FROM event_runs WHERE aggregate_type = ? AND aggregate_id = ? "
     "ORDER BY first_seq DESC LIMIT 1"
 )
-FEW = 8  # aggregates in a batch up to which each one's last run is found by its own statement
+FEW = 8  # rows in a batch up to which they are grouped here and each last run found apart
 # The runs of an aggregate whose range meets ``?3``..``?4``.
 _MEETING_SQL = (
     "SELECT first_seq, seqs FROM event_runs WHERE aggregate_type = ?1 AND aggregate_id = ?2 "
@@ -71,49 +74,55 @@ RUN_UPSERT = (
 
 def add_runs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], after_all: bool) -> None:
     """Record in ``event_runs`` the copy rows ``rows`` just inserted (``(seq, aggregate_type,
-    aggregate_id, ...)``, none of them in the copy before), inside the caller's transaction.
+    aggregate_id, ...)`` in seq order, none of them in the copy before), inside the caller's
+    transaction.
 
     ``after_all``: every one of them comes after every seq the copy held (a batch past the
-    checkpoints, the usual case): each aggregate's seqs fill up its last run (one statement
-    finds them all), then go into new ones. Otherwise (a projection catching up behind another
-    one of the file) they may fall among an aggregate's runs: the runs they meet are merged
-    with them and written again, one aggregate at a time (rare; bounded by the batch)."""
+    checkpoints, the usual case): each aggregate's seqs fill up its last run, then go into new
+    ones (one statement groups them and finds the last runs). Otherwise (a projection catching
+    up behind another one of the file) they may fall among an aggregate's runs: the runs they
+    meet are merged with them and written again, one aggregate at a time (rare; bounded by the
+    batch)."""
+    if not rows:
+        return
     groups: dict[Key, list[int]] = {}
-    for row in rows:
-        key = (row[1], row[2])
-        seqs = groups.get(key)
-        if seqs is None:
-            groups[key] = [row[0]]
-        else:
-            seqs.append(row[0])
-    for seqs in groups.values():
-        seqs.sort()
-    runs: list[tuple[str, str, int, int, str]] = []
-    if after_all:
-        if len(groups) <= FEW:
-            found = conn.execute
-            lasts = [
-                (*k, _decode(r[0])) for k in groups if (r := found(_LAST_ONE_SQL, k).fetchone())
-            ]
-        else:
-            lasts = _lasts(conn.execute(_LAST_SQL, (_encode(list(groups)).decode(),)).fetchone()[0])
-        for t, i, held in lasts:
-            if len(held) < RUN_SEQS:  # rewritten under its own key, so upserted
-                groups[(t, i)][:0] = held
+    if after_all and len(rows) > FEW:
+        found = conn.execute(_BATCH_SQL, (rows[0][0], rows[-1][0])).fetchone()[0]
+        for t, i, seqs, held in _batch(found):
+            seqs.sort()  # SQLite's grouping keeps no order within a group
+            groups[(t, i)] = held + seqs if len(held) < RUN_SEQS else seqs
     else:
-        gone: list[tuple[str, str, int]] = []
-        for key, seqs in groups.items():
-            met = conn.execute(_MEETING_SQL, (*key, seqs[0], seqs[-1])).fetchall()
-            if met:
-                gone.extend((*key, int(first)) for first, _ in met)
-                groups[key] = sorted({*seqs, *(s for _, text in met for s in _decode(text))})
-        conn.executemany(_DELETE_SQL, gone)
+        for row in rows:
+            key = (row[1], row[2])
+            if (known := groups.get(key)) is None:
+                groups[key] = [row[0]]
+            else:
+                known.append(row[0])
+        if after_all:
+            for key, seqs in groups.items():
+                last = conn.execute(_LAST_ONE_SQL, key).fetchone()
+                if last is not None and len(held := _decode(last[0])) < RUN_SEQS:
+                    seqs[:0] = held  # rewritten under its own key, so upserted
+        else:
+            _merge_met(conn, groups)
+    runs: list[tuple[str, str, int, int, str]] = []
     for (t, i), seqs in groups.items():
         for start in range(0, len(seqs), RUN_SEQS):
             piece = seqs[start : start + RUN_SEQS]
             runs.append((t, i, piece[0], piece[-1], _encode(piece).decode()))
     for sql, params in multi_rows(RUN_INSERT, runs, RUN_UPSERT):
         conn.execute(sql, params)
+
+
+def _merge_met(conn: sqlite3.Connection, groups: dict[Key, list[int]]) -> None:
+    """Merge each aggregate's new seqs with the runs they meet, which are deleted."""
+    gone: list[tuple[str, str, int]] = []
+    for key, seqs in groups.items():
+        met = conn.execute(_MEETING_SQL, (*key, seqs[0], seqs[-1])).fetchall()
+        if met:
+            gone.extend((*key, int(first)) for first, _ in met)
+            groups[key] = sorted({*seqs, *(s for _, text in met for s in _decode(text))})
+    conn.executemany(_DELETE_SQL, gone)
 
 
 def runs_from_copy(conn: sqlite3.Connection, rows_at_once: int = 100_000) -> None:
