@@ -52,6 +52,7 @@ class Intake:
     ) -> None:
         self._target = target  # the head this reading catches up to (None: the head now)
         self._taken = start - 1  # the last seq ``next`` returned
+        self._carry: list[StoredMessage] = []  # read, past the last batch's end: the next's
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._room = asyncio.Event()
         self._size = batch_size
@@ -66,6 +67,10 @@ class Intake:
     def behind(self) -> bool:
         """Whether the messages taken so far are short of the target (catching up)."""
         return self._target is not None and self._taken < self._target
+
+    def left(self) -> int:
+        """How many seqs the messages taken so far are short of the target (0: none known)."""
+        return 0 if self._target is None else max(0, self._target - self._taken)
 
     def stop(self) -> None:
         """Let ``next`` return None as soon as it can (the runner is stopping)."""
@@ -113,18 +118,27 @@ class Intake:
 
     async def next(self) -> list[StoredMessage] | None:
         """The next batch: what is queued, up to ``batch_size``, waiting ``batch_delay`` at
-        most; None at the end of the reading or when stopping. A failed reading raises."""
+        most; None at the end of the reading or when stopping. A failed reading raises.
+
+        Behind the target, a batch leaves an eighth of ``batch_size`` for the last one: the
+        last commit of a catch-up overlaps no fold, so it should be short (what a piece of
+        the reading brings past a batch's end is kept for the next one)."""
         self._collect()
         if self._stopping():
             return None
         queue = self._queue
-        item = await queue.get()
-        if item is _END or item is _STOP:
-            return None
-        if isinstance(item, BaseException):
-            raise item
-        batch: list[StoredMessage] = list(item)
+        if self._carry:
+            batch, self._carry = self._carry, []
+        else:
+            item = await queue.get()
+            if item is _END or item is _STOP:
+                return None
+            if isinstance(item, BaseException):
+                raise item
+            batch = list(item)
         size = self._size
+        if self._target is not None and self._target - self._taken > size // 8:
+            size = min(size, self._target - self._taken - size // 8)  # an eighth left last
         loop = asyncio.get_running_loop()
         behind = self._target is not None and batch[-1].seq < self._target
         started = loop.time()
@@ -153,6 +167,8 @@ class Intake:
                 queue.put_nowait(item)
                 break
             batch.extend(item)
+        if len(batch) > size:
+            batch, self._carry = batch[:size], batch[size:]
         if queue.qsize() < self._limit // 2:
             self._room.set()
         self._taken = batch[-1].seq

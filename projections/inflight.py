@@ -127,8 +127,15 @@ def holds(held: Held, limit: int, intake: Intake | None) -> bool:
     ``limit`` encodes each changed state once for all its events (committing what a few
     milliseconds of reading brought encoded a state row for about every event) and writes
     each of its index pages once. The commit before runs meanwhile; a reading that stops
-    short of the head commits what it holds (``projections.batches``: no longer behind)."""
-    return intake is not None and intake.behind() and len(held.messages) < limit
+    short of the head commits what it holds (``projections.batches``: no longer behind).
+
+    Near the target, an eighth of ``limit`` held is committed at once: the last commit of a
+    catch-up overlaps no fold, and a full one (20,000 rows with their copy) took 0.3 s of a
+    100k catch-up's 3.5 s; now it holds at most an eighth."""
+    if intake is None or not intake.behind():
+        return False
+    n = len(held.messages)
+    return n < limit and not (n >= limit // 8 and intake.left() <= limit // 8)
 
 
 def index_of(slots: list[Slot], name: str) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,10 @@ def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_a_catch_up_commits_full_batches_exactly_once(
     store: EventStore, tmp_path: Path, no_wait: None, cache_size: int
 ) -> None:
-    """Every commit but the last holds at least ``batch_size`` messages, the commits cover the
-    log once in order, and the file equals the brute-force fold with every message copied."""
+    """Every commit but the last two holds at least ``batch_size`` messages; the last one at
+    most an eighth of it (nothing overlaps the last commit: the one before leaves it that
+    much); the commits cover the log once in order, and the file equals the brute-force fold
+    with every message copied."""
     n, size = 3000, 700
     await _fill(store, n, 40)
     commits: list[CommitInfo] = []
@@ -74,8 +77,10 @@ async def test_a_catch_up_commits_full_batches_exactly_once(
         runner = Runner(store, db, [EntitiesProjection()], settings=settings)
         runner.on_commit.append(commits.append)
         assert await runner.catch_up() == n
-    assert [c.messages >= size for c in commits[:-1]] == [True] * (len(commits) - 1)
-    assert n // size <= len(commits) <= n // size + 1
+    assert [c.messages >= size for c in commits[:-2]] == [True] * (len(commits) - 2)
+    assert commits[-2].messages > commits[-1].messages
+    assert 0 < commits[-1].messages <= size // 8
+    assert n // size <= len(commits) <= n // size + 2
     seqs = [(c.first_seq, c.last_seq) for c in commits]
     assert seqs[0][0] == 1 and seqs[-1][1] == n
     assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(seqs))
@@ -91,16 +96,20 @@ async def test_the_collector_runs_less_often_only_while_catching_up(
     store: EventStore, tmp_path: Path, no_wait: None
 ) -> None:
     """During the catch-up the youngest generation's threshold is ``CATCH_UP_THRESHOLD``, the
-    older ones untouched; afterwards the thresholds are what they were."""
+    older ones untouched, and the GIL's switch interval ``CATCH_UP_SWITCH``; afterwards both
+    are what they were."""
     await _fill(store, 1000, 10)
-    before = gc.get_threshold()
-    seen: list[tuple[int, int, int]] = []
+    before, switch = gc.get_threshold(), sys.getswitchinterval()
+    seen: list[tuple[tuple[int, int, int], float]] = []
     async with await ProjectionDB.open(tmp_path / "p.db") as db:
         runner = Runner(store, db, [EntitiesProjection()], settings=RunnerSettings(batch_size=300))
-        runner.on_commit.append(lambda info: seen.append(gc.get_threshold()))
+        runner.on_commit.append(
+            lambda info: seen.append((gc.get_threshold(), sys.getswitchinterval()))
+        )
         assert await runner.catch_up() == 1000
-    assert gc.get_threshold() == before
-    assert seen[0] == (collector.CATCH_UP_THRESHOLD, *before[1:])
+    assert (gc.get_threshold(), sys.getswitchinterval()) == (before, switch)
+    assert switch > collector.CATCH_UP_SWITCH
+    assert seen[0] == ((collector.CATCH_UP_THRESHOLD, *before[1:]), collector.CATCH_UP_SWITCH)
 
 
 async def test_the_collector_runs_less_often_from_the_first_read_to_the_last_commit(
