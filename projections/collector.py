@@ -1,4 +1,4 @@
-"""Python's cyclic garbage collector and thread switching while a runner catches up.
+"""Python's cyclic garbage collector while a runner catches up.
 
 A catch-up holds a batch of up to ``batch_size`` messages, their decoded events, the messages
 read ahead and the cached states (up to ``cache_size``) at once: tens of thousands of
@@ -14,53 +14,38 @@ collection (the older generations' thresholds unchanged), and the thresholds the
 are restored when the last catch-up ends. It changes when garbage cycles are found, never
 whether: the memory a cycle holds is freed a little later (a projection making cycles gets a
 collection every half a million container objects they hold).
-
-The GIL's switch interval is lowered for the same span, from 5 ms (Python's default) to
-``CATCH_UP_SWITCH``: the batch commits on the database's thread while the event loop folds
-the next one, and after each statement (a thousand rows) that thread waits for the GIL until
-the busy event loop is made to drop it. At 5 ms a 25,000-message commit waited about as long
-as it worked, and the fold then waited for it (1.4-4.1 µs per event of a 100k catch-up with
-the copy of the events); at 1 ms 0.9-1.9.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import sys
 from collections.abc import Iterator
 
-__all__ = ["CATCH_UP_SWITCH", "CATCH_UP_THRESHOLD", "catching_up"]
+__all__ = ["CATCH_UP_THRESHOLD", "catching_up"]
 
 CATCH_UP_THRESHOLD = 500_000  # container objects alive (net) between youngest-generation runs
-CATCH_UP_SWITCH = 0.001  # seconds: the GIL's switch interval while catching up
 
 _active = 0
 _saved: tuple[int, int, int] | None = None
-_switch: float | None = None
 
 
 @contextlib.contextmanager
 def catching_up() -> Iterator[None]:
-    """Raise the youngest generation's threshold and lower the switch interval for the block
-    (nested blocks and several runners share them: the first to enter saves the settings, the
-    last to leave restores them)."""
-    global _active, _saved, _switch
+    """Raise the youngest generation's threshold for the block (nested blocks and several
+    runners share it: the first to enter saves the thresholds, the last to leave restores
+    them)."""
+    global _active, _saved
     if _active == 0:
         _saved = gc.get_threshold()
         if _saved[0] and _saved[0] < CATCH_UP_THRESHOLD:  # 0: collection is off, leave it
             gc.set_threshold(CATCH_UP_THRESHOLD, *_saved[1:])
-        _switch = sys.getswitchinterval()
-        if _switch > CATCH_UP_SWITCH:
-            sys.setswitchinterval(CATCH_UP_SWITCH)
     _active += 1
     try:
         yield
     finally:
         _active -= 1
-        if _active == 0:
-            if _saved is not None and gc.get_threshold()[0] == CATCH_UP_THRESHOLD:
-                gc.set_threshold(*_saved)  # nobody else changed it since
-            if _switch is not None and sys.getswitchinterval() == CATCH_UP_SWITCH:
-                sys.setswitchinterval(_switch)
-            _saved = _switch = None
+        if _active == 0 and _saved is not None:
+            if gc.get_threshold()[0] == CATCH_UP_THRESHOLD:  # nobody else changed it since
+                gc.set_threshold(*_saved)
+            _saved = None
