@@ -141,6 +141,17 @@ def scalar(db: Path, sql: str, *params: Any) -> Any:
     return row[0] if row else None
 
 
+def damage(db: Path, *statements: str) -> None:
+    """Change a projection file behind eventstore's back (what a bad disk or hand does)."""
+    con = sqlite3.connect(db)
+    try:
+        for sql in statements:
+            con.execute(sql)
+        con.commit()
+    finally:
+        con.close()
+
+
 async def log_events_and_garbage(store: EventStore) -> tuple[list[Event], list[int]]:
     """Every decodable event of the log, and the sequences of the messages that are not."""
     from eventstore import InvalidEvent, decode_message

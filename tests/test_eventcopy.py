@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from helpers_projections import damage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -279,13 +280,11 @@ async def test_verify_checks_the_copy_against_the_log(store: EventStore, tmp_pat
     async with await ProjectionDB.open(path) as db:
         await Runner(store, db, [EntitiesProjection()]).catch_up()
         assert (await verify(store, db, [EntitiesProjection()])).ok
-    con = sqlite3.connect(path)
-    try:
-        con.execute("UPDATE events SET data = CAST('{}' AS BLOB) WHERE seq = 4")
-        con.execute("DELETE FROM events WHERE seq = 7")
-        con.commit()
-    finally:
-        con.close()
+    damage(
+        path,
+        "UPDATE events SET data = CAST('{}' AS BLOB) WHERE seq = 4",
+        "DELETE FROM events WHERE seq = 7",
+    )
     async with await ProjectionDB.open(path) as db:
         report = await verify(store, db, [EntitiesProjection()])
     assert [(m.what, m.detail) for m in report.mismatches] == [

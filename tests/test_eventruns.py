@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_projections import damage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -228,13 +229,11 @@ async def test_verify_names_damaged_runs(store: EventStore, tmp_path: Path) -> N
     path = tmp_path / "d.db"
     async with await ProjectionDB.open(path) as db:
         await Runner(store, db, [EntitiesProjection()]).catch_up()
-    con = sqlite3.connect(path)
-    try:
-        con.execute("DELETE FROM event_runs WHERE aggregate_id = 'd0'")
-        con.execute("UPDATE event_runs SET seqs = '[3, 1' WHERE aggregate_id = 'd1'")
-        con.commit()
-    finally:
-        con.close()
+    damage(
+        path,
+        "DELETE FROM event_runs WHERE aggregate_id = 'd0'",
+        "UPDATE event_runs SET seqs = '[3, 1' WHERE aggregate_id = 'd1'",
+    )
     async with await ProjectionDB.open(path) as db:
         report = await verify(store, db, [EntitiesProjection()])
     found: list[Any] = [(m.aggregate_id, m.what) for m in report.mismatches]
