@@ -41,9 +41,10 @@ _encode = msgspec.json.Encoder().encode
 # takes it back while the event loop is busy reading the log: a statement per aggregate made
 # the copy cost twice the fold, and grouping 20,000 rows in Python held the GIL 6 ms.)
 _BATCH_SQL = (
-    "SELECT json_group_array(json_array(g.t, g.i, json(g.seqs), json(coalesce((SELECT r.seqs "
-    "FROM event_runs r WHERE r.aggregate_type = g.t AND r.aggregate_id = g.i ORDER BY "
-    "r.first_seq DESC LIMIT 1), '[]')))) FROM (SELECT aggregate_type AS t, aggregate_id AS i, "
+    "SELECT json_group_array(json_array(g.t, g.i, json(g.seqs), json(coalesce((SELECT CASE "
+    "WHEN json_valid(r.seqs) THEN r.seqs END FROM event_runs r WHERE r.aggregate_type = g.t "
+    "AND r.aggregate_id = g.i ORDER BY r.first_seq DESC LIMIT 1), '[]')))) FROM "
+    "(SELECT aggregate_type AS t, aggregate_id AS i, "
     "json_group_array(seq) AS seqs FROM events WHERE seq BETWEEN ?1 AND ?2 "
     "GROUP BY aggregate_type, aggregate_id) g"
 )
@@ -88,7 +89,7 @@ def add_runs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], after_al
     groups: dict[Key, list[int]] = {}
     if after_all and len(rows) > FEW:
         found = conn.execute(_BATCH_SQL, (rows[0][0], rows[-1][0])).fetchone()[0]
-        for t, i, seqs, held in _batch(found):
+        for t, i, seqs, held in _batch(found):  # a damaged last run is left as it is
             seqs.sort()  # SQLite's grouping keeps no order within a group
             groups[(t, i)] = held + seqs if len(held) < RUN_SEQS else seqs
     else:
@@ -101,7 +102,8 @@ def add_runs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], after_al
         if after_all:
             for key, seqs in groups.items():
                 last = conn.execute(_LAST_ONE_SQL, key).fetchone()
-                if last is not None and len(held := _decode(last[0])) < RUN_SEQS:
+                held = [] if last is None else _readable(last[0])
+                if len(held) < RUN_SEQS:
                     seqs[:0] = held  # rewritten under its own key, so upserted
         else:
             _merge_met(conn, groups)
@@ -114,14 +116,24 @@ def add_runs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], after_al
         conn.execute(sql, params)
 
 
+def _readable(text: str) -> list[int]:
+    """A run's seqs; none for a run that cannot be read (damaged: left as it is, for
+    ``verify`` to report, and new seqs go into a run of their own)."""
+    try:
+        return _decode(text)
+    except msgspec.DecodeError:
+        return []
+
+
 def _merge_met(conn: sqlite3.Connection, groups: dict[Key, list[int]]) -> None:
     """Merge each aggregate's new seqs with the runs they meet, which are deleted."""
     gone: list[tuple[str, str, int]] = []
     for key, seqs in groups.items():
         met = conn.execute(_MEETING_SQL, (*key, seqs[0], seqs[-1])).fetchall()
+        met = [(first, held) for first, text in met if (held := _readable(text))]
         if met:
             gone.extend((*key, int(first)) for first, _ in met)
-            groups[key] = sorted({*seqs, *(s for _, text in met for s in _decode(text))})
+            groups[key] = sorted({*seqs, *(s for _, held in met for s in held)})
     conn.executemany(_DELETE_SQL, gone)
 
 
