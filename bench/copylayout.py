@@ -27,7 +27,7 @@ from typing import Any
 from bench.common import main_for, report
 from projections.eventcopy import EVENT_INSERT, insert_events
 from projections.multirows import multi_rows
-from projections.schema import MIGRATIONS
+from projections.schema import MIGRATIONS, run_steps
 
 BATCH = 20_000
 Batches = list[list[tuple[Any, ...]]]
@@ -40,11 +40,7 @@ def _file(path: Path, layout: str) -> sqlite3.Connection:
     for version, _, steps in MIGRATIONS:
         if version == 4 and layout != "runs":
             break  # schema 3: the copy and its index
-        for step in steps:
-            if isinstance(step, str):
-                conn.execute(step)
-            else:
-                step(conn)
+        run_steps(conn, steps)
     if layout == "rows":
         conn.execute("DROP INDEX events_by_aggregate")
     return conn

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -49,7 +50,7 @@ from projections.dbfile import (
     translate,
 )
 from projections.lock import DatabaseLock
-from projections.schema import INDEXES, MIGRATIONS, READABLE_FROM, SCHEMA_VERSION
+from projections.schema import INDEXES, MIGRATIONS, READABLE_FROM, SCHEMA_VERSION, run_steps
 from projections.times import to_us
 
 __all__ = ["SCHEMA_VERSION", "DatabaseLock", "ProjectionDB", "copy_database"]
@@ -289,11 +290,7 @@ class ProjectionDB:
         for version, description, statements in MIGRATIONS:
             if version <= current:
                 continue
-            for step in statements:
-                if isinstance(step, str):
-                    await self.execute(step)
-                else:
-                    await self.run(step)
+            await self.run(functools.partial(run_steps, steps=statements))
             await self.execute(
                 "INSERT INTO schema_migrations VALUES (?, ?, ?)",
                 (version, description, to_us(datetime.now(UTC))),

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from projections.eventruns import runs_from_copy
 
-__all__ = ["INDEXES", "MIGRATIONS", "READABLE_FROM", "SCHEMA_VERSION", "TABLES"]
+__all__ = ["INDEXES", "MIGRATIONS", "READABLE_FROM", "SCHEMA_VERSION", "TABLES", "run_steps"]
 
 # A step is a statement, or blocking code run on the connection (a migration of rows).
 Step = str | Callable[[sqlite3.Connection], None]
@@ -151,6 +151,17 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
     ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def run_steps(conn: sqlite3.Connection, steps: list[Step]) -> None:
+    """A migration's steps on ``conn``, in order (blocking, inside the caller's transaction)."""
+    for step in steps:
+        if isinstance(step, str):
+            conn.execute(step)
+        else:
+            step(conn)
+
+
 # The oldest schema a read-only open accepts: schemas 3 and 4 only added the local copy of the
 # events and changed how it is found, which a reader of an older file does without (time travel
 # then replays from the log).

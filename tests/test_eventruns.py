@@ -25,7 +25,7 @@ from projections import (
     verify,
 )
 from projections.eventcopy import insert_events
-from projections.schema import MIGRATIONS
+from projections.schema import MIGRATIONS, run_steps
 
 KEYS = [("agent", "a"), ("agent", "b"), ("task", "t"), ("task", "u"), ("widget", "w")]
 
@@ -34,11 +34,7 @@ def fresh_file(path: Path) -> sqlite3.Connection:
     """A file with the projection schema, applied step by step as ``ProjectionDB`` does."""
     conn = sqlite3.connect(path, isolation_level=None)
     for _, _, steps in MIGRATIONS:
-        for step in steps:
-            if isinstance(step, str):
-                conn.execute(step)
-            else:
-                step(conn)
+        run_steps(conn, steps)
     return conn
 
 
