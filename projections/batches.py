@@ -30,6 +30,9 @@ CATCH_UP_DELAY = 0.25  # seconds a batch waits for more while the reading is beh
 # ... unless nothing arrives for this long: then it is caught up. A busy machine pauses a
 # delivery for 20 ms now and then, which ended catch-ups early (small batches from there on).
 CATCH_UP_IDLE = 0.1
+# Behind the target, the last batch holds at most 1/LAST_SHARE of batch_size: nothing overlaps
+# a catch-up's last commit, so it should be short.
+LAST_SHARE = 8
 _END = object()
 _STOP = object()
 
@@ -71,6 +74,10 @@ class Intake:
     def left(self) -> int:
         """How many seqs the messages taken so far are short of the target (0: none known)."""
         return 0 if self._target is None else max(0, self._target - self._taken)
+
+    def last_part(self) -> int:
+        """How many messages a catch-up leaves for its last batch, at most."""
+        return self._size // LAST_SHARE
 
     def stop(self) -> None:
         """Let ``next`` return None as soon as it can (the runner is stopping)."""
@@ -120,9 +127,9 @@ class Intake:
         """The next batch: what is queued, up to ``batch_size``, waiting ``batch_delay`` at
         most; None at the end of the reading or when stopping. A failed reading raises.
 
-        Behind the target, a batch leaves an eighth of ``batch_size`` for the last one: the
-        last commit of a catch-up overlaps no fold, so it should be short (what a piece of
-        the reading brings past a batch's end is kept for the next one)."""
+        Behind the target, a batch leaves ``last_part()`` messages for the last one: the last
+        commit of a catch-up overlaps no fold, so it should be short (what a piece of the
+        reading brings past a batch's end is kept for the next one)."""
         self._collect()
         if self._stopping():
             return None
@@ -136,9 +143,9 @@ class Intake:
             if isinstance(item, BaseException):
                 raise item
             batch = list(item)
-        size = self._size
-        if self._target is not None and self._target - self._taken > size // 8:
-            size = min(size, self._target - self._taken - size // 8)  # an eighth left last
+        size, part = self._size, self.last_part()
+        if self._target is not None and self._target - self._taken > part:
+            size = min(size, self._target - self._taken - part)  # the last part left for last
         loop = asyncio.get_running_loop()
         behind = self._target is not None and batch[-1].seq < self._target
         started = loop.time()

@@ -129,13 +129,13 @@ def holds(held: Held, limit: int, intake: Intake | None) -> bool:
     each of its index pages once. The commit before runs meanwhile; a reading that stops
     short of the head commits what it holds (``projections.batches``: no longer behind).
 
-    Near the target, an eighth of ``limit`` held is committed at once: the last commit of a
-    catch-up overlaps no fold, and a full one (20,000 rows with their copy) took 0.3 s of a
-    100k catch-up's 3.5 s; now it holds at most an eighth."""
+    Near the target, what is held is committed once only the intake's ``last_part()`` is
+    left: the last commit of a catch-up overlaps no fold, and a full one (20,000 rows with
+    their copy) took 0.3 s of a 100k catch-up's 3.5 s; now it holds at most that part."""
     if intake is None or not intake.behind():
         return False
-    n = len(held.messages)
-    return n < limit and not (n >= limit // 8 and intake.left() <= limit // 8)
+    n, part = len(held.messages), intake.last_part()
+    return n < limit and not (n >= part and intake.left() <= part)
 
 
 def index_of(slots: list[Slot], name: str) -> int:
