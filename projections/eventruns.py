@@ -111,7 +111,7 @@ def add_runs(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], after_al
     for (t, i), seqs in groups.items():
         for start in range(0, len(seqs), RUN_SEQS):
             piece = seqs[start : start + RUN_SEQS]
-            runs.append((t, i, piece[0], piece[-1], _encode(piece).decode()))
+            runs.append((t, i, piece[0], piece[-1], as_json(piece)))
     for sql, params in multi_rows(RUN_INSERT, runs, RUN_UPSERT):
         conn.execute(sql, params)
 

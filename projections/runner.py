@@ -319,9 +319,8 @@ class Runner:
     def _fold(self, batch: list[StoredMessage]) -> None:
         # Projections share decoding (memo); the only one keeping the events writes their rows.
         keep, active = self.settings.keep_events, self._active()
-        one = keep and len(active) == 1
-        copy: list[tuple[Any, ...]] | None = [] if one else None
-        memo: dict[int, Event | str] | None = None if one or not (keep or active[1:]) else {}
+        memo: dict[int, Event | str] | None = {} if len(active) > 1 else None
+        copy: list[tuple[Any, ...]] | None = [] if keep and memo is None else None
         taken_us = to_us(datetime.now(UTC)) or 0
         for slot in active:
             try:
