@@ -9,6 +9,7 @@ import msgspec
 from nats.aio.client import Client
 
 from eventstore.credentials import client_options, guarded_connect
+from eventstore.delivery import install_delivery
 from eventstore.errors import (
     ConfigError,
     NotConnected,
@@ -109,6 +110,7 @@ async def open_connection(
     secure = client_options(settings.creds, settings.tls_ca)  # a bad file: before connecting
     nc = Client()
     install_parsers(nc)
+    install_delivery(nc)
     options: dict[str, Any] = {
         "name": f"eventstore:{settings.producer}",
         "disconnected_cb": disconnected_cb,

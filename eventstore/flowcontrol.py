@@ -10,16 +10,20 @@ limits, and its memory grows with the length of the log (an export of one millio
 held 290k messages, 150 MB, behind a writer that paused for a second now and then).
 
 ``FlowControl.attach(sub)`` makes the answer wait until the message before the request has
-left the pending queue (nats-py's own rule for subscriptions without a callback), and
-``answer()``, awaited by the callback for each message, sends it at once then (nats-py's own
-check runs only every 0.25 s, which would idle the server once per window). Our callbacks
-block while their buffer is full, so the server waits too: what is buffered stays within the
-callback's buffer plus one window, however long the log. (A consumer stalled that way still
-gets one window per idle heartbeat: nats-py answers the heartbeat's stall notice itself.)
+been handed over: it has left the pending queue (nats-py's own rule for subscriptions without
+a callback) and the reader's buffer holds it within its backlog (``held``: the messages past
+the backlog, which ``eventstore.delivery`` puts there without waiting). ``answer()``, awaited
+by the callback for each message and by the reader after each take, sends it at once then.
+nats-py's own check, a task every 0.25 s that sees only its queue, is cancelled: it would
+answer for messages our buffer still holds, and it idles the server once per window. What
+is buffered stays within the backlog plus one window, however long the log. (A consumer
+stalled that way still gets one window per idle heartbeat: nats-py answers the heartbeat's
+stall notice itself.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["FlowControl"]
@@ -28,7 +32,8 @@ __all__ = ["FlowControl"]
 class FlowControl:
     """The flow control of one ordered push subscription (see the module)."""
 
-    def __init__(self) -> None:
+    def __init__(self, held: Callable[[], int] = lambda: 0) -> None:
+        self._held = held  # messages received and not yet handed over, besides nats-py's queue
         self._jsi: Any = None
         self._queue: Any = None
         self._nc: Any = None
@@ -42,10 +47,15 @@ class FlowControl:
             return
         self._jsi, self._queue, self._nc = jsi, inner._pending_queue, inner._conn
         jsi.get_js_delivered = self.delivered
+        task = getattr(jsi, "_fctask", None)
+        if task is not None:  # its own check every 0.25 s sees only nats-py's queue
+            task.cancel()
+            jsi._fctask = None
 
     def delivered(self) -> int:
-        """Messages handed to the callback so far (received minus still queued)."""
-        return int(self._jsi._fciseq) - int(self._queue.qsize())
+        """Messages handed over so far: received, minus those still in nats-py's queue and
+        those the reader's buffer holds past its backlog."""
+        return int(self._jsi._fciseq) - int(self._queue.qsize()) - self._held()
 
     def pending(self) -> bool:
         """Whether a flow-control request is waiting for its answer (``answer`` may send it)."""

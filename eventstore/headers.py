@@ -20,7 +20,9 @@ arrives with the bytes escaped and `` (not UTF-8)`` appended, a string no NATS s
 
 from __future__ import annotations
 
-__all__ = ["parse_header_lines", "printable_subject"]
+from collections.abc import Iterator, Mapping
+
+__all__ = ["HeaderBlock", "parse_header_lines", "printable_subject"]
 
 
 _CRLF = b"\r\n"
@@ -70,3 +72,33 @@ def printable_subject(raw: bytes) -> bytes:
     except UnicodeDecodeError:
         return (raw.decode("utf-8", "backslashreplace") + " (not UTF-8)").encode()
     return raw
+
+
+class HeaderBlock(Mapping[str, str]):
+    """A message's headers kept as the bytes that came off the wire (after nats-py's
+    ``NATS/1.0`` line) and parsed on first use: a projection catching up reads no header of
+    its events, and parsing them was a tenth of its time per event."""
+
+    __slots__ = ("_parsed", "_raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._parsed: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        parsed = self._parsed
+        if parsed is None:
+            parsed = self._parsed = parse_header_lines(self._raw)
+        return parsed
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return f"HeaderBlock({self._dict()!r})"

@@ -20,7 +20,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from eventstore.delivery import deliver
 from eventstore.flowcontrol import FlowControl
+from eventstore.headers import HeaderBlock
 from eventstore.replies import StoredMessage, parse_reply, recorded_at
 
 __all__ = ["BACKLOG_HIGH", "PENDING_BYTES", "PENDING_MSGS", "OrderedFeed", "subscribe_ordered"]
@@ -70,8 +72,23 @@ async def subscribe_ordered(
     return sub
 
 
+def _headers(raw: bytes | None) -> HeaderBlock | None:
+    """The headers of a message that is not a status message, parsed when first read as
+    nats-py's ``_process_headers`` parses them; None when there are none."""
+    if raw is None or len(raw) <= 12:  # b"NATS/1.0\r\n" and at most a CRLF
+        return None
+    return HeaderBlock(raw[10:])
+
+
 class OrderedFeed:
-    """One ordered push subscription, buffered in a deque for batch consumption."""
+    """One ordered push subscription, buffered in a deque for batch consumption.
+
+    Its messages arrive two ways. The usual one is ``direct`` (see ``eventstore.delivery``):
+    straight from the protocol parser, the ordered consumer's checks done here. What
+    ``direct`` declines goes through nats-py to ``on_msg``. The two never overtake each
+    other: while a message is on nats-py's way (queued, or in ``on_msg`` before its append),
+    ``direct`` declines too.
+    """
 
     def __init__(self, backlog: int = BACKLOG_HIGH) -> None:
         self.backlog = backlog
@@ -80,15 +97,65 @@ class OrderedFeed:
         self.room = asyncio.Event()
         self.room.set()
         self.sub: Any = None
-        self.flow = FlowControl()
+        self.flow = FlowControl(self.held)
+        self._jsi: Any = None
+        self._queue: Any = None
+        self._in_callback = False
+
+    def attach(self, sub: Any) -> None:
+        """Take ``sub``'s plain data messages straight from its client (when it can)."""
+        self.sub = sub
+        inner = getattr(sub, "_sub", sub)
+        jsi, queue = getattr(inner, "_jsi", None), getattr(inner, "_pending_queue", None)
+        if jsi is None or queue is None or not getattr(jsi, "_ordered", False):
+            return
+        if deliver(sub, self.direct):
+            self._jsi, self._queue = jsi, queue
+
+    def held(self) -> int:
+        """Messages received past the backlog: the server's flow control waits for them."""
+        return max(0, len(self.buf) - self.backlog)
+
+    def direct(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        """Take one data message from the parser, as nats-py's ordered consumer would (the
+        sequence check of its ``_process_msg``, then its ``track_sequences``); False leaves
+        it to nats-py."""
+        jsi = self._jsi
+        if self._in_callback or self._queue.qsize():
+            return False  # one is on nats-py's way: it goes first
+        t = reply.split(b".")
+        if len(t) != 9 or t[0] != b"$JS" or t[1] != b"ACK":
+            return False
+        dseq = int(t[6])
+        if dseq != jsi._dseq:
+            return False  # a gap: nats-py resets the consumer
+        try:
+            text = subject.decode()
+            reply_text = reply.decode()
+        except UnicodeDecodeError:
+            return False
+        seq = int(t[5])
+        jsi._active = True
+        jsi._dseq, jsi._sseq = dseq + 1, seq
+        jsi._fciseq += 1
+        jsi._cmeta = reply_text
+        self.buf.append(
+            StoredMessage(seq, text, data, recorded_at(int(t[7]) // 1000), _headers(headers))
+        )
+        self.ready.set()
+        return True
 
     async def on_msg(self, msg: Msg) -> None:
-        flow = self.flow
-        if flow.pending():  # a flow-control request waits (rarely: once a window)
-            await flow.answer()
-        seq, us = parse_reply(msg.reply)
-        buf = self.buf
-        buf.append(StoredMessage(seq, msg.subject, msg.data, recorded_at(us), msg.headers))
+        self._in_callback = True
+        try:
+            flow = self.flow
+            if flow.pending():  # a flow-control request waits (rarely: once a window)
+                await flow.answer()
+            seq, us = parse_reply(msg.reply)
+            buf = self.buf
+            buf.append(StoredMessage(seq, msg.subject, msg.data, recorded_at(us), msg.headers))
+        finally:
+            self._in_callback = False
         self.ready.set()
         if len(buf) >= self.backlog:
             self.room.clear()
@@ -107,9 +174,16 @@ class OrderedFeed:
             self.room.set()
         return out
 
+    async def release(self) -> None:
+        """After a take: answer a flow-control request the backlog held (``direct`` never
+        waits, so this is where the server is let go on)."""
+        if self.flow.pending():
+            await self.flow.answer()
+
     async def close(self) -> None:
         self.room.set()
         if self.sub is not None:
+            deliver(self.sub, None)
             with contextlib.suppress(Exception):
                 await self.sub.unsubscribe()
             self.sub = None

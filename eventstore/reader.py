@@ -270,7 +270,7 @@ class LogReader:
         while True:
             feed = OrderedFeed(backlog)
             try:
-                feed.sub = await subscribe_ordered(
+                sub = await subscribe_ordered(
                     self._js,
                     subject,
                     self.stream,
@@ -281,6 +281,7 @@ class LogReader:
                     pending_bytes=PENDING_BYTES,
                     flow=feed.flow,
                 )
+                feed.attach(sub)
             except Exception as exc:
                 err = translate(exc, what=f"subscribing to {subject}", url=self.url,
                                 closed=self._nc.is_closed)  # fmt: skip
@@ -315,6 +316,8 @@ class LogReader:
                                 ) from None
                             continue
                     got = feed.take(max_batch)
+                    if feed.flow.pending():
+                        await feed.release()
                     n = len(got)
                     if (
                         n and contiguous and use_time is None

@@ -10,6 +10,7 @@ re-exports these names) and the readers use it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -37,7 +38,7 @@ class StoredMessage(NamedTuple):
     subject: str
     data: bytes
     recorded_at: datetime
-    headers: dict[str, str] | None
+    headers: Mapping[str, str] | None
 
 
 class Ack(msgspec.Struct, frozen=True):

@@ -1,4 +1,5 @@
-"""The store's header parser returns exactly what nats-py's own does, on any input."""
+"""The store's header parser returns exactly what nats-py's own does, on any input, whether
+parsed at once or when first read (``HeaderBlock``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from nats.aio.client import Client
 
 from eventstore import EventStore, NewEvent, StreamSettings
 from eventstore import headers as headers_module
-from eventstore.headers import parse_header_lines
+from eventstore.headers import HeaderBlock, parse_header_lines
 from eventstore.jetstream import install_parsers as install
 
 # Bytes that matter to the parsing: separators, every ASCII whitespace (str.isspace also
@@ -32,6 +33,10 @@ def test_same_result_as_nats_py(raw: bytes) -> None:
     expected = Client._parse_header_lines(raw)
     assert parse_header_lines(raw) == expected
     assert parse_header_lines(raw) == expected  # and again, now from the remembered names
+    block = HeaderBlock(raw)  # parsed when first read: the same mapping
+    assert len(block) == len(expected) and bool(block) == bool(expected)
+    assert block == expected and dict(block) == expected
+    assert all(block.get(k) == v and k in block for k, v in expected.items())
 
 
 def test_names_beyond_the_memory_bound_still_parse(monkeypatch: pytest.MonkeyPatch) -> None:
