@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+
 from eventstore import AppendRequest, EventStore, NewEvent
 
 EVENTS = 30_000
