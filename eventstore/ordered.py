@@ -72,6 +72,10 @@ async def subscribe_ordered(
     return sub
 
 
+# nats-py 2.16's ordered-consumer state that ``OrderedFeed.direct`` keeps as nats-py would
+_JSI_FIELDS = ("_ordered", "_dseq", "_sseq", "_active", "_fciseq", "_cmeta")
+
+
 def _headers(raw: bytes | None) -> HeaderBlock | None:
     """The headers of a message that is not a status message, parsed when first read as
     nats-py's ``_process_headers`` parses them; None when there are none."""
@@ -107,7 +111,9 @@ class OrderedFeed:
         self.sub = sub
         inner = getattr(sub, "_sub", sub)
         jsi, queue = getattr(inner, "_jsi", None), getattr(inner, "_pending_queue", None)
-        if jsi is None or queue is None or not getattr(jsi, "_ordered", False):
+        if jsi is None or queue is None or not all(hasattr(jsi, f) for f in _JSI_FIELDS):
+            return  # another nats-py: its own delivery, correct and slower
+        if not jsi._ordered:
             return
         if deliver(sub, self.direct):
             self._jsi, self._queue = jsi, queue
@@ -126,22 +132,19 @@ class OrderedFeed:
         t = reply.split(b".")
         if len(t) != 9 or t[0] != b"$JS" or t[1] != b"ACK":
             return False
-        dseq = int(t[6])
-        if dseq != jsi._dseq:
-            return False  # a gap: nats-py resets the consumer
         try:
+            dseq, seq, ns = int(t[6]), int(t[5]), int(t[7])
             text = subject.decode()
             reply_text = reply.decode()
-        except UnicodeDecodeError:
+        except ValueError:  # not digits, not UTF-8 (UnicodeDecodeError is a ValueError)
             return False
-        seq = int(t[5])
+        if dseq != jsi._dseq:
+            return False  # a gap: nats-py resets the consumer
         jsi._active = True
         jsi._dseq, jsi._sseq = dseq + 1, seq
         jsi._fciseq += 1
         jsi._cmeta = reply_text
-        self.buf.append(
-            StoredMessage(seq, text, data, recorded_at(int(t[7]) // 1000), _headers(headers))
-        )
+        self.buf.append(StoredMessage(seq, text, data, recorded_at(ns // 1000), _headers(headers)))
         self.ready.set()
         return True
 

@@ -158,3 +158,17 @@ async def test_a_consumer_deleted_mid_read_is_replaced_without_a_gap_or_repeat(
 async def consumers(store: EventStore) -> Any:
     for info in await store.js.consumers_info(store.settings.name):
         yield info
+
+
+async def test_a_nats_py_without_those_fields_keeps_its_own_delivery(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the subscription lacks a field the direct way keeps (another nats-py release),
+    nothing is taken directly and the read is the same through nats-py's callback."""
+    await fill(store, 1000)
+    monkeypatch.setattr(ordered, "_JSI_FIELDS", (*ordered._JSI_FIELDS, "_not_in_this_nats_py"))
+    ways = Ways(monkeypatch)
+    got = await read_all(store, contiguous=True)
+    assert [m.seq for m in got] == list(range(1, 1001))
+    assert (ways.direct, ways.nats_py, ways.subscriptions) == (0, 1000, 1)
+    assert all(isinstance(m.headers, dict) and "Nats-Msg-Id" in m.headers for m in got)
