@@ -28,6 +28,7 @@ from eventstore.replies import StoredMessage, parse_reply, recorded_at
 __all__ = ["BACKLOG_HIGH", "PENDING_BYTES", "PENDING_MSGS", "OrderedFeed", "subscribe_ordered"]
 
 BACKLOG_HIGH = 20_000  # messages buffered before the subscription callback waits
+STALL_FACTOR = 4  # a buffer this many backlogs long takes no more messages directly
 # While the callback waits, nats-py keeps queueing what the server pushes, and silently drops
 # past this limit (the reader then sees the gap and resubscribes, correct but slower): large
 # enough that a catch-up behind a slow projection does not hit it.
@@ -96,6 +97,10 @@ class OrderedFeed:
 
     def __init__(self, backlog: int = BACKLOG_HIGH) -> None:
         self.backlog = backlog
+        # nats-py answers the server's stall notice at each idle heartbeat, which lets one more
+        # window in however full the buffer is: past this, what comes waits in nats-py's queue
+        # (bounded by the pending limits) as it did before direct delivery.
+        self.cap = STALL_FACTOR * backlog
         self.buf: collections.deque[StoredMessage] = collections.deque()
         self.ready = asyncio.Event()
         self.room = asyncio.Event()
@@ -129,6 +134,8 @@ class OrderedFeed:
         jsi = self._jsi
         if self._in_callback or self._queue.qsize():
             return False  # one is on nats-py's way: it goes first
+        if len(self.buf) >= self.cap:
+            return False  # a stalled reader: nats-py's queue and its pending limits take over
         t = reply.split(b".")
         if len(t) != 9 or t[0] != b"$JS" or t[1] != b"ACK":
             return False

@@ -172,3 +172,31 @@ async def test_a_nats_py_without_those_fields_keeps_its_own_delivery(
     assert [m.seq for m in got] == list(range(1, 1001))
     assert (ways.direct, ways.nats_py, ways.subscriptions) == (0, 1000, 1)
     assert all(isinstance(m.headers, dict) and "Nats-Msg-Id" in m.headers for m in got)
+
+
+async def test_a_stalled_reader_s_buffer_stops_at_its_cap(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that stops taking still gets a window per idle heartbeat (nats-py answers the
+    server's stall notice): past ``STALL_FACTOR`` backlogs its buffer takes nothing more
+    directly, and the rest waits in nats-py's queue, under its pending limits, as before."""
+    await fill(store, 6000)
+    feeds: list[ordered.OrderedFeed] = []
+    attach = ordered.OrderedFeed.attach
+
+    def recorded(feed: ordered.OrderedFeed, sub: Any) -> None:
+        feeds.append(feed)
+        attach(feed, sub)
+
+    monkeypatch.setattr(ordered.OrderedFeed, "attach", recorded)
+    reading = store.reader.batches(f"{store.settings.prefix}.>", max_batch=10, backlog=50)
+    async with asyncio.timeout(60), contextlib.aclosing(reading) as batches:
+        await anext(batches)
+        (feed,) = feeds
+        queue = feed.sub._sub._pending_queue
+        for _ in range(100):  # windows keep coming, one per heartbeat (2 s)
+            if queue.qsize():
+                break
+            await asyncio.sleep(0.2)
+        assert queue.qsize() > 0
+        assert len(feed.buf) <= feed.cap + 1 == ordered.STALL_FACTOR * 50 + 1
