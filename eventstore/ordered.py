@@ -79,7 +79,8 @@ _JSI_FIELDS = ("_ordered", "_dseq", "_sseq", "_active", "_fciseq", "_cmeta")
 
 def _headers(raw: bytes | None) -> HeaderBlock | None:
     """The headers of a message that is not a status message, parsed when first read as
-    nats-py's ``_process_headers`` parses them; None when there are none."""
+    nats-py's ``_process_headers`` parses them; None when there are none (lines that all
+    parse away give an empty mapping where nats-py gives None)."""
     if raw is None or len(raw) <= 12:  # b"NATS/1.0\r\n" and at most a CRLF
         return None
     return HeaderBlock(raw[10:])
