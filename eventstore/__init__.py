@@ -5,6 +5,7 @@ from eventstore.auth import AUTH_INCLUDE, AuthProfile, init_auth, producer_grant
 from eventstore.cancelling import cancel_and_wait
 from eventstore.clocks import LamportClock, Order, VectorClock
 from eventstore.cluster import LocalCluster, cluster_config, server_urls
+from eventstore.collector import collecting_less
 from eventstore.config import read_config
 from eventstore.connecting import ConnectSettings
 from eventstore.credentials import client_options, guarded_connect, read_creds, tls_context
@@ -169,6 +170,7 @@ __all__ = [
     "check_time",
     "client_options",
     "cluster_config",
+    "collecting_less",
     "configure_logging",
     "decode_id",
     "decode_message",

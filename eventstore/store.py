@@ -20,13 +20,15 @@ from nats.js import JetStreamContext
 
 from eventstore.clocks import VectorClock
 from eventstore.clockstore import ProducerClock
+from eventstore.collector import collecting_less
 from eventstore.connecting import Callbacks, ConnectSettings, ensure_or_close, open_connection
 from eventstore.counters import AppendCounters
 from eventstore.duplicates import find_ids
-from eventstore.errors import EventStoreError, NotConnected, VersionConflict
+from eventstore.errors import EventStoreError, InvalidEvent, NotConnected, VersionConflict
 from eventstore.events import AppendResult, NewEvent, validate_producer
 from eventstore.failfast import refused_publish
 from eventstore.jetstream import close_connection
+from eventstore.jsonvalues import show
 from eventstore.leases import DEFAULT_LEASE_TTL, DEFAULT_MAX_HOLD, Lease, Leases, fenced_events
 from eventstore.logging import get_logger
 from eventstore.machines import Machines
@@ -251,8 +253,19 @@ class EventStore(LogReading):
         """Submit many appends at once so the committer packs them into few atomic batches.
 
         Each request succeeds or fails on its own; failures come back as the error object in
-        its place, in the order given.
+        its place, in the order given. While it runs, the garbage collector runs less often
+        (``eventstore.collector``: the call holds thousands of objects, none in a cycle).
         """
+        batch = list(requests)
+        for r in batch:  # all checked before any is submitted
+            if not isinstance(r, AppendRequest):
+                raise InvalidEvent(f"append_many takes AppendRequest items, got {show(r)}")
+        with collecting_less():
+            return await self._append_many(batch, timeout)
+
+    async def _append_many(
+        self, requests: list[AppendRequest], timeout: float | None
+    ) -> list[AppendResult | EventStoreError]:
         committer = self._open_committer()
         slots: list[AppendResult | asyncio.Future[AppendResult]] = []
         pendings: list[Pending | None] = []

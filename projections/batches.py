@@ -11,7 +11,7 @@ to ``CATCH_UP_DELAY`` for more messages, up to ``batch_size`` (a reading idle fo
 ``CATCH_UP_IDLE`` is caught up, whatever the target said): the reading goes on meanwhile
 (and so does the commit of the batch before, ``projections.inflight``), and fewer, larger
 transactions write each changed state and each touched index page once for more events.
-While it is behind, the garbage collector runs less often (``projections.collector``).
+While it is behind, the garbage collector runs less often (``eventstore.collector``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, cast
 
-from eventstore import EventStore, EventStoreError, StoredMessage, cancel_and_wait
-from projections.collector import catching_up
+from eventstore import EventStore, EventStoreError, StoredMessage, cancel_and_wait, collecting_less
 
 __all__ = ["Intake"]
 
@@ -63,7 +62,7 @@ class Intake:
         self._limit = queue_batches
         self._stopping = stopping
         self._feeder = asyncio.create_task(self._feed(store, start, follow, until))
-        self._collector = contextlib.ExitStack()  # catching_up() while behind
+        self._collector = contextlib.ExitStack()  # collecting_less() while behind
         self._collecting = False
         self._collect()  # behind from the start: the first batch is read collecting less too
 
@@ -90,7 +89,7 @@ class Intake:
         is folded and committed still collecting less)."""
         behind = self.behind()
         if behind and not self._collecting:
-            self._collector.enter_context(catching_up())
+            self._collector.enter_context(collecting_less())
         elif not behind and self._collecting:
             self._collector.close()
         self._collecting = behind

@@ -1,7 +1,7 @@
 """A catch-up folds what the reader brings piece by piece and commits full batches
 (``projections.inflight.holds``), exactly once, even with a cache that evicts all the time;
 while it is behind, the garbage collector's youngest generation is collected less often, and
-the process's thresholds come back when it ends (``projections.collector``)."""
+the process's thresholds come back when it ends (``eventstore.collector``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers_projections import brute_entities, log_events, scalar, stored_states
 
-from eventstore import AppendRequest, EventStore, NewEvent, StoredMessage
+from eventstore import AppendRequest, EventStore, NewEvent, StoredMessage, collector
 from projections import (
     CommitInfo,
     EntitiesProjection,
@@ -20,7 +20,6 @@ from projections import (
     Runner,
     RunnerSettings,
     batches,
-    collector,
 )
 from projections.batches import Intake
 
@@ -94,7 +93,7 @@ async def test_a_catch_up_commits_full_batches_exactly_once(
 async def test_the_collector_runs_less_often_only_while_catching_up(
     store: EventStore, tmp_path: Path, no_wait: None
 ) -> None:
-    """During the catch-up the youngest generation's threshold is ``CATCH_UP_THRESHOLD``, the
+    """During the catch-up the youngest generation's threshold is ``BURST_THRESHOLD``, the
     older ones untouched; afterwards the thresholds are what they were."""
     await _fill(store, 1000, 10)
     before = gc.get_threshold()
@@ -104,7 +103,7 @@ async def test_the_collector_runs_less_often_only_while_catching_up(
         runner.on_commit.append(lambda info: seen.append(gc.get_threshold()))
         assert await runner.catch_up() == 1000
     assert gc.get_threshold() == before
-    assert seen[0] == (collector.CATCH_UP_THRESHOLD, *before[1:])
+    assert seen[0] == (collector.BURST_THRESHOLD, *before[1:])
 
 
 async def test_the_collector_runs_less_often_from_the_first_read_to_the_last_commit(
@@ -115,7 +114,7 @@ async def test_the_collector_runs_less_often_from_the_first_read_to_the_last_com
     the target is committed; a reading with nothing to catch up leaves them alone."""
     await _fill(store, 600, 10)
     before = gc.get_threshold()
-    raised = (collector.CATCH_UP_THRESHOLD, *before[1:])
+    raised = (collector.BURST_THRESHOLD, *before[1:])
     intake = Intake(
         store, 1, follow=False, until=600, batch_size=100, batch_delay=0.01,
         queue_batches=4, stopping=lambda: False, target=600,

@@ -8,6 +8,7 @@ subjects the producer uses to read heads (``$JS.API.DIRECT.GET.>`` and
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,7 +17,15 @@ from typing import Any
 import nats
 import pytest
 
-from eventstore import AppendRequest, EventStore, NewEvent, StreamSettings, VersionConflict
+from eventstore import (
+    AppendRequest,
+    EventStore,
+    InvalidEvent,
+    NewEvent,
+    StreamSettings,
+    VersionConflict,
+    collector,
+)
 from eventstore.directget import MULTI_LAST_MAX, last_messages
 
 
@@ -297,3 +306,39 @@ async def test_batches_in_flight_never_share_clock_values(
         counters = [r.vclock["clocky"] for r in results]
         assert len(set(counters)) == len(counters) == 1500
         assert len({r.lamport for r in results}) == 1500
+
+
+async def test_append_many_collects_garbage_less_while_it_runs(store: EventStore) -> None:
+    """While ``append_many`` holds its requests the youngest generation's threshold is
+    ``BURST_THRESHOLD`` (no full collection of the process in the middle of a burst); the
+    process's thresholds come back when the call returns, and when it fails."""
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    collections: list[int] = []
+
+    def counted(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and gc.get_threshold()[0] == collector.BURST_THRESHOLD:
+            collections.append(info["generation"])  # one while the call held the threshold
+
+    async def watch() -> None:
+        while True:
+            seen.append(gc.get_threshold())
+            await asyncio.sleep(0)
+
+    requests = [AppendRequest("agent", f"g{i}", [NewEvent("E", {"i": i})]) for i in range(2000)]
+    watcher = asyncio.create_task(watch())
+    gc.callbacks.append(counted)
+    try:
+        results = await store.append_many(requests)
+    finally:
+        gc.callbacks.remove(counted)
+        watcher.cancel()
+    assert all(not isinstance(r, BaseException) for r in results)
+    assert gc.get_threshold() == before
+    assert seen and set(seen) == {(collector.BURST_THRESHOLD, *before[1:])}
+    assert collections == []  # 2,000 appends: not one collection of any generation meanwhile
+    head = await store.head()
+    with pytest.raises(InvalidEvent, match="AppendRequest items, got None"):
+        await store.append_many([requests[0], None])  # type: ignore[list-item]
+    assert gc.get_threshold() == before
+    assert await store.head() == head  # checked before anything was submitted
