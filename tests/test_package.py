@@ -87,6 +87,7 @@ EXPORTED = [
     "check_time",
     "client_options",
     "cluster_config",
+    "collecting_less",
     "configure_logging",
     "decode_id",
     "decode_message",
