@@ -185,12 +185,6 @@ class OrderedFeed:
             self.room.set()
         return out
 
-    async def release(self) -> None:
-        """After a take: answer a flow-control request the backlog held (``direct`` never
-        waits, so this is where the server is let go on)."""
-        if self.flow.pending():
-            await self.flow.answer()
-
     async def close(self) -> None:
         self.room.set()
         if self.sub is not None:

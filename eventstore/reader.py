@@ -316,8 +316,8 @@ class LogReader:
                                 ) from None
                             continue
                     got = feed.take(max_batch)
-                    if feed.flow.pending():
-                        await feed.release()
+                    if feed.flow.pending():  # held by the backlog: ``direct`` never waits
+                        await feed.flow.answer()
                     n = len(got)
                     if (
                         n and contiguous and use_time is None
