@@ -33,6 +33,7 @@ from bench.common import (
     fill,
     main_for,
     report,
+    stream_sizes,
     timed,
 )
 from eventstore import EventStore
@@ -100,9 +101,7 @@ async def run(
     aggregates: int | None = None,
     rounds: int | None = None,
 ) -> dict[str, Any]:
-    n = events or (10_000 if quick else 200_000)
-    n_aggs = aggregates or (100 if quick else 1000)
-    n_rounds = max(1, rounds or (1 if quick else 3))
+    n, n_aggs, n_rounds = stream_sizes(quick, events, aggregates, rounds, full_events=200_000)
     with bench_server() as (server, root):
         async with await connect(server, STREAM, PREFIX) as store:
             fill_s = await fill(store, TYPE, n_aggs, n)

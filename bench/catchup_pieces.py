@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.catchup import NO_SNAPSHOTS, PREFIX, STREAM, TYPE, raw_drain, runner_catch_up
-from bench.common import bench_server, connect, fill, main_for, report
+from bench.common import bench_server, connect, fill, main_for, report, stream_sizes
 from projections import commit as commit_module
 from projections import recorder, runner, slot
 
@@ -89,9 +89,9 @@ async def run(
     aggregates: int | None = None,
     rounds: int | None = None,
 ) -> dict[str, Any]:
-    n = events or (10_000 if quick else 100_000)
-    n_aggs = aggregates or (100 if quick else 1000)
-    n_rounds = max(1, rounds or (1 if quick else 2))
+    n, n_aggs, n_rounds = stream_sizes(
+        quick, events, aggregates, rounds, full_events=100_000, full_rounds=2
+    )
     figures: dict[str, Any] = {"events": n, "aggregates": n_aggs, "rounds": []}
     with bench_server() as (server, root):
         async with await connect(server, STREAM, PREFIX) as store:

@@ -211,6 +211,25 @@ async def fill(
 # -- command line ----------------------------------------------------------------------------
 
 
+def stream_sizes(
+    quick: bool,
+    events: int | None,
+    aggregates: int | None,
+    rounds: int | None,
+    *,
+    full_events: int,
+    quick_events: int = 10_000,
+    full_rounds: int = 3,
+) -> tuple[int, int, int]:
+    """(events, aggregates, rounds) of a benchmark over one log of many aggregates: what the
+    caller asked, else its defaults (``--quick``: small sizes, one round)."""
+    return (
+        events or (quick_events if quick else full_events),
+        aggregates or (100 if quick else 1000),
+        max(1, rounds or (1 if quick else full_rounds)),
+    )
+
+
 def main_for(
     module: str,
     run: Callable[..., Coroutine[Any, Any, dict[str, Any]]],

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import main_for, report
+from bench.common import main_for, report, stream_sizes
 from projections.eventcopy import EVENT_INSERT, insert_events
 from projections.multirows import multi_rows
 from projections.schema import MIGRATIONS, run_steps
@@ -91,9 +91,9 @@ async def run(
     aggregates: int | None = None,
     rounds: int | None = None,
 ) -> dict[str, Any]:
-    n = events or (40_000 if quick else 200_000)
-    n_aggs = aggregates or (100 if quick else 1000)
-    n_rounds = max(1, rounds or (1 if quick else 3))
+    n, n_aggs, n_rounds = stream_sizes(
+        quick, events, aggregates, rounds, full_events=200_000, quick_events=40_000
+    )
     batches = _rows(n, n_aggs)
     layouts = ("rows", "index", "runs")
     wall: dict[str, list[float]] = {k: [] for k in layouts}
