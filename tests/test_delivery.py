@@ -141,7 +141,7 @@ async def test_a_consumer_deleted_mid_read_is_replaced_without_a_gap_or_repeat(
     )
     async with asyncio.timeout(60), contextlib.aclosing(reading) as batches:
         got.extend(await anext(batches))
-        names = [c.name async for c in consumers(store)]
+        names = [c.name for c in await store.js.consumers_info(store.settings.name)]
         assert len(names) == 1
         await store.js.delete_consumer(store.settings.name, names[0])
         async for batch in batches:
@@ -150,14 +150,9 @@ async def test_a_consumer_deleted_mid_read_is_replaced_without_a_gap_or_repeat(
                 break
     assert [m.seq for m in got] == list(range(1, 4001))
     assert ways.subscriptions == 1  # the same subscription, its consumer replaced by nats-py
-    now = [c async for c in consumers(store)]
+    now = await store.js.consumers_info(store.settings.name)
     assert len(now) == 1 and now[0].name != names[0]
     assert (now[0].config.opt_start_seq or 0) > 100  # after what was taken, not from 1 again
-
-
-async def consumers(store: EventStore) -> Any:
-    for info in await store.js.consumers_info(store.settings.name):
-        yield info
 
 
 async def test_a_nats_py_without_those_fields_keeps_its_own_delivery(
