@@ -16,6 +16,7 @@ warning), and the read goes on.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -58,6 +59,10 @@ __all__ = [
     "decode_message",
     "report_malformed",
 ]
+
+# How long a bounded read keeps trying to subscribe (from its first failure) before it gives
+# up with the last error: long enough for a server restart, short enough never to hang.
+SUBSCRIBE_PATIENCE = 10.0
 
 log = get_logger("eventstore.reader")
 
@@ -252,7 +257,8 @@ class LogReader:
     ) -> AsyncIterator[list[StoredMessage]]:
         """Yield batches of raw messages on ``subject`` from ``start_seq`` (or ``start_time``).
 
-        Bounded (``follow=False``): stops after ``stop_seq`` (default: the head when called).
+        Bounded (``follow=False``): stops after ``stop_seq`` (default: the head when called);
+        it fails (the translated error) once subscribing has failed for ``SUBSCRIBE_PATIENCE``.
         Live (``follow=True``): never stops; resubscribes from the next sequence after any
         interruption. ``contiguous`` asserts there are no holes (the unfiltered log).
         ``backlog``: messages buffered before the server is held back (``flowcontrol``).
@@ -267,6 +273,7 @@ class LogReader:
         last = start_seq - 1
         use_time = start_time
         reconnects = self._nc.stats.get("reconnects", 0)
+        failing_since: float | None = None
         while True:
             feed = OrderedFeed(backlog)
             try:
@@ -289,8 +296,13 @@ class LogReader:
                     raise err from exc
                 if refused := self._refused(f"$JS.API.CONSUMER.CREATE.{self.stream}"):
                     raise refused from exc
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if not follow and now - failing_since >= SUBSCRIBE_PATIENCE:
+                    raise err from exc  # a bounded read ends; only a live follow waits on
                 await asyncio.sleep(0.25)
                 continue
+            failing_since = None
             idle = 0.0
             restart = False
             try:

@@ -12,10 +12,10 @@ from typing import Any
 import nats
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from test_hostile_messages import publish_unreadable
 
 from eventstore import AppendRequest, EventStore, NewEvent, ordered, reader
 from eventstore.replies import StoredMessage, parse_reply, recorded_at
-from tests.test_hostile_messages import publish_unreadable
 
 
 class Ways:

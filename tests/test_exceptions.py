@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import json
 import os
 import signal
@@ -39,6 +40,7 @@ from eventstore import (
     StreamSettings,
 )
 from eventstore import directget as directget_module
+from eventstore import reader as reader_module
 from eventstore.jetstream import translate
 from eventstore.server import free_port
 
@@ -183,7 +185,11 @@ async def _drive(store: EventStore, calls: dict[str, Call]) -> dict[str, BaseExc
     out: dict[str, BaseException | None] = {}
     for name, task in tasks.items():
         if task in pending:
-            assert name in LIVE, f"{name} neither failed nor returned within {BOUND}s"
+            where = io.StringIO()
+            task.print_stack(file=where)
+            assert name in LIVE, (
+                f"{name} neither failed nor returned within {BOUND}s:\n{where.getvalue()}"
+            )
             task.cancel()
             out[name] = None
             continue
@@ -252,6 +258,35 @@ async def test_a_stopped_server_gives_only_our_errors(
         assert not {
             n: e for n, e in outcomes.items() if e is not None and not isinstance(e, Retryable)
         }
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_a_server_stopped_after_the_head_lookup_ends_a_bounded_read(
+    private_server: EmbeddedServer, stream: StreamSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server freezes between a bounded read's head lookup and its consumer create: the
+    read gives up with a Retryable error once subscribing has failed for SUBSCRIBE_PATIENCE,
+    where it used to retry forever."""
+    store = await _seeded(private_server.url, stream)
+    proc = private_server.proc
+    assert proc is not None
+    looked_up = store.reader.last_seq
+
+    async def then_stop(subject: str | None = None) -> int:
+        got = await looked_up(subject)
+        os.kill(proc.pid, signal.SIGSTOP)
+        return got
+
+    monkeypatch.setattr(store.reader, "last_seq", then_stop)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Retryable):
+            await asyncio.wait_for(_drain(store.raw()), BOUND)
+        took = time.monotonic() - started
+        assert reader_module.SUBSCRIBE_PATIENCE <= took < BOUND
     finally:
         os.kill(proc.pid, signal.SIGCONT)
         await store.close()
