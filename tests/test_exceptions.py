@@ -6,7 +6,6 @@ bounded time (after httpx's ``tests/test_exceptions.py``)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import io
 import json
@@ -22,6 +21,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import pytest
+from helpers_process import freeze
 
 from eventstore import (
     AggregateNotFound,
@@ -227,24 +227,6 @@ async def _seeded(url: str, stream: StreamSettings) -> EventStore:
 ALL = set(_calls("", StreamSettings()).keys())
 
 
-def _freeze(pid: int) -> None:
-    """SIGSTOP, then wait until every thread of the server is stopped: the signal stops the
-    first thread, which then stops the others, and on a busy machine the others can still
-    answer requests for a while (a reply that came after the SIGSTOP made a CI run fail)."""
-    os.kill(pid, signal.SIGSTOP)
-    deadline = time.monotonic() + 10.0
-    tasks = Path(f"/proc/{pid}/task")
-    while True:
-        states = set()
-        for t in tasks.iterdir():
-            with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-                states.add((t / "stat").read_text().rsplit(")", 1)[1].split()[0])
-        if states <= {"T", "t"}:
-            return
-        assert time.monotonic() < deadline, f"server threads not stopped: {states}"
-        time.sleep(0.005)
-
-
 @pytest.mark.slow
 async def test_a_killed_server_gives_only_our_errors(
     private_server: EmbeddedServer, stream: StreamSettings, few_tries: None
@@ -270,7 +252,7 @@ async def test_a_stopped_server_gives_only_our_errors(
     store = await _seeded(private_server.url, stream)
     proc = private_server.proc
     assert proc is not None
-    _freeze(proc.pid)
+    freeze(proc.pid)
     try:
         outcomes = await _drive(store, _calls(private_server.url, stream))
         _only_ours(outcomes, must_fail=ALL - LIVE)
@@ -296,7 +278,7 @@ async def test_a_server_stopped_after_the_head_lookup_ends_a_bounded_read(
 
     async def then_stop(subject: str | None = None) -> int:
         got = await looked_up(subject)
-        _freeze(proc.pid)
+        freeze(proc.pid)
         return got
 
     monkeypatch.setattr(store.reader, "last_seq", then_stop)

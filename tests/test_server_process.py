@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import nats
 import pytest
+from helpers_process import freeze
 
 from eventstore import AppendTimeout, EmbeddedServer, EventStore, EventStoreError, NewEvent
 from eventstore.server import LOCK_NAME, check_port, free_port
@@ -272,7 +273,7 @@ async def test_the_lock_lasts_while_an_orphaned_nats_server_uses_the_store(
     with running("server", port, store_dir) as first:
         first.wait_ready()
         orphan = first.nats_pid
-        os.kill(orphan, signal.SIGSTOP)
+        freeze(orphan)  # stopped before its death signal comes
         first.proc.kill()
         first.proc.wait()
         assert _alive(orphan)
