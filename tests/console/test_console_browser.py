@@ -17,6 +17,7 @@ import pytest
 from conftest import cli, get, screenshot, start_console, stop, wait_up
 from helpers_projections import start_worker
 from helpers_serving import sqlite_states, wait_folded, wait_serving
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -74,12 +75,24 @@ async def scene(nats_server: Any, tmp_path_factory: pytest.TempPathFactory) -> A
             stop(worker)
 
 
+def _wait(driver: WebDriver, timeout: float) -> WebDriverWait[WebDriver]:
+    """A wait that looks again when the page re-rendered an element between finding it and
+    reading it (the console's live parts redraw while a condition is checked)."""
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
+
+
 def _open(driver: WebDriver, url: str, ready: str) -> None:
     driver.get(url)
-    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ready))
+    _wait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ready))
 
 
 def _text(driver: WebDriver, selector: str) -> str:
+    """The element's text, found again if it was redrawn while being read."""
+    for _ in range(50):
+        try:
+            return str(driver.find_element(By.CSS_SELECTOR, selector).text)
+        except StaleElementReferenceException:
+            time.sleep(0.02)
     return str(driver.find_element(By.CSS_SELECTOR, selector).text)
 
 
@@ -90,7 +103,7 @@ async def test_overview_shows_stream_projection_and_services(
     concurrent and quarantined counts from the log, and the service answering $SRV.PING."""
     head = await scene.store.head()
     _open(browser, scene.base + "/", "#stream")
-    WebDriverWait(browser, 30).until(
+    _wait(browser, 30).until(
         lambda d: (
             _text(d, "#projections .checkpoint") == str(head)
             and _text(d, "#counted") == str(head)
@@ -123,7 +136,7 @@ async def test_aggregates_list_filters_and_pages(scene: Scene, browser: WebDrive
     seen = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#aggregates a.agg")]
     while browser.find_elements(By.ID, "next"):
         browser.find_element(By.ID, "next").click()
-        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "aggregates"))
+        _wait(browser, 30).until(lambda d: d.find_elements(By.ID, "aggregates"))
         seen += [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#aggregates a.agg")]
     assert seen == ["t0", "t1", "t2", "t3", "t4"]
     _open(browser, scene.base + "/aggregates", "#aggregates")
@@ -163,7 +176,7 @@ async def test_slider_at_version_v_shows_exactly_eventstore_state_version_v(
     for version in (1, 2, 3):
         if version > 1:
             slider.send_keys(Keys.RIGHT)
-        WebDriverWait(browser, 30).until(
+        _wait(browser, 30).until(
             lambda d, v=version: (
                 d.find_element(By.ID, "point-state").get_attribute("data-version") == str(v)
             )
@@ -181,7 +194,7 @@ async def test_slider_at_version_v_shows_exactly_eventstore_state_version_v(
     picked = (at + timedelta(milliseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
     browser.execute_script("document.getElementById('at-picker').value = arguments[0]", picked)
     browser.find_element(By.ID, "at-go").click()
-    WebDriverWait(browser, 30).until(
+    _wait(browser, 30).until(
         lambda d: d.find_element(By.ID, "point-state").get_attribute("data-version") == "2"
     )
     done = cli(scene.url, scene.settings, "state", "agent", "a", "--version", "2")
@@ -199,12 +212,12 @@ async def test_an_append_appears_in_the_tail_and_the_state_without_a_reload(
     page = browser.current_window_handle
     browser.switch_to.new_window("tab")
     _open(browser, scene.base + "/tail", "#tail-rows tr")
-    WebDriverWait(browser, 30).until(lambda d: _text(d, "#tail-status") == "live")
+    _wait(browser, 30).until(lambda d: _text(d, "#tail-status") == "live")
     browser.switch_to.window(page)
     browser.execute_script("window.__sameDocument = true")
     res = await scene.store.append("agent", "b", NewEvent("Noted", {"n": 8, "note": "live"}))
     appended = time.monotonic()
-    WebDriverWait(browser, LIVE).until(
+    _wait(browser, LIVE).until(
         lambda d: (
             _text(d, "#version") == str(res.version)
             and json.loads(_text(d, "#state")).get("note") == "live"
@@ -212,23 +225,23 @@ async def test_an_append_appears_in_the_tail_and_the_state_without_a_reload(
     )
     tab = next(h for h in browser.window_handles if h != page)
     browser.switch_to.window(tab)
-    WebDriverWait(browser, max(0.1, LIVE - (time.monotonic() - appended))).until(
+    _wait(browser, max(0.1, LIVE - (time.monotonic() - appended))).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, f'#tail-rows tr[data-seq="{res.last_seq}"]')
     )
     browser.switch_to.window(page)
     assert browser.execute_script("return window.__sameDocument") is True  # no reload
-    WebDriverWait(browser, 30).until(
+    _wait(browser, 30).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history tbody tr")) == res.version
     )
     browser.switch_to.window(tab)
     browser.find_element(By.ID, "pause").click()
     held = await scene.store.append("task", "t9", NewEvent("Queued", {"prio": 5}))
-    WebDriverWait(browser, 30).until(lambda d: "1 waiting" in _text(d, "#tail-status"))
+    _wait(browser, 30).until(lambda d: "1 waiting" in _text(d, "#tail-status"))
     assert not browser.find_elements(By.CSS_SELECTOR, f'#tail-rows tr[data-seq="{held.last_seq}"]')
     browser.find_element(By.ID, "pause").click()
     assert browser.find_elements(By.CSS_SELECTOR, f'#tail-rows tr[data-seq="{held.last_seq}"]')
     ack = await scene.store.js.publish(scene.store.subject("task", "junk2"), b"\xff garbage")
-    WebDriverWait(browser, 30).until(lambda d: str(ack.seq) in _text(d, "#quarantined"))
+    _wait(browser, 30).until(lambda d: str(ack.seq) in _text(d, "#quarantined"))
     assert "undecodable" in _text(browser, "#quarantined")
     screenshot(browser, "tail")
     browser.close()
